@@ -1,0 +1,28 @@
+# Finds CAF 0.17.6 (Debian libcaf-dev ships no CMake package) and defines caf::core and caf::io.
+find_path(CAF_INCLUDE_DIR caf/all.hpp)
+find_library(CAF_CORE_LIBRARY caf_core)
+find_library(CAF_IO_LIBRARY caf_io)
+if(CAF_INCLUDE_DIR AND EXISTS "${CAF_INCLUDE_DIR}/caf/config.hpp")
+  file(STRINGS "${CAF_INCLUDE_DIR}/caf/config.hpp" caf_version_line REGEX "^#define CAF_VERSION [0-9]+")
+  string(REGEX REPLACE "^#define CAF_VERSION ([0-9]+).*" "\\1" caf_version_number "${caf_version_line}")
+  if(caf_version_number)
+    math(EXPR caf_major "${caf_version_number} / 10000")
+    math(EXPR caf_minor "(${caf_version_number} / 100) % 100")
+    math(EXPR caf_patch "${caf_version_number} % 100")
+    set(CAF_VERSION "${caf_major}.${caf_minor}.${caf_patch}")
+  endif()
+endif()
+include(FindPackageHandleStandardArgs)
+find_package_handle_standard_args(CAF REQUIRED_VARS CAF_INCLUDE_DIR CAF_CORE_LIBRARY CAF_IO_LIBRARY
+                                  VERSION_VAR CAF_VERSION)
+if(CAF_FOUND AND NOT TARGET caf::core)
+  find_package(Threads REQUIRED)
+  add_library(caf::core SHARED IMPORTED)
+  # Imported include directories are SYSTEM includes: CAF's headers warn under -Wall otherwise.
+  set_target_properties(caf::core PROPERTIES IMPORTED_LOCATION "${CAF_CORE_LIBRARY}"
+                                             INTERFACE_INCLUDE_DIRECTORIES "${CAF_INCLUDE_DIR}")
+  target_link_libraries(caf::core INTERFACE Threads::Threads)
+  add_library(caf::io SHARED IMPORTED)
+  set_target_properties(caf::io PROPERTIES IMPORTED_LOCATION "${CAF_IO_LIBRARY}")
+  target_link_libraries(caf::io INTERFACE caf::core)
+endif()

@@ -1,0 +1,34 @@
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace hybridiff::cli {
+
+namespace po = boost::program_options;
+
+/// A subcommand's command line: its own options plus the common ones (--help, --config FILE, --log-level).
+struct command_line {
+  std::string name;        ///< "info", "generate", ...
+  std::string usage;       ///< "hybridiff info [options] DIR"
+  std::string summary;     ///< one paragraph shown by --help
+  po::options_description options{"Options"};
+  po::positional_options_description positional;
+};
+
+/// Parses `args` (the words after the subcommand) against `line`. Values given on the command line win over
+/// those in the `--config` INI file (keys are the long option names, e.g. `steps = 20`). Prints help and returns
+/// nullopt for --help; throws `hybridiff::error` (exit code 2 in main) for a bad command line; sets the log level.
+std::optional<po::variables_map> parse(command_line& line, const std::vector<std::string>& args);
+
+/// Thrown for a malformed command line: main prints it with the usage hint and exits 2.
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+int run_info(const std::vector<std::string>& args);
+
+}  // namespace hybridiff::cli

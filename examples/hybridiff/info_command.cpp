@@ -1,0 +1,41 @@
+#include <iomanip>
+#include <iostream>
+
+#include "cli.hpp"
+#include "models/inventory.hpp"
+
+namespace hybridiff::cli {
+
+int run_info(const std::vector<std::string>& args) {
+  command_line line;
+  line.name = "info";
+  line.usage = "hybridiff info [options] DIR";
+  line.summary =
+      "Lists the components of a diffusers folder (model_index.json) or of a single component folder\n"
+      "(config.json): name, class, weight dtypes and the exact parameter count (elements of all floating-point\n"
+      "tensors), then the total. Reads only the safetensors headers.";
+  line.options.add_options()("dir", po::value<std::string>()->required()->value_name("DIR"), "the model folder");
+  line.positional.add("dir", 1);
+  auto values = parse(line, args);
+  if (!values) return 0;
+
+  const auto folder = models::model_folder::open((*values)["dir"].as<std::string>());
+  const auto summaries = models::summarize(folder);
+  std::cout << folder.dir().string();
+  if (!folder.pipeline_class().empty()) std::cout << " (" << folder.pipeline_class() << ")";
+  std::cout << "\n";
+  std::cout << std::left << std::setw(18) << "component" << std::setw(34) << "class" << std::setw(12) << "dtypes"
+            << std::right << std::setw(14) << "parameters" << "\n";
+  std::int64_t total = 0;
+  for (const auto& summary : summaries) {
+    std::string dtypes;
+    for (const auto& dtype : summary.dtypes) dtypes += (dtypes.empty() ? "" : ",") + dtype;
+    std::cout << std::left << std::setw(18) << summary.name << std::setw(34) << summary.class_name << std::setw(12)
+              << (dtypes.empty() ? "-" : dtypes) << std::right << std::setw(14) << summary.parameter_count << "\n";
+    total += summary.parameter_count;
+  }
+  std::cout << std::left << std::setw(64) << "total" << std::right << std::setw(14) << total << "\n";
+  return 0;
+}
+
+}  // namespace hybridiff::cli

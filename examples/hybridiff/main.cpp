@@ -1,0 +1,64 @@
+// hybridiff: the command-line front end. Each subcommand lives in its own file and parses its own options.
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+#include "cli.hpp"
+#include "models/errors.hpp"
+
+namespace {
+
+struct subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+
+const subcommand subcommands[] = {
+    {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts",
+     hybridiff::cli::run_info},
+};
+
+void print_overview(std::ostream& out) {
+  out << "Usage: hybridiff <subcommand> [options]\n\n"
+         "hybridiff generates images with SDXL and SD3 and spreads one image's denoising over several GPUs.\n\n"
+         "Subcommands:\n";
+  for (const auto& command : subcommands) out << "  " << command.name << std::string(12 - std::strlen(command.name), ' ') << command.summary << "\n";
+  out << "\n'hybridiff <subcommand> --help' describes each one.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    print_overview(std::cerr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    print_overview(std::cout);
+    return 0;
+  }
+  for (const auto& command : subcommands) {
+    if (name != command.name) continue;
+    try {
+      return command.run(std::vector<std::string>(argv + 2, argv + argc));
+    } catch (const hybridiff::cli::usage_error& bad) {
+      std::cerr << "hybridiff " << name << ": " << bad.what() << "\n(see 'hybridiff " << name << " --help')\n";
+      return 2;
+    } catch (const c10::Error& failure) {
+      std::cerr << "hybridiff " << name << ": error: " << failure.what_without_backtrace() << "\n";
+      return 1;
+    } catch (const std::exception& failure) {
+      std::cerr << "hybridiff " << name << ": error: " << failure.what() << "\n";
+      return 1;
+    }
+  }
+  std::cerr << "hybridiff: unknown subcommand '" << name << "'\n\n";
+  print_overview(std::cerr);
+  return 2;
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what hybridiff builds against, on Debian 12 as root (or with sudo). Idempotent: skips what is present.
+#   Debian packages: CAF 0.17.6, spdlog, Boost.Program_options, GoogleTest, nlohmann-json, libpng, SentencePiece,
+#                    ccache, the Fashion-MNIST dataset (the built-in model's training data).
+#   PyPI: torch==2.11.0, whose bundled LibTorch is the C++ library we link (the same version as the GPU machine).
+set -euo pipefail
+
+debian_packages=(cmake g++ make ccache libcaf-dev libspdlog-dev libboost-program-options-dev
+  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev libsentencepiece-dev)
+torch_version=2.11.0
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: Debian packages present"
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -m pip --version >/dev/null 2>&1; then
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip
+fi
+if "$python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$torch_version' else 1)" \
+    2>/dev/null; then
+  echo "install-deps: torch $torch_version present"
+else
+  echo "install-deps: installing torch==$torch_version from PyPI (LibTorch for C++)"
+  "$python" -m pip install --quiet --disable-pip-version-check "torch==$torch_version" \
+    || "$python" -m pip install --quiet --disable-pip-version-check --break-system-packages "torch==$torch_version"
+fi

@@ -1,0 +1,45 @@
+#include "test_support.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+
+namespace hybridiff::test {
+
+std::filesystem::path fixtures_dir() {
+  const char* shared = std::getenv("HYBRIDIFF_SHARED");
+  std::filesystem::path dir = shared != nullptr ? std::filesystem::path(shared) : std::filesystem::path(HYBRIDIFF_SHARED_DIR);
+  dir /= "fixtures";
+  if (!std::filesystem::is_directory(dir))
+    throw std::runtime_error("fixtures not found at " + dir.string() + " (set HYBRIDIFF_SHARED to the shared/ folder)");
+  return dir;
+}
+
+temp_dir::temp_dir() {
+  std::random_device seed;
+  path_ = std::filesystem::temp_directory_path() /
+          ("hybridiff-test-" + std::to_string(::getpid()) + "-" + std::to_string(seed()));
+  std::filesystem::create_directories(path_);
+}
+
+temp_dir::~temp_dir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((static_cast<std::uint64_t>(header.size()) >> (8 * i)) & 0xff);
+  return bytes + header + data;
+}
+
+}  // namespace hybridiff::test

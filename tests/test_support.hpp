@@ -1,0 +1,31 @@
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace hybridiff::test {
+
+/// `../shared/fixtures` (or `$HYBRIDIFF_SHARED/fixtures`): the golden tensors and tiny model folders.
+std::filesystem::path fixtures_dir();
+
+/// A fresh folder under the system temp dir, removed with everything in it when the object dies.
+class temp_dir {
+ public:
+  temp_dir();
+  ~temp_dir();
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// Writes `bytes` to `path` as they are.
+void write_file(const std::filesystem::path& path, const std::string& bytes);
+
+/// A raw safetensors file: the 8-byte little-endian length of `header`, `header`, then `data`.
+std::string safetensors_bytes(const std::string& header, const std::string& data);
+
+}  // namespace hybridiff::test
