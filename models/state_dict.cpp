@@ -35,6 +35,16 @@ void load_state_dict(torch::nn::Module& module, const checkpoint& weights, const
   for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace(item.key(), item.value());
   for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace(item.key(), item.value());
 
+  bool strip_prefix = !options.optional_prefix.empty();
+  for (const auto& entry : weights.entries())
+    if (entry.name.rfind(options.optional_prefix, 0) == 0) strip_prefix = false;
+  auto checkpoint_key = [&](const std::string& name) {
+    return strip_prefix && name.rfind(options.optional_prefix, 0) == 0 ? name.substr(options.optional_prefix.size()) : name;
+  };
+  std::map<std::string, at::Tensor> by_checkpoint_key;
+  for (const auto& [name, target] : targets) by_checkpoint_key.emplace(checkpoint_key(name), target);
+  targets = std::move(by_checkpoint_key);
+
   std::vector<std::string> missing, unexpected, mismatched;
   for (const auto& [name, target] : targets) {
     const tensor_entry* entry = weights.find(name);

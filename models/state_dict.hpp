@@ -19,6 +19,9 @@ struct load_options {
   c10::Device device = c10::kCPU;
   /// Floating-point weights are cast to this dtype; integer and bool tensors keep theirs.
   std::optional<at::ScalarType> dtype;
+  /// A prefix of the module's keys that a checkpoint may leave out: transformers saves a base model's weights
+  /// with or without it (`text_model.embeddings...` or `embeddings...`). Used only when no checkpoint key has it.
+  std::string optional_prefix;
 };
 
 /// Loads `weights` into `module` by exact name: every parameter and buffer of the module must be in the checkpoint

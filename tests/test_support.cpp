@@ -43,3 +43,22 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 }
 
 }  // namespace hybridiff::test
+
+#include <torch/torch.h>
+
+#include "models/safetensors.hpp"
+
+namespace hybridiff::test {
+
+at::Tensor golden(const std::string& file, const std::string& key) {
+  return models::safetensors_file::open(fixtures_dir() / file)->tensor(key).clone();
+}
+
+double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  if (actual.sizes() != expected.sizes())
+    throw std::runtime_error("shape mismatch: " + c10::str(actual.sizes()) + " vs " + c10::str(expected.sizes()));
+  auto a = actual.detach().to(torch::kCPU, torch::kDouble), b = expected.detach().to(torch::kCPU, torch::kDouble);
+  return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+}  // namespace hybridiff::test

@@ -29,3 +29,15 @@ void write_file(const std::filesystem::path& path, const std::string& bytes);
 std::string safetensors_bytes(const std::string& header, const std::string& data);
 
 }  // namespace hybridiff::test
+
+#include <ATen/core/Tensor.h>
+
+namespace hybridiff::test {
+
+/// The tensor `key` of the fixture file `file` (e.g. "tiny-sdxl-golden.safetensors"), as a CPU tensor.
+at::Tensor golden(const std::string& file, const std::string& key);
+
+/// max|actual − expected| / max|expected|: the fixtures' relative error measure.
+double relative_error(const at::Tensor& actual, const at::Tensor& expected);
+
+}  // namespace hybridiff::test

@@ -1,0 +1,118 @@
+#include "models/nn.hpp"
+
+#include "models/errors.hpp"
+
+namespace hybridiff::models {
+
+at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, bool causal) {
+  return at::scaled_dot_product_attention(query, key, value, /*attn_mask=*/{}, /*dropout_p=*/0.0, causal);
+}
+
+at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
+  auto batch = x.size(0), length = x.size(1);
+  return x.view({batch, length, heads, x.size(2) / heads}).transpose(1, 2);
+}
+
+at::Tensor merge_heads(const at::Tensor& x) {
+  auto batch = x.size(0), heads = x.size(1), length = x.size(2), dim = x.size(3);
+  return x.transpose(1, 2).reshape({batch, length, heads * dim});
+}
+
+at::Tensor activate(const at::Tensor& x, const std::string& name, const std::string& source) {
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return torch::gelu(x, "tanh");
+  if (name == "quick_gelu") return x * torch::sigmoid(1.702 * x);
+  if (name == "relu") return torch::relu(x);
+  throw error(source + ": unsupported activation '" + name + "' (supported: silu, gelu, gelu_new, quick_gelu, relu)");
+}
+
+torch::nn::Linear linear(std::int64_t in, std::int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
+                         std::int64_t padding) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
+}
+
+torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps));
+}
+
+torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps).elementwise_affine(affine));
+}
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(std::int64_t in_channels, std::int64_t out_channels, std::int64_t temb_channels,
+                                     std::int64_t groups, double eps, double output_scale_factor)
+    : output_scale_factor_(output_scale_factor) {
+  norm1 = register_module("norm1", group_norm(groups, in_channels, eps));
+  conv1 = register_module("conv1", conv2d(in_channels, out_channels, 3, 1, 1));
+  if (temb_channels > 0) time_emb_proj = register_module("time_emb_proj", linear(temb_channels, out_channels));
+  norm2 = register_module("norm2", group_norm(groups, out_channels, eps));
+  conv2 = register_module("conv2", conv2d(out_channels, out_channels, 3, 1, 1));
+  if (in_channels != out_channels) conv_shortcut = register_module("conv_shortcut", conv2d(in_channels, out_channels, 1));
+}
+
+at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
+  auto h = conv1(torch::silu(norm1(x)));  // [B, out, H, W]
+  if (time_emb_proj && temb.defined()) h = h + time_emb_proj(torch::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+  h = conv2(torch::silu(norm2(h)));
+  auto shortcut = conv_shortcut ? conv_shortcut(x) : x;
+  return output_scale_factor_ == 1.0 ? shortcut + h : (shortcut + h) / output_scale_factor_;
+}
+
+Downsample2DImpl::Downsample2DImpl(std::int64_t channels, std::int64_t padding) : padding_(padding) {
+  conv = register_module("conv", conv2d(channels, channels, 3, 2, padding));
+}
+
+at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
+  if (padding_ == 0) return conv(torch::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+  return conv(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(std::int64_t channels) {
+  conv = register_module("conv", conv2d(channels, channels, 3, 1, 1));
+}
+
+at::Tensor Upsample2DImpl::forward(const at::Tensor& x, c10::IntArrayRef size) {
+  namespace F = torch::nn::functional;
+  auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
+  if (size.empty())
+    options.scale_factor(std::vector<double>{2.0, 2.0});
+  else
+    options.size(size.vec());
+  // Nearest upsampling has no bf16 kernel on some builds; diffusers upcasts the same way.
+  auto input = x.scalar_type() == at::kBFloat16 ? x.to(at::kFloat) : x;
+  auto up = F::interpolate(input, options).to(x.scalar_type());
+  return conv(up);
+}
+
+AttentionImpl::AttentionImpl(std::int64_t query_dim, std::int64_t context_dim, std::int64_t heads,
+                             std::int64_t head_dim, bool qkv_bias, std::int64_t group_norm_groups,
+                             double group_norm_eps)
+    : heads_(heads) {
+  const auto inner = heads * head_dim;
+  if (group_norm_groups > 0) group_norm = register_module("group_norm", models::group_norm(group_norm_groups, query_dim, group_norm_eps));
+  to_q = register_module("to_q", linear(query_dim, inner, qkv_bias));
+  to_k = register_module("to_k", linear(context_dim, inner, qkv_bias));
+  to_v = register_module("to_v", linear(context_dim, inner, qkv_bias));
+  to_out = register_module("to_out", torch::nn::ModuleList(linear(inner, query_dim, true)));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
+  if (group_norm) {
+    // Spatial self-attention: [B, C, H, W] -> [B, HW, C] tokens, residual added back.
+    auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+    auto tokens = group_norm(x).view({batch, channels, height * width}).transpose(1, 2);
+    auto q = split_heads(to_q(tokens), heads_), k = split_heads(to_k(tokens), heads_), v = split_heads(to_v(tokens), heads_);
+    auto out = to_out[0]->as<torch::nn::Linear>()->forward(merge_heads(attention(q, k, v)));
+    return out.transpose(1, 2).reshape({batch, channels, height, width}) + x;
+  }
+  const auto& source = context.defined() ? context : x;
+  auto q = split_heads(to_q(x), heads_), k = split_heads(to_k(source), heads_), v = split_heads(to_v(source), heads_);
+  return to_out[0]->as<torch::nn::Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, L, query_dim]
+}
+
+}  // namespace hybridiff::models

@@ -1,0 +1,90 @@
+#pragma once
+// Shared building blocks of the diffusers/transformers modules. Every `register_module` name equals the
+// checkpoint key segment it stands for, so a module's `named_parameters()` are the checkpoint's keys.
+
+#include <string>
+
+#include <torch/torch.h>
+
+namespace hybridiff::models {
+
+/// Scaled dot-product attention over [B, heads, L, head_dim] tensors through LibTorch's fused kernels.
+at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, bool causal = false);
+
+/// Splits [B, L, heads·d] into [B, heads, L, d].
+at::Tensor split_heads(const at::Tensor& x, std::int64_t heads);
+/// Joins [B, heads, L, d] into [B, L, heads·d].
+at::Tensor merge_heads(const at::Tensor& x);
+
+/// The activation named in a config ("silu", "gelu", "quick_gelu", "gelu_new"/"gelu_pytorch_tanh"); throws for
+/// other names, naming `source`.
+at::Tensor activate(const at::Tensor& x, const std::string& name, const std::string& source);
+
+torch::nn::Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
+torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
+                         std::int64_t padding = 0);
+torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);
+torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine = true);
+
+/// diffusers' `ResnetBlock2D` (time_scale_shift "default"): GroupNorm, SiLU, conv, + projected time embedding,
+/// GroupNorm, SiLU, conv, 1x1 shortcut when the channel count changes; output = (x + h) / output_scale_factor.
+/// Ref: diffusers/models/resnet.py ResnetBlock2D.
+class ResnetBlock2DImpl : public torch::nn::Module {
+ public:
+  /// `temb_channels` 0: no time embedding (the VAE's blocks).
+  ResnetBlock2DImpl(std::int64_t in_channels, std::int64_t out_channels, std::int64_t temb_channels, std::int64_t groups,
+                    double eps, double output_scale_factor = 1.0);
+  /// x [B, in, H, W], temb [B, temb_channels] or undefined -> [B, out, H, W]
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& temb = {});
+
+  torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  torch::nn::Linear time_emb_proj{nullptr};
+
+ private:
+  double output_scale_factor_;
+};
+TORCH_MODULE(ResnetBlock2D);
+
+/// diffusers' `Downsample2D` with a conv: stride 2, `padding` 1 (UNet) or 0 with a (0,1,0,1) pad first (VAE).
+class Downsample2DImpl : public torch::nn::Module {
+ public:
+  Downsample2DImpl(std::int64_t channels, std::int64_t padding);
+  at::Tensor forward(const at::Tensor& x);  // [B, C, H, W] -> [B, C, H/2, W/2]
+  torch::nn::Conv2d conv{nullptr};
+
+ private:
+  std::int64_t padding_;
+};
+TORCH_MODULE(Downsample2D);
+
+/// diffusers' `Upsample2D` with a conv: nearest-neighbour upsampling (to `size`, or ×2), then a 3×3 conv.
+class Upsample2DImpl : public torch::nn::Module {
+ public:
+  explicit Upsample2DImpl(std::int64_t channels);
+  at::Tensor forward(const at::Tensor& x, c10::IntArrayRef size = {});  // [B, C, H, W] -> [B, C, 2H, 2W]
+  torch::nn::Conv2d conv{nullptr};
+};
+TORCH_MODULE(Upsample2D);
+
+/// diffusers' `Attention` with the 2.0 processor: to_q/to_k/to_v, SDPA, to_out.0. With `group_norm_groups` > 0 it
+/// is the VAE's spatial self-attention (GroupNorm first, [B, C, H, W] in and out, residual added).
+/// Ref: diffusers/models/attention_processor.py Attention, AttnProcessor2_0.
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(std::int64_t query_dim, std::int64_t context_dim, std::int64_t heads, std::int64_t head_dim,
+                bool qkv_bias, std::int64_t group_norm_groups = 0, double group_norm_eps = 1e-6);
+  /// x [B, L, query_dim], context [B, S, context_dim] (undefined: self-attention) -> [B, L, query_dim];
+  /// or, with a group norm, x [B, C, H, W] -> [B, C, H, W].
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& context = {});
+
+  torch::nn::GroupNorm group_norm{nullptr};
+  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  torch::nn::ModuleList to_out{nullptr};
+
+ private:
+  std::int64_t heads_;
+};
+TORCH_MODULE(Attention);
+
+}  // namespace hybridiff::models
