@@ -198,12 +198,42 @@ const std::map<std::string, json>& default_tables() {
 
 }  // namespace
 
+// Quotes the bare NaN / Infinity / -Infinity literals outside strings so that a strict JSON parser accepts them.
+static std::string quote_python_literals(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const char* literal : {"-Infinity", "Infinity", "NaN"}) {
+      std::string word(literal);
+      if (text.compare(i, word.size(), word) == 0) {
+        out += '"' + word + '"';
+        i += word.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
+
 json read_json_file(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) throw error(path.string() + ": file is missing");
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw error(path.string() + ": cannot open");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   try {
-    return json::parse(in);
+    return json::parse(quote_python_literals(text));
   } catch (const json::exception& malformed) {
     throw error(path.string() + ": malformed JSON: " + malformed.what());
   }
@@ -255,6 +285,17 @@ config read_config(const std::filesystem::path& path, std::string class_name) {
   }
   if (!class_name.empty()) values["_class_name"] = class_name;
   return config(std::move(values), path);
+}
+
+config as_class(const config& values, const std::string& class_name) {
+  const auto& tables = default_tables();
+  auto defaults = tables.find(class_name);
+  if (defaults == tables.end()) throw error(values.source().string() + ": cannot read as unknown class " + class_name);
+  auto merged = defaults->second;
+  for (auto& [key, value] : merged.items())
+    if (values.values().contains(key)) value = values.values()[key];
+  merged["_class_name"] = class_name;
+  return config(std::move(merged), values.source());
 }
 
 std::vector<std::string> classes_with_defaults() {

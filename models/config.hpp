@@ -1,7 +1,9 @@
 #pragma once
 
 #include <filesystem>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -10,7 +12,9 @@
 
 namespace hybridiff::models {
 
-/// Reads a JSON file; errors name the file and, for malformed JSON, the byte where parsing failed.
+/// Reads a JSON file; errors name the file and, for malformed JSON, the byte where parsing failed. The literals
+/// `NaN`, `Infinity` and `-Infinity` that Python's json module writes (e.g. DPM-Solver's `lambda_min_clipped`)
+/// are read as the strings "NaN", "Infinity", "-Infinity"; `config::get<double>` turns them back into numbers.
 nlohmann::json read_json_file(const std::filesystem::path& path);
 
 /// A component's configuration (`config.json` or `scheduler_config.json`) with the defaults of its diffusers /
@@ -29,6 +33,15 @@ class config {
   template <class T>
   T get(const std::string& key) const {
     const auto& value = at(key);
+    if constexpr (std::is_floating_point_v<T>) {
+      // Python's json writes these non-JSON literals; read_json_file turns them into strings.
+      if (value.is_string()) {
+        const auto text = value.template get<std::string>();
+        if (text == "Infinity") return std::numeric_limits<T>::infinity();
+        if (text == "-Infinity") return -std::numeric_limits<T>::infinity();
+        if (text == "NaN") return std::numeric_limits<T>::quiet_NaN();
+      }
+    }
     try {
       return value.get<T>();
     } catch (const nlohmann::json::exception&) {
@@ -57,6 +70,10 @@ class config {
 /// Reads `path` and fills in the defaults of `class_name` (taken from the file's `_class_name` or
 /// `architectures[0]` when empty). Classes without a default table are read as they are.
 config read_config(const std::filesystem::path& path, std::string class_name = "");
+
+/// `values` read as another class would read them, as diffusers' `Class.from_config(other.config)` does: the
+/// target class's defaults, overridden by the keys of `values` that the target class knows.
+config as_class(const config& values, const std::string& class_name);
 
 /// The classes whose defaults hybridiff knows (the ones it implements).
 std::vector<std::string> classes_with_defaults();
