@@ -171,7 +171,7 @@ class ddim_sampler : public sampler {
   explicit ddim_sampler(config values) : values_(std::move(values)), alphas_cumprod_(alphas_cumprod_of(values_)) {
     require_epsilon(values_);
     if (values_.get<bool>("thresholding")) values_.reject("thresholding", "is not supported");
-    final_alpha_cumprod_ = values_.get<bool>("set_alpha_to_one") ? 1.0 : alphas_cumprod_[0].item<double>();
+    final_alpha_cumprod_ = values_.get<bool>("set_alpha_to_one") ? torch::tensor(1.0f) : alphas_cumprod_[0].clone();
   }
 
   void set_timesteps(std::int64_t steps) override {
@@ -196,14 +196,15 @@ class ddim_sampler : public sampler {
     check_index(index);
     const auto t = static_cast<std::int64_t>(timestep_values_[index]);
     const auto previous = t - stride_;
-    const double alpha = alphas_cumprod_[t].item<float>();
-    const double alpha_previous = previous >= 0 ? alphas_cumprod_[previous].item<float>() : final_alpha_cumprod_;
-    auto x0 = (sample - std::sqrt(1 - alpha) * model_output) / std::sqrt(alpha);
+    // float32 scalar tensors throughout, as diffusers: DDIM with clip_sample amplifies rounding differences.
+    auto alpha = alphas_cumprod_[t];
+    auto alpha_previous = previous >= 0 ? alphas_cumprod_[previous] : final_alpha_cumprod_;
+    auto x0 = (sample - (1 - alpha).pow(0.5) * model_output) / alpha.pow(0.5);
     if (values_.get<bool>("clip_sample")) {
       const double range = values_.get<double>("clip_sample_range");
       x0 = x0.clamp(-range, range);
     }
-    return std::sqrt(alpha_previous) * x0 + std::sqrt(1 - alpha_previous) * model_output;
+    return alpha_previous.pow(0.5) * x0 + (1 - alpha_previous).pow(0.5) * model_output;
   }
 
   std::string name() const override { return "ddim"; }
@@ -211,7 +212,7 @@ class ddim_sampler : public sampler {
  private:
   config values_;
   at::Tensor alphas_cumprod_;
-  double final_alpha_cumprod_ = 1.0;
+  at::Tensor final_alpha_cumprod_;
   std::int64_t stride_ = 1;
   std::vector<double> timestep_values_;
 };

@@ -21,6 +21,7 @@ struct subcommand {
 const subcommand subcommands[] = {
     {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts",
      hybridiff::cli::run_info},
+    {"generate", "generate an image from a prompt with an SDXL diffusers folder", hybridiff::cli::run_generate},
 };
 
 void print_overview(std::ostream& out) {

@@ -1,0 +1,74 @@
+#include "models/pipeline.hpp"
+
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+#include "models/model_folder.hpp"
+#include "models/sdxl_pipeline.hpp"
+
+namespace hybridiff::models {
+
+branch_conditioning branch_conditioning::stack(const branch_conditioning& negative, const branch_conditioning& positive) {
+  auto cat = [](const at::Tensor& a, const at::Tensor& b) { return a.defined() ? torch::cat({a, b}, 0) : at::Tensor(); };
+  return {cat(negative.context, positive.context), cat(negative.pooled, positive.pooled),
+          cat(negative.time_ids, positive.time_ids)};
+}
+
+std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options) {
+  auto folder = model_folder::open(dir);
+  const auto& name = folder.pipeline_class();
+  if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options);
+  throw error(dir.string() + ": pipeline class '" + (name.empty() ? std::string("(none: not a pipeline folder)") : name) +
+              "' is not supported (StableDiffusionXLPipeline)");
+}
+
+at::Tensor guide(const at::Tensor& uncond, const at::Tensor& cond, double guidance) {
+  return uncond + guidance * (cond - uncond);
+}
+
+at::Tensor initial_latents(const generation_request& request, const std::vector<std::int64_t>& shape,
+                           double init_noise_sigma, const load_options& placement) {
+  at::Tensor noise;
+  if (request.initial_latents.defined()) {
+    if (request.initial_latents.sizes() != c10::IntArrayRef(shape))
+      throw error("initial latents have shape " + c10::str(request.initial_latents.sizes()) + ", the requested size needs " +
+                  c10::str(c10::IntArrayRef(shape)));
+    noise = request.initial_latents.to(torch::kFloat32);
+  } else {
+    // Seeded on the CPU as diffusers' torch.Generator("cpu").manual_seed(seed), so a seed means the same noise
+    // on every device.
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(request.seed);
+    noise = torch::randn(shape, generator, torch::kFloat32);
+  }
+  auto dtype = placement.dtype.value_or(at::kFloat);
+  return (noise * init_noise_sigma).to(placement.device, dtype);
+}
+
+at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_request& request,
+                            const step_observer& observe) {
+  torch::NoGradGuard no_grad;
+  const auto plan = pipeline.plan(request);
+  const auto conditioning = pipeline.encode_prompt(request, plan);
+  auto sampler = pipeline.make_sampler(request.sampler);
+  sampler->set_timesteps(plan.steps);
+  auto latents = initial_latents(request, pipeline.latent_shape(plan.height, plan.width), sampler->init_noise_sigma(),
+                                 pipeline.placement());
+  const auto batched = plan.classifier_free ? branch_conditioning::stack(conditioning.negative, conditioning.positive)
+                                            : conditioning.positive;
+  const auto& timesteps = sampler->timesteps();
+  for (std::int64_t i = 0; i < plan.steps; ++i) {
+    auto model_input = plan.classifier_free ? torch::cat({latents, latents}, 0) : latents;
+    model_input = sampler->scale_model_input(model_input, i);
+    auto t = timesteps[i].to(latents.device());
+    auto prediction = pipeline.predict(model_input, t, batched);
+    if (plan.classifier_free) {
+      auto branches = prediction.chunk(2, 0);
+      prediction = guide(branches[0], branches[1], plan.guidance);
+    }
+    latents = sampler->step(prediction, i, latents);
+    if (observe) observe(i, plan.steps, latents);
+  }
+  return latents;
+}
+
+}  // namespace hybridiff::models

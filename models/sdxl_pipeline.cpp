@@ -1,0 +1,115 @@
+#include "models/sdxl_pipeline.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "models/errors.hpp"
+
+namespace hybridiff::models {
+
+std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, const load_options& options) {
+  std::unique_ptr<sdxl_pipeline> pipeline(new sdxl_pipeline());
+  pipeline->placement_ = options;
+  for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae"})
+    folder.get(name);  // every component present, or a clear error naming the missing one
+  pipeline->scheduler_config_ = folder.component_config("scheduler");
+  const auto& index = folder.index();
+  if (index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean())
+    pipeline->force_zeros_for_empty_prompt_ = index["force_zeros_for_empty_prompt"].get<bool>();
+  pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
+  pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
+  pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, false, options);
+  pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
+  pipeline->unet_ = load_unet(folder.get("unet").dir, options);
+  // The VAE runs in float32 when its config asks (SDXL's VAE overflows in fp16: force_upcast).
+  auto vae_options = options;
+  if (folder.component_config("vae").get<bool>("force_upcast")) vae_options.dtype = at::kFloat;
+  pipeline->vae_ = load_vae(folder.get("vae").dir, vae_options);
+  const auto sample_size = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128);
+  pipeline->default_size_ = sample_size * pipeline->vae_->config().spatial_factor();
+  const auto expected_pooled = pipeline->unet_->config().projection_class_embeddings_input_dim -
+                               6 * pipeline->unet_->config().addition_time_embed_dim;
+  if (pipeline->unet_->config().text_time && expected_pooled != pipeline->text_encoder_2_->config().projection_dim)
+    throw error(folder.dir().string() + ": unet's projection_class_embeddings_input_dim expects pooled text embeddings of " +
+                std::to_string(expected_pooled) + " but text_encoder_2 projects to " +
+                std::to_string(pipeline->text_encoder_2_->config().projection_dim));
+  return pipeline;
+}
+
+generation_plan sdxl_pipeline::plan(const generation_request& request) const {
+  generation_plan plan;
+  plan.steps = request.steps.value_or(50);
+  plan.height = request.height.value_or(default_size_);
+  plan.width = request.width.value_or(default_size_);
+  plan.guidance = request.guidance.value_or(5.0);
+  plan.classifier_free = plan.guidance > 1.0;
+  const auto factor = vae_->config().spatial_factor();
+  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
+  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
+    if (value < factor || value % factor != 0)
+      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of the VAE factor " +
+                  std::to_string(factor));
+    if (value > 8192) throw error(std::string(name) + " " + std::to_string(value) + " exceeds the limit of 8192");
+  }
+  return plan;
+}
+
+branch_conditioning sdxl_pipeline::encode_text(const std::string& text) const {
+  std::vector<at::Tensor> hidden;
+  at::Tensor pooled;
+  const clip_tokenizer* tokenizers[] = {&tokenizer_, &tokenizer_2_};
+  CLIPTextModel encoders[] = {text_encoder_, text_encoder_2_};
+  for (int i = 0; i < 2; ++i) {
+    bool truncated = false;
+    auto ids = tokenizers[i]->encode(text, &truncated);
+    if (truncated && i == 0)
+      spdlog::warn("prompt is longer than {} tokens; the rest is cut off (as diffusers does)", tokenizers[i]->max_length() - 2);
+    auto input = torch::tensor(ids, torch::kLong).unsqueeze(0).to(placement_.device);
+    auto out = encoders[i]->forward(input);
+    hidden.push_back(out.hidden_states[out.hidden_states.size() - 2]);  // penultimate layer, [1, 77, D_i]
+    pooled = out.pooled;                                                 // the last encoder's projection
+  }
+  return {torch::cat(hidden, -1), pooled, at::Tensor()};
+}
+
+prompt_conditioning sdxl_pipeline::encode_prompt(const generation_request& request, const generation_plan& plan) {
+  prompt_conditioning result;
+  result.positive = encode_text(request.prompt);
+  if (!request.negative_prompt && force_zeros_for_empty_prompt_) {
+    result.negative = {torch::zeros_like(result.positive.context), torch::zeros_like(result.positive.pooled), at::Tensor()};
+  } else {
+    result.negative = encode_text(request.negative_prompt.value_or(""));
+  }
+  // Micro-conditioning: original size, crop top-left, target size.
+  auto time_ids = torch::tensor({static_cast<double>(plan.height), static_cast<double>(plan.width), 0.0, 0.0,
+                                 static_cast<double>(plan.height), static_cast<double>(plan.width)},
+                                torch::kFloat32)
+                      .unsqueeze(0)
+                      .to(placement_.device, result.positive.context.scalar_type());
+  result.positive.time_ids = time_ids;
+  result.negative.time_ids = time_ids;
+  return result;
+}
+
+at::Tensor sdxl_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) {
+  return unet_->forward(latents, timestep, {cond.context, cond.pooled, cond.time_ids});
+}
+
+std::unique_ptr<sampler> sdxl_pipeline::make_sampler(const std::string& name) const {
+  return models::make_sampler(scheduler_config_, name);
+}
+
+at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) {
+  torch::NoGradGuard no_grad;
+  const auto& config = vae_->config();
+  auto z = latents.to(vae_->decoder->conv_in->weight.scalar_type()) / config.scaling_factor;
+  if (config.shift_factor) z = z + *config.shift_factor;
+  auto image = vae_->decode(z);
+  return (image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat32);
+}
+
+std::vector<std::int64_t> sdxl_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
+  const auto factor = vae_->config().spatial_factor();
+  return {1, unet_->config().in_channels, height / factor, width / factor};
+}
+
+}  // namespace hybridiff::models

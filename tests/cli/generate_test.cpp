@@ -1,0 +1,99 @@
+// `hybridiff generate` run as a user runs it: the binary, its flags, its files.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "models/image_io.hpp"
+#include "models/safetensors.hpp"
+#include "test_support.hpp"
+
+namespace hybridiff {
+namespace {
+
+struct run_result {
+  int exit_code;
+  std::string output;
+};
+
+// Runs the hybridiff binary with `arguments` (already shell-quoted), capturing stdout and stderr.
+run_result run_hybridiff(const std::string& arguments) {
+  std::string command = std::string("'") + HYBRIDIFF_BINARY + "' " + arguments + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("popen failed");
+  std::string output;
+  char buffer[4096];
+  while (std::size_t read = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, read);
+  int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+}
+
+std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
+
+const char* pipe_prompt = "'astronaut in a jungle, cold color palette, muted colors, detailed, 8k'";
+
+TEST(GenerateCli, ReproducesDiffusersEulerLatents) {
+  test::temp_dir dir;
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  auto result = run_hybridiff("generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt " + pipe_prompt +
+                              " --steps 8 --guidance 5 --height 32 --width 32 --latents-in " + quoted(dir / "init.safetensors") +
+                              " --save-latents " + quoted(dir / "out.safetensors") + " --output " + quoted(dir / "out.png"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto latents = models::load_named_tensor(dir / "out.safetensors", "latents");
+  EXPECT_LT(test::relative_error(latents, test::golden("tiny-sdxl-golden.safetensors", "pipe_euler_latents")), 1e-3);
+  auto image = models::load_png(dir / "out.png");
+  EXPECT_EQ(image.sizes(), (c10::IntArrayRef{1, 3, 32, 32}));
+}
+
+TEST(GenerateCli, ReferenceSpellingsAndSeedsWork) {
+  test::temp_dir dir;
+  auto common = "generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +
+                " --prompt cat --num_inference_steps 2 --guidance_scale 3 --image_size 32 --save-latents ";
+  auto first = run_hybridiff(common + quoted(dir / "a.safetensors") + " --seed 7 --output " + quoted(dir / "a.png"));
+  auto second = run_hybridiff(common + quoted(dir / "b.safetensors") + " --seed 7 --output " + quoted(dir / "b.png"));
+  auto third = run_hybridiff(common + quoted(dir / "c.safetensors") + " --seed 8 --output " + quoted(dir / "c.png"));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_EQ(third.exit_code, 0) << third.output;
+  auto a = models::load_named_tensor(dir / "a.safetensors", "latents");
+  EXPECT_TRUE(torch::equal(a, models::load_named_tensor(dir / "b.safetensors", "latents")));
+  EXPECT_FALSE(torch::equal(a, models::load_named_tensor(dir / "c.safetensors", "latents")));
+}
+
+TEST(GenerateCli, BadInputExitsNonZeroWithTheReason) {
+  test::temp_dir dir;
+  const auto model = " --model " + quoted(test::fixtures_dir() / "tiny-sdxl");
+  struct expectation {
+    std::string arguments;
+    int exit_code;
+    std::string message;
+  };
+  models::save_safetensors(dir / "wrong.safetensors", {{"noise", torch::zeros({1, 4, 16, 16})}});
+  models::save_safetensors(dir / "small.safetensors", {{"latents", torch::zeros({1, 4, 8, 8})}});
+  const expectation cases[] = {
+      {"generate --prompt cat", 2, "--model"},
+      {"generate" + model + " --prompt cat --height 33 --width 32 --steps 1", 1, "--height 33 is not a positive multiple"},
+      {"generate" + model + " --prompt cat --steps 0", 1, "--steps 0"},
+      {"generate" + model + " --prompt cat --scheduler heun", 2, "--scheduler 'heun'"},
+      {"generate" + model + " --prompt cat --dtype fp8", 2, "--dtype 'fp8'"},
+      {"generate" + model + " --prompt cat --device tpu", 2, "--device 'tpu'"},
+      {"generate" + model + " --prompt cat --steps 2 --num_inference_steps 3", 2, "not both"},
+      {"generate --model /nonexistent --prompt cat", 1, "/nonexistent: model folder does not exist"},
+      {"generate" + model + " --prompt cat --latents-in " + quoted(dir / "wrong.safetensors"), 1, "no tensor named 'latents'"},
+      {"generate" + model + " --prompt cat --image_size 32 --latents-in " + quoted(dir / "small.safetensors"), 1,
+       "initial latents have shape"},
+      {"generate" + model + " --prompt cat --latents-in " + quoted(dir / "absent.safetensors"), 1, "cannot open"},
+  };
+  for (const auto& expected : cases) {
+    auto result = run_hybridiff(expected.arguments + " --output " + quoted(dir / "x.png"));
+    EXPECT_EQ(result.exit_code, expected.exit_code) << expected.arguments << "\n" << result.output;
+    EXPECT_NE(result.output.find(expected.message), std::string::npos) << expected.arguments << "\n" << result.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));  // nothing half-written
+}
+
+}  // namespace
+}  // namespace hybridiff
