@@ -4,6 +4,7 @@
 
 #include "models/errors.hpp"
 #include "models/model_folder.hpp"
+#include "models/sd3_pipeline.hpp"
 #include "models/sdxl_pipeline.hpp"
 
 namespace hybridiff::models {
@@ -18,8 +19,9 @@ std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& d
   auto folder = model_folder::open(dir);
   const auto& name = folder.pipeline_class();
   if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options);
+  if (name == "StableDiffusion3Pipeline") return sd3_pipeline::load(folder, options);
   throw error(dir.string() + ": pipeline class '" + (name.empty() ? std::string("(none: not a pipeline folder)") : name) +
-              "' is not supported (StableDiffusionXLPipeline)");
+              "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline)");
 }
 
 at::Tensor guide(const at::Tensor& uncond, const at::Tensor& cond, double guidance) {

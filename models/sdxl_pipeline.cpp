@@ -20,9 +20,10 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
   pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, false, options);
   pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
   pipeline->unet_ = load_unet(folder.get("unet").dir, options);
-  // The VAE runs in float32 when its config asks (SDXL's VAE overflows in fp16: force_upcast).
+  // The VAE runs in float32 instead of fp16 when its config asks (SDXL's VAE overflows in fp16: force_upcast),
+  // as diffusers does.
   auto vae_options = options;
-  if (folder.component_config("vae").get<bool>("force_upcast")) vae_options.dtype = at::kFloat;
+  if (folder.component_config("vae").get<bool>("force_upcast") && options.dtype == at::kHalf) vae_options.dtype = at::kFloat;
   pipeline->vae_ = load_vae(folder.get("vae").dir, vae_options);
   const auto sample_size = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128);
   pipeline->default_size_ = sample_size * pipeline->vae_->config().spatial_factor();

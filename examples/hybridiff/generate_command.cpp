@@ -42,15 +42,16 @@ int run_generate(const std::vector<std::string>& args) {
   line.name = "generate";
   line.usage = "hybridiff generate --model DIR --prompt TEXT [options]";
   line.summary =
-      "Generates one image from a text prompt with a diffusers folder (StableDiffusionXLPipeline). Unset options\n"
-      "take the folder's defaults (SDXL: 1024x1024, 50 steps, guidance 5.0, the folder's scheduler). The\n"
-      "reference scripts' spellings --num_inference_steps, --guidance_scale and --image_size are accepted.";
+      "Generates one image from a text prompt with a diffusers folder (StableDiffusionXLPipeline or\n"
+      "StableDiffusion3Pipeline). Unset options take the folder's defaults, as diffusers: SDXL 1024x1024, 50 steps,\n"
+      "guidance 5.0; SD3 1024x1024, 28 steps, guidance 7.0; the folder's scheduler. The reference scripts'\n"
+      "spellings --num_inference_steps, --guidance_scale and --image_size are accepted.";
   // clang-format off
   line.options.add_options()
       ("model", po::value<std::string>()->required()->value_name("DIR"), "diffusers pipeline folder (model_index.json)")
       ("prompt", po::value<std::string>()->required()->value_name("TEXT"), "what to draw")
       ("negative-prompt", po::value<std::string>()->value_name("TEXT"),
-       "what to steer away from (unset: SDXL's zero conditioning, as diffusers)")
+       "what to steer away from (unset: SDXL's zero conditioning, SD3's \"\", as diffusers)")
       ("steps", po::value<std::int64_t>()->value_name("N"), "denoising steps (default: 50)")
       ("num_inference_steps", po::value<std::int64_t>()->value_name("N"), "same as --steps")
       ("guidance", po::value<double>()->value_name("G"), "classifier-free guidance scale; <= 1 disables CFG (default: 5.0)")
@@ -66,6 +67,8 @@ int run_generate(const std::vector<std::string>& args) {
        "safetensors file with a tensor 'latents' [1,C,h,w]: the initial noise, unscaled (diffusers' latents=)")
       ("save-latents", po::value<std::string>()->value_name("FILE"),
        "write the final latents (before VAE decoding) as tensor 'latents'")
+      ("max-sequence-length", po::value<std::int64_t>()->default_value(256)->value_name("N"),
+       "SD3: T5 tokens of the prompt (zeros of this length when the folder has no text_encoder_3)")
       ("output", po::value<std::string>()->default_value("hybridiff.png")->value_name("PNG"), "where to write the image")
       ("device", po::value<std::string>()->default_value("cpu")->value_name("DEV"), "cpu, cuda or cuda:N")
       ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), "fp32, fp16 or bf16");
@@ -98,6 +101,7 @@ int run_generate(const std::vector<std::string>& args) {
       throw usage_error("--scheduler '" + request.sampler + "': use euler, ddim, dpm++2m or flow-euler");
   }
   request.seed = values["seed"].as<std::uint64_t>();
+  request.max_sequence_length = values["max-sequence-length"].as<std::int64_t>();
   if (values.count("latents-in"))
     request.initial_latents = models::load_named_tensor(values["latents-in"].as<std::string>(), "latents");
 

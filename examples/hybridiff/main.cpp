@@ -21,7 +21,7 @@ struct subcommand {
 const subcommand subcommands[] = {
     {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts",
      hybridiff::cli::run_info},
-    {"generate", "generate an image from a prompt with an SDXL diffusers folder", hybridiff::cli::run_generate},
+    {"generate", "generate an image from a prompt with an SDXL or SD3 diffusers folder", hybridiff::cli::run_generate},
     {"bench", "time denoiser steps of a model built from a config with random weights (JSON)", hybridiff::cli::run_bench},
 };
 

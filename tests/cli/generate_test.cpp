@@ -97,3 +97,25 @@ TEST(GenerateCli, BadInputExitsNonZeroWithTheReason) {
 
 }  // namespace
 }  // namespace hybridiff
+
+namespace hybridiff {
+namespace {
+
+TEST(GenerateCli, Sd3FolderReproducesDiffusersLatents) {
+  test::temp_dir dir;
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sd3-golden.safetensors", "pipe_init_latents")}});
+  auto result = run_hybridiff("generate --model " + quoted(test::fixtures_dir() / "tiny-sd3") +
+                              " --prompt 'A cat holding a sign that says hello world' --steps 8 --guidance 7 --height 32"
+                              " --width 32 --max-sequence-length 16 --latents-in " + quoted(dir / "init.safetensors") +
+                              " --save-latents " + quoted(dir / "out.safetensors") + " --output " + quoted(dir / "out.png"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "out.safetensors", "latents"),
+                                 test::golden("tiny-sd3-golden.safetensors", "pipe_latents")),
+            1e-3);
+  EXPECT_LT(test::relative_error(models::load_png(dir / "out.png"), test::golden("tiny-sd3-golden.safetensors", "pipe_image")),
+            1.0 / 255);  // 8-bit rounding of the image
+}
+
+}  // namespace
+}  // namespace hybridiff

@@ -1,0 +1,115 @@
+#include "models/sd3_pipeline.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "models/errors.hpp"
+
+namespace hybridiff::models {
+
+std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, const load_options& options) {
+  std::unique_ptr<sd3_pipeline> pipeline(new sd3_pipeline());
+  pipeline->placement_ = options;
+  for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "transformer", "vae"})
+    folder.get(name);
+  if (folder.has("text_encoder_3") != folder.has("tokenizer_3"))
+    throw error(folder.dir().string() + ": text_encoder_3 and tokenizer_3 come together (one is missing)");
+  pipeline->scheduler_config_ = folder.component_config("scheduler");
+  pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
+  pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
+  pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, true, options);
+  pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
+  if (folder.has("text_encoder_3")) {
+    pipeline->tokenizer_3_ = t5_tokenizer::load(folder.get("tokenizer_3").dir);
+    pipeline->text_encoder_3_ = load_t5_encoder(folder.get("text_encoder_3").dir, options);
+  }
+  pipeline->transformer_ = load_sd3_transformer(folder.get("transformer").dir, options);
+  auto vae_options = options;
+  if (folder.component_config("vae").get<bool>("force_upcast") && options.dtype == at::kHalf) vae_options.dtype = at::kFloat;
+  pipeline->vae_ = load_vae(folder.get("vae").dir, vae_options);
+  pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_->config().spatial_factor();
+  const auto clip_width = pipeline->text_encoder_->config().hidden_size + pipeline->text_encoder_2_->config().hidden_size;
+  if (clip_width > pipeline->transformer_->config().joint_attention_dim)
+    throw error(folder.dir().string() + ": the CLIP encoders' hidden sizes (" + std::to_string(clip_width) +
+                ") exceed the transformer's joint_attention_dim");
+  return pipeline;
+}
+
+generation_plan sd3_pipeline::plan(const generation_request& request) const {
+  generation_plan plan;
+  plan.steps = request.steps.value_or(28);
+  plan.height = request.height.value_or(default_size_);
+  plan.width = request.width.value_or(default_size_);
+  plan.guidance = request.guidance.value_or(7.0);
+  plan.classifier_free = plan.guidance > 1.0;
+  // Latents must split into whole patches: pixels divisible by VAE factor × patch size.
+  const auto factor = vae_->config().spatial_factor() * transformer_->config().patch_size;
+  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
+  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
+    if (value < factor || value % factor != 0)
+      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of " +
+                  std::to_string(factor) + " (VAE factor × patch size)");
+    const auto limit = transformer_->config().pos_embed_max_size * factor;
+    if (value > limit)
+      throw error(std::string(name) + " " + std::to_string(value) + " exceeds " + std::to_string(limit) +
+                  " (pos_embed_max_size × VAE factor × patch size)");
+  }
+  if (request.max_sequence_length < 1 || request.max_sequence_length > 512)
+    throw error("--max-sequence-length " + std::to_string(request.max_sequence_length) + " is outside [1, 512]");
+  return plan;
+}
+
+branch_conditioning sd3_pipeline::encode_text(const std::string& text, std::int64_t max_sequence_length) {
+  std::vector<at::Tensor> hidden, pooled;
+  const clip_tokenizer* tokenizers[] = {&tokenizer_, &tokenizer_2_};
+  CLIPTextModel encoders[] = {text_encoder_, text_encoder_2_};
+  for (int i = 0; i < 2; ++i) {
+    bool truncated = false;
+    auto ids = tokenizers[i]->encode(text, &truncated);
+    if (truncated && i == 0)
+      spdlog::warn("prompt is longer than {} CLIP tokens; the rest is cut off (as diffusers does)", tokenizers[i]->max_length() - 2);
+    auto out = encoders[i]->forward(torch::tensor(ids, torch::kLong).unsqueeze(0).to(placement_.device));
+    hidden.push_back(out.hidden_states[out.hidden_states.size() - 2]);  // [1, 77, D_i]
+    pooled.push_back(out.pooled);                                       // [1, P_i]
+  }
+  const auto joint = transformer_->config().joint_attention_dim;
+  auto clip = torch::cat(hidden, -1);
+  clip = torch::constant_pad_nd(clip, {0, joint - clip.size(-1)}, 0);  // [1, 77, joint]
+  at::Tensor t5;
+  if (text_encoder_3_) {
+    bool truncated = false;
+    auto ids = tokenizer_3_->encode(text, static_cast<std::size_t>(max_sequence_length), &truncated);
+    if (truncated) spdlog::warn("prompt is longer than {} T5 tokens; the rest is cut off", max_sequence_length - 1);
+    t5 = text_encoder_3_->forward(torch::tensor(ids, torch::kLong).unsqueeze(0).to(placement_.device));
+  } else {
+    t5 = torch::zeros({1, max_sequence_length, joint}, clip.options());
+  }
+  return {torch::cat({clip, t5.to(clip.scalar_type())}, 1), torch::cat(pooled, -1), at::Tensor()};
+}
+
+prompt_conditioning sd3_pipeline::encode_prompt(const generation_request& request, const generation_plan&) {
+  return {encode_text(request.negative_prompt.value_or(""), request.max_sequence_length),
+          encode_text(request.prompt, request.max_sequence_length)};
+}
+
+at::Tensor sd3_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) {
+  return transformer_->forward(latents, timestep, cond.context, cond.pooled);
+}
+
+std::unique_ptr<sampler> sd3_pipeline::make_sampler(const std::string& name) const {
+  return models::make_sampler(scheduler_config_, name);
+}
+
+at::Tensor sd3_pipeline::decode(const at::Tensor& latents) {
+  torch::NoGradGuard no_grad;
+  const auto& config = vae_->config();
+  auto z = latents.to(vae_->decoder->conv_in->weight.scalar_type()) / config.scaling_factor;
+  if (config.shift_factor) z = z + *config.shift_factor;
+  return (vae_->decode(z) / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat32);
+}
+
+std::vector<std::int64_t> sd3_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
+  const auto factor = vae_->config().spatial_factor();
+  return {1, transformer_->config().in_channels, height / factor, width / factor};
+}
+
+}  // namespace hybridiff::models
