@@ -4,7 +4,8 @@
 
 #include <cstdlib>
 #include <fstream>
-#include <random>
+#include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 namespace hybridiff::test {
@@ -19,10 +20,10 @@ std::filesystem::path fixtures_dir() {
 }
 
 temp_dir::temp_dir() {
-  std::random_device seed;
-  path_ = std::filesystem::temp_directory_path() /
-          ("hybridiff-test-" + std::to_string(::getpid()) + "-" + std::to_string(seed()));
-  std::filesystem::create_directories(path_);
+  auto pattern = (std::filesystem::temp_directory_path() / "hybridiff-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr)
+    throw std::runtime_error("mkdtemp(" + pattern + ") failed: " + std::strerror(errno));
+  path_ = pattern;
 }
 
 temp_dir::~temp_dir() {

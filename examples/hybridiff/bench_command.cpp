@@ -10,6 +10,7 @@
 #include "models/config.hpp"
 #include "models/errors.hpp"
 #include "models/state_dict.hpp"
+#include "models/sd3_transformer.hpp"
 #include "models/unet.hpp"
 
 #ifdef HYBRIDIFF_WITH_CUDA
@@ -95,27 +96,52 @@ int run_bench(const std::vector<std::string>& args) {
   const std::filesystem::path config_dir = values["model-config"].as<std::string>();
   auto config = models::read_config(config_dir / "config.json");
   const auto class_name = config.get_or<std::string>("_class_name", "");
-  if (class_name != "UNet2DConditionModel")
-    throw error((config_dir / "config.json").string() + ": bench supports UNet2DConditionModel, not '" + class_name + "'");
-
   torch::NoGradGuard no_grad;
-  models::UNet2DConditionModel unet(models::unet_config::from(config));
-  models::place_module(*unet, {device, dtype, ""});
-  unet->eval();
-  const auto& unet_config = unet->config();
+  const auto options = torch::TensorOptions().device(device).dtype(dtype);
+  const models::load_options placement{device, dtype, ""};
   const auto latent = size / 8;
+  // One denoiser call on random inputs of batch B, for the config's class (random weights, torch's default init).
+  std::function<void(std::int64_t)> prepare;
+  std::function<void()> step;
+  std::shared_ptr<torch::nn::Module> module;
+  at::Tensor sample, timestep = torch::tensor(500.0f, torch::TensorOptions().device(device));
+  if (class_name == "UNet2DConditionModel") {
+    models::UNet2DConditionModel unet(models::unet_config::from(config));
+    module = unet.ptr();
+    auto cond = std::make_shared<models::UNet2DConditionModelImpl::conditioning>();
+    prepare = [&sample, &options, latent, unet, cond](std::int64_t batch) {
+      const auto& c = unet->config();
+      sample = torch::randn({batch, c.in_channels, latent, latent}, options);
+      cond->context = torch::randn({batch, 77, c.cross_attention_dim.back()}, options);
+      if (c.text_time) {
+        cond->text_embeds = torch::randn({batch, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim}, options);
+        cond->time_ids = torch::tensor({1024.f, 1024.f, 0.f, 0.f, 1024.f, 1024.f}, options).repeat({batch, 1});
+      }
+    };
+    step = [&sample, &timestep, unet, cond]() mutable { unet->forward(sample, timestep, *cond); };
+  } else if (class_name == "SD3Transformer2DModel") {
+    models::SD3Transformer2DModel transformer(models::sd3_transformer_config::from(config));
+    module = transformer.ptr();
+    auto context = std::make_shared<at::Tensor>(), pooled = std::make_shared<at::Tensor>();
+    prepare = [&sample, &options, latent, transformer, context, pooled](std::int64_t batch) {
+      const auto& c = transformer->config();
+      sample = torch::randn({batch, c.in_channels, latent, latent}, options);
+      *context = torch::randn({batch, 77 + 256, c.joint_attention_dim}, options);  // CLIP 77 + T5 256 tokens
+      *pooled = torch::randn({batch, c.pooled_projection_dim}, options);
+    };
+    step = [&sample, &timestep, transformer, context, pooled]() mutable { transformer->forward(sample, timestep, *context, *pooled); };
+  } else {
+    throw error((config_dir / "config.json").string() + ": bench supports UNet2DConditionModel and SD3Transformer2DModel, not '" +
+                class_name + "'");
+  }
+  models::place_module(*module, placement);
+  module->eval();
 
-  nlohmann::json report = {{"model", class_name},
-                           {"config", config_dir.string()},
-                           {"size", size},
-                           {"device", device.str()},
-                           {"dtype", dtype_text},
-                           {"warmup", warmup},
-                           {"iters", iters},
-                           {"parameters", 0}};
   std::int64_t parameters = 0;
-  for (const auto& parameter : unet->parameters()) parameters += parameter.numel();
-  report["parameters"] = parameters;
+  for (const auto& parameter : module->parameters()) parameters += parameter.numel();
+  nlohmann::json report = {{"model", class_name}, {"config", config_dir.string()}, {"size", size},
+                           {"device", device.str()}, {"dtype", dtype_text},  {"warmup", warmup},
+                           {"iters", iters},         {"parameters", parameters}};
 #ifdef HYBRIDIFF_WITH_CUDA
   const c10::DeviceIndex gpu = device.index() < 0 ? 0 : device.index();
   if (device.is_cuda()) {
@@ -124,22 +150,13 @@ int run_bench(const std::vector<std::string>& args) {
   }
 #endif
   for (auto batch : batches) {
-    auto options = torch::TensorOptions().device(device).dtype(dtype);
-    auto sample = torch::randn({batch, unet_config.in_channels, latent, latent}, options);
-    auto timestep = torch::tensor(500.0f, torch::TensorOptions().device(device));
-    models::UNet2DConditionModelImpl::conditioning cond;
-    cond.context = torch::randn({batch, 77, unet_config.cross_attention_dim.back()}, options);
-    if (unet_config.text_time) {
-      cond.text_embeds = torch::randn(
-          {batch, unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim}, options);
-      cond.time_ids = torch::tensor({1024.f, 1024.f, 0.f, 0.f, 1024.f, 1024.f}, options).repeat({batch, 1});
-    }
-    for (std::int64_t i = 0; i < warmup; ++i) unet->forward(sample, timestep, cond);
+    prepare(batch);
+    for (std::int64_t i = 0; i < warmup; ++i) step();
     synchronize(device);
     std::vector<double> milliseconds;
     for (std::int64_t i = 0; i < iters; ++i) {
       auto start = std::chrono::steady_clock::now();
-      unet->forward(sample, timestep, cond);
+      step();
       synchronize(device);
       milliseconds.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
