@@ -32,5 +32,6 @@ struct usage_error : std::runtime_error {
 int run_info(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);
+int run_schedule(const std::vector<std::string>& args);
 
 }  // namespace hybridiff::cli
