@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "models/module_runner.hpp"
 #include "models/sampler.hpp"
 #include "models/state_dict.hpp"
 
@@ -63,8 +64,12 @@ class diffusion_pipeline {
   /// Encodes the prompt and the negative prompt for both guidance branches.
   virtual prompt_conditioning encode_prompt(const generation_request& request, const generation_plan& plan) = 0;
   /// One denoiser call: latents [B, C, h, w] (already scaled by the sampler), timestep (scalar tensor),
-  /// conditioning with batch B -> the model output [B, C, h, w].
-  virtual at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) = 0;
+  /// conditioning with batch B -> the model output [B, C, h, w]. With a runner, the denoiser's modules (AsyncDiff's
+  /// split granularity) go through it.
+  virtual at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
+                             module_runner* runner = nullptr) = 0;
+  /// The number of transformer blocks (SD3) or 0 (a UNet): what an AsyncDiff plan splits.
+  virtual std::int64_t transformer_blocks() const = 0;
   /// A new sampler configured from the folder's scheduler (or the named one).
   virtual std::unique_ptr<sampler> make_sampler(const std::string& name) const = 0;
   /// Final latents [1, C, h, w] -> image [1, 3, H, W] in [0, 1], float32 on the CPU.

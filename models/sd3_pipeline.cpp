@@ -91,9 +91,13 @@ prompt_conditioning sd3_pipeline::encode_prompt(const generation_request& reques
           encode_text(request.prompt, request.max_sequence_length)};
 }
 
-at::Tensor sd3_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) {
-  return transformer_->forward(latents, timestep, cond.context, cond.pooled);
+at::Tensor sd3_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
+                                 module_runner* runner) {
+  return runner != nullptr ? transformer_->forward(latents, timestep, cond.context, cond.pooled, *runner)
+                           : transformer_->forward(latents, timestep, cond.context, cond.pooled);
 }
+
+std::int64_t sd3_pipeline::transformer_blocks() const { return transformer_->num_blocks(); }
 
 std::unique_ptr<sampler> sd3_pipeline::make_sampler(const std::string& name) const {
   return models::make_sampler(scheduler_config_, name);

@@ -24,7 +24,9 @@ class sd3_pipeline : public diffusion_pipeline {
   std::string class_name() const override { return "StableDiffusion3Pipeline"; }
   generation_plan plan(const generation_request& request) const override;
   prompt_conditioning encode_prompt(const generation_request& request, const generation_plan& plan) override;
-  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) override;
+  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
+                     module_runner* runner = nullptr) override;
+  std::int64_t transformer_blocks() const override;
   std::unique_ptr<sampler> make_sampler(const std::string& name) const override;
   at::Tensor decode(const at::Tensor& latents) override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;

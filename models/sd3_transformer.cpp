@@ -182,17 +182,24 @@ void SD3Transformer2DModelImpl::run_blocks(state& s, std::int64_t begin, std::in
   }
 }
 
-at::Tensor SD3Transformer2DModelImpl::finish(const state& s, const recorder& record) {
-  auto scale_shift = norm_out_linear(torch::silu(s.temb)).chunk(2, 1);
-  auto hidden = modulate(s.hidden, scale_shift[1], scale_shift[0]);
-  if (record) record("norm_out", hidden);
-  hidden = proj_out(hidden);  // [B, N, p·p·C]
-  const auto batch = hidden.size(0), patch = config_.patch_size, channels = config_.out_channels;
+at::Tensor SD3Transformer2DModelImpl::norm_out(const state& s) {
+  auto scale_shift = norm_out_linear(torch::silu(s.temb)).chunk(2, 1);  // AdaLayerNormContinuous: scale, shift
+  return modulate(s.hidden, scale_shift[1], scale_shift[0]);
+}
+
+at::Tensor SD3Transformer2DModelImpl::unpatchify(const at::Tensor& projected, const state& s) const {
+  const auto batch = projected.size(0), patch = config_.patch_size, channels = config_.out_channels;
   const auto rows = s.height / patch, columns = s.width / patch;
-  // unpatchify: [B, h, w, p, q, C] -> [B, C, h, p, w, q] -> [B, C, H, W]
-  return hidden.reshape({batch, rows, columns, patch, patch, channels})
+  // [B, h·w, p·q·C] -> [B, h, w, p, q, C] -> [B, C, h, p, w, q] -> [B, C, H, W]
+  return projected.reshape({batch, rows, columns, patch, patch, channels})
       .permute({0, 5, 1, 3, 2, 4})
       .reshape({batch, channels, rows * patch, columns * patch});
+}
+
+at::Tensor SD3Transformer2DModelImpl::finish(const state& s, const recorder& record) {
+  auto hidden = norm_out(s);
+  if (record) record("norm_out", hidden);
+  return unpatchify(proj_out(hidden), s);
 }
 
 at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const at::Tensor& timestep,
@@ -200,6 +207,23 @@ at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const a
   auto s = embed(latents, timestep, context, pooled, record);
   run_blocks(s, 0, num_blocks(), record);
   return finish(s, record);
+}
+
+at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const at::Tensor& timestep,
+                                              const at::Tensor& context, const at::Tensor& pooled, module_runner& runner) {
+  auto s = embed(latents, timestep, context, pooled);
+  for (std::int64_t b = 0; b < num_blocks(); ++b) {
+    auto out = runner.run("transformer_blocks." + std::to_string(b), [&] {
+      auto next = s;
+      run_blocks(next, b, b + 1);
+      return activation{next.context, next.hidden};
+    });
+    s.context = out[0];
+    s.hidden = out[1];
+  }
+  auto normed = runner.run("norm_out", [&] { return activation{norm_out(s)}; })[0];
+  auto projected = runner.run("proj_out", [&] { return activation{proj_out(normed)}; })[0];
+  return unpatchify(projected, s);
 }
 
 SD3Transformer2DModel load_sd3_transformer(const std::filesystem::path& dir, const load_options& options) {

@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "models/config.hpp"
+#include "models/module_runner.hpp"
 #include "models/nn.hpp"
 #include "models/state_dict.hpp"
 
@@ -62,6 +63,10 @@ class SD3Transformer2DModelImpl : public torch::nn::Module {
   /// All three.
   at::Tensor forward(const at::Tensor& latents, const at::Tensor& timestep, const at::Tensor& context,
                      const at::Tensor& pooled, const recorder& record = nullptr);
+  /// The same with every block (`transformer_blocks.b`, output {context, hidden}), `norm_out` and `proj_out` going
+  /// through `runner`; the embeddings and the unpatchify are computed on every call, as the reference.
+  at::Tensor forward(const at::Tensor& latents, const at::Tensor& timestep, const at::Tensor& context,
+                     const at::Tensor& pooled, module_runner& runner);
 
   const sd3_transformer_config& config() const { return config_; }
   std::int64_t num_blocks() const { return static_cast<std::int64_t>(transformer_blocks->size()); }
@@ -69,6 +74,9 @@ class SD3Transformer2DModelImpl : public torch::nn::Module {
   torch::nn::ModuleList transformer_blocks{nullptr};
 
  private:
+  at::Tensor norm_out(const state& s);
+  at::Tensor unpatchify(const at::Tensor& projected, const state& s) const;
+
   sd3_transformer_config config_;
   torch::nn::Conv2d patch_proj{nullptr};
   at::Tensor pos_embed_table;  // [1, max², D], the checkpoint's "pos_embed.pos_embed"

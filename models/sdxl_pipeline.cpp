@@ -91,9 +91,13 @@ prompt_conditioning sdxl_pipeline::encode_prompt(const generation_request& reque
   return result;
 }
 
-at::Tensor sdxl_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond) {
-  return unet_->forward(latents, timestep, {cond.context, cond.pooled, cond.time_ids});
+at::Tensor sdxl_pipeline::predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
+                                  module_runner* runner) {
+  const UNet2DConditionModelImpl::conditioning unet_cond{cond.context, cond.pooled, cond.time_ids};
+  return runner != nullptr ? unet_->forward(latents, timestep, unet_cond, *runner) : unet_->forward(latents, timestep, unet_cond);
 }
+
+std::int64_t sdxl_pipeline::transformer_blocks() const { return 0; }
 
 std::unique_ptr<sampler> sdxl_pipeline::make_sampler(const std::string& name) const {
   return models::make_sampler(scheduler_config_, name);

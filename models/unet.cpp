@@ -154,15 +154,23 @@ at::Tensor UNetBlockImpl::forward_mid(at::Tensor h, const at::Tensor& temb, cons
 }
 
 at::Tensor UNetBlockImpl::forward_up(at::Tensor h, const at::Tensor& temb, const at::Tensor& context,
-                                     std::vector<at::Tensor>& skips, c10::IntArrayRef upsample_size) {
+                                     std::vector<at::Tensor>& skips, c10::IntArrayRef upsample_size, module_runner* runner,
+                                     const std::string& prefix) {
+  const auto size = upsample_size.vec();
   for (std::size_t i = 0; i < resnets->size(); ++i) {
     TORCH_CHECK(!skips.empty(), "UNet up block: no skip connection left");
-    h = torch::cat({h, skips.back()}, 1);  // [B, C + C_skip, H, W]
+    auto skip = skips.back();
     skips.pop_back();
-    h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
-    if (attentions) h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
+    h = run_module(runner, prefix + ".resnets." + std::to_string(i), [&] {
+          return activation{resnets[i]->as<ResnetBlock2D>()->forward(torch::cat({h, skip}, 1), temb)};  // [B, C + C_skip, H, W] in
+        })[0];
+    if (attentions)
+      h = run_module(runner, prefix + ".attentions." + std::to_string(i), [&] {
+            return activation{attentions[i]->as<Transformer2DModel>()->forward(h, context)};
+          })[0];
   }
-  if (samplers) h = samplers[0]->as<Upsample2D>()->forward(h, upsample_size);
+  if (samplers)
+    h = run_module(runner, prefix + ".upsamplers", [&] { return activation{samplers[0]->as<Upsample2D>()->forward(h, size)}; })[0];
   return h;
 }
 
@@ -353,33 +361,63 @@ at::Tensor UNet2DConditionModelImpl::time_embedding(const at::Tensor& timestep, 
 
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
                                              const conditioning& cond, const recorder& record) {
+  return forward_modules(sample, timestep, cond, record, nullptr);
+}
+
+at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
+                                             const conditioning& cond, module_runner& runner) {
+  return forward_modules(sample, timestep, cond, nullptr, &runner);
+}
+
+at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, const at::Tensor& timestep,
+                                                     const conditioning& cond, const recorder& record,
+                                                     module_runner* runner) {
   TORCH_CHECK(sample.dim() == 4 && sample.size(1) == config_.in_channels, "UNet: sample must be [B, ",
               config_.in_channels, ", H, W], got ", sample.sizes());
   const auto batch = sample.size(0);
   auto emb = time_embedding(timestep, batch, sample.scalar_type(), cond);
-  auto h = conv_in(sample);  // [B, C0, H, W]
+  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample)}; })[0];  // [B, C0, H, W]
   if (record) record("conv_in", h);
   std::vector<at::Tensor> skips{h};
   for (std::size_t i = 0; i < down_blocks->size(); ++i) {
-    h = down_blocks[i]->as<UNetBlock>()->forward_down(h, emb, cond.context, skips);
+    // A down block's output is its hidden state followed by the skips it adds.
+    auto out = run_module(runner, "down_blocks." + std::to_string(i), [&] {
+      std::vector<at::Tensor> added;
+      auto hidden = down_blocks[i]->as<UNetBlock>()->forward_down(h, emb, cond.context, added);
+      activation result{hidden};
+      result.insert(result.end(), added.begin(), added.end());
+      return result;
+    });
+    h = out[0];
+    skips.insert(skips.end(), out.begin() + 1, out.end());
     if (record) record("down_blocks." + std::to_string(i), h);
   }
   if (mid_block) {
-    h = mid_block->forward_mid(h, emb, cond.context);
+    h = run_module(runner, "mid_block", [&] { return activation{mid_block->forward_mid(h, emb, cond.context)}; })[0];
     if (record) record("mid_block", h);
   }
   for (std::size_t i = 0; i < up_blocks->size(); ++i) {
     auto* block = up_blocks[i]->as<UNetBlock>();
+    const auto consumed = static_cast<std::ptrdiff_t>(block->num_resnets());
+    TORCH_CHECK(static_cast<std::ptrdiff_t>(skips.size()) >= consumed, "UNet: not enough skip connections");
+    std::vector<at::Tensor> block_skips(skips.end() - consumed, skips.end());
+    skips.resize(skips.size() - consumed);
     // Upsample to the size of the skip the next block consumes (×2 when H, W divide evenly).
     std::vector<std::int64_t> size;
-    if (i + 1 < up_blocks->size()) {
-      const auto& next_skip = skips[skips.size() - block->num_resnets() - 1];
-      size = {next_skip.size(2), next_skip.size(3)};
+    if (i + 1 < up_blocks->size()) size = {skips.back().size(2), skips.back().size(3)};
+    const auto name = "up_blocks." + std::to_string(i);
+    if (runner != nullptr && i == 0) {
+      h = block->forward_up(h, emb, cond.context, block_skips, size, runner, name);  // finer modules, as the split tables
+    } else {
+      h = run_module(runner, name, [&] {
+            auto local = block_skips;
+            return activation{block->forward_up(h, emb, cond.context, local, size)};
+          })[0];
     }
-    h = block->forward_up(h, emb, cond.context, skips, size);
-    if (record) record("up_blocks." + std::to_string(i), h);
+    if (record) record(name, h);
   }
-  return conv_out(torch::silu(conv_norm_out(h)));  // [B, out, H, W]
+  h = run_module(runner, "conv_norm_out", [&] { return activation{conv_norm_out(h)}; })[0];
+  return run_module(runner, "conv_out", [&] { return activation{conv_out(torch::silu(h))}; })[0];  // [B, out, H, W]
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const load_options& options) {

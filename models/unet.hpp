@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "models/config.hpp"
+#include "models/module_runner.hpp"
 #include "models/nn.hpp"
 #include "models/state_dict.hpp"
 
@@ -63,9 +64,11 @@ class UNetBlockImpl : public torch::nn::Module {
   at::Tensor forward_down(at::Tensor h, const at::Tensor& temb, const at::Tensor& context, std::vector<at::Tensor>& skips);
   /// Mid block.
   at::Tensor forward_mid(at::Tensor h, const at::Tensor& temb, const at::Tensor& context);
-  /// Up block: pops one skip per layer from the back of `skips`; upsamples to `upsample_size` (e.g. the next skip's).
+  /// Up block: consumes one skip per layer from the back of `skips`; upsamples to `upsample_size` (e.g. the next
+  /// skip's). With a runner, each resnet, attention and the upsampler is a module of its own, named
+  /// `<prefix>.resnets.j`, `<prefix>.attentions.j`, `<prefix>.upsamplers`.
   at::Tensor forward_up(at::Tensor h, const at::Tensor& temb, const at::Tensor& context, std::vector<at::Tensor>& skips,
-                        c10::IntArrayRef upsample_size);
+                        c10::IntArrayRef upsample_size, module_runner* runner = nullptr, const std::string& prefix = "");
   std::size_t num_resnets() const { return resnets->size(); }
 
   torch::nn::ModuleList resnets{nullptr}, attentions{nullptr}, samplers{nullptr};
@@ -105,6 +108,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   /// sample [B, in, H, W], timestep scalar/[1]/[B] -> ε [B, out, H, W]
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep, const conditioning& cond,
                      const recorder& record = nullptr);
+  /// The same forward pass with every module of AsyncDiff's SDXL split tables going through `runner`:
+  /// conv_in, down_blocks.i, mid_block, up_blocks.0.{resnets.j, attentions.j, upsamplers}, up_blocks.i (i > 0),
+  /// conv_norm_out, conv_out. The time embedding is computed on every call.
+  at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep, const conditioning& cond, module_runner& runner);
   /// The time embedding [B, 4·block_out[0]] (timestep projection + SDXL's text_time embedding).
   at::Tensor time_embedding(const at::Tensor& timestep, std::int64_t batch, at::ScalarType dtype, const conditioning& cond);
 
@@ -118,6 +125,9 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   UNetBlock mid_block{nullptr};
 
  private:
+  at::Tensor forward_modules(const at::Tensor& sample, const at::Tensor& timestep, const conditioning& cond,
+                             const recorder& record, module_runner* runner);
+
   unet_config config_;
 };
 TORCH_MODULE(UNet2DConditionModel);

@@ -1,0 +1,81 @@
+#pragma once
+// hybridiff's public C++ API for parallel generation: compose workers, a tau controller and a driver (CAF actors)
+// over model replicas, and run one image with a schedule. See examples/compose_pipeline.cpp.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "caf/fwd.hpp"
+#include "models/pipeline.hpp"
+#include "schedule/tau_controller.hpp"
+
+namespace hybridiff {
+
+/// none: one worker, CFG batched. cfg: one worker per guidance branch. asyncdiff: AsyncDiff model parallelism
+/// with CFG batched inside every component, after `warmup` steps. hybrid: CFG data parallelism, AsyncDiff in the
+/// window [tau1, tau2] (detected online unless tau1/tau2 are given), CFG again.
+enum class parallel_mode { none, cfg, asyncdiff, hybrid };
+parallel_mode parse_parallel_mode(const std::string& name);
+std::string to_string(parallel_mode mode);
+
+/// How the pipeline window of hybrid mode is conditioned.
+///  fixed (default): each stage on its worker's branch, as the reference, with its bugs repaired: the tau_cap
+///    fallback starts the window with a fill step (the reference crashes on SDXL), SD3 stages consume the previous
+///    block group's output (the reference exchanges the wrong block and freezes it), and the fill step, which
+///    computes both branches in full, is guided.
+///  reference: the reference's window: the fill step's output is the conditional branch alone (guidance
+///    dropped), SD3's boundary activations are never exchanged.
+///  cond: every stage on the prompt's conditioning (the window's steps are unguided conditional predictions).
+enum class pp_conditioning { fixed, reference, cond };
+pp_conditioning parse_pp_conditioning(const std::string& name);
+
+struct parallel_options {
+  parallel_mode mode = parallel_mode::none;
+  int workers = 1;       ///< none: 1; cfg: 2; asyncdiff: model_n + stride − 1; hybrid: 2 or 4 (= model_n)
+  int model_n = 2;       ///< AsyncDiff components
+  int stride = 1;        ///< 1 (stride 2 is not implemented yet: rejected)
+  int warmup = 1;        ///< asyncdiff: steps before the pipeline (the last one fills the caches)
+  bool time_shift = false;  ///< pipeline steps feed the model the previous step's timestep (AsyncDiff App. A)
+  schedule::tau_settings tau = schedule::tau_settings::sdxl();
+  std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
+  pp_conditioning conditioning = pp_conditioning::fixed;
+  std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
+};
+
+/// Checks the options against each other and the request's step count; throws std::invalid_argument naming the
+/// flag (world size vs n + stride − 1, tau_cap + k < steps, L_slope < tau_cap, stride, ...).
+void validate(const parallel_options& options, int steps);
+
+/// One row of the schedule trace.
+struct step_trace {
+  int step = 0;
+  std::string mode;                 ///< cfg, fill or pipeline
+  std::optional<double> metric;     ///< rel-MAE of a CFG step
+  std::optional<double> slope;      ///< the detector's slope after this step
+  std::vector<double> worker_ms;    ///< per worker compute time (0 when idle)
+  std::optional<int> tau1, tau2;    ///< once decided
+};
+
+struct parallel_result {
+  at::Tensor latents;  ///< final latents [1, C, h, w]
+  std::vector<step_trace> trace;
+  std::optional<int> tau1, tau2;
+};
+
+/// Generates one image's latents with `options.workers` worker actors, a tau controller and a driver.
+/// `replicas` holds one pipeline per worker (the same pointer may repeat: workers on one device may share a
+/// replica). Errors — bad options, a worker that throws or does not answer within step_timeout — end the request
+/// with a hybridiff::error naming the worker and the step; nothing hangs.
+parallel_result generate_parallel(caf::actor_system& system,
+                                  const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
+                                  const models::generation_request& request, const parallel_options& options,
+                                  const models::step_observer& observe = nullptr);
+
+/// Writes the trace as CSV: step,mode,rel_mae,slope,worker0_ms,...,tau1,tau2.
+void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace);
+
+}  // namespace hybridiff

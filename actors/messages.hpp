@@ -1,0 +1,25 @@
+#pragma once
+// The payloads behind protocol.hpp's handles (in-process transport: tensors shared by reference).
+
+#include <ATen/core/Tensor.h>
+
+#include "actors/protocol.hpp"
+#include "runtime/stage_worker.hpp"
+
+namespace hybridiff::actors {
+
+struct step_request {
+  std::int32_t step = 0;
+  at::Tensor latents;    ///< the denoiser's input, already scaled by the sampler
+  at::Tensor timestep;   ///< scalar
+  std::shared_ptr<const runtime::activation_cache> peers;  ///< stage: the owners' outputs of the previous step
+};
+
+struct step_reply {
+  std::int32_t worker = 0;
+  at::Tensor prediction;
+  double compute_ms = 0;
+  runtime::activation_cache owned;  ///< fill and stage: the worker's owned modules' outputs
+};
+
+}  // namespace hybridiff::actors

@@ -1,0 +1,57 @@
+#pragma once
+// The typed actor protocol of a parallel generation: atoms, message payload handles and actor interfaces.
+// No LibTorch here (compile time): tensors ride in `step_request` / `step_reply`, defined in messages.hpp and
+// shared by reference between actors of one process; they never cross a node through CAF.
+
+#include <cstdint>
+#include <memory>
+
+#include "caf/all.hpp"
+
+namespace hybridiff::actors {
+
+struct step_request;
+struct step_reply;
+using step_request_ptr = std::shared_ptr<const step_request>;
+using step_reply_ptr = std::shared_ptr<const step_reply>;
+
+using predict_atom = caf::atom_constant<caf::atom("predict")>;    ///< a full forward pass (CFG branch)
+using fill_atom = caf::atom_constant<caf::atom("fill")>;          ///< first window step: full pass, fill caches
+using stage_atom = caf::atom_constant<caf::atom("stage")>;        ///< a pipeline step on stale activations
+using reconfigure_atom = caf::atom_constant<caf::atom("reconfig")>;  ///< switch behaviour
+using metric_atom = caf::atom_constant<caf::atom("metric")>;      ///< end of step: the step's rel-MAE
+using phase_atom = caf::atom_constant<caf::atom("phase")>;        ///< which phase a step runs in
+
+/// A worker's behaviour, switched with `become` when the tau controller says so.
+enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
+
+/// A worker: `cfg_branch` answers predict; `pipeline_stage` answers fill and stage. A request the current
+/// behaviour does not serve is answered with an error naming both. reconfigure replies with the new role.
+using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
+                                      caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
+                                      caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
+                                      caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>>;
+
+/// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
+/// slope the detector computed (NaN when none) and tau1, tau2 (−1 while undecided).
+struct step_decision {
+  std::int32_t next_phase = 0;
+  double slope = 0;
+  std::int32_t tau1 = -1, tau2 = -1;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_decision& x) {
+  return f(caf::meta::type_name("step_decision"), x.next_phase, x.slope, x.tau1, x.tau2);
+}
+
+/// The tau controller: `phase` answers the phase of a step (schedule::phase as int32); `metric` records the end
+/// of a step (step, rel-MAE, whether the step had one) and answers the decision, after telling every worker to
+/// reconfigure when the next step enters or leaves the pipeline window.
+using tau_controller_actor =
+    caf::typed_actor<caf::replies_to<phase_atom, std::int32_t>::with<std::int32_t>,
+                     caf::replies_to<metric_atom, std::int32_t, double, bool>::with<step_decision>>;
+
+}  // namespace hybridiff::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_request_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_reply_ptr)

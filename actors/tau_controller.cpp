@@ -1,0 +1,63 @@
+#include "actors/tau_controller.hpp"
+
+#include <limits>
+
+namespace hybridiff::actors {
+namespace {
+
+struct controller_state {
+  std::unique_ptr<schedule::tau_controller> controller;
+  std::vector<worker_actor> workers;
+  worker_role configured = worker_role::cfg_branch;  // what every worker currently is
+  static inline const char* name = "hybridiff.tau_controller";
+};
+using controller_pointer = tau_controller_actor::stateful_pointer<controller_state>;
+
+worker_role role_of(schedule::phase p) {
+  return p == schedule::phase::cfg ? worker_role::cfg_branch : worker_role::pipeline_stage;
+}
+
+// Tells every worker to become `role` unless it already is. The requests are enqueued before the caller answers the
+// driver, so every worker switches before the next step's request reaches it.
+void configure(controller_pointer self, worker_role role) {
+  if (role == self->state.configured) return;
+  self->state.configured = role;
+  for (auto& worker : self->state.workers)
+    self->request(worker, std::chrono::seconds(60), reconfigure_atom::value, static_cast<std::int32_t>(role))
+        .then([](std::int32_t) {}, [](caf::error&) {});  // a dead worker fails the driver's next request instead
+}
+
+tau_controller_actor::behavior_type controller(controller_pointer self, schedule::schedule_settings settings,
+                                               std::vector<worker_actor> workers) {
+  self->state.controller = std::make_unique<schedule::tau_controller>(std::move(settings));
+  self->state.workers = std::move(workers);
+  return {
+      [=](phase_atom, std::int32_t step) {
+        const auto p = self->state.controller->phase_of(step);
+        configure(self, role_of(p));
+        return static_cast<std::int32_t>(p);
+      },
+      [=](metric_atom, std::int32_t step, double metric, bool has_metric) {
+        auto& controller = *self->state.controller;
+        controller.end_step(step, has_metric ? std::optional<double>(metric) : std::nullopt);
+        const auto next = controller.phase_of(step + 1);
+        configure(self, role_of(next));
+        step_decision decision;
+        decision.next_phase = static_cast<std::int32_t>(next);
+        decision.slope = controller.last_slope().value_or(std::numeric_limits<double>::quiet_NaN());
+        decision.tau1 = controller.tau1().value_or(-1);
+        decision.tau2 = controller.tau2().value_or(-1);
+        return decision;
+      },
+  };
+}
+
+}  // namespace
+
+tau_controller_actor spawn_tau_controller(caf::actor_system& system, schedule::schedule_settings settings,
+                                          std::vector<worker_actor> workers) {
+  schedule::validate(settings);  // throws std::invalid_argument before any actor exists
+  return system.spawn(controller, std::move(settings), std::move(workers));
+}
+
+}  // namespace hybridiff::actors

@@ -1,0 +1,112 @@
+#include "actors/worker.hpp"
+
+#include <chrono>
+
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+
+#include "actors/messages.hpp"
+
+namespace hybridiff::actors {
+namespace {
+
+struct worker_state {
+  std::shared_ptr<runtime::stage_worker> worker;
+  static inline const char* name = "hybridiff.worker";
+};
+using worker_pointer = worker_actor::stateful_pointer<worker_state>;
+
+// Runs `compute` and packs its result; any exception becomes an error reply (the request never hangs).
+template <class Compute>
+caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Compute compute) {
+  auto& worker = *self->state.worker;
+  try {
+    auto started = std::chrono::steady_clock::now();
+    auto reply = std::make_shared<step_reply>();
+    reply->worker = worker.rank();
+    reply->prediction = compute(worker, *reply);
+    // Compute time includes the wait for the device, so that per-worker times in the trace are real.
+    if (reply->prediction.is_cuda()) torch::cuda::synchronize(reply->prediction.device().index());
+    reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    return step_reply_ptr(std::move(reply));
+  } catch (const c10::Error& failure) {
+    return caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(worker.rank()) + " (" + what +
+                                                        "): " + failure.what_without_backtrace());
+  } catch (const std::exception& failure) {
+    return caf::make_error(caf::sec::runtime_error,
+                           "worker " + std::to_string(worker.rank()) + " (" + what + "): " + failure.what());
+  }
+}
+
+caf::error wrong_behaviour(worker_pointer self, const char* request, const char* behaviour) {
+  return caf::make_error(caf::sec::unexpected_message, "worker " + std::to_string(self->state.worker->rank()) +
+                                                           " got a " + request + " request in its " + behaviour +
+                                                           " behaviour");
+}
+
+worker_actor::behavior_type pipeline_stage(worker_pointer self);
+
+// A CFG branch: full forward passes with the worker's branch conditioning.
+worker_actor::behavior_type cfg_branch(worker_pointer self) {
+  return {
+      [=](predict_atom, const step_request_ptr& request) {
+        return answer(self, "predict", [&](runtime::stage_worker& worker, step_reply&) {
+          return worker.predict(request->latents, request->timestep);
+        });
+      },
+      [=](fill_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "fill", "cfg_branch");
+      },
+      [=](stage_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "stage", "cfg_branch");
+      },
+      [=](reconfigure_atom, std::int32_t role) {
+        if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
+        return role;
+      },
+  };
+}
+
+// A pipeline stage: fills its caches at the window's first step, then runs its component on stale activations.
+worker_actor::behavior_type pipeline_stage(worker_pointer self) {
+  return {
+      [=](predict_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "predict", "pipeline_stage");
+      },
+      [=](fill_atom, const step_request_ptr& request) {
+        return answer(self, "fill", [&](runtime::stage_worker& worker, step_reply& reply) {
+          auto out = worker.fill(request->latents, request->timestep);
+          reply.owned = worker.owned_outputs();
+          return out;
+        });
+      },
+      [=](stage_atom, const step_request_ptr& request) {
+        return answer(self, "stage", [&](runtime::stage_worker& worker, step_reply& reply) {
+          static const runtime::activation_cache none;
+          auto out = worker.pipeline_step(request->latents, request->timestep, request->peers ? *request->peers : none);
+          reply.owned = worker.owned_outputs();
+          return out;
+        });
+      },
+      [=](reconfigure_atom, std::int32_t role) {
+        if (role == static_cast<std::int32_t>(worker_role::cfg_branch)) {
+          self->state.worker->clear_cache();
+          self->become(cfg_branch(self));
+        }
+        return role;
+      },
+  };
+}
+
+worker_actor::behavior_type start_worker(worker_pointer self, std::shared_ptr<runtime::stage_worker> worker) {
+  self->state.worker = std::move(worker);
+  return cfg_branch(self);
+}
+
+}  // namespace
+
+worker_actor spawn_worker(caf::actor_system& system, std::shared_ptr<runtime::stage_worker> worker) {
+  return system.spawn<caf::detached>(start_worker, std::move(worker));
+}
+
+}  // namespace hybridiff::actors

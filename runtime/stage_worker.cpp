@@ -1,0 +1,78 @@
+#include "runtime/stage_worker.hpp"
+
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+
+namespace hybridiff::runtime {
+namespace {
+
+// Computes every module and records its output.
+class recording_runner : public models::module_runner {
+ public:
+  explicit recording_runner(activation_cache& cache) : cache_(cache) {}
+  models::activation run(const std::string& module, const std::function<models::activation()>& compute) override {
+    auto out = compute();
+    cache_[module] = out;
+    return out;
+  }
+
+ private:
+  activation_cache& cache_;
+};
+
+// Computes owned modules (refreshing the cache), reuses the others.
+class stale_runner : public models::module_runner {
+ public:
+  stale_runner(const std::set<std::string>& owned, const activation_cache& peers, activation_cache& cache)
+      : owned_(owned), peers_(peers), cache_(cache) {}
+  models::activation run(const std::string& module, const std::function<models::activation()>& compute) override {
+    if (owned_.count(module)) {
+      auto out = compute();
+      cache_[module] = out;
+      return out;
+    }
+    if (auto found = peers_.find(module); found != peers_.end()) return found->second;
+    if (auto found = cache_.find(module); found != cache_.end()) return found->second;
+    throw error("pipeline step: module '" + module + "' is neither owned nor cached (was the window filled?)");
+  }
+
+ private:
+  const std::set<std::string>& owned_;
+  const activation_cache& peers_;
+  activation_cache& cache_;
+};
+
+}  // namespace
+
+stage_worker::stage_worker(std::shared_ptr<models::diffusion_pipeline> pipeline, int rank)
+    : pipeline_(std::move(pipeline)), rank_(rank) {
+  if (!pipeline_) throw error("stage_worker " + std::to_string(rank) + ": no pipeline");
+}
+
+at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& timestep) {
+  torch::NoGradGuard no_grad;
+  return pipeline_->predict(latents, timestep, conditioning_);
+}
+
+at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep) {
+  torch::NoGradGuard no_grad;
+  cache_.clear();
+  recording_runner runner(cache_);
+  return pipeline_->predict(latents, timestep, window_conditioning(), &runner);
+}
+
+at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers) {
+  torch::NoGradGuard no_grad;
+  stale_runner runner(owned_, peers, cache_);
+  return pipeline_->predict(latents, timestep, window_conditioning(), &runner);
+}
+
+activation_cache stage_worker::owned_outputs() const {
+  activation_cache outputs;
+  for (const auto& module : owned_)
+    if (auto found = cache_.find(module); found != cache_.end()) outputs.emplace(module, found->second);
+  return outputs;
+}
+
+}  // namespace hybridiff::runtime

@@ -1,0 +1,269 @@
+// Parallel generation through the actors (driver, tau controller, workers) on the tiny fixtures, float32 CPU.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <caf/all.hpp>
+
+#include "actors/hybridiff.hpp"
+#include "models/errors.hpp"
+#include "schedule/asyncdiff_plan.hpp"
+#include "test_support.hpp"
+
+namespace hybridiff {
+namespace {
+
+constexpr double same_computation_tolerance = 1e-5;  // relative: the same arithmetic, batch 1 vs batch 2 kernels
+
+std::shared_ptr<models::diffusion_pipeline> tiny(const std::string& name) {
+  static std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> loaded;
+  auto& pipeline = loaded[name];
+  if (!pipeline) pipeline = models::load_pipeline(test::fixtures_dir() / name, {});
+  return pipeline;
+}
+
+models::generation_request tiny_request(int steps) {
+  models::generation_request request;
+  request.prompt = "astronaut in a jungle, cold color palette, muted colors, detailed, 8k";
+  request.steps = steps;
+  request.guidance = 5.0;
+  request.height = request.width = 32;
+  request.max_sequence_length = 16;
+  request.seed = 3;
+  return request;
+}
+
+class ParallelGeneration : public ::testing::Test {
+ protected:
+  caf::actor_system_config config_;
+  caf::actor_system system_{config_};
+
+  parallel_result run(const std::string& model, const parallel_options& options, int steps = 8) {
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(options.workers, tiny(model));
+    return generate_parallel(system_, replicas, tiny_request(steps), options);
+  }
+};
+
+TEST_F(ParallelGeneration, CfgEqualsNone) {
+  for (const char* model : {"tiny-sdxl", "tiny-sd3"}) {
+    auto sequential = run(model, {});
+    parallel_options cfg;
+    cfg.mode = parallel_mode::cfg;
+    cfg.workers = 2;
+    auto parallel = run(model, cfg);
+    EXPECT_LT(test::relative_error(parallel.latents, sequential.latents), same_computation_tolerance) << model;
+    ASSERT_EQ(parallel.trace.size(), 8u);
+    for (const auto& row : parallel.trace) {
+      EXPECT_EQ(row.mode, "cfg");
+      EXPECT_TRUE(row.metric.has_value());
+      EXPECT_GT(row.worker_ms[0], 0);
+      EXPECT_GT(row.worker_ms[1], 0);
+    }
+  }
+}
+
+TEST_F(ParallelGeneration, AsyncDiffWithWholeWarmupEqualsNone) {
+  // warm-up = steps: CFG steps, then a last fill step whose guided output is the full model's: no stale activation.
+  auto sequential = run("tiny-sdxl", {});
+  parallel_options asyncdiff;
+  asyncdiff.mode = parallel_mode::asyncdiff;
+  asyncdiff.workers = 2;
+  asyncdiff.warmup = 8;
+  auto parallel = run("tiny-sdxl", asyncdiff);
+  EXPECT_EQ(parallel.trace.back().mode, "fill");
+  EXPECT_LT(test::relative_error(parallel.latents, sequential.latents), same_computation_tolerance);
+}
+
+// The hybrid computation written out by hand from the model's module-level forward: CFG steps, a fill step that
+// records every module, then pipeline steps where worker 1 (conditional, owns the outer shell) runs its modules
+// and takes worker 0's modules from worker 0's previous step, and worker 0 (unconditional, owns the core) likewise.
+at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
+                          int tau2) {
+  torch::NoGradGuard no_grad;
+  const auto plan = pipeline.plan(request);
+  const auto cond = pipeline.encode_prompt(request, plan);
+  const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
+  std::set<std::string> owned[2] = {{split.components[0].modules.begin(), split.components[0].modules.end()},
+                                    {split.components[1].modules.begin(), split.components[1].modules.end()}};
+  const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
+  auto sampler = pipeline.make_sampler("");
+  sampler->set_timesteps(plan.steps);
+  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
+  std::map<std::string, models::activation> cache[2];  // what each worker computed last
+
+  struct runner : models::module_runner {
+    std::function<models::activation(const std::string&, const std::function<models::activation()>&)> body;
+    models::activation run(const std::string& m, const std::function<models::activation()>& compute) override {
+      return body(m, compute);
+    }
+  };
+  for (int i = 0; i < plan.steps; ++i) {
+    auto x = sampler->scale_model_input(latents, i);
+    auto t = sampler->timesteps()[i];
+    at::Tensor prediction;
+    if (i < tau1 || i > tau2) {
+      prediction = models::guide(pipeline.predict(x, t, cond.negative), pipeline.predict(x, t, cond.positive), plan.guidance);
+    } else if (i == tau1) {
+      at::Tensor out[2];
+      for (int w = 0; w < 2; ++w) {
+        cache[w].clear();
+        runner record;
+        record.body = [&](const std::string& m, const std::function<models::activation()>& compute) {
+          return cache[w][m] = compute();
+        };
+        out[w] = pipeline.predict(x, t, *branch[w], &record);
+      }
+      prediction = models::guide(out[0], out[1], plan.guidance);
+    } else {
+      std::map<std::string, models::activation> previous[2] = {cache[0], cache[1]};
+      at::Tensor out[2];
+      for (int w = 0; w < 2; ++w) {
+        runner stale;
+        stale.body = [&](const std::string& m, const std::function<models::activation()>& compute) {
+          if (owned[w].count(m)) return cache[w][m] = compute();
+          return previous[owned[0].count(m) ? 0 : 1].at(m);  // the owner's output of step i − 1
+        };
+        out[w] = pipeline.predict(x, t, *branch[w], &stale);
+      }
+      prediction = out[1];  // the outer shell's output; guidance dropped in the window
+    }
+    latents = sampler->step(prediction, i, latents);
+  }
+  return latents;
+}
+
+TEST_F(ParallelGeneration, HybridWithFixedTausEqualsTheHandComposition) {
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = 2;
+  hybrid.model_n = 2;
+  hybrid.tau1 = 2;
+  hybrid.tau2 = 5;
+  auto result = run("tiny-sdxl", hybrid);
+  std::string modes;
+  for (const auto& row : result.trace) modes += row.mode.substr(0, 1);
+  EXPECT_EQ(modes, "ccfpppcc");
+  auto expected = hybrid_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2, 5);
+  EXPECT_LT(test::relative_error(result.latents, expected), same_computation_tolerance);
+  // and the window really changes the result (stale activations, no guidance)
+  EXPECT_GT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), 1e-3);
+}
+
+TEST_F(ParallelGeneration, FourWorkersAndSd3Run) {
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = 4;
+  hybrid.model_n = 4;
+  hybrid.tau1 = 2;
+  hybrid.tau2 = 4;
+  auto result = run("tiny-sdxl", hybrid);
+  EXPECT_TRUE(torch::isfinite(result.latents).all().item<bool>());
+  ASSERT_EQ(result.trace[3].worker_ms.size(), 4u);
+  for (double ms : result.trace[3].worker_ms) EXPECT_GT(ms, 0);  // every worker runs its stage
+  EXPECT_EQ(result.trace[0].worker_ms[1], 0);  // CFG steps use one worker per branch, no duplicated work
+  hybrid.workers = hybrid.model_n = 2;
+  auto sd3 = run("tiny-sd3", hybrid);
+  EXPECT_TRUE(torch::isfinite(sd3.latents).all().item<bool>());
+  hybrid.conditioning = pp_conditioning::reference;
+  auto sd3_reference = run("tiny-sd3", hybrid);
+  EXPECT_GT(test::relative_error(sd3_reference.latents, sd3.latents), 1e-6);  // the frozen boundary differs
+}
+
+TEST_F(ParallelGeneration, SlopeDetectionMatchesTheSimulatorOnTheSameMetrics) {
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = 2;
+  hybrid.tau = {3, 1.0, 2, 6};  // small L, tau_cap for 12 steps; a loose eps detects at the first slope >= 0
+  auto result = run("tiny-sdxl", hybrid, 12);
+  std::vector<double> metrics;
+  for (const auto& row : result.trace) metrics.push_back(row.metric.value_or(0.0));
+  schedule::schedule_settings settings{schedule::tau_policy::slope, hybrid.tau, 12, {}, {}, 1};
+  auto simulated = schedule::simulate(settings, metrics);
+  EXPECT_EQ(result.tau1, simulated.tau1);
+  EXPECT_EQ(result.tau2, simulated.tau2);
+  for (std::size_t i = 0; i < result.trace.size(); ++i)
+    EXPECT_EQ(result.trace[i].mode, schedule::to_string(simulated.phases[i])) << i;
+}
+
+// Delegates to a real pipeline but throws from its `throw_at`-th denoiser call.
+class failing_pipeline : public models::diffusion_pipeline {
+ public:
+  failing_pipeline(std::shared_ptr<models::diffusion_pipeline> inner, int throw_at) : inner_(std::move(inner)), throw_at_(throw_at) {}
+  std::string class_name() const override { return inner_->class_name(); }
+  models::generation_plan plan(const models::generation_request& r) const override { return inner_->plan(r); }
+  models::prompt_conditioning encode_prompt(const models::generation_request& r, const models::generation_plan& p) override {
+    return inner_->encode_prompt(r, p);
+  }
+  at::Tensor predict(const at::Tensor& x, const at::Tensor& t, const models::branch_conditioning& c,
+                     models::module_runner* runner) override {
+    if (++calls_ == throw_at_) throw std::runtime_error("simulated device failure");
+    return inner_->predict(x, t, c, runner);
+  }
+  std::int64_t transformer_blocks() const override { return inner_->transformer_blocks(); }
+  std::unique_ptr<models::sampler> make_sampler(const std::string& n) const override { return inner_->make_sampler(n); }
+  at::Tensor decode(const at::Tensor& l) override { return inner_->decode(l); }
+  std::vector<std::int64_t> latent_shape(std::int64_t h, std::int64_t w) const override { return inner_->latent_shape(h, w); }
+
+ private:
+  std::shared_ptr<models::diffusion_pipeline> inner_;
+  int throw_at_;
+  int calls_ = 0;
+};
+
+TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  cfg.workers = 2;
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas = {tiny("tiny-sdxl"),
+                                                                       std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 3)};
+  try {
+    generate_parallel(system_, replicas, tiny_request(8), cfg);
+    FAIL() << "a failing worker must fail the request";
+  } catch (const error& failure) {
+    std::string message = failure.what();
+    EXPECT_NE(message.find("step 2"), std::string::npos) << message;
+    EXPECT_NE(message.find("worker 1"), std::string::npos) << message;
+    EXPECT_NE(message.find("simulated device failure"), std::string::npos) << message;
+  }
+}
+
+TEST_F(ParallelGeneration, ImpossibleOptionsAreRejectedBeforeAnyWork) {
+  auto expect_rejected = [&](parallel_options options, const std::string& fragment, int steps = 8) {
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(options.workers, tiny("tiny-sdxl"));
+    try {
+      generate_parallel(system_, replicas, tiny_request(steps), options);
+      FAIL() << fragment;
+    } catch (const error& failure) {
+      EXPECT_NE(std::string(failure.what()).find(fragment), std::string::npos) << failure.what();
+    }
+  };
+  parallel_options o;
+  o.mode = parallel_mode::asyncdiff;
+  o.workers = 3;
+  o.model_n = 2;
+  expect_rejected(o, "n + stride − 1 = 2");
+  o = {};
+  o.mode = parallel_mode::hybrid;
+  o.workers = 3;
+  o.model_n = 3;
+  expect_rejected(o, "--workers 2 or 4");
+  o.workers = o.model_n = 2;
+  expect_rejected(o, "--tau_cap + --k", 8);  // SDXL defaults: tau_cap 15 + k 5 >= 8 steps
+  o.tau = {12, 4e-4, 5, 12};
+  expect_rejected(o, "--L_slope 12 must be less than --tau_cap 12", 30);
+  o = {};
+  o.mode = parallel_mode::asyncdiff;
+  o.workers = 3;
+  o.model_n = 2;
+  o.stride = 2;
+  expect_rejected(o, "--stride 2 is not implemented");
+  o = {};
+  o.mode = parallel_mode::cfg;
+  o.workers = 2;
+  auto request = tiny_request(4);
+  request.guidance = 1.0;
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(2, tiny("tiny-sdxl"));
+  EXPECT_THROW(generate_parallel(system_, replicas, request, o), error);
+}
+
+}  // namespace
+}  // namespace hybridiff
