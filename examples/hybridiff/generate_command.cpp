@@ -4,6 +4,9 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <caf/all.hpp>
+
+#include "actors/hybridiff.hpp"
 #include "cli.hpp"
 #include "models/errors.hpp"
 #include "models/image_io.hpp"
@@ -72,6 +75,28 @@ int run_generate(const std::vector<std::string>& args) {
       ("output", po::value<std::string>()->default_value("hybridiff.png")->value_name("PNG"), "where to write the image")
       ("device", po::value<std::string>()->default_value("cpu")->value_name("DEV"), "cpu, cuda or cuda:N")
       ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), "fp32, fp16 or bf16");
+  po::options_description parallel("Parallel schedule (workers in this process; see README 'Schedules')");
+  parallel.add_options()
+      ("parallel", po::value<std::string>()->default_value("none")->value_name("MODE"),
+       "none (1 worker, CFG batched), cfg (a worker per guidance branch), asyncdiff (AsyncDiff model parallelism "
+       "after --warmup steps), hybrid (CFG parallel, AsyncDiff in [tau1, tau2], CFG parallel)")
+      ("workers", po::value<int>()->value_name("N"), "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2)")
+      ("model_n", po::value<int>()->value_name("N"), "AsyncDiff components (default: asyncdiff 2, hybrid = --workers)")
+      ("stride", po::value<int>()->default_value(1)->value_name("S"), "AsyncDiff stride (1; 2 is not implemented yet)")
+      ("warmup", po::value<int>()->default_value(1)->value_name("W"), "asyncdiff: steps before the pipeline (the last fills the caches)")
+      ("time_shift", po::bool_switch(), "pipeline steps feed the model the previous step's timestep")
+      ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15)")
+      ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4)")
+      ("k", po::value<int>()->value_name("K"), "hybrid: window length after detection (5)")
+      ("tau_cap", po::value<int>()->value_name("C"), "hybrid: fallback tau1 (SDXL 15, SD3 40)")
+      ("tau1", po::value<int>()->value_name("A"), "hybrid: a fixed window [A, B] instead of detection (with --tau2)")
+      ("tau2", po::value<int>()->value_name("B"), "hybrid: end of the fixed window")
+      ("pp-conditioning", po::value<std::string>()->default_value("fixed")->value_name("C"),
+       "hybrid window: fixed (reference semantics, bugs repaired), reference (as the reference code), cond "
+       "(every stage on the prompt)")
+      ("trace", po::value<std::string>()->value_name("FILE.csv"),
+       "write one row per step: step, mode, rel-MAE, slope, per-worker compute ms, tau1/tau2 when decided");
+  line.options.add(parallel);
   // clang-format on
   auto parsed = parse(line, args);
   if (!parsed) return 0;
@@ -110,12 +135,56 @@ int run_generate(const std::vector<std::string>& args) {
   placement.dtype = parse_dtype(values["dtype"].as<std::string>());
   const auto output = values["output"].as<std::string>();
 
+  parallel_options parallel_settings;
+  try {
+    parallel_settings.mode = parse_parallel_mode(values["parallel"].as<std::string>());
+    parallel_settings.conditioning = parse_pp_conditioning(values["pp-conditioning"].as<std::string>());
+  } catch (const std::invalid_argument& bad) {
+    throw usage_error(bad.what());
+  }
+  parallel_settings.stride = values["stride"].as<int>();
+  parallel_settings.warmup = values["warmup"].as<int>();
+  parallel_settings.time_shift = values["time_shift"].as<bool>();
+  switch (parallel_settings.mode) {
+    case parallel_mode::none: parallel_settings.workers = 1; break;
+    case parallel_mode::cfg: parallel_settings.workers = 2; break;
+    case parallel_mode::asyncdiff:
+      parallel_settings.model_n = values.count("model_n") ? values["model_n"].as<int>() : 2;
+      parallel_settings.workers = parallel_settings.model_n + parallel_settings.stride - 1;
+      break;
+    case parallel_mode::hybrid: parallel_settings.workers = 2; break;
+  }
+  if (values.count("workers")) parallel_settings.workers = values["workers"].as<int>();
+  if (parallel_settings.mode == parallel_mode::hybrid)
+    parallel_settings.model_n = values.count("model_n") ? values["model_n"].as<int>() : parallel_settings.workers;
+  if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
+  if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
+
   auto started = std::chrono::steady_clock::now();
-  auto pipeline = models::load_pipeline(values["model"].as<std::string>(), placement);
+  std::shared_ptr<models::diffusion_pipeline> pipeline = models::load_pipeline(values["model"].as<std::string>(), placement);
   auto loaded = std::chrono::steady_clock::now();
-  auto latents = models::generate_latents(*pipeline, request, [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
-    spdlog::debug("step {}/{}", index + 1, steps);
-  });
+  // The detector's defaults are the reference scripts' for the model family.
+  parallel_settings.tau = pipeline->transformer_blocks() > 0 ? schedule::tau_settings::sd3() : schedule::tau_settings::sdxl();
+  if (values.count("L_slope")) parallel_settings.tau.L_slope = values["L_slope"].as<int>();
+  if (values.count("eps_slope")) parallel_settings.tau.eps_slope = values["eps_slope"].as<double>();
+  if (values.count("k")) parallel_settings.tau.k = values["k"].as<int>();
+  if (values.count("tau_cap")) parallel_settings.tau.tau_cap = values["tau_cap"].as<int>();
+  try {
+    validate(parallel_settings, static_cast<int>(pipeline->plan(request).steps));
+  } catch (const std::invalid_argument& bad) {
+    throw usage_error(bad.what());
+  }
+  caf::actor_system_config actor_config;
+  caf::actor_system actor_system{actor_config};
+  // Workers in one process share the replica (one device).
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(parallel_settings.workers, pipeline);
+  auto result = generate_parallel(actor_system, replicas, request, parallel_settings,
+                                  [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
+                                    spdlog::debug("step {}/{}", index + 1, steps);
+                                  });
+  const auto& latents = result.latents;
+  if (values.count("trace")) write_trace_csv(values["trace"].as<std::string>(), result.trace);
+  if (result.tau1) spdlog::info("pipeline window: tau1 = {}, tau2 = {}", *result.tau1, result.tau2.value_or(-1));
   if (values.count("save-latents"))
     models::save_safetensors(values["save-latents"].as<std::string>(), {{"latents", latents.to(torch::kFloat32)}});
   models::save_png(output, pipeline->decode(latents));

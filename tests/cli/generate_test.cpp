@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -115,6 +116,43 @@ TEST(GenerateCli, Sd3FolderReproducesDiffusersLatents) {
             1e-3);
   EXPECT_LT(test::relative_error(models::load_png(dir / "out.png"), test::golden("tiny-sd3-golden.safetensors", "pipe_image")),
             1.0 / 255);  // 8-bit rounding of the image
+}
+
+}  // namespace
+}  // namespace hybridiff
+
+namespace hybridiff {
+namespace {
+
+TEST(GenerateCli, ParallelModesAndTrace) {
+  test::temp_dir dir;
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  const auto common = "generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt " + pipe_prompt +
+                      " --steps 8 --guidance 5 --height 32 --width 32 --latents-in " + quoted(dir / "init.safetensors");
+  // cfg: one worker per branch reproduces diffusers' batched pipeline
+  auto cfg = run_hybridiff(common + " --parallel cfg --save-latents " + quoted(dir / "cfg.safetensors") + " --output " +
+                           quoted(dir / "cfg.png"));
+  ASSERT_EQ(cfg.exit_code, 0) << cfg.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "cfg.safetensors", "latents"),
+                                 test::golden("tiny-sdxl-golden.safetensors", "pipe_euler_latents")),
+            1e-3);
+  // hybrid with a fixed window: the trace shows it
+  auto hybrid = run_hybridiff(common + " --parallel hybrid --tau1 2 --tau2 5 --trace " + quoted(dir / "trace.csv") +
+                              " --output " + quoted(dir / "hybrid.png"));
+  ASSERT_EQ(hybrid.exit_code, 0) << hybrid.output;
+  std::ifstream trace(dir / "trace.csv");
+  std::string header, row, modes;
+  std::getline(trace, header);
+  EXPECT_EQ(header, "step,mode,rel_mae,slope,worker0_ms,worker1_ms,tau1,tau2");
+  while (std::getline(trace, row)) modes += row.substr(row.find(',') + 1, 1);
+  EXPECT_EQ(modes, "ccfpppcc");
+  auto bad = run_hybridiff(common + " --parallel hybrid --workers 3 --output " + quoted(dir / "bad.png"));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--workers 2 or 4"), std::string::npos) << bad.output;
+  auto impossible = run_hybridiff(common + " --parallel hybrid --output " + quoted(dir / "bad.png"));  // tau_cap 15 + 5 >= 8
+  EXPECT_EQ(impossible.exit_code, 2) << impossible.output;
+  EXPECT_NE(impossible.output.find("--tau_cap + --k"), std::string::npos) << impossible.output;
 }
 
 }  // namespace
