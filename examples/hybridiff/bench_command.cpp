@@ -10,6 +10,10 @@
 #include "models/config.hpp"
 #include "models/errors.hpp"
 #include "models/state_dict.hpp"
+#include <caf/all.hpp>
+
+#include "actors/hybridiff.hpp"
+#include "models/random_pipeline.hpp"
 #include "models/sd3_transformer.hpp"
 #include "models/unet.hpp"
 
@@ -66,10 +70,20 @@ int run_bench(const std::vector<std::string>& args) {
       ("model-config", po::value<std::string>()->required()->value_name("DIR"), "folder with the denoiser's config.json")
       ("size", po::value<std::int64_t>()->default_value(1024)->value_name("PX"), "image side in pixels (latents: /8)")
       ("batch", po::value<std::string>()->default_value("1,2")->value_name("LIST"), "batch sizes, e.g. 1,2")
-      ("warmup", po::value<std::int64_t>()->default_value(3)->value_name("N"), "untimed steps first")
+      ("warmup", po::value<std::int64_t>()->default_value(3)->value_name("N"),
+       "untimed steps first (with --parallel: untimed whole generations)")
       ("iters", po::value<std::int64_t>()->default_value(20)->value_name("N"), "timed steps (>= 1)")
       ("device", po::value<std::string>()->default_value("cuda")->value_name("DEV"), "cpu, cuda or cuda:N")
-      ("dtype", po::value<std::string>()->default_value("fp16")->value_name("T"), "fp32, fp16 or bf16");
+      ("dtype", po::value<std::string>()->default_value("fp16")->value_name("T"), "fp32, fp16 or bf16")
+      ("parallel", po::value<std::string>()->value_name("MODE"),
+       "time whole generations instead: none, cfg, asyncdiff or hybrid (with --scheduler-config); per-phase step times")
+      ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--parallel)")
+      ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--parallel: denoising steps")
+      ("workers", po::value<int>()->value_name("N"), "--parallel: workers (default as generate)")
+      ("model_n", po::value<int>()->value_name("N"), "--parallel: AsyncDiff components")
+      ("pipeline-warmup", po::value<int>()->default_value(1)->value_name("W"), "--parallel asyncdiff: generate's --warmup")
+      ("tau1", po::value<int>()->value_name("A"), "--parallel hybrid: fixed window start")
+      ("tau2", po::value<int>()->value_name("B"), "--parallel hybrid: fixed window end");
   // clang-format on
   auto parsed = parse(line, args);
   if (!parsed) return 0;
@@ -94,6 +108,60 @@ int run_bench(const std::vector<std::string>& args) {
   if (dtype == at::kByte) throw usage_error("--dtype '" + dtype_text + "': use fp32, fp16 or bf16");
 
   const std::filesystem::path config_dir = values["model-config"].as<std::string>();
+  if (values.count("parallel")) {
+    if (!values.count("scheduler-config")) throw usage_error("--parallel needs --scheduler-config DIR");
+    parallel_options options;
+    try {
+      options.mode = parse_parallel_mode(values["parallel"].as<std::string>());
+    } catch (const std::invalid_argument& bad) {
+      throw usage_error(bad.what());
+    }
+    const bool hybrid = options.mode == parallel_mode::hybrid;
+    options.workers = options.mode == parallel_mode::none ? 1 : 2;
+    if (values.count("workers")) options.workers = values["workers"].as<int>();
+    options.model_n = values.count("model_n") ? values["model_n"].as<int>() : (hybrid ? options.workers : 2);
+    if (options.mode == parallel_mode::asyncdiff && !values.count("workers")) options.workers = options.model_n;
+    options.warmup = values["pipeline-warmup"].as<int>();
+    if (values.count("tau1")) options.tau1 = values["tau1"].as<int>();
+    if (values.count("tau2")) options.tau2 = values["tau2"].as<int>();
+    std::shared_ptr<models::diffusion_pipeline> pipeline =
+        models::make_random_pipeline(config_dir, values["scheduler-config"].as<std::string>(), {device, dtype, ""});
+    if (pipeline->transformer_blocks() > 0) options.tau = schedule::tau_settings::sd3();
+    models::generation_request request;
+    request.steps = values["steps"].as<std::int64_t>();
+    request.height = request.width = size;
+    caf::actor_system_config actor_config;
+    caf::actor_system actor_system{actor_config};
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(options.workers, pipeline);
+    nlohmann::json report = {{"model", pipeline->class_name()}, {"config", config_dir.string()}, {"size", size},
+                             {"device", device.str()},          {"dtype", dtype_text},           {"mode", to_string(options.mode)},
+                             {"workers", options.workers},      {"steps", *request.steps}};
+    for (std::int64_t round = 0; round <= warmup; ++round) {  // the first `warmup` generations are not reported
+      std::vector<double> step_ms;
+      auto last = std::chrono::steady_clock::now();
+      const auto begin = last;
+      auto result = generate_parallel(actor_system, replicas, request, options,
+                                      [&](std::int64_t, std::int64_t, const at::Tensor& latents) {
+                                        synchronize(latents.device());
+                                        auto now = std::chrono::steady_clock::now();
+                                        step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+                                        last = now;
+                                      });
+      if (round < warmup) continue;
+      report["generation_ms"] = std::chrono::duration<double, std::milli>(last - begin).count();
+      std::map<std::string, std::vector<double>> by_phase;
+      for (std::size_t i = 0; i < result.trace.size(); ++i) by_phase[result.trace[i].mode].push_back(step_ms[i]);
+      for (const auto& [phase, samples] : by_phase)
+        report["phases"][phase] = {{"steps", samples.size()},
+                                   {"step_ms_median", percentile(samples, 0.5)},
+                                   {"step_ms_p10", percentile(samples, 0.1)},
+                                   {"step_ms_p90", percentile(samples, 0.9)}};
+      if (result.tau1) report["tau1"] = *result.tau1;
+      if (result.tau2) report["tau2"] = *result.tau2;
+    }
+    std::cout << report.dump(2) << std::endl;
+    return 0;
+  }
   auto config = models::read_config(config_dir / "config.json");
   const auto class_name = config.get_or<std::string>("_class_name", "");
   torch::NoGradGuard no_grad;

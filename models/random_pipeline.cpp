@@ -1,0 +1,114 @@
+#include "models/random_pipeline.hpp"
+
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+#include "models/sd3_transformer.hpp"
+#include "models/unet.hpp"
+
+namespace hybridiff::models {
+namespace {
+
+class random_pipeline : public diffusion_pipeline {
+ public:
+  random_pipeline(const std::filesystem::path& denoiser_dir, const std::filesystem::path& scheduler_dir,
+                  const load_options& options, std::uint64_t seed)
+      : seed_(seed) {
+    placement_ = options;
+    torch::manual_seed(seed);
+    const auto values = read_config(denoiser_dir / "config.json");
+    class_name_ = values.get_or<std::string>("_class_name", "");
+    if (class_name_ == "UNet2DConditionModel") {
+      unet_ = UNet2DConditionModel(unet_config::from(values));
+      place_module(*unet_, options);
+      unet_->eval();
+    } else if (class_name_ == "SD3Transformer2DModel") {
+      transformer_ = SD3Transformer2DModel(sd3_transformer_config::from(values));
+      place_module(*transformer_, options);
+      transformer_->eval();
+    } else {
+      throw error((denoiser_dir / "config.json").string() + ": random pipelines support UNet2DConditionModel and "
+                  "SD3Transformer2DModel, not '" + class_name_ + "'");
+    }
+    scheduler_ = read_config(scheduler_dir / "scheduler_config.json");
+  }
+
+  std::string class_name() const override { return "random " + class_name_; }
+
+  generation_plan plan(const generation_request& request) const override {
+    generation_plan plan{request.steps.value_or(50), request.height.value_or(1024), request.width.value_or(1024),
+                         request.guidance.value_or(5.0), false};
+    plan.classifier_free = plan.guidance > 1.0;
+    if (plan.steps < 1 || plan.height % 16 != 0 || plan.width % 16 != 0 || plan.height < 16 || plan.width < 16)
+      throw error("random pipeline: steps >= 1 and sizes that are positive multiples of 16 are needed");
+    return plan;
+  }
+
+  prompt_conditioning encode_prompt(const generation_request&, const generation_plan& plan) override {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(seed_);
+    auto options = torch::TensorOptions().dtype(placement_.dtype.value_or(at::kFloat)).device(placement_.device);
+    auto random = [&](std::vector<std::int64_t> shape) {
+      return torch::randn(shape, generator, torch::kFloat32).to(options.device(), options.dtype());
+    };
+    auto branch = [&]() {
+      branch_conditioning b;
+      if (unet_) {
+        const auto& c = unet_->config();
+        b.context = random({1, 77, c.cross_attention_dim.back()});
+        if (c.text_time) {
+          b.pooled = random({1, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim});
+          b.time_ids = torch::tensor({static_cast<float>(plan.height), static_cast<float>(plan.width), 0.f, 0.f,
+                                      static_cast<float>(plan.height), static_cast<float>(plan.width)})
+                           .unsqueeze(0)
+                           .to(options.device(), options.dtype());
+        }
+      } else {
+        const auto& c = transformer_->config();
+        b.context = random({1, 77 + 256, c.joint_attention_dim});  // CLIP 77 + T5 256 tokens
+        b.pooled = random({1, c.pooled_projection_dim});
+      }
+      return b;
+    };
+    auto negative = branch();
+    return {negative, branch()};
+  }
+
+  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
+                     module_runner* runner) override {
+    if (unet_) {
+      const UNet2DConditionModelImpl::conditioning c{cond.context, cond.pooled, cond.time_ids};
+      return runner ? unet_->forward(latents, timestep, c, *runner) : unet_->forward(latents, timestep, c);
+    }
+    return runner ? transformer_->forward(latents, timestep, cond.context, cond.pooled, *runner)
+                  : transformer_->forward(latents, timestep, cond.context, cond.pooled);
+  }
+
+  std::int64_t transformer_blocks() const override { return transformer_ ? transformer_->num_blocks() : 0; }
+  std::unique_ptr<sampler> make_sampler(const std::string& name) const override {
+    return models::make_sampler(scheduler_, name);
+  }
+  at::Tensor decode(const at::Tensor&) override {
+    throw error("random pipeline: there is no VAE to decode with (this pipeline only times the denoiser)");
+  }
+  std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override {
+    const auto channels = unet_ ? unet_->config().in_channels : transformer_->config().in_channels;
+    return {1, channels, height / 8, width / 8};
+  }
+
+ private:
+  std::uint64_t seed_;
+  std::string class_name_;
+  config scheduler_;
+  UNet2DConditionModel unet_{nullptr};
+  SD3Transformer2DModel transformer_{nullptr};
+};
+
+}  // namespace
+
+std::unique_ptr<diffusion_pipeline> make_random_pipeline(const std::filesystem::path& denoiser_config_dir,
+                                                         const std::filesystem::path& scheduler_config_dir,
+                                                         const load_options& options, std::uint64_t seed) {
+  return std::make_unique<random_pipeline>(denoiser_config_dir, scheduler_config_dir, options, seed);
+}
+
+}  // namespace hybridiff::models
