@@ -1,5 +1,6 @@
 // The driver of a parallel generation: owns latents, sampler and conditioning, runs the step loop, and asks the
 // workers for what the tau controller's current phase needs. It runs as a blocking actor on the caller's thread.
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
@@ -140,7 +141,14 @@ parallel_result generate_parallel(caf::actor_system& system,
   }
   parallel_result result;
   if (options.mode == parallel_mode::none) {
-    result.latents = models::generate_latents(lead, request, observe);
+    // One worker, CFG batched: the sequential reference loop, traced like the others.
+    auto last = std::chrono::steady_clock::now();
+    result.latents = models::generate_latents(lead, request, [&](std::int64_t i, std::int64_t steps, const at::Tensor& x) {
+      auto now = std::chrono::steady_clock::now();
+      result.trace.push_back({static_cast<int>(i), "cfg", {}, {}, {std::chrono::duration<double, std::milli>(now - last).count()}, {}, {}});
+      last = now;
+      if (observe) observe(i, steps, x);
+    });
     return result;
   }
   if (!plan.classifier_free)
