@@ -1,5 +1,8 @@
 // Parallel generation through the actors (driver, tau controller, workers) on the tiny fixtures, float32 CPU.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <torch/torch.h>
 
 #include <caf/all.hpp>
@@ -187,7 +190,10 @@ TEST_F(ParallelGeneration, SlopeDetectionMatchesTheSimulatorOnTheSameMetrics) {
 // Delegates to a real pipeline but throws from its `throw_at`-th denoiser call.
 class failing_pipeline : public models::diffusion_pipeline {
  public:
-  failing_pipeline(std::shared_ptr<models::diffusion_pipeline> inner, int throw_at) : inner_(std::move(inner)), throw_at_(throw_at) {}
+  /// `stall`: instead of throwing, the call takes that long (a hung device).
+  failing_pipeline(std::shared_ptr<models::diffusion_pipeline> inner, int throw_at,
+                   std::chrono::milliseconds stall = std::chrono::milliseconds(0))
+      : inner_(std::move(inner)), throw_at_(throw_at), stall_(stall) {}
   std::string class_name() const override { return inner_->class_name(); }
   models::generation_plan plan(const models::generation_request& r) const override { return inner_->plan(r); }
   models::prompt_conditioning encode_prompt(const models::generation_request& r, const models::generation_plan& p) override {
@@ -195,7 +201,10 @@ class failing_pipeline : public models::diffusion_pipeline {
   }
   at::Tensor predict(const at::Tensor& x, const at::Tensor& t, const models::branch_conditioning& c,
                      models::module_runner* runner) override {
-    if (++calls_ == throw_at_) throw std::runtime_error("simulated device failure");
+    if (++calls_ == throw_at_) {
+      if (stall_.count() == 0) throw std::runtime_error("simulated device failure");
+      std::this_thread::sleep_for(stall_);
+    }
     return inner_->predict(x, t, c, runner);
   }
   std::int64_t transformer_blocks() const override { return inner_->transformer_blocks(); }
@@ -206,6 +215,7 @@ class failing_pipeline : public models::diffusion_pipeline {
  private:
   std::shared_ptr<models::diffusion_pipeline> inner_;
   int throw_at_;
+  std::chrono::milliseconds stall_;
   int calls_ = 0;
 };
 
@@ -224,6 +234,23 @@ TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {
     EXPECT_NE(message.find("worker 1"), std::string::npos) << message;
     EXPECT_NE(message.find("simulated device failure"), std::string::npos) << message;
   }
+}
+
+TEST_F(ParallelGeneration, AWorkerThatStallsTimesOutWithAClearError) {
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  cfg.workers = 2;
+  cfg.step_timeout = std::chrono::milliseconds(300);
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas = {
+      tiny("tiny-sdxl"), std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 2, std::chrono::milliseconds(1500))};
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    generate_parallel(system_, replicas, tiny_request(8), cfg);
+    FAIL() << "a stalled worker must fail the request";
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("worker 1 did not answer within 300 ms"), std::string::npos) << failure.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));  // no hang
 }
 
 TEST_F(ParallelGeneration, ImpossibleOptionsAreRejectedBeforeAnyWork) {
