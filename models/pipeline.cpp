@@ -24,6 +24,32 @@ std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& d
               "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline)");
 }
 
+generation_plan settle_plan(const generation_request& request, std::int64_t default_steps, std::int64_t default_size,
+                            double default_guidance, std::int64_t size_factor, const std::string& size_factor_name,
+                            std::int64_t max_size) {
+  generation_plan plan;
+  plan.steps = request.steps.value_or(default_steps);
+  plan.height = request.height.value_or(default_size);
+  plan.width = request.width.value_or(default_size);
+  plan.guidance = request.guidance.value_or(default_guidance);
+  plan.classifier_free = plan.guidance > 1.0;
+  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
+  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
+    if (value < size_factor || value % size_factor != 0)
+      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of " +
+                  size_factor_name + " " + std::to_string(size_factor));
+    if (value > max_size)
+      throw error(std::string(name) + " " + std::to_string(value) + " exceeds the limit of " + std::to_string(max_size));
+  }
+  return plan;
+}
+
+load_options vae_placement(bool force_upcast, const load_options& options) {
+  auto placement = options;
+  if (force_upcast && options.dtype == at::kHalf) placement.dtype = at::kFloat;
+  return placement;
+}
+
 at::Tensor guide(const at::Tensor& uncond, const at::Tensor& cond, double guidance) {
   return uncond + guidance * (cond - uncond);
 }

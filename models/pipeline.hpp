@@ -83,6 +83,16 @@ class diffusion_pipeline {
   load_options placement_;
 };
 
+/// The folder-independent part of `plan`: fills the defaults and checks steps in [1, 1000] and each side a positive
+/// multiple of `size_factor` no larger than `max_size` (`size_factor_name` says what the factor is, for the error).
+generation_plan settle_plan(const generation_request& request, std::int64_t default_steps, std::int64_t default_size,
+                            double default_guidance, std::int64_t size_factor, const std::string& size_factor_name,
+                            std::int64_t max_size);
+
+/// Where a pipeline's VAE goes: `options`, but float32 instead of fp16 when the VAE config sets `force_upcast`
+/// (SDXL's VAE overflows in fp16), as diffusers does.
+load_options vae_placement(bool force_upcast, const load_options& options);
+
 /// Loads the pipeline a diffusers folder describes (`model_index.json`'s class). Throws naming the folder for
 /// unsupported classes.
 std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options);

@@ -92,6 +92,24 @@ std::vector<double> spaced_timesteps(const config& values, std::int64_t steps, s
   return timesteps;
 }
 
+// log(σ) of the training schedule, rounded to float32 as numpy computes it from the float32 array.
+std::vector<double> log_sigmas_of(const std::vector<double>& schedule) {
+  std::vector<double> logs;
+  for (double sigma : schedule) logs.push_back(static_cast<float>(std::log(static_cast<float>(sigma))));
+  return logs;
+}
+
+// The noise level after the last step: 0 ("zero") or the schedule's smallest ("sigma_min").
+void append_final_sigma(const config& values, std::vector<double>& sigmas, const std::vector<double>& schedule) {
+  const auto final_type = values.get<std::string>("final_sigmas_type");
+  if (final_type == "zero")
+    sigmas.push_back(0.0);
+  else if (final_type == "sigma_min")
+    sigmas.push_back(schedule.front());
+  else
+    values.reject("final_sigmas_type", "'" + final_type + "' is not supported (zero, sigma_min)");
+}
+
 void require_epsilon(const config& values) {
   if (values.get<std::string>("prediction_type") != "epsilon")
     values.reject("prediction_type", "'" + values.get<std::string>("prediction_type") + "' is not supported (epsilon)");
@@ -113,8 +131,7 @@ class euler_sampler : public sampler {
     auto timesteps = spaced_timesteps(values_, steps, train_steps, false);
     for (auto& t : timesteps) t = static_cast<float>(t);
     auto schedule = as_doubles(((1 - alphas_cumprod_) / alphas_cumprod_).pow(0.5));  // float32 values
-    std::vector<double> log_sigmas;
-    for (double sigma : schedule) log_sigmas.push_back(static_cast<float>(std::log(static_cast<float>(sigma))));
+    const auto log_sigmas = log_sigmas_of(schedule);
     std::vector<double> sigmas;
     for (double t : timesteps) sigmas.push_back(interpolate(t, schedule));
     if (values_.get<bool>("use_karras_sigmas")) {
@@ -124,13 +141,7 @@ class euler_sampler : public sampler {
       timesteps.clear();
       for (double sigma : sigmas) timesteps.push_back(sigma_to_t(sigma, log_sigmas));
     }
-    const auto final_type = values_.get<std::string>("final_sigmas_type");
-    if (final_type == "zero")
-      sigmas.push_back(0.0);
-    else if (final_type == "sigma_min")
-      sigmas.push_back(schedule.front());
-    else
-      values_.reject("final_sigmas_type", "'" + final_type + "' is not supported (zero, sigma_min)");
+    append_final_sigma(values_, sigmas, schedule);
     sigmas_ = float_tensor(sigmas);
     timesteps_ = float_tensor(timesteps);
     sigma_values_ = as_doubles(sigmas_);
@@ -241,21 +252,14 @@ class dpm_sampler : public sampler {
     auto schedule = as_doubles(((1 - alphas_cumprod_) / alphas_cumprod_).pow(0.5));
     std::vector<double> sigmas;
     if (values_.get<bool>("use_karras_sigmas")) {
-      std::vector<double> log_sigmas;
-      for (double sigma : schedule) log_sigmas.push_back(static_cast<float>(std::log(static_cast<float>(sigma))));
+      const auto log_sigmas = log_sigmas_of(schedule);
       sigmas = karras_sigmas(schedule.front(), schedule.back(), steps);
       timesteps.clear();
       for (double sigma : sigmas) timesteps.push_back(std::round(sigma_to_t(sigma, log_sigmas)));
     } else {
       for (double t : timesteps) sigmas.push_back(interpolate(t, schedule));
     }
-    const auto final_type = values_.get<std::string>("final_sigmas_type");
-    if (final_type == "zero")
-      sigmas.push_back(0.0);
-    else if (final_type == "sigma_min")
-      sigmas.push_back(schedule.front());
-    else
-      values_.reject("final_sigmas_type", "'" + final_type + "' is not supported (zero, sigma_min)");
+    append_final_sigma(values_, sigmas, schedule);
     sigmas_ = float_tensor(sigmas);
     timesteps_ = float_tensor(timesteps);
     previous_x0_ = at::Tensor();

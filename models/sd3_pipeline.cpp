@@ -23,9 +23,8 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
     pipeline->text_encoder_3_ = load_t5_encoder(folder.get("text_encoder_3").dir, options);
   }
   pipeline->transformer_ = load_sd3_transformer(folder.get("transformer").dir, options);
-  auto vae_options = options;
-  if (folder.component_config("vae").get<bool>("force_upcast") && options.dtype == at::kHalf) vae_options.dtype = at::kFloat;
-  pipeline->vae_ = load_vae(folder.get("vae").dir, vae_options);
+  pipeline->vae_ =
+      load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
   pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_->config().spatial_factor();
   const auto clip_width = pipeline->text_encoder_->config().hidden_size + pipeline->text_encoder_2_->config().hidden_size;
   if (clip_width > pipeline->transformer_->config().joint_attention_dim)
@@ -35,24 +34,10 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
 }
 
 generation_plan sd3_pipeline::plan(const generation_request& request) const {
-  generation_plan plan;
-  plan.steps = request.steps.value_or(28);
-  plan.height = request.height.value_or(default_size_);
-  plan.width = request.width.value_or(default_size_);
-  plan.guidance = request.guidance.value_or(7.0);
-  plan.classifier_free = plan.guidance > 1.0;
-  // Latents must split into whole patches: pixels divisible by VAE factor × patch size.
+  // Latents must split into whole patches, and no more of them than the position table holds.
   const auto factor = vae_->config().spatial_factor() * transformer_->config().patch_size;
-  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
-  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
-    if (value < factor || value % factor != 0)
-      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of " +
-                  std::to_string(factor) + " (VAE factor × patch size)");
-    const auto limit = transformer_->config().pos_embed_max_size * factor;
-    if (value > limit)
-      throw error(std::string(name) + " " + std::to_string(value) + " exceeds " + std::to_string(limit) +
-                  " (pos_embed_max_size × VAE factor × patch size)");
-  }
+  auto plan = settle_plan(request, 28, default_size_, 7.0, factor, "VAE factor × patch size",
+                          transformer_->config().pos_embed_max_size * factor);
   if (request.max_sequence_length < 1 || request.max_sequence_length > 512)
     throw error("--max-sequence-length " + std::to_string(request.max_sequence_length) + " is outside [1, 512]");
   return plan;

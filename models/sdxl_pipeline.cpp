@@ -20,11 +20,8 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
   pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, false, options);
   pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
   pipeline->unet_ = load_unet(folder.get("unet").dir, options);
-  // The VAE runs in float32 instead of fp16 when its config asks (SDXL's VAE overflows in fp16: force_upcast),
-  // as diffusers does.
-  auto vae_options = options;
-  if (folder.component_config("vae").get<bool>("force_upcast") && options.dtype == at::kHalf) vae_options.dtype = at::kFloat;
-  pipeline->vae_ = load_vae(folder.get("vae").dir, vae_options);
+  pipeline->vae_ =
+      load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
   const auto sample_size = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128);
   pipeline->default_size_ = sample_size * pipeline->vae_->config().spatial_factor();
   const auto expected_pooled = pipeline->unet_->config().projection_class_embeddings_input_dim -
@@ -37,21 +34,7 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
 }
 
 generation_plan sdxl_pipeline::plan(const generation_request& request) const {
-  generation_plan plan;
-  plan.steps = request.steps.value_or(50);
-  plan.height = request.height.value_or(default_size_);
-  plan.width = request.width.value_or(default_size_);
-  plan.guidance = request.guidance.value_or(5.0);
-  plan.classifier_free = plan.guidance > 1.0;
-  const auto factor = vae_->config().spatial_factor();
-  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
-  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
-    if (value < factor || value % factor != 0)
-      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of the VAE factor " +
-                  std::to_string(factor));
-    if (value > 8192) throw error(std::string(name) + " " + std::to_string(value) + " exceeds the limit of 8192");
-  }
-  return plan;
+  return settle_plan(request, 50, default_size_, 5.0, vae_->config().spatial_factor(), "the VAE factor", 8192);
 }
 
 branch_conditioning sdxl_pipeline::encode_text(const std::string& text) const {

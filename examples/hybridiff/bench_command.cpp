@@ -94,18 +94,9 @@ int run_bench(const std::vector<std::string>& args) {
   const auto iters = values["iters"].as<std::int64_t>();
   if (size < 8 || size % 8 != 0) throw usage_error("--size must be a positive multiple of 8");
   if (iters < 1 || warmup < 0) throw usage_error("--iters must be >= 1 and --warmup >= 0");
-  const auto device_text = values["device"].as<std::string>();
-  c10::Device device(c10::kCPU);
-  try {
-    device = c10::Device(device_text);
-  } catch (const c10::Error&) {
-    throw usage_error("--device '" + device_text + "': use cpu, cuda or cuda:N");
-  }
-  if (device.is_cuda() && !torch::cuda::is_available()) throw usage_error("--device " + device_text + ": no CUDA device");
+  const auto device = parse_device(values["device"].as<std::string>());
   const auto dtype_text = values["dtype"].as<std::string>();
-  at::ScalarType dtype = dtype_text == "fp32" ? at::kFloat : dtype_text == "fp16" ? at::kHalf
-                                             : dtype_text == "bf16" ? at::kBFloat16 : at::kByte;
-  if (dtype == at::kByte) throw usage_error("--dtype '" + dtype_text + "': use fp32, fp16 or bf16");
+  const auto dtype = parse_dtype(dtype_text);
 
   const std::filesystem::path config_dir = values["model-config"].as<std::string>();
   if (values.count("parallel")) {

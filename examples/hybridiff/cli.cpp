@@ -6,6 +6,8 @@
 #include "models/errors.hpp"
 #include "runtime/logging.hpp"
 
+#include <torch/cuda.h>
+
 namespace hybridiff::cli {
 
 std::optional<po::variables_map> parse(command_line& line, const std::vector<std::string>& args) {
@@ -41,6 +43,32 @@ std::optional<po::variables_map> parse(command_line& line, const std::vector<std
     throw usage_error(bad.what());
   }
   return values;
+}
+
+c10::Device parse_device(const std::string& text) {
+  if (text == "cpu") return c10::kCPU;
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    const auto gpus = static_cast<int>(torch::cuda::device_count());
+    if (!torch::cuda::is_available() || gpus == 0)
+      throw usage_error("--device " + text + ": no CUDA device is available (torch sees " + std::to_string(gpus) + " GPUs)");
+    c10::Device device(c10::kCPU);
+    try {
+      device = c10::Device(text);
+    } catch (const c10::Error&) {
+      throw usage_error("--device '" + text + "': use cpu, cuda or cuda:N");
+    }
+    if (device.has_index() && device.index() >= gpus)
+      throw usage_error("--device " + text + ": only " + std::to_string(gpus) + " GPUs are visible");
+    return device;
+  }
+  throw usage_error("--device '" + text + "': use cpu, cuda or cuda:N");
+}
+
+at::ScalarType parse_dtype(const std::string& text) {
+  if (text == "fp32") return at::kFloat;
+  if (text == "fp16") return at::kHalf;
+  if (text == "bf16") return at::kBFloat16;
+  throw usage_error("--dtype '" + text + "': use fp32, fp16 or bf16");
 }
 
 }  // namespace hybridiff::cli

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include <boost/program_options.hpp>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 namespace hybridiff::cli {
 
@@ -28,6 +30,11 @@ std::optional<po::variables_map> parse(command_line& line, const std::vector<std
 struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// --device: cpu, cuda or cuda:N (a usage error when no such GPU is visible).
+c10::Device parse_device(const std::string& text);
+/// --dtype: fp32, fp16 or bf16.
+at::ScalarType parse_dtype(const std::string& text);
 
 int run_info(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);

@@ -14,31 +14,6 @@
 #include "models/safetensors.hpp"
 
 namespace hybridiff::cli {
-namespace {
-
-c10::Device parse_device(const std::string& text) {
-  if (text == "cpu") return c10::kCPU;
-  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw usage_error("--device " + text + ": no CUDA device is available (torch sees " +
-                        std::to_string(static_cast<int>(torch::cuda::device_count())) + " GPUs)");
-    c10::Device device(text);
-    if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
-      throw usage_error("--device " + text + ": only " + std::to_string(static_cast<int>(torch::cuda::device_count())) +
-                        " GPUs are visible");
-    return device;
-  }
-  throw usage_error("--device '" + text + "': use cpu, cuda or cuda:N");
-}
-
-at::ScalarType parse_dtype(const std::string& text) {
-  if (text == "fp32") return at::kFloat;
-  if (text == "fp16") return at::kHalf;
-  if (text == "bf16") return at::kBFloat16;
-  throw usage_error("--dtype '" + text + "': use fp32, fp16 or bf16");
-}
-
-}  // namespace
 
 int run_generate(const std::vector<std::string>& args) {
   command_line line;
