@@ -253,13 +253,13 @@ parallel_result generate_parallel(caf::actor_system& system,
         at::Tensor uncond, cond;
         if (asyncdiff) {
           replies = ask(actors::predict_atom::value, {0}, work);
-          auto halves = replies[0]->prediction.chunk(2, 0);
+          auto halves = replies[0]->prediction.to(latents.device()).chunk(2, 0);
           uncond = halves[0];
           cond = halves[1];
         } else {
           replies = ask(actors::predict_atom::value, {uncond_worker, cond_worker}, work);
-          uncond = replies[uncond_worker]->prediction;
-          cond = replies[cond_worker]->prediction;
+          uncond = replies[uncond_worker]->prediction.to(latents.device());
+          cond = replies[cond_worker]->prediction.to(latents.device());
         }
         row.metric = relative_mae_of(cond, uncond);
         prediction = models::guide(uncond, cond, guidance);
@@ -268,12 +268,13 @@ parallel_result generate_parallel(caf::actor_system& system,
       case schedule::phase::fill: {
         replies = ask(actors::fill_atom::value, everyone, work);
         peers = merge_owned(replies);
+        const auto output = replies[output_worker]->prediction.to(latents.device());
         if (asyncdiff)
-          prediction = guided_batch(replies[output_worker]->prediction);
+          prediction = guided_batch(output);
         else if (options.conditioning == pp_conditioning::fixed)
-          prediction = models::guide(replies[uncond_worker]->prediction, replies[output_worker]->prediction, guidance);
+          prediction = models::guide(replies[uncond_worker]->prediction.to(latents.device()), output, guidance);
         else
-          prediction = replies[output_worker]->prediction;  // the reference: the conditional branch, unguided
+          prediction = output;  // the reference: the conditional branch, unguided
         break;
       }
       case schedule::phase::pipeline: {
@@ -281,7 +282,8 @@ parallel_result generate_parallel(caf::actor_system& system,
         if (options.time_shift && i > 0) work->timestep = timesteps[i - 1].to(latents.device());
         replies = ask(actors::stage_atom::value, everyone, work);
         peers = merge_owned(replies);
-        prediction = asyncdiff ? guided_batch(replies[output_worker]->prediction) : replies[output_worker]->prediction;
+        const auto output = replies[output_worker]->prediction.to(latents.device());
+        prediction = asyncdiff ? guided_batch(output) : output;
         break;
       }
     }

@@ -21,18 +21,26 @@ class recording_runner : public models::module_runner {
   activation_cache& cache_;
 };
 
-// Computes owned modules (refreshing the cache), reuses the others.
+// Moves every tensor of an activation to `device` (a no-op when it is there already).
+models::activation on_device(const models::activation& value, const c10::Device& device) {
+  models::activation moved;
+  for (const auto& tensor : value) moved.push_back(tensor.defined() ? tensor.to(device) : tensor);
+  return moved;
+}
+
+// Computes owned modules (refreshing the cache), reuses the others: a peer's output comes from its worker's device.
 class stale_runner : public models::module_runner {
  public:
-  stale_runner(const std::set<std::string>& owned, const activation_cache& peers, activation_cache& cache)
-      : owned_(owned), peers_(peers), cache_(cache) {}
+  stale_runner(const std::set<std::string>& owned, const activation_cache& peers, activation_cache& cache,
+               const c10::Device& device)
+      : owned_(owned), peers_(peers), cache_(cache), device_(device) {}
   models::activation run(const std::string& module, const std::function<models::activation()>& compute) override {
     if (owned_.count(module)) {
       auto out = compute();
       cache_[module] = out;
       return out;
     }
-    if (auto found = peers_.find(module); found != peers_.end()) return found->second;
+    if (auto found = peers_.find(module); found != peers_.end()) return on_device(found->second, device_);
     if (auto found = cache_.find(module); found != cache_.end()) return found->second;
     throw error("pipeline step: module '" + module + "' is neither owned nor cached (was the window filled?)");
   }
@@ -41,6 +49,7 @@ class stale_runner : public models::module_runner {
   const std::set<std::string>& owned_;
   const activation_cache& peers_;
   activation_cache& cache_;
+  c10::Device device_;
 };
 
 }  // namespace
@@ -50,22 +59,40 @@ stage_worker::stage_worker(std::shared_ptr<models::diffusion_pipeline> pipeline,
   if (!pipeline_) throw error("stage_worker " + std::to_string(rank) + ": no pipeline");
 }
 
+void stage_worker::set_conditioning(models::branch_conditioning conditioning) {
+  conditioning_ = on_device(std::move(conditioning));
+}
+
+void stage_worker::set_window_conditioning(models::branch_conditioning conditioning) {
+  window_conditioning_ = on_device(std::move(conditioning));
+}
+
+models::branch_conditioning stage_worker::on_device(models::branch_conditioning conditioning) const {
+  const auto& device = pipeline_->placement().device;
+  for (auto* tensor : {&conditioning.context, &conditioning.pooled, &conditioning.time_ids})
+    if (tensor->defined()) *tensor = tensor->to(device);
+  return conditioning;
+}
+
 at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& timestep) {
   torch::NoGradGuard no_grad;
-  return pipeline_->predict(latents, timestep, conditioning_);
+  const auto& device = pipeline_->placement().device;
+  return pipeline_->predict(latents.to(device), timestep.to(device), conditioning_);
 }
 
 at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep) {
   torch::NoGradGuard no_grad;
   cache_.clear();
   recording_runner runner(cache_);
-  return pipeline_->predict(latents, timestep, window_conditioning(), &runner);
+  const auto& device = pipeline_->placement().device;
+  return pipeline_->predict(latents.to(device), timestep.to(device), window_conditioning(), &runner);
 }
 
 at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers) {
   torch::NoGradGuard no_grad;
-  stale_runner runner(owned_, peers, cache_);
-  return pipeline_->predict(latents, timestep, window_conditioning(), &runner);
+  const auto& device = pipeline_->placement().device;
+  stale_runner runner(owned_, peers, cache_, device);
+  return pipeline_->predict(latents.to(device), timestep.to(device), window_conditioning(), &runner);
 }
 
 activation_cache stage_worker::owned_outputs() const {

@@ -14,7 +14,8 @@ namespace hybridiff::runtime {
 /// Module path -> that module's latest output.
 using activation_cache = std::map<std::string, models::activation>;
 
-/// One worker of a parallel generation.
+/// One worker of a parallel generation. Inputs arrive on any device and are moved to the worker's (its
+/// pipeline's placement), as are the other workers' activations; outputs stay on the worker's device.
 class stage_worker {
  public:
   stage_worker(std::shared_ptr<models::diffusion_pipeline> pipeline, int rank);
@@ -22,12 +23,11 @@ class stage_worker {
   int rank() const { return rank_; }
   models::diffusion_pipeline& pipeline() { return *pipeline_; }
 
-  /// The conditioning this worker runs with: one branch (batch 1) or both stacked (batch 2, AsyncDiff's CFG).
-  void set_conditioning(models::branch_conditioning conditioning) { conditioning_ = std::move(conditioning); }
+  /// The conditioning this worker runs with: one branch (batch 1) or both stacked (batch 2, AsyncDiff's CFG);
+  /// moved to the worker's device.
+  void set_conditioning(models::branch_conditioning conditioning);
   /// A different conditioning for fill and pipeline steps (hybrid's `cond` window); unset: the same.
-  void set_window_conditioning(models::branch_conditioning conditioning) {
-    window_conditioning_ = std::move(conditioning);
-  }
+  void set_window_conditioning(models::branch_conditioning conditioning);
   /// The modules this worker owns in pipeline steps (its AsyncDiff component).
   void set_component(std::set<std::string> modules) { owned_ = std::move(modules); }
   const std::set<std::string>& component() const { return owned_; }
@@ -49,6 +49,8 @@ class stage_worker {
  private:
   std::shared_ptr<models::diffusion_pipeline> pipeline_;
   int rank_;
+  models::branch_conditioning on_device(models::branch_conditioning conditioning) const;
+
   models::branch_conditioning conditioning_, window_conditioning_;
   const models::branch_conditioning& window_conditioning() const {
     return window_conditioning_.context.defined() ? window_conditioning_ : conditioning_;

@@ -1,5 +1,7 @@
 #include <chrono>
 #include <iostream>
+#include <map>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -56,6 +58,9 @@ int run_generate(const std::vector<std::string>& args) {
        "none (1 worker, CFG batched), cfg (a worker per guidance branch), asyncdiff (AsyncDiff model parallelism "
        "after --warmup steps), hybrid (CFG parallel, AsyncDiff in [tau1, tau2], CFG parallel)")
       ("workers", po::value<int>()->value_name("N"), "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2)")
+      ("devices", po::value<std::string>()->value_name("LIST"),
+       "one device per worker, e.g. cuda:0,cuda:1 (a model replica per device); default: all workers on --device, "
+       "sharing one replica")
       ("model_n", po::value<int>()->value_name("N"), "AsyncDiff components (default: asyncdiff 2, hybrid = --workers)")
       ("stride", po::value<int>()->default_value(1)->value_name("S"), "AsyncDiff stride (1; 2 is not implemented yet)")
       ("warmup", po::value<int>()->default_value(1)->value_name("W"), "asyncdiff: steps before the pipeline (the last fills the caches)")
@@ -135,8 +140,26 @@ int run_generate(const std::vector<std::string>& args) {
   if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
   if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
 
+  // One device per worker; workers on the same device share a replica.
+  std::vector<c10::Device> devices(parallel_settings.workers, placement.device);
+  if (values.count("devices")) {
+    devices.clear();
+    std::stringstream list(values["devices"].as<std::string>());
+    std::string item;
+    while (std::getline(list, item, ',')) devices.push_back(parse_device(item));
+    if (static_cast<int>(devices.size()) != parallel_settings.workers)
+      throw usage_error("--devices lists " + std::to_string(devices.size()) + " devices for " +
+                        std::to_string(parallel_settings.workers) + " workers");
+  }
   auto started = std::chrono::steady_clock::now();
-  std::shared_ptr<models::diffusion_pipeline> pipeline = models::load_pipeline(values["model"].as<std::string>(), placement);
+  std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+  for (const auto& device : devices) {
+    auto& replica = by_device[device.str()];
+    if (!replica) replica = models::load_pipeline(values["model"].as<std::string>(), {device, placement.dtype, ""});
+    replicas.push_back(replica);
+  }
+  const auto& pipeline = replicas.front();  // worker 0's replica encodes the prompt and decodes the image
   auto loaded = std::chrono::steady_clock::now();
   // The detector's defaults are the reference scripts' for the model family.
   parallel_settings.tau = pipeline->transformer_blocks() > 0 ? schedule::tau_settings::sd3() : schedule::tau_settings::sdxl();
@@ -151,8 +174,6 @@ int run_generate(const std::vector<std::string>& args) {
   }
   caf::actor_system_config actor_config;
   caf::actor_system actor_system{actor_config};
-  // Workers in one process share the replica (one device).
-  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(parallel_settings.workers, pipeline);
   auto result = generate_parallel(actor_system, replicas, request, parallel_settings,
                                   [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
                                     spdlog::debug("step {}/{}", index + 1, steps);

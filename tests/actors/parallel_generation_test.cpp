@@ -64,6 +64,20 @@ TEST_F(ParallelGeneration, CfgEqualsNone) {
   }
 }
 
+TEST_F(ParallelGeneration, SeparateReplicasPerWorkerGiveTheSameResult) {
+  // Each worker with a replica of its own (as on separate GPUs) computes what shared replicas compute.
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = hybrid.model_n = 2;
+  hybrid.tau1 = 2;
+  hybrid.tau2 = 5;
+  auto shared = run("tiny-sdxl", hybrid);
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> own = {
+      models::load_pipeline(test::fixtures_dir() / "tiny-sdxl", {}), models::load_pipeline(test::fixtures_dir() / "tiny-sdxl", {})};
+  auto separate = generate_parallel(system_, own, tiny_request(8), hybrid);
+  EXPECT_TRUE(torch::equal(separate.latents, shared.latents));
+}
+
 TEST_F(ParallelGeneration, AsyncDiffWithWholeWarmupEqualsNone) {
   // warm-up = steps: CFG steps, then a last fill step whose guided output is the full model's: no stale activation.
   auto sequential = run("tiny-sdxl", {});

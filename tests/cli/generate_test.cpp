@@ -157,3 +157,20 @@ TEST(GenerateCli, ParallelModesAndTrace) {
 
 }  // namespace
 }  // namespace hybridiff
+
+namespace hybridiff {
+namespace {
+
+TEST(GenerateCli, DevicesGiveEachWorkerItsDevice) {
+  test::temp_dir dir;
+  const auto common = "generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +
+                      " --prompt cat --steps 3 --image_size 32 --parallel cfg --output " + quoted(dir / "x.png");
+  auto both_cpu = run_hybridiff(common + " --devices cpu,cpu");
+  EXPECT_EQ(both_cpu.exit_code, 0) << both_cpu.output;
+  auto too_few = run_hybridiff(common + " --devices cpu");
+  EXPECT_EQ(too_few.exit_code, 2) << too_few.output;
+  EXPECT_NE(too_few.output.find("--devices lists 1 devices for 2 workers"), std::string::npos) << too_few.output;
+}
+
+}  // namespace
+}  // namespace hybridiff
