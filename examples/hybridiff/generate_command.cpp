@@ -23,8 +23,9 @@ int run_generate(const std::vector<std::string>& args) {
   line.usage = "hybridiff generate --model DIR --prompt TEXT [options]";
   line.summary =
       "Generates one image from a text prompt with a diffusers folder (StableDiffusionXLPipeline or\n"
-      "StableDiffusion3Pipeline). Unset options take the folder's defaults, as diffusers: SDXL 1024x1024, 50 steps,\n"
-      "guidance 5.0; SD3 1024x1024, 28 steps, guidance 7.0; the folder's scheduler. The reference scripts'\n"
+      "StableDiffusion3Pipeline). Unset options take the folder's defaults, as diffusers: the denoiser's\n"
+      "sample_size times the VAE factor (1024 for SDXL-base and SD3-medium), SDXL 50 steps and guidance 5.0, SD3 28\n"
+      "steps and guidance 7.0, the folder's scheduler. The reference scripts'\n"
       "spellings --num_inference_steps, --guidance_scale and --image_size are accepted.";
   // clang-format off
   line.options.add_options()
@@ -32,9 +33,9 @@ int run_generate(const std::vector<std::string>& args) {
       ("prompt", po::value<std::string>()->required()->value_name("TEXT"), "what to draw")
       ("negative-prompt", po::value<std::string>()->value_name("TEXT"),
        "what to steer away from (unset: SDXL's zero conditioning, SD3's \"\", as diffusers)")
-      ("steps", po::value<std::int64_t>()->value_name("N"), "denoising steps (default: 50)")
+      ("steps", po::value<std::int64_t>()->value_name("N"), "denoising steps (default: SDXL 50, SD3 28)")
       ("num_inference_steps", po::value<std::int64_t>()->value_name("N"), "same as --steps")
-      ("guidance", po::value<double>()->value_name("G"), "classifier-free guidance scale; <= 1 disables CFG (default: 5.0)")
+      ("guidance", po::value<double>()->value_name("G"), "classifier-free guidance scale; <= 1 disables CFG (default: SDXL 5.0, SD3 7.0)")
       ("guidance_scale", po::value<double>()->value_name("G"), "same as --guidance")
       ("scheduler", po::value<std::string>()->value_name("NAME"),
        "euler, ddim, dpm++2m or flow-euler (default: the folder's scheduler)")
