@@ -39,7 +39,7 @@ struct parallel_options {
   int model_n = 2;       ///< AsyncDiff components
   int stride = 1;        ///< 1 (stride 2 is not implemented yet: rejected)
   int warmup = 1;        ///< asyncdiff: steps before the pipeline (the last one fills the caches)
-  bool time_shift = false;  ///< pipeline steps feed the model the previous step's timestep (AsyncDiff App. A)
+  bool time_shift = false;  ///< pipeline steps (not the fill step) feed the model the previous step's timestep (AsyncDiff App. A)
   schedule::tau_settings tau = schedule::tau_settings::sdxl();
   std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
   pp_conditioning conditioning = pp_conditioning::fixed;

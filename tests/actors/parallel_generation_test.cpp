@@ -93,8 +93,9 @@ TEST_F(ParallelGeneration, AsyncDiffWithWholeWarmupEqualsNone) {
 // The hybrid computation written out by hand from the model's module-level forward: CFG steps, a fill step that
 // records every module, then pipeline steps where worker 1 (conditional, owns the outer shell) runs its modules
 // and takes worker 0's modules from worker 0's previous step, and worker 0 (unconditional, owns the core) likewise.
+// With `time_shift`, pipeline steps feed the model the previous step's timestep.
 at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
-                          int tau2) {
+                          int tau2, bool time_shift = false) {
   torch::NoGradGuard no_grad;
   const auto plan = pipeline.plan(request);
   const auto cond = pipeline.encode_prompt(request, plan);
@@ -132,6 +133,7 @@ at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::ge
       prediction = models::guide(out[0], out[1], plan.guidance);
     } else {
       std::map<std::string, models::activation> previous[2] = {cache[0], cache[1]};
+      if (time_shift) t = sampler->timesteps()[i - 1];
       at::Tensor out[2];
       for (int w = 0; w < 2; ++w) {
         runner stale;
@@ -163,6 +165,12 @@ TEST_F(ParallelGeneration, HybridWithFixedTausEqualsTheHandComposition) {
   EXPECT_LT(test::relative_error(result.latents, expected), same_computation_tolerance);
   // and the window really changes the result (stale activations, no guidance)
   EXPECT_GT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), 1e-3);
+
+  hybrid.time_shift = true;
+  auto shifted = run("tiny-sdxl", hybrid);
+  EXPECT_LT(test::relative_error(shifted.latents, hybrid_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2, 5, true)),
+            same_computation_tolerance);
+  EXPECT_GT(test::relative_error(shifted.latents, result.latents), 1e-6);
 }
 
 TEST_F(ParallelGeneration, FourWorkersAndSd3Run) {
