@@ -196,13 +196,6 @@ class ddim_sampler : public sampler {
     timestep_values_.assign(timesteps.begin(), timesteps.end());
   }
 
-  double init_noise_sigma() const override { return 1.0; }
-
-  at::Tensor scale_model_input(const at::Tensor& sample, std::int64_t index) const override {
-    check_index(index);
-    return sample;
-  }
-
   at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) override {
     check_index(index);
     const auto t = static_cast<std::int64_t>(timestep_values_[index]);
@@ -264,13 +257,6 @@ class dpm_sampler : public sampler {
     timesteps_ = float_tensor(timesteps);
     previous_x0_ = at::Tensor();
     lower_order_steps_ = 0;
-  }
-
-  double init_noise_sigma() const override { return 1.0; }
-
-  at::Tensor scale_model_input(const at::Tensor& sample, std::int64_t index) const override {
-    check_index(index);
-    return sample;
   }
 
   at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) override {
@@ -349,13 +335,6 @@ class flow_euler_sampler : public sampler {
     sigmas_ = torch::cat({sigma_tensor, torch::zeros({1})});
   }
 
-  double init_noise_sigma() const override { return 1.0; }
-
-  at::Tensor scale_model_input(const at::Tensor& sample, std::int64_t index) const override {
-    check_index(index);
-    return sample;
-  }
-
   at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) override {
     check_index(index);
     auto x = sample.to(torch::kFloat32);
@@ -371,6 +350,11 @@ class flow_euler_sampler : public sampler {
 };
 
 }  // namespace
+
+at::Tensor sampler::scale_model_input(const at::Tensor& sample, std::int64_t index) const {
+  check_index(index);
+  return sample;
+}
 
 void sampler::check_index(std::int64_t index) const {
   if (!timesteps_.defined()) throw error("sampler: set_timesteps was not called");

@@ -24,10 +24,10 @@ class sampler {
   const at::Tensor& timesteps() const { return timesteps_; }
   /// The noise level at each step and after the last: [steps + 1], float32 (empty for DDIM).
   const at::Tensor& sigmas() const { return sigmas_; }
-  /// How much the unit-variance initial noise is scaled (diffusers' `init_noise_sigma`).
-  virtual double init_noise_sigma() const = 0;
-  /// The denoiser's input at step `index`.
-  virtual at::Tensor scale_model_input(const at::Tensor& sample, std::int64_t index) const = 0;
+  /// How much the unit-variance initial noise is scaled (diffusers' `init_noise_sigma`); 1 unless overridden.
+  virtual double init_noise_sigma() const { return 1.0; }
+  /// The denoiser's input at step `index`: the sample itself unless overridden (Euler scales it).
+  virtual at::Tensor scale_model_input(const at::Tensor& sample, std::int64_t index) const;
   /// The sample after step `index`, given the (guided) model output at that step.
   virtual at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) = 0;
   /// "euler", "ddim", "dpm++2m" or "flow-euler".

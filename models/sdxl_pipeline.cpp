@@ -86,14 +86,7 @@ std::unique_ptr<sampler> sdxl_pipeline::make_sampler(const std::string& name) co
   return models::make_sampler(scheduler_config_, name);
 }
 
-at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) {
-  torch::NoGradGuard no_grad;
-  const auto& config = vae_->config();
-  auto z = latents.to(vae_->decoder->conv_in->weight.scalar_type()) / config.scaling_factor;
-  if (config.shift_factor) z = z + *config.shift_factor;
-  auto image = vae_->decode(z);
-  return (image / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat32);
-}
+at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) { return vae_->decode_to_image(latents); }
 
 std::vector<std::int64_t> sdxl_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
   const auto factor = vae_->config().spatial_factor();

@@ -126,6 +126,13 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& z) {
   return decoder(post_quant_conv ? post_quant_conv(z) : z);
 }
 
+at::Tensor AutoencoderKLImpl::decode_to_image(const at::Tensor& latents) {
+  torch::NoGradGuard no_grad;
+  auto z = latents.to(decoder->conv_in->weight.scalar_type()) / config_.scaling_factor;
+  if (config_.shift_factor) z = z + *config_.shift_factor;
+  return (decode(z) / 2 + 0.5).clamp(0, 1).to(torch::kCPU, torch::kFloat32);
+}
+
 at::Tensor AutoencoderKLImpl::encode_mean(const at::Tensor& image) {
   TORCH_CHECK(image.dim() == 4 && image.size(1) == config_.in_channels, "VAE encode: image must be [B, ",
               config_.in_channels, ", H, W], got ", image.sizes());

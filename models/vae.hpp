@@ -58,6 +58,9 @@ class AutoencoderKLImpl : public torch::nn::Module {
   explicit AutoencoderKLImpl(const vae_config& config);
   /// z [B, latent, h, w] (already unscaled) -> image [B, out, h·f, w·f] in about [−1, 1]
   at::Tensor decode(const at::Tensor& z);
+  /// What a pipeline decodes: its final latents (scaled by `scaling_factor`, shifted by `shift_factor`) ->
+  /// image [B, out, H, W] in [0, 1], float32 on the CPU. Runs in the VAE's own dtype.
+  at::Tensor decode_to_image(const at::Tensor& latents);
   /// image [B, in, H, W] in [−1, 1] -> the latent distribution's mean [B, latent, H/f, W/f] (unscaled)
   at::Tensor encode_mean(const at::Tensor& image);
   const vae_config& config() const { return config_; }
