@@ -69,7 +69,9 @@ struct parallel_result {
 /// Generates one image's latents with `options.workers` worker actors, a tau controller and a driver.
 /// `replicas` holds one pipeline per worker (the same pointer may repeat: workers on one device may share a
 /// replica). Errors — bad options, a worker that throws or does not answer within step_timeout — end the request
-/// with a hybridiff::error naming the worker and the step; nothing hangs.
+/// with a hybridiff::error naming the worker and the step; nothing hangs. A worker whose actor dies is not an error:
+/// the driver (which monitors the workers) finishes the image on a surviving worker in sequential CFG (both branches
+/// batched: mode none's numerics) from the failed step on; the trace marks those steps `cfg-degraded`.
 parallel_result generate_parallel(caf::actor_system& system,
                                   const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
                                   const models::generation_request& request, const parallel_options& options,

@@ -13,6 +13,8 @@ struct step_request {
   at::Tensor latents;    ///< the denoiser's input, already scaled by the sampler
   at::Tensor timestep;   ///< scalar
   std::shared_ptr<const runtime::activation_cache> peers;  ///< stage: the owners' outputs of the previous step
+  /// predict: run with this conditioning instead of the worker's own (degraded mode: both branches batched)
+  std::shared_ptr<const models::branch_conditioning> conditioning;
 };
 
 struct step_reply {

@@ -22,6 +22,11 @@ namespace {
 using actors::step_reply_ptr;
 using actors::step_request;
 
+// A worker's actor is gone (not merely a failed request).
+struct worker_lost {
+  int worker;
+};
+
 // Ends every actor of the request however the driver leaves.
 struct actor_guard {
   caf::scoped_actor& self;
@@ -194,9 +199,26 @@ parallel_result generate_parallel(caf::actor_system& system,
                                          lead.placement());
   const auto& timesteps = sampler->timesteps();
 
+  // The driver monitors its workers: a failed request whose worker then reports down is a lost worker.
+  for (const auto& worker : workers) self->monitor(worker);
+  std::vector<bool> reported_down(world, false);
+  auto has_died = [&](int w) {
+    bool waiting = true;  // the down message follows the failed reply closely; 0.5 s is ample in one process
+    while (waiting && !reported_down[w])
+      self->receive(
+          [&](const caf::down_msg& down) {
+            for (int other = 0; other < world; ++other)
+              if (down.source == workers[other].address()) reported_down[other] = true;
+          },
+          caf::after(std::chrono::milliseconds(500)) >> [&] { waiting = false; });
+    return static_cast<bool>(reported_down[w]);
+  };
+
   // Sends `atom` with `work` to the given workers at once, then collects the replies (the workers run in parallel).
+  // A worker whose actor is gone (it died) is reported as `worker_lost`; any other failure as hybridiff::error.
   auto ask = [&](auto atom, const std::vector<int>& targets, const std::shared_ptr<step_request>& work) {
     std::vector<step_reply_ptr> replies(world);
+    int lost = -1;
     using handle_type = decltype(self->request(workers[0], options.step_timeout, atom, actors::step_request_ptr(work)));
     std::vector<std::pair<int, handle_type>> pending;
     for (int w : targets) pending.emplace_back(w, self->request(workers[w], options.step_timeout, atom, actors::step_request_ptr(work)));
@@ -204,11 +226,13 @@ parallel_result generate_parallel(caf::actor_system& system,
       std::string failure;
       handle.receive([&, w = w](const step_reply_ptr& reply) { replies[w] = reply; },
                      [&, w = w](caf::error& problem) {
+                       if (problem != caf::sec::request_timeout && has_died(w)) lost = w;
                        failure = problem == caf::sec::request_timeout
                                      ? "worker " + std::to_string(w) + " did not answer within " +
                                            std::to_string(options.step_timeout.count()) + " ms"
                                      : describe(system, problem);
                      });
+      if (lost >= 0) throw worker_lost{lost};
       if (!failure.empty()) throw error("step " + std::to_string(work->step) + ": " + failure);
     }
     return replies;
@@ -233,7 +257,36 @@ parallel_result generate_parallel(caf::actor_system& system,
     return models::guide(halves[0], halves[1], guidance);
   };
 
+  // Supervision: when a worker's actor dies, the image continues on a surviving worker in sequential CFG (both
+  // branches batched, the numerics of mode none) from the step that failed; the window is given up.
+  std::optional<int> survivor;
+  const auto both_branches = std::make_shared<const models::branch_conditioning>(stacked);
+
   for (std::int64_t i = 0; i < plan.steps; ++i) {
+    if (survivor) {
+      auto work = std::make_shared<step_request>();
+      work->step = static_cast<std::int32_t>(i);
+      auto model_input = sampler->scale_model_input(latents, i);
+      work->latents = torch::cat({model_input, model_input}, 0);
+      work->timestep = timesteps[i].to(latents.device());
+      work->conditioning = both_branches;
+      step_trace row;
+      row.step = static_cast<int>(i);
+      row.mode = "cfg-degraded";
+      row.worker_ms.assign(world, 0.0);
+      std::vector<step_reply_ptr> replies;
+      try {
+        replies = ask(actors::predict_atom::value, {*survivor}, work);
+      } catch (const worker_lost& gone) {
+        throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) +
+                    " was lost too; no worker is left to finish the image");
+      }
+      row.worker_ms[*survivor] = replies[*survivor]->compute_ms;
+      latents = sampler->step(guided_batch(replies[*survivor]->prediction.to(latents.device())), i, latents);
+      result.trace.push_back(std::move(row));
+      if (observe) observe(i, plan.steps, latents);
+      continue;
+    }
     const auto phase = static_cast<schedule::phase>(phase_number);
     auto work = std::make_shared<step_request>();
     work->step = static_cast<std::int32_t>(i);
@@ -248,6 +301,7 @@ parallel_result generate_parallel(caf::actor_system& system,
     std::vector<step_reply_ptr> replies;
     std::vector<int> everyone;
     for (int w = 0; w < world; ++w) everyone.push_back(w);
+    try {
     switch (phase) {
       case schedule::phase::cfg: {
         at::Tensor uncond, cond;
@@ -286,6 +340,15 @@ parallel_result generate_parallel(caf::actor_system& system,
         prediction = asyncdiff ? guided_batch(output) : output;
         break;
       }
+    }
+    } catch (const worker_lost& gone) {
+      for (int w = 0; w < world && !survivor; ++w)
+        if (!reported_down[w]) survivor = w;
+      if (!survivor) throw error("step " + std::to_string(i) + ": every worker was lost");
+      spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, gone.worker,
+                    *survivor);
+      --i;  // redo this step degraded
+      continue;
     }
     for (const auto& reply : replies)
       if (reply) row.worker_ms[reply->worker] = reply->compute_ms;

@@ -51,7 +51,7 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
   return {
       [=](predict_atom, const step_request_ptr& request) {
         return answer(self, "predict", [&](runtime::stage_worker& worker, step_reply&) {
-          return worker.predict(request->latents, request->timestep);
+          return worker.predict(request->latents, request->timestep, request->conditioning.get());
         });
       },
       [=](fill_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {

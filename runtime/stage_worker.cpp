@@ -74,10 +74,12 @@ models::branch_conditioning stage_worker::on_device(models::branch_conditioning 
   return conditioning;
 }
 
-at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& timestep) {
+at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& timestep,
+                                 const models::branch_conditioning* conditioning) {
   torch::NoGradGuard no_grad;
   const auto& device = pipeline_->placement().device;
-  return pipeline_->predict(latents.to(device), timestep.to(device), conditioning_);
+  return pipeline_->predict(latents.to(device), timestep.to(device),
+                            conditioning != nullptr ? on_device(*conditioning) : conditioning_);
 }
 
 at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep) {

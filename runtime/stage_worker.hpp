@@ -32,8 +32,10 @@ class stage_worker {
   void set_component(std::set<std::string> modules) { owned_ = std::move(modules); }
   const std::set<std::string>& component() const { return owned_; }
 
-  /// A full forward pass (a CFG branch or the batched model): latents [B, C, h, w] -> prediction.
-  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep);
+  /// A full forward pass (a CFG branch or the batched model): latents [B, C, h, w] -> prediction. `conditioning`
+  /// replaces the worker's own for this call (both branches batched, when a worker takes over a lost one's work).
+  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep,
+                     const models::branch_conditioning* conditioning = nullptr);
   /// The first step of a pipeline window: a full forward pass that records every module's output.
   at::Tensor fill(const at::Tensor& latents, const at::Tensor& timestep);
   /// A stale-activation step: owned modules compute (on whatever reaches them) and refresh the cache; every

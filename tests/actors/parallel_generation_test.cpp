@@ -224,6 +224,7 @@ class failing_pipeline : public models::diffusion_pipeline {
   at::Tensor predict(const at::Tensor& x, const at::Tensor& t, const models::branch_conditioning& c,
                      models::module_runner* runner) override {
     if (++calls_ == throw_at_) {
+      if (die_) throw worker_death{};  // not a std::exception: escapes the worker's handler, the actor dies
       if (stall_.count() == 0) throw std::runtime_error("simulated device failure");
       std::this_thread::sleep_for(stall_);
     }
@@ -239,6 +240,10 @@ class failing_pipeline : public models::diffusion_pipeline {
   int throw_at_;
   std::chrono::milliseconds stall_;
   int calls_ = 0;
+
+ public:
+  struct worker_death {};
+  bool die_ = false;
 };
 
 TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {
@@ -256,6 +261,22 @@ TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {
     EXPECT_NE(message.find("worker 1"), std::string::npos) << message;
     EXPECT_NE(message.find("simulated device failure"), std::string::npos) << message;
   }
+}
+
+TEST_F(ParallelGeneration, ALostWorkerLeavesTheImageToASurvivorInSequentialCfg) {
+  // Worker 1's actor dies at its third call (step 2): from step 2 on, worker 0 runs both branches batched, which
+  // is the sequential computation: the image equals mode none's.
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  cfg.workers = 2;
+  auto dying = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 3);
+  dying->die_ = true;
+  auto result = generate_parallel(system_, {tiny("tiny-sdxl"), dying}, tiny_request(8), cfg);
+  ASSERT_EQ(result.trace.size(), 8u);
+  EXPECT_EQ(result.trace[1].mode, "cfg");
+  EXPECT_EQ(result.trace[2].mode, "cfg-degraded");
+  EXPECT_EQ(result.trace[7].mode, "cfg-degraded");
+  EXPECT_LT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), same_computation_tolerance);
 }
 
 TEST_F(ParallelGeneration, AWorkerThatStallsTimesOutWithAClearError) {
