@@ -171,7 +171,6 @@ parallel_result generate_parallel(caf::actor_system& system,
   // Workers: branch w < W/2 is the unconditional one (hybrid, cfg); asyncdiff batches both branches everywhere.
   caf::scoped_actor self{system};
   actor_guard actors_alive{self, {}, {}};
-  std::vector<std::shared_ptr<runtime::stage_worker>> stages;
   for (int w = 0; w < world; ++w) {
     auto stage = std::make_shared<runtime::stage_worker>(replicas[w], w);
     if (asyncdiff) {
@@ -182,7 +181,6 @@ parallel_result generate_parallel(caf::actor_system& system,
     }
     const auto& modules = split.components[split.component_of(w)].modules;
     stage->set_component({modules.begin(), modules.end()});
-    stages.push_back(stage);
     actors_alive.workers.push_back(actors::spawn_worker(system, stage));
   }
   const auto& workers = actors_alive.workers;
@@ -345,6 +343,11 @@ parallel_result generate_parallel(caf::actor_system& system,
       for (int w = 0; w < world && !survivor; ++w)
         if (!reported_down[w]) survivor = w;
       if (!survivor) throw error("step " + std::to_string(i) + ": every worker was lost");
+      // The survivor may be a pipeline stage (a loss inside the window): it becomes a CFG branch again.
+      self->request(workers[*survivor], options.step_timeout, actors::reconfigure_atom::value,
+                    static_cast<std::int32_t>(actors::worker_role::cfg_branch))
+          .receive([](std::int32_t) {},
+                   [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + describe(system, problem)); });
       spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, gone.worker,
                     *survivor);
       --i;  // redo this step degraded

@@ -277,6 +277,19 @@ TEST_F(ParallelGeneration, ALostWorkerLeavesTheImageToASurvivorInSequentialCfg) 
   EXPECT_EQ(result.trace[2].mode, "cfg-degraded");
   EXPECT_EQ(result.trace[7].mode, "cfg-degraded");
   EXPECT_LT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), same_computation_tolerance);
+
+  // A loss inside a hybrid window: the survivor leaves its pipeline-stage behaviour and finishes the image.
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = hybrid.model_n = 2;
+  hybrid.tau1 = 2;
+  hybrid.tau2 = 5;
+  auto dies_in_window = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 4);  // calls: steps 0, 1, 2 (fill), 3
+  dies_in_window->die_ = true;
+  auto survived = generate_parallel(system_, {tiny("tiny-sdxl"), dies_in_window}, tiny_request(8), hybrid);
+  EXPECT_EQ(survived.trace[2].mode, "fill");
+  EXPECT_EQ(survived.trace[3].mode, "cfg-degraded");
+  EXPECT_TRUE(torch::isfinite(survived.latents).all().item<bool>());
 }
 
 TEST_F(ParallelGeneration, AWorkerThatStallsTimesOutWithAClearError) {
