@@ -46,6 +46,10 @@ struct parallel_options {
   std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
 };
 
+/// Sets `options.workers` and `options.model_n` from the mode (and `options.stride`) unless given: none 1 worker,
+/// cfg 2, asyncdiff model_n (default 2) + stride − 1, hybrid 2 with model_n = workers.
+void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n);
+
 /// Checks the options against each other and the request's step count; throws std::invalid_argument naming the
 /// flag (world size vs n + stride − 1, tau_cap + k < steps, L_slope < tau_cap, stride, ...).
 void validate(const parallel_options& options, int steps);

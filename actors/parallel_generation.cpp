@@ -98,6 +98,20 @@ schedule::schedule_settings schedule_of(const parallel_options& options, int ste
 
 }  // namespace
 
+void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n) {
+  switch (options.mode) {
+    case parallel_mode::none: options.workers = 1; break;
+    case parallel_mode::cfg: options.workers = 2; break;
+    case parallel_mode::asyncdiff:
+      options.model_n = model_n.value_or(2);
+      options.workers = options.model_n + options.stride - 1;
+      break;
+    case parallel_mode::hybrid: options.workers = 2; break;
+  }
+  if (workers) options.workers = *workers;
+  if (options.mode == parallel_mode::hybrid) options.model_n = model_n.value_or(options.workers);
+}
+
 void validate(const parallel_options& options, int steps) {
   auto reject = [](const std::string& message) { throw std::invalid_argument(message); };
   if (options.stride != 1 && options.stride != 2) reject("--stride " + std::to_string(options.stride) + " must be 1 or 2");

@@ -298,10 +298,4 @@ config as_class(const config& values, const std::string& class_name) {
   return config(std::move(merged), values.source());
 }
 
-std::vector<std::string> classes_with_defaults() {
-  std::vector<std::string> names;
-  for (const auto& [name, table] : default_tables()) names.push_back(name);
-  return names;
-}
-
 }  // namespace hybridiff::models

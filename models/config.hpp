@@ -75,7 +75,4 @@ config read_config(const std::filesystem::path& path, std::string class_name = "
 /// target class's defaults, overridden by the keys of `values` that the target class knows.
 config as_class(const config& values, const std::string& class_name);
 
-/// The classes whose defaults hybridiff knows (the ones it implements).
-std::vector<std::string> classes_with_defaults();
-
 }  // namespace hybridiff::models

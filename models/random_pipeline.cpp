@@ -36,12 +36,8 @@ class random_pipeline : public diffusion_pipeline {
   std::string class_name() const override { return "random " + class_name_; }
 
   generation_plan plan(const generation_request& request) const override {
-    generation_plan plan{request.steps.value_or(50), request.height.value_or(1024), request.width.value_or(1024),
-                         request.guidance.value_or(5.0), false};
-    plan.classifier_free = plan.guidance > 1.0;
-    if (plan.steps < 1 || plan.height % 16 != 0 || plan.width % 16 != 0 || plan.height < 16 || plan.width < 16)
-      throw error("random pipeline: steps >= 1 and sizes that are positive multiples of 16 are needed");
-    return plan;
+    // Multiples of 16: the VAE factor 8 times SD3's patch size 2.
+    return settle_plan(request, 50, 1024, 5.0, 16, "16 (VAE factor × patch size)", 8192);
   }
 
   prompt_conditioning encode_prompt(const generation_request&, const generation_plan& plan) override {

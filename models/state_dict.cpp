@@ -1,7 +1,6 @@
 #include "models/state_dict.hpp"
 
 #include <map>
-#include <set>
 
 #include <torch/torch.h>
 

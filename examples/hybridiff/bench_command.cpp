@@ -107,11 +107,10 @@ int run_bench(const std::vector<std::string>& args) {
     } catch (const std::invalid_argument& bad) {
       throw usage_error(bad.what());
     }
-    const bool hybrid = options.mode == parallel_mode::hybrid;
-    options.workers = options.mode == parallel_mode::none ? 1 : 2;
-    if (values.count("workers")) options.workers = values["workers"].as<int>();
-    options.model_n = values.count("model_n") ? values["model_n"].as<int>() : (hybrid ? options.workers : 2);
-    if (options.mode == parallel_mode::asyncdiff && !values.count("workers")) options.workers = options.model_n;
+    auto optional_int = [&](const char* name) {
+      return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
+    };
+    apply_worker_defaults(options, optional_int("workers"), optional_int("model_n"));
     options.warmup = values["pipeline-warmup"].as<int>();
     if (values.count("tau1")) options.tau1 = values["tau1"].as<int>();
     if (values.count("tau2")) options.tau2 = values["tau2"].as<int>();

@@ -126,18 +126,10 @@ int run_generate(const std::vector<std::string>& args) {
   parallel_settings.stride = values["stride"].as<int>();
   parallel_settings.warmup = values["warmup"].as<int>();
   parallel_settings.time_shift = values["time_shift"].as<bool>();
-  switch (parallel_settings.mode) {
-    case parallel_mode::none: parallel_settings.workers = 1; break;
-    case parallel_mode::cfg: parallel_settings.workers = 2; break;
-    case parallel_mode::asyncdiff:
-      parallel_settings.model_n = values.count("model_n") ? values["model_n"].as<int>() : 2;
-      parallel_settings.workers = parallel_settings.model_n + parallel_settings.stride - 1;
-      break;
-    case parallel_mode::hybrid: parallel_settings.workers = 2; break;
-  }
-  if (values.count("workers")) parallel_settings.workers = values["workers"].as<int>();
-  if (parallel_settings.mode == parallel_mode::hybrid)
-    parallel_settings.model_n = values.count("model_n") ? values["model_n"].as<int>() : parallel_settings.workers;
+  auto optional_int = [&](const char* name) {
+    return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
+  };
+  apply_worker_defaults(parallel_settings, optional_int("workers"), optional_int("model_n"));
   if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
   if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
 
