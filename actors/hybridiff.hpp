@@ -1,6 +1,6 @@
 #pragma once
-// hybridiff's public C++ API for parallel generation: compose workers, a tau controller and a driver (CAF actors)
-// over model replicas, and run one image with a schedule. See examples/compose_pipeline.cpp.
+// hybridiff's public C++ API for parallel generation: compose workers, a tau controller, a supervisor and a driver
+// (CAF actors) over model replicas, and run one image with a schedule. See examples/compose_pipeline.cpp.
 
 #include <chrono>
 #include <functional>
@@ -35,10 +35,16 @@ pp_conditioning parse_pp_conditioning(const std::string& name);
 
 struct parallel_options {
   parallel_mode mode = parallel_mode::none;
-  int workers = 1;       ///< none: 1; cfg: 2; asyncdiff: model_n + stride − 1; hybrid: 2 or 4 (= model_n)
-  int model_n = 2;       ///< AsyncDiff components
-  int stride = 1;        ///< 1 (stride 2 is not implemented yet: rejected)
-  int warmup = 1;        ///< asyncdiff: steps before the pipeline (the last one fills the caches)
+  int workers = 1;  ///< none: 1; cfg: 2 or 4; asyncdiff: model_n + stride − 1; hybrid: 2 or 4 (= model_n + stride − 1)
+  int model_n = 2;       ///< AsyncDiff components of the window
+  int stride = 1;        ///< 1, or 2: one compute round per two pipeline steps on one extra worker (AsyncDiff §3.2)
+  /// Workers per guidance branch in CFG steps (cfg, hybrid): 1, or 2 with 4 workers: each branch runs as a
+  /// 2-stage AsyncDiff pipeline on its two workers (stale activations, as in the window) instead of leaving two
+  /// workers idle; its runs start with `warmup` full steps.
+  int branch_stages = 1;
+  /// asyncdiff: steps before the pipeline (the last one fills the caches); split branches: the full steps that
+  /// start each CFG run.
+  int warmup = 1;
   bool time_shift = false;  ///< pipeline steps (not the fill step) feed the model the previous step's timestep (AsyncDiff App. A)
   schedule::tau_settings tau = schedule::tau_settings::sdxl();
   std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
@@ -46,9 +52,11 @@ struct parallel_options {
   std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
 };
 
-/// Sets `options.workers` and `options.model_n` from the mode (and `options.stride`) unless given: none 1 worker,
-/// cfg 2, asyncdiff model_n (default 2) + stride − 1, hybrid 2 with model_n = workers.
-void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n);
+/// Sets `options.workers`, `options.model_n` and `options.branch_stages` from the mode (and `options.stride`) unless
+/// given: none 1 worker, cfg 2, asyncdiff model_n (default 2) + stride − 1, hybrid 2 with model_n = workers −
+/// stride + 1; branch_stages 2 for cfg and hybrid on 4 workers, else 1.
+void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n,
+                           std::optional<int> branch_stages = std::nullopt);
 
 /// Checks the options against each other and the request's step count; throws std::invalid_argument naming the
 /// flag (world size vs n + stride − 1, tau_cap + k < steps, L_slope < tau_cap, stride, ...).
@@ -57,7 +65,7 @@ void validate(const parallel_options& options, int steps);
 /// One row of the schedule trace.
 struct step_trace {
   int step = 0;
-  std::string mode;                 ///< cfg, fill or pipeline
+  std::string mode;                 ///< cfg, cfg-pipeline (split branches), fill, pipeline or cfg-degraded
   std::optional<double> metric;     ///< rel-MAE of a CFG step
   std::optional<double> slope;      ///< the detector's slope after this step
   std::vector<double> worker_ms;    ///< per worker compute time (0 when idle)
@@ -70,12 +78,13 @@ struct parallel_result {
   std::optional<int> tau1, tau2;
 };
 
-/// Generates one image's latents with `options.workers` worker actors, a tau controller and a driver.
+/// Generates one image's latents with `options.workers` worker actors, a tau controller, a supervisor and a driver.
 /// `replicas` holds one pipeline per worker (the same pointer may repeat: workers on one device may share a
 /// replica). Errors — bad options, a worker that throws or does not answer within step_timeout — end the request
 /// with a hybridiff::error naming the worker and the step; nothing hangs. A worker whose actor dies is not an error:
-/// the driver (which monitors the workers) finishes the image on a surviving worker in sequential CFG (both branches
-/// batched: mode none's numerics) from the failed step on; the trace marks those steps `cfg-degraded`.
+/// the driver (told by the supervisor, which monitors the workers) finishes the image on a surviving worker in
+/// sequential CFG (both branches batched: mode none's numerics) from the failed step on; the trace marks those
+/// steps `cfg-degraded`.
 parallel_result generate_parallel(caf::actor_system& system,
                                   const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
                                   const models::generation_request& request, const parallel_options& options,

@@ -1,9 +1,10 @@
-// The driver of a parallel generation: owns latents, sampler and conditioning, runs the step loop, and asks the
-// workers for what the tau controller's current phase needs. It runs as a blocking actor on the caller's thread.
+// The driver of a parallel generation (a blocking actor on the caller's thread), its options and its trace.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
+#include <numeric>
 #include <stdexcept>
 
 #include <spdlog/spdlog.h>
@@ -11,6 +12,7 @@
 
 #include "actors/hybridiff.hpp"
 #include "actors/messages.hpp"
+#include "actors/supervisor.hpp"
 #include "actors/tau_controller.hpp"
 #include "actors/worker.hpp"
 #include "models/errors.hpp"
@@ -32,7 +34,9 @@ struct actor_guard {
   caf::scoped_actor& self;
   std::vector<actors::worker_actor> workers;
   actors::tau_controller_actor controller;
+  actors::supervisor_actor supervisor;
   ~actor_guard() {
+    if (supervisor) self->send_exit(supervisor, caf::exit_reason::user_shutdown);
     for (auto& worker : workers) self->send_exit(worker, caf::exit_reason::user_shutdown);
     if (controller) self->send_exit(controller, caf::exit_reason::user_shutdown);
   }
@@ -98,7 +102,8 @@ schedule::schedule_settings schedule_of(const parallel_options& options, int ste
 
 }  // namespace
 
-void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n) {
+void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n,
+                           std::optional<int> branch_stages) {
   switch (options.mode) {
     case parallel_mode::none: options.workers = 1; break;
     case parallel_mode::cfg: options.workers = 2; break;
@@ -109,39 +114,375 @@ void apply_worker_defaults(parallel_options& options, std::optional<int> workers
     case parallel_mode::hybrid: options.workers = 2; break;
   }
   if (workers) options.workers = *workers;
-  if (options.mode == parallel_mode::hybrid) options.model_n = model_n.value_or(options.workers);
+  if (options.mode == parallel_mode::hybrid) options.model_n = model_n.value_or(options.workers - options.stride + 1);
+  // With 4 workers, CFG steps split each guidance branch over 2 workers unless told otherwise.
+  const bool branch_split = options.mode == parallel_mode::cfg || options.mode == parallel_mode::hybrid;
+  options.branch_stages = branch_stages.value_or(branch_split && options.workers == 4 ? 2 : 1);
 }
 
 void validate(const parallel_options& options, int steps) {
   auto reject = [](const std::string& message) { throw std::invalid_argument(message); };
+  const auto workers = std::to_string(options.workers);
   if (options.stride != 1 && options.stride != 2) reject("--stride " + std::to_string(options.stride) + " must be 1 or 2");
-  if (options.stride == 2)
-    reject("--stride 2 is not implemented yet (the reference never runs it; stride 1 is); use --stride 1");
   if (options.step_timeout.count() <= 0) reject("the step timeout must be positive");
+  const bool pipelined = options.mode == parallel_mode::asyncdiff || options.mode == parallel_mode::hybrid;
+  if (options.stride != 1 && !pipelined)
+    reject("--stride " + std::to_string(options.stride) + " applies to asyncdiff and hybrid only");
   switch (options.mode) {
     case parallel_mode::none:
-      if (options.workers != 1) reject("--parallel none runs on 1 worker, not " + std::to_string(options.workers));
+      if (options.workers != 1) reject("--parallel none runs on 1 worker, not " + workers);
       break;
     case parallel_mode::cfg:
-      if (options.workers != 2) reject("--parallel cfg needs --workers 2 (one per guidance branch), not " +
-                                       std::to_string(options.workers));
+      if (options.workers != 2 && options.workers != 4)
+        reject("--parallel cfg needs --workers 2 (one per guidance branch) or 4 (two per branch), not " + workers);
+      if (options.branch_stages != options.workers / 2)
+        reject("--parallel cfg with --workers " + workers + " splits each branch over " +
+               std::to_string(options.workers / 2) + " workers: --branch-stages must be " +
+               std::to_string(options.workers / 2));
       break;
     case parallel_mode::asyncdiff:
       if (options.workers != options.model_n + options.stride - 1)
-        reject("--workers " + std::to_string(options.workers) + " does not fit --model_n " + std::to_string(options.model_n) +
-               " --stride " + std::to_string(options.stride) + ": AsyncDiff needs n + stride − 1 = " +
+        reject("--workers " + workers + " does not fit --model_n " + std::to_string(options.model_n) + " --stride " +
+               std::to_string(options.stride) + ": AsyncDiff needs n + stride − 1 = " +
                std::to_string(options.model_n + options.stride - 1) + " workers");
+      if (options.branch_stages != 1)
+        reject("--parallel asyncdiff batches both branches in every component: --branch-stages must be 1");
       break;
     case parallel_mode::hybrid:
       if (options.workers != 2 && options.workers != 4)
-        reject("--parallel hybrid needs --workers 2 or 4 (half per guidance branch), not " + std::to_string(options.workers));
-      if (options.model_n != options.workers)
-        reject("--parallel hybrid with --workers " + std::to_string(options.workers) + " splits the model into " +
-               std::to_string(options.workers) + " components: --model_n must equal --workers (stride 1)");
+        reject("--parallel hybrid needs --workers 2 or 4 (half per guidance branch), not " + workers);
+      if (options.model_n + options.stride - 1 != options.workers)
+        reject("--parallel hybrid with --workers " + workers + " needs --model_n + --stride − 1 = " + workers +
+               " (2: n 2; 4: n 4, or n 3 with stride 2), not n " + std::to_string(options.model_n) + " stride " +
+               std::to_string(options.stride));
+      if (options.branch_stages != 1 && options.branch_stages != options.workers / 2)
+        reject("--branch-stages " + std::to_string(options.branch_stages) + " with --workers " + workers +
+               ": use 1 (one worker per branch in CFG steps) or " + std::to_string(options.workers / 2));
       break;
   }
+  if (options.branch_stages > 1 && options.warmup < 1)
+    reject("--warmup " + std::to_string(options.warmup) + " must be at least 1 (a split branch starts with a full step)");
   schedule::validate(schedule_of(options, steps));
 }
+
+namespace {
+
+// One request of a step, to one worker.
+struct targeted {
+  int worker;
+  std::shared_ptr<step_request> work;
+};
+
+// The driver of one parallel image: owns latents, sampler and conditioning, runs the step loop and asks the
+// workers for what the tau controller's current phase needs. Workers w < W/2 hold the unconditional branch (cfg,
+// hybrid); asyncdiff batches both branches in every worker.
+class parallel_driver {
+ public:
+  parallel_driver(caf::actor_system& system, const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
+                  const models::generation_request& request, const parallel_options& options,
+                  const models::generation_plan& plan)
+      : system_(system), self_(system), options_(options), plan_(plan), world_(options.workers),
+        asyncdiff_(options.mode == parallel_mode::asyncdiff), alive_{self_, {}, {}, {}} {
+    auto& lead = *replicas.front();
+    const auto conditioning = lead.encode_prompt(request, plan);
+    const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
+    both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
+    const auto family = lead.transformer_blocks() > 0 ? schedule::denoiser_family::sd3_transformer
+                                                      : schedule::denoiser_family::sdxl_unet;
+    const int blocks = static_cast<int>(lead.transformer_blocks());
+    const auto window = schedule::make_plan(family, options.mode == parallel_mode::cfg ? 2 : options.model_n,
+                                            options.mode == parallel_mode::cfg ? 1 : options.stride, blocks);
+    const auto branch = schedule::make_plan(family, 2, 1, blocks);
+    n_ = window.n;
+    output_worker_ = window.output_component();
+    exchange_blocks_ = !(family == schedule::denoiser_family::sd3_transformer &&
+                         options.conditioning == pp_conditioning::reference);
+    for (int w = 0; w < world_; ++w) {
+      auto stage = std::make_shared<runtime::stage_worker>(replicas[w], w);
+      if (asyncdiff_) {
+        stage->set_conditioning(stacked);
+      } else {
+        stage->set_conditioning(w < world_ / 2 ? conditioning.negative : conditioning.positive);
+        if (options.conditioning == pp_conditioning::cond) stage->set_window_conditioning(conditioning.positive);
+      }
+      auto set = [&](runtime::split_scope scope, const schedule::component& c) {
+        stage->set_component(scope, {c.modules.begin(), c.modules.end()});
+      };
+      set(runtime::split_scope::window, window.components[window.component_of(w)]);
+      if (options.branch_stages == 2) set(runtime::split_scope::branch, branch.components[w % 2]);
+      alive_.workers.push_back(actors::spawn_worker(system, stage));
+    }
+    alive_.controller = actors::spawn_tau_controller(system, schedule_of(options, static_cast<int>(plan.steps)), alive_.workers);
+    alive_.supervisor = actors::spawn_supervisor(system, alive_.workers);
+
+    sampler_ = lead.make_sampler(request.sampler);
+    sampler_->set_timesteps(plan.steps);
+    latents_ = models::initial_latents(request, lead.latent_shape(plan.height, plan.width), sampler_->init_noise_sigma(),
+                                       lead.placement());
+  }
+
+  parallel_result run(const models::step_observer& observe) {
+    parallel_result result;
+    std::int32_t phase_number = 0;
+    self_->request(alive_.controller, options_.step_timeout, actors::phase_atom::value, std::int32_t{0})
+        .receive([&](std::int32_t p) { phase_number = p; },
+                 [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
+    for (std::int64_t i = 0; i < plan_.steps; ++i) {
+      step_trace row;
+      row.step = static_cast<int>(i);
+      row.worker_ms.assign(world_, 0.0);
+      at::Tensor prediction;
+      try {
+        if (survivor_) {
+          row.mode = "cfg-degraded";
+          prediction = degraded_step(i, row);
+        } else {
+          const auto phase = static_cast<schedule::phase>(phase_number);
+          row.mode = schedule::to_string(phase);
+          switch (phase) {
+            case schedule::phase::cfg: prediction = cfg_step(i, row); break;
+            case schedule::phase::fill: prediction = fill_step(i, row); break;
+            case schedule::phase::pipeline: prediction = pipeline_step(i, row); break;
+          }
+        }
+      } catch (const worker_lost& gone) {
+        take_over(i, gone.worker);
+        --i;  // redo this step degraded
+        continue;
+      }
+      latents_ = sampler_->step(prediction, i, latents_);
+      if (!survivor_) {
+        actors::step_decision decision;
+        self_->request(alive_.controller, options_.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
+                       row.metric.value_or(0.0), row.metric.has_value())
+            .receive([&](const actors::step_decision& d) { decision = d; },
+                     [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
+        phase_number = decision.next_phase;
+        if (!std::isnan(decision.slope)) row.slope = decision.slope;
+        if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
+        if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
+      }
+      spdlog::debug("step {} {} metric {}", i, row.mode, row.metric.value_or(-1));
+      result.trace.push_back(std::move(row));
+      if (observe) observe(i, plan_.steps, latents_);
+    }
+    result.latents = latents_;
+    return result;
+  }
+
+ private:
+  caf::actor_system& system_;
+  caf::scoped_actor self_;
+  const parallel_options& options_;
+  const models::generation_plan& plan_;
+  const int world_;
+  const bool asyncdiff_;
+  int n_ = 2;              // components of the window split (the stride-2 extra worker is worker n_)
+  int output_worker_ = 1;  // the worker whose output is the window's prediction
+  bool exchange_blocks_ = true;
+  actor_guard alive_;
+  std::shared_ptr<const models::branch_conditioning> both_branches_;
+  std::unique_ptr<models::sampler> sampler_;
+  at::Tensor latents_;
+
+  int cfg_run_ = 0;            // steps since the current run of CFG steps began (split branches warm up)
+  runtime::activation_cache branch_peers_[2];  // split branches: each branch's owned outputs of the last step
+  std::shared_ptr<runtime::activation_cache> window_peers_;  // the window's owned outputs of the last step
+  int window_begin_ = 0;       // the window's fill step
+  at::Tensor held_;            // stride 2: the prediction computed ahead for the next step
+  std::optional<int> survivor_;
+
+  at::Tensor timestep(std::int64_t index) const {
+    const auto& all = sampler_->timesteps();
+    index = std::clamp<std::int64_t>(index, 0, all.size(0) - 1);
+    return all[index].to(latents_.device());
+  }
+  std::shared_ptr<step_request> work_for(std::int64_t i, bool batched) const {
+    auto work = std::make_shared<step_request>();
+    work->step = static_cast<std::int32_t>(i);
+    auto model_input = sampler_->scale_model_input(latents_, i);
+    work->latents = batched ? torch::cat({model_input, model_input}, 0) : model_input;
+    work->timestep = timestep(i);
+    return work;
+  }
+  at::Tensor output_of(const std::vector<step_reply_ptr>& replies, int worker) const {
+    return replies[worker]->prediction.to(latents_.device());
+  }
+  at::Tensor guided_batch(const at::Tensor& both) const {
+    auto halves = both.chunk(2, 0);
+    return models::guide(halves[0], halves[1], plan_.guidance);
+  }
+  at::Tensor guided(at::Tensor uncond, at::Tensor cond, step_trace& row) const {
+    row.metric = relative_mae_of(cond, uncond);
+    return models::guide(uncond, cond, plan_.guidance);
+  }
+
+  // Whether a worker whose request failed has died (the supervisor waits a moment for the down message).
+  bool has_died(int w) {
+    bool lost = false;
+    self_->request(alive_.supervisor, options_.step_timeout, actors::lost_atom::value, static_cast<std::int32_t>(w))
+        .receive([&](bool gone) { lost = gone; }, [&](caf::error&) { lost = false; });
+    return lost;
+  }
+
+  // Sends each request to its worker at once, then collects the replies (the workers run in parallel) into `row`.
+  // A worker whose actor is gone is reported as `worker_lost`; any other failure as hybridiff::error.
+  template <class Atom>
+  std::vector<step_reply_ptr> ask(Atom atom, const std::vector<targeted>& requests, step_trace& row) {
+    std::vector<step_reply_ptr> replies(world_);
+    using handle_type = decltype(self_->request(alive_.workers[0], options_.step_timeout, atom, actors::step_request_ptr()));
+    std::vector<std::pair<int, handle_type>> pending;
+    for (const auto& [w, work] : requests)
+      pending.emplace_back(w, self_->request(alive_.workers[w], options_.step_timeout, atom, actors::step_request_ptr(work)));
+    for (auto& [w, handle] : pending) {
+      std::string failure;
+      bool lost = false;
+      handle.receive([&, w = w](const step_reply_ptr& reply) { replies[w] = reply; },
+                     [&, w = w](caf::error& problem) {
+                       const bool timed_out = problem == caf::sec::request_timeout;
+                       lost = !timed_out && has_died(w);
+                       failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
+                                                 std::to_string(options_.step_timeout.count()) + " ms"
+                                           : describe(system_, problem);
+                     });
+      if (lost) throw worker_lost{w};
+      if (!failure.empty()) throw error("step " + std::to_string(requests.front().work->step) + ": " + failure);
+    }
+    for (const auto& reply : replies)
+      if (reply) row.worker_ms[reply->worker] = reply->compute_ms;
+    return replies;
+  }
+  std::vector<targeted> to_each(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {
+    std::vector<targeted> requests;
+    for (int w : workers) requests.push_back({w, work});
+    return requests;
+  }
+  std::vector<int> everyone() const {
+    std::vector<int> all(world_);
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+
+  // The owned outputs of `workers`' replies (window scope: SD3's reference conditioning exchanges no block).
+  runtime::activation_cache merge_owned(const std::vector<step_reply_ptr>& replies, const std::vector<int>& workers,
+                                        bool window) const {
+    runtime::activation_cache merged;
+    for (int w : workers) {
+      if (!replies[w]) continue;
+      for (const auto& [module, value] : replies[w]->owned)
+        if (!window || exchange_blocks_ || module.rfind("transformer_blocks.", 0) != 0) merged[module] = value;
+    }
+    return merged;
+  }
+
+  at::Tensor cfg_step(std::int64_t i, step_trace& row) {
+    auto work = work_for(i, asyncdiff_);
+    if (asyncdiff_) {  // warm-up: the whole batched model on one worker
+      auto replies = ask(actors::predict_atom::value, to_each({0}, work), row);
+      auto halves = output_of(replies, 0).chunk(2, 0);
+      return guided(halves[0], halves[1], row);
+    }
+    const int cond_worker = world_ / 2;
+    if (options_.branch_stages == 1) {
+      auto replies = ask(actors::predict_atom::value, to_each({0, cond_worker}, work), row);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+    }
+    // Each branch split over its two workers (0, 1: unconditional; 2, 3: conditional) as a 2-stage AsyncDiff
+    // pipeline. The first `warmup` steps of a CFG run are full passes on each branch's first worker, recording
+    // its activations; the later ones are stale-activation steps on all four.
+    if (cfg_run_++ < options_.warmup) {
+      auto replies = ask(actors::fill_atom::value, to_each({0, cond_worker}, work), row);
+      for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b}, false);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+    }
+    row.mode = "cfg-pipeline";
+    std::vector<targeted> requests;
+    for (int w = 0; w < world_; ++w) {
+      auto own = std::make_shared<step_request>(*work);
+      own->peers = std::make_shared<const runtime::activation_cache>(branch_peers_[w / 2]);
+      requests.push_back({w, own});
+    }
+    auto replies = ask(actors::stage_atom::value, requests, row);
+    for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
+    return guided(output_of(replies, 1), output_of(replies, 3), row);
+  }
+
+  at::Tensor fill_step(std::int64_t i, step_trace& row) {
+    cfg_run_ = 0;  // the CFG run after the window starts over
+    window_begin_ = static_cast<int>(i);
+    auto replies = ask(actors::fill_atom::value, to_each(everyone(), work_for(i, asyncdiff_)), row);
+    window_peers_ = std::make_shared<runtime::activation_cache>(merge_owned(replies, stage_workers(), true));
+    const auto output = output_of(replies, output_worker_);
+    if (asyncdiff_) return guided_batch(output);
+    if (options_.conditioning == pp_conditioning::fixed) return models::guide(output_of(replies, 0), output, plan_.guidance);
+    return output;  // the reference: the conditional branch, unguided
+  }
+
+  // Workers 0 .. n−1 (not the stride-2 extra worker, whose outputs duplicate worker n−1's modules).
+  std::vector<int> stage_workers() const {
+    std::vector<int> stages(n_);
+    std::iota(stages.begin(), stages.end(), 0);
+    return stages;
+  }
+
+  at::Tensor pipeline_step(std::int64_t i, step_trace& row) {
+    const int shift = options_.time_shift ? 1 : 0;  // AsyncDiff App. A: the previous step's timestep
+    auto work = work_for(i, asyncdiff_);
+    work->peers = window_peers_;
+    std::vector<step_reply_ptr> replies;
+    at::Tensor output;
+    if (options_.stride == 1) {
+      work->timestep = timestep(i - shift);
+      replies = ask(actors::stage_atom::value, to_each(everyone(), work), row);
+      output = output_of(replies, output_worker_);
+    } else if ((i - window_begin_ - 1) % 2 == 0) {
+      // Stride 2, a compute round: components 0 .. n−1 run on x_i at the next step's timestep (their output is
+      // the next step's prediction); the extra worker runs the last component at this step's timestep.
+      auto ahead = std::make_shared<step_request>(*work);
+      ahead->timestep = timestep(i + 1 - shift);
+      work->timestep = timestep(i - shift);
+      auto requests = to_each(stage_workers(), ahead);
+      requests.push_back({n_, work});
+      replies = ask(actors::stage_atom::value, requests, row);
+      output = output_of(replies, n_);
+      held_ = output_of(replies, output_worker_);
+    } else {
+      output = held_;  // stride 2, the step between rounds: computed ahead, nobody computes
+    }
+    if (!replies.empty())
+      window_peers_ = std::make_shared<runtime::activation_cache>(merge_owned(replies, stage_workers(), true));
+    return asyncdiff_ ? guided_batch(output) : output;
+  }
+
+  // Supervision: after a worker's actor died, a surviving worker finishes the image in sequential CFG (both
+  // branches batched, the numerics of mode none) from the step that failed; the window is given up.
+  at::Tensor degraded_step(std::int64_t i, step_trace& row) {
+    auto work = work_for(i, true);
+    work->conditioning = both_branches_;
+    std::vector<step_reply_ptr> replies;
+    try {
+      replies = ask(actors::predict_atom::value, to_each({*survivor_}, work), row);
+    } catch (const worker_lost& gone) {
+      throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) +
+                  " was lost too; no worker is left to finish the image");
+    }
+    return guided_batch(output_of(replies, *survivor_));
+  }
+
+  void take_over(std::int64_t i, int lost) {
+    for (int w = 0; w < world_ && !survivor_; ++w)
+      if (w != lost && !has_died(w)) survivor_ = w;
+    if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");
+    // The survivor may be a pipeline stage (a loss inside the window): it becomes a CFG branch again.
+    self_->request(alive_.workers[*survivor_], options_.step_timeout, actors::reconfigure_atom::value,
+                   static_cast<std::int32_t>(actors::worker_role::cfg_branch))
+        .receive([](std::int32_t) {},
+                 [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + describe(system_, problem)); });
+    spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, lost, *survivor_);
+  }
+};
+
+}  // namespace
 
 parallel_result generate_parallel(caf::actor_system& system,
                                   const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
@@ -158,9 +499,9 @@ parallel_result generate_parallel(caf::actor_system& system,
   } catch (const std::invalid_argument& bad) {
     throw error(bad.what());
   }
-  parallel_result result;
   if (options.mode == parallel_mode::none) {
     // One worker, CFG batched: the sequential reference loop, traced like the others.
+    parallel_result result;
     auto last = std::chrono::steady_clock::now();
     result.latents = models::generate_latents(lead, request, [&](std::int64_t i, std::int64_t steps, const at::Tensor& x) {
       auto now = std::chrono::steady_clock::now();
@@ -172,219 +513,8 @@ parallel_result generate_parallel(caf::actor_system& system,
   }
   if (!plan.classifier_free)
     throw error("--parallel " + to_string(options.mode) + " splits classifier-free guidance: it needs --guidance > 1");
-
-  const int world = options.workers;
-  const bool asyncdiff = options.mode == parallel_mode::asyncdiff;
-  const auto conditioning = lead.encode_prompt(request, plan);
-  const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
-  const auto family = lead.transformer_blocks() > 0 ? schedule::denoiser_family::sd3_transformer
-                                                    : schedule::denoiser_family::sdxl_unet;
-  const auto split = schedule::make_plan(family, options.mode == parallel_mode::cfg ? 2 : options.model_n, options.stride,
-                                         static_cast<int>(lead.transformer_blocks()));
-
-  // Workers: branch w < W/2 is the unconditional one (hybrid, cfg); asyncdiff batches both branches everywhere.
-  caf::scoped_actor self{system};
-  actor_guard actors_alive{self, {}, {}};
-  for (int w = 0; w < world; ++w) {
-    auto stage = std::make_shared<runtime::stage_worker>(replicas[w], w);
-    if (asyncdiff) {
-      stage->set_conditioning(stacked);
-    } else {
-      stage->set_conditioning(w < world / 2 ? conditioning.negative : conditioning.positive);
-      if (options.conditioning == pp_conditioning::cond) stage->set_window_conditioning(conditioning.positive);
-    }
-    const auto& modules = split.components[split.component_of(w)].modules;
-    stage->set_component({modules.begin(), modules.end()});
-    actors_alive.workers.push_back(actors::spawn_worker(system, stage));
-  }
-  const auto& workers = actors_alive.workers;
-  actors_alive.controller = actors::spawn_tau_controller(system, schedule_of(options, static_cast<int>(plan.steps)), workers);
-  const auto& controller = actors_alive.controller;
-  const int output_worker = split.output_component();
-  const int uncond_worker = 0, cond_worker = world / 2;
-  const bool exchange_blocks = !(family == schedule::denoiser_family::sd3_transformer &&
-                                 options.conditioning == pp_conditioning::reference);
-
-  auto sampler = lead.make_sampler(request.sampler);
-  sampler->set_timesteps(plan.steps);
-  auto latents = models::initial_latents(request, lead.latent_shape(plan.height, plan.width), sampler->init_noise_sigma(),
-                                         lead.placement());
-  const auto& timesteps = sampler->timesteps();
-
-  // The driver monitors its workers: a failed request whose worker then reports down is a lost worker.
-  for (const auto& worker : workers) self->monitor(worker);
-  std::vector<bool> reported_down(world, false);
-  auto has_died = [&](int w) {
-    bool waiting = true;  // the down message follows the failed reply closely; 0.5 s is ample in one process
-    while (waiting && !reported_down[w])
-      self->receive(
-          [&](const caf::down_msg& down) {
-            for (int other = 0; other < world; ++other)
-              if (down.source == workers[other].address()) reported_down[other] = true;
-          },
-          caf::after(std::chrono::milliseconds(500)) >> [&] { waiting = false; });
-    return static_cast<bool>(reported_down[w]);
-  };
-
-  // Sends `atom` with `work` to the given workers at once, then collects the replies (the workers run in parallel).
-  // A worker whose actor is gone (it died) is reported as `worker_lost`; any other failure as hybridiff::error.
-  auto ask = [&](auto atom, const std::vector<int>& targets, const std::shared_ptr<step_request>& work) {
-    std::vector<step_reply_ptr> replies(world);
-    int lost = -1;
-    using handle_type = decltype(self->request(workers[0], options.step_timeout, atom, actors::step_request_ptr(work)));
-    std::vector<std::pair<int, handle_type>> pending;
-    for (int w : targets) pending.emplace_back(w, self->request(workers[w], options.step_timeout, atom, actors::step_request_ptr(work)));
-    for (auto& [w, handle] : pending) {
-      std::string failure;
-      handle.receive([&, w = w](const step_reply_ptr& reply) { replies[w] = reply; },
-                     [&, w = w](caf::error& problem) {
-                       if (problem != caf::sec::request_timeout && has_died(w)) lost = w;
-                       failure = problem == caf::sec::request_timeout
-                                     ? "worker " + std::to_string(w) + " did not answer within " +
-                                           std::to_string(options.step_timeout.count()) + " ms"
-                                     : describe(system, problem);
-                     });
-      if (lost >= 0) throw worker_lost{lost};
-      if (!failure.empty()) throw error("step " + std::to_string(work->step) + ": " + failure);
-    }
-    return replies;
-  };
-  std::int32_t phase_number = 0;
-  self->request(controller, options.step_timeout, actors::phase_atom::value, std::int32_t{0})
-      .receive([&](std::int32_t p) { phase_number = p; },
-               [&](caf::error& problem) { throw error("tau controller: " + describe(system, problem)); });
-  auto peers = std::make_shared<runtime::activation_cache>();
-  auto merge_owned = [&](const std::vector<step_reply_ptr>& replies) {
-    auto next = std::make_shared<runtime::activation_cache>();
-    for (const auto& reply : replies) {
-      if (!reply) continue;
-      for (const auto& [module, value] : reply->owned)
-        if (exchange_blocks || module.rfind("transformer_blocks.", 0) != 0) (*next)[module] = value;
-    }
-    return next;
-  };
-  const double guidance = plan.guidance;
-  auto guided_batch = [&](const at::Tensor& both) {
-    auto halves = both.chunk(2, 0);
-    return models::guide(halves[0], halves[1], guidance);
-  };
-
-  // Supervision: when a worker's actor dies, the image continues on a surviving worker in sequential CFG (both
-  // branches batched, the numerics of mode none) from the step that failed; the window is given up.
-  std::optional<int> survivor;
-  const auto both_branches = std::make_shared<const models::branch_conditioning>(stacked);
-
-  for (std::int64_t i = 0; i < plan.steps; ++i) {
-    if (survivor) {
-      auto work = std::make_shared<step_request>();
-      work->step = static_cast<std::int32_t>(i);
-      auto model_input = sampler->scale_model_input(latents, i);
-      work->latents = torch::cat({model_input, model_input}, 0);
-      work->timestep = timesteps[i].to(latents.device());
-      work->conditioning = both_branches;
-      step_trace row;
-      row.step = static_cast<int>(i);
-      row.mode = "cfg-degraded";
-      row.worker_ms.assign(world, 0.0);
-      std::vector<step_reply_ptr> replies;
-      try {
-        replies = ask(actors::predict_atom::value, {*survivor}, work);
-      } catch (const worker_lost& gone) {
-        throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) +
-                    " was lost too; no worker is left to finish the image");
-      }
-      row.worker_ms[*survivor] = replies[*survivor]->compute_ms;
-      latents = sampler->step(guided_batch(replies[*survivor]->prediction.to(latents.device())), i, latents);
-      result.trace.push_back(std::move(row));
-      if (observe) observe(i, plan.steps, latents);
-      continue;
-    }
-    const auto phase = static_cast<schedule::phase>(phase_number);
-    auto work = std::make_shared<step_request>();
-    work->step = static_cast<std::int32_t>(i);
-    auto model_input = sampler->scale_model_input(latents, i);
-    work->latents = asyncdiff ? torch::cat({model_input, model_input}, 0) : model_input;
-    work->timestep = timesteps[i].to(latents.device());
-    step_trace row;
-    row.step = static_cast<int>(i);
-    row.mode = schedule::to_string(phase);
-    row.worker_ms.assign(world, 0.0);
-    at::Tensor prediction;
-    std::vector<step_reply_ptr> replies;
-    std::vector<int> everyone;
-    for (int w = 0; w < world; ++w) everyone.push_back(w);
-    try {
-    switch (phase) {
-      case schedule::phase::cfg: {
-        at::Tensor uncond, cond;
-        if (asyncdiff) {
-          replies = ask(actors::predict_atom::value, {0}, work);
-          auto halves = replies[0]->prediction.to(latents.device()).chunk(2, 0);
-          uncond = halves[0];
-          cond = halves[1];
-        } else {
-          replies = ask(actors::predict_atom::value, {uncond_worker, cond_worker}, work);
-          uncond = replies[uncond_worker]->prediction.to(latents.device());
-          cond = replies[cond_worker]->prediction.to(latents.device());
-        }
-        row.metric = relative_mae_of(cond, uncond);
-        prediction = models::guide(uncond, cond, guidance);
-        break;
-      }
-      case schedule::phase::fill: {
-        replies = ask(actors::fill_atom::value, everyone, work);
-        peers = merge_owned(replies);
-        const auto output = replies[output_worker]->prediction.to(latents.device());
-        if (asyncdiff)
-          prediction = guided_batch(output);
-        else if (options.conditioning == pp_conditioning::fixed)
-          prediction = models::guide(replies[uncond_worker]->prediction.to(latents.device()), output, guidance);
-        else
-          prediction = output;  // the reference: the conditional branch, unguided
-        break;
-      }
-      case schedule::phase::pipeline: {
-        work->peers = peers;
-        if (options.time_shift && i > 0) work->timestep = timesteps[i - 1].to(latents.device());
-        replies = ask(actors::stage_atom::value, everyone, work);
-        peers = merge_owned(replies);
-        const auto output = replies[output_worker]->prediction.to(latents.device());
-        prediction = asyncdiff ? guided_batch(output) : output;
-        break;
-      }
-    }
-    } catch (const worker_lost& gone) {
-      for (int w = 0; w < world && !survivor; ++w)
-        if (!reported_down[w]) survivor = w;
-      if (!survivor) throw error("step " + std::to_string(i) + ": every worker was lost");
-      // The survivor may be a pipeline stage (a loss inside the window): it becomes a CFG branch again.
-      self->request(workers[*survivor], options.step_timeout, actors::reconfigure_atom::value,
-                    static_cast<std::int32_t>(actors::worker_role::cfg_branch))
-          .receive([](std::int32_t) {},
-                   [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + describe(system, problem)); });
-      spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, gone.worker,
-                    *survivor);
-      --i;  // redo this step degraded
-      continue;
-    }
-    for (const auto& reply : replies)
-      if (reply) row.worker_ms[reply->worker] = reply->compute_ms;
-    latents = sampler->step(prediction, i, latents);
-    actors::step_decision decision;
-    self->request(controller, options.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
-                  row.metric.value_or(0.0), row.metric.has_value())
-        .receive([&](const actors::step_decision& d) { decision = d; },
-                 [&](caf::error& problem) { throw error("tau controller: " + describe(system, problem)); });
-    phase_number = decision.next_phase;
-    if (!std::isnan(decision.slope)) row.slope = decision.slope;
-    if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
-    if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
-    spdlog::debug("step {} {} metric {} workers {}", i, row.mode, row.metric.value_or(-1), row.worker_ms.size());
-    result.trace.push_back(std::move(row));
-    if (observe) observe(i, plan.steps, latents);
-  }
-  result.latents = latents;
-  return result;
+  parallel_driver driver(system, replicas, request, options, plan);
+  return driver.run(observe);
 }
 
 void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace) {

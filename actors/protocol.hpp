@@ -21,12 +21,16 @@ using stage_atom = caf::atom_constant<caf::atom("stage")>;        ///< a pipelin
 using reconfigure_atom = caf::atom_constant<caf::atom("reconfig")>;  ///< switch behaviour
 using metric_atom = caf::atom_constant<caf::atom("metric")>;      ///< end of step: the step's rel-MAE
 using phase_atom = caf::atom_constant<caf::atom("phase")>;        ///< which phase a step runs in
+using lost_atom = caf::atom_constant<caf::atom("lost")>;          ///< is a worker's actor gone?
+using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the supervisor's wait for a down message ended
 
 /// A worker's behaviour, switched with `become` when the tau controller says so.
 enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
 
-/// A worker: `cfg_branch` answers predict; `pipeline_stage` answers fill and stage. A request the current
-/// behaviour does not serve is answered with an error naming both. reconfigure replies with the new role.
+/// A worker. `cfg_branch` answers predict (a full forward pass), and fill and stage with its branch component (a
+/// guidance branch split as a pipeline over several workers); `pipeline_stage` answers fill and stage with its
+/// window component. A request the current behaviour does not serve is answered with an error naming both.
+/// reconfigure replies with the new role.
 using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
@@ -50,6 +54,12 @@ typename Inspector::result_type inspect(Inspector& f, step_decision& x) {
 using tau_controller_actor =
     caf::typed_actor<caf::replies_to<phase_atom, std::int32_t>::with<std::int32_t>,
                      caf::replies_to<metric_atom, std::int32_t, double, bool>::with<step_decision>>;
+
+/// The supervisor monitors every worker. `lost` answers whether a worker's actor is gone (a failed request is
+/// followed closely by the down message: an undecided question waits a grace period for it). `grace` is its own
+/// timer.
+using supervisor_actor = caf::typed_actor<caf::replies_to<lost_atom, std::int32_t>::with<bool>,
+                                          caf::reacts_to<grace_atom, std::int32_t>>;
 
 }  // namespace hybridiff::actors
 

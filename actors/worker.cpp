@@ -46,7 +46,25 @@ caf::error wrong_behaviour(worker_pointer self, const char* request, const char*
 
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
 
-// A CFG branch: full forward passes with the worker's branch conditioning.
+// fill and stage requests in `scope`: the first step of a pipelined run, and a stale-activation step.
+caf::result<step_reply_ptr> fill(worker_pointer self, const step_request_ptr& request, runtime::split_scope scope) {
+  return answer(self, "fill", [&](runtime::stage_worker& worker, step_reply& reply) {
+    auto out = worker.fill(request->latents, request->timestep, scope);
+    reply.owned = worker.owned_outputs(scope);
+    return out;
+  });
+}
+caf::result<step_reply_ptr> stage(worker_pointer self, const step_request_ptr& request, runtime::split_scope scope) {
+  return answer(self, "stage", [&](runtime::stage_worker& worker, step_reply& reply) {
+    static const runtime::activation_cache none;
+    auto out = worker.pipeline_step(request->latents, request->timestep, request->peers ? *request->peers : none, scope);
+    reply.owned = worker.owned_outputs(scope);
+    return out;
+  });
+}
+
+// A CFG branch: full forward passes with the worker's branch conditioning, or its branch component when the
+// branch is split over several workers.
 worker_actor::behavior_type cfg_branch(worker_pointer self) {
   return {
       [=](predict_atom, const step_request_ptr& request) {
@@ -54,12 +72,8 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
           return worker.predict(request->latents, request->timestep, request->conditioning.get());
         });
       },
-      [=](fill_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
-        return wrong_behaviour(self, "fill", "cfg_branch");
-      },
-      [=](stage_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
-        return wrong_behaviour(self, "stage", "cfg_branch");
-      },
+      [=](fill_atom, const step_request_ptr& request) { return fill(self, request, runtime::split_scope::branch); },
+      [=](stage_atom, const step_request_ptr& request) { return stage(self, request, runtime::split_scope::branch); },
       [=](reconfigure_atom, std::int32_t role) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
         return role;
@@ -73,21 +87,8 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
       [=](predict_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
         return wrong_behaviour(self, "predict", "pipeline_stage");
       },
-      [=](fill_atom, const step_request_ptr& request) {
-        return answer(self, "fill", [&](runtime::stage_worker& worker, step_reply& reply) {
-          auto out = worker.fill(request->latents, request->timestep);
-          reply.owned = worker.owned_outputs();
-          return out;
-        });
-      },
-      [=](stage_atom, const step_request_ptr& request) {
-        return answer(self, "stage", [&](runtime::stage_worker& worker, step_reply& reply) {
-          static const runtime::activation_cache none;
-          auto out = worker.pipeline_step(request->latents, request->timestep, request->peers ? *request->peers : none);
-          reply.owned = worker.owned_outputs();
-          return out;
-        });
-      },
+      [=](fill_atom, const step_request_ptr& request) { return fill(self, request, runtime::split_scope::window); },
+      [=](stage_atom, const step_request_ptr& request) { return stage(self, request, runtime::split_scope::window); },
       [=](reconfigure_atom, std::int32_t role) {
         if (role == static_cast<std::int32_t>(worker_role::cfg_branch)) {
           self->state.worker->clear_cache();

@@ -82,24 +82,25 @@ at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& ti
                             conditioning != nullptr ? on_device(*conditioning) : conditioning_);
 }
 
-at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep) {
+at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep, split_scope scope) {
   torch::NoGradGuard no_grad;
   cache_.clear();
   recording_runner runner(cache_);
   const auto& device = pipeline_->placement().device;
-  return pipeline_->predict(latents.to(device), timestep.to(device), window_conditioning(), &runner);
+  return pipeline_->predict(latents.to(device), timestep.to(device), conditioning_of(scope), &runner);
 }
 
-at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers) {
+at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers,
+                                       split_scope scope) {
   torch::NoGradGuard no_grad;
   const auto& device = pipeline_->placement().device;
-  stale_runner runner(owned_, peers, cache_, device);
-  return pipeline_->predict(latents.to(device), timestep.to(device), window_conditioning(), &runner);
+  stale_runner runner(component(scope), peers, cache_, device);
+  return pipeline_->predict(latents.to(device), timestep.to(device), conditioning_of(scope), &runner);
 }
 
-activation_cache stage_worker::owned_outputs() const {
+activation_cache stage_worker::owned_outputs(split_scope scope) const {
   activation_cache outputs;
-  for (const auto& module : owned_)
+  for (const auto& module : component(scope))
     if (auto found = cache_.find(module); found != cache_.end()) outputs.emplace(module, found->second);
   return outputs;
 }

@@ -14,6 +14,11 @@ namespace hybridiff::runtime {
 /// Module path -> that module's latest output.
 using activation_cache = std::map<std::string, models::activation>;
 
+/// Which split a pipelined step follows: `branch` (a guidance branch split over the workers of that branch, in CFG
+/// steps, with the branch's conditioning) or `window` (the AsyncDiff split of the pipeline window, with the
+/// window's conditioning).
+enum class split_scope { branch, window };
+
 /// One worker of a parallel generation. Inputs arrive on any device and are moved to the worker's (its
 /// pipeline's placement), as are the other workers' activations; outputs stay on the worker's device.
 class stage_worker {
@@ -28,24 +33,26 @@ class stage_worker {
   void set_conditioning(models::branch_conditioning conditioning);
   /// A different conditioning for fill and pipeline steps (hybrid's `cond` window); unset: the same.
   void set_window_conditioning(models::branch_conditioning conditioning);
-  /// The modules this worker owns in pipeline steps (its AsyncDiff component).
-  void set_component(std::set<std::string> modules) { owned_ = std::move(modules); }
-  const std::set<std::string>& component() const { return owned_; }
+  /// The modules this worker owns in pipelined steps of `scope` (its AsyncDiff component there).
+  void set_component(split_scope scope, std::set<std::string> modules) { owned_[index(scope)] = std::move(modules); }
+  const std::set<std::string>& component(split_scope scope) const { return owned_[index(scope)]; }
 
   /// A full forward pass (a CFG branch or the batched model): latents [B, C, h, w] -> prediction. `conditioning`
   /// replaces the worker's own for this call (both branches batched, when a worker takes over a lost one's work).
   at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep,
                      const models::branch_conditioning* conditioning = nullptr);
-  /// The first step of a pipeline window: a full forward pass that records every module's output.
-  at::Tensor fill(const at::Tensor& latents, const at::Tensor& timestep);
+  /// The first step of a pipelined run: a full forward pass (with `scope`'s conditioning) that records every
+  /// module's output.
+  at::Tensor fill(const at::Tensor& latents, const at::Tensor& timestep, split_scope scope = split_scope::window);
   /// A stale-activation step: owned modules compute (on whatever reaches them) and refresh the cache; every
   /// other module returns `peers`' entry (the owners' outputs of the previous step), or this worker's own cache
   /// entry when `peers` lacks it. Returns the forward pass's output (meaningful on the output component's worker).
-  at::Tensor pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers);
+  at::Tensor pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers,
+                           split_scope scope = split_scope::window);
   /// This worker's cache: every module after `fill`, then its owned modules' latest outputs.
   const activation_cache& cache() const { return cache_; }
-  /// The owned modules' entries, for the other workers' next step.
-  activation_cache owned_outputs() const;
+  /// The entries of the modules owned in `scope`, for the other workers' next step.
+  activation_cache owned_outputs(split_scope scope = split_scope::window) const;
   void clear_cache() { cache_.clear(); }
 
  private:
@@ -54,10 +61,11 @@ class stage_worker {
   models::branch_conditioning on_device(models::branch_conditioning conditioning) const;
 
   models::branch_conditioning conditioning_, window_conditioning_;
-  const models::branch_conditioning& window_conditioning() const {
-    return window_conditioning_.context.defined() ? window_conditioning_ : conditioning_;
+  const models::branch_conditioning& conditioning_of(split_scope scope) const {
+    return scope == split_scope::window && window_conditioning_.context.defined() ? window_conditioning_ : conditioning_;
   }
-  std::set<std::string> owned_;
+  static int index(split_scope scope) { return scope == split_scope::branch ? 0 : 1; }
+  std::set<std::string> owned_[2];
   activation_cache cache_;
 };
 

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -81,6 +82,10 @@ int run_bench(const std::vector<std::string>& args) {
       ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--parallel: denoising steps")
       ("workers", po::value<int>()->value_name("N"), "--parallel: workers (default as generate)")
       ("model_n", po::value<int>()->value_name("N"), "--parallel: AsyncDiff components")
+      ("stride", po::value<int>()->default_value(1)->value_name("S"), "--parallel: AsyncDiff stride (1 or 2)")
+      ("branch-stages", po::value<int>()->value_name("N"), "--parallel cfg/hybrid on 4 workers: generate's --branch-stages")
+      ("devices", po::value<std::string>()->value_name("LIST"),
+       "--parallel: one device per worker, e.g. cuda:0,cuda:1 (a replica per device); default: all on --device")
       ("pipeline-warmup", po::value<int>()->default_value(1)->value_name("W"), "--parallel asyncdiff: generate's --warmup")
       ("tau1", po::value<int>()->value_name("A"), "--parallel hybrid: fixed window start")
       ("tau2", po::value<int>()->value_name("B"), "--parallel hybrid: fixed window end");
@@ -110,22 +115,36 @@ int run_bench(const std::vector<std::string>& args) {
     auto optional_int = [&](const char* name) {
       return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
     };
-    apply_worker_defaults(options, optional_int("workers"), optional_int("model_n"));
+    options.stride = values["stride"].as<int>();
+    apply_worker_defaults(options, optional_int("workers"), optional_int("model_n"), optional_int("branch-stages"));
     options.warmup = values["pipeline-warmup"].as<int>();
     if (values.count("tau1")) options.tau1 = values["tau1"].as<int>();
     if (values.count("tau2")) options.tau2 = values["tau2"].as<int>();
-    std::shared_ptr<models::diffusion_pipeline> pipeline =
-        models::make_random_pipeline(config_dir, values["scheduler-config"].as<std::string>(), {device, dtype, ""});
+    // A replica per device (the same random weights: one seed), shared by the workers on that device.
+    const auto devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
+                                           options.workers, device);
+    std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+    for (const auto& worker_device : devices) {
+      auto& replica = by_device[worker_device.str()];
+      if (!replica)
+        replica = models::make_random_pipeline(config_dir, values["scheduler-config"].as<std::string>(),
+                                               {worker_device, dtype, ""});
+      replicas.push_back(replica);
+    }
+    const auto& pipeline = replicas.front();
     if (pipeline->transformer_blocks() > 0) options.tau = schedule::tau_settings::sd3();
     models::generation_request request;
     request.steps = values["steps"].as<std::int64_t>();
     request.height = request.width = size;
     caf::actor_system_config actor_config;
     caf::actor_system actor_system{actor_config};
-    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(options.workers, pipeline);
+    std::vector<std::string> device_names;
+    for (const auto& worker_device : devices) device_names.push_back(worker_device.str());
     nlohmann::json report = {{"model", pipeline->class_name()}, {"config", config_dir.string()}, {"size", size},
-                             {"device", device.str()},          {"dtype", dtype_text},           {"mode", to_string(options.mode)},
-                             {"workers", options.workers},      {"steps", *request.steps}};
+                             {"devices", device_names},         {"dtype", dtype_text},           {"mode", to_string(options.mode)},
+                             {"workers", options.workers},      {"model_n", options.model_n},    {"stride", options.stride},
+                             {"branch_stages", options.branch_stages}, {"steps", *request.steps}};
     for (std::int64_t round = 0; round <= warmup; ++round) {  // the first `warmup` generations are not reported
       std::vector<double> step_ms;
       auto last = std::chrono::steady_clock::now();

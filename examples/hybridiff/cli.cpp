@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "models/errors.hpp"
 #include "runtime/logging.hpp"
@@ -62,6 +63,18 @@ c10::Device parse_device(const std::string& text) {
     return device;
   }
   throw usage_error("--device '" + text + "': use cpu, cuda or cuda:N");
+}
+
+std::vector<c10::Device> parse_device_list(const std::string& text, int workers, const c10::Device& fallback) {
+  if (text.empty()) return std::vector<c10::Device>(workers, fallback);
+  std::vector<c10::Device> devices;
+  std::stringstream list(text);
+  std::string item;
+  while (std::getline(list, item, ',')) devices.push_back(parse_device(item));
+  if (static_cast<int>(devices.size()) != workers)
+    throw usage_error("--devices lists " + std::to_string(devices.size()) + " devices for " + std::to_string(workers) +
+                      " workers");
+  return devices;
 }
 
 at::ScalarType parse_dtype(const std::string& text) {

@@ -33,6 +33,8 @@ struct usage_error : std::runtime_error {
 
 /// --device: cpu, cuda or cuda:N (a usage error when no such GPU is visible).
 c10::Device parse_device(const std::string& text);
+/// --devices: one device per worker, comma-separated ("cuda:0,cuda:1"); empty: every worker on `fallback`.
+std::vector<c10::Device> parse_device_list(const std::string& text, int workers, const c10::Device& fallback);
 /// --dtype: fp32, fp16 or bf16.
 at::ScalarType parse_dtype(const std::string& text);
 

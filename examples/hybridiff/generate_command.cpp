@@ -56,15 +56,23 @@ int run_generate(const std::vector<std::string>& args) {
   po::options_description parallel("Parallel schedule (workers in this process; see README 'Schedules')");
   parallel.add_options()
       ("parallel", po::value<std::string>()->default_value("none")->value_name("MODE"),
-       "none (1 worker, CFG batched), cfg (a worker per guidance branch), asyncdiff (AsyncDiff model parallelism "
-       "after --warmup steps), hybrid (CFG parallel, AsyncDiff in [tau1, tau2], CFG parallel)")
-      ("workers", po::value<int>()->value_name("N"), "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2)")
+       "none (1 worker, CFG batched), cfg (the guidance branches on separate workers), asyncdiff (AsyncDiff model "
+       "parallelism after --warmup steps), hybrid (CFG parallel, AsyncDiff in [tau1, tau2], CFG parallel)")
+      ("workers", po::value<int>()->value_name("N"),
+       "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2; cfg and hybrid take 2 or 4)")
       ("devices", po::value<std::string>()->value_name("LIST"),
        "one device per worker, e.g. cuda:0,cuda:1 (a model replica per device); default: all workers on --device, "
        "sharing one replica")
-      ("model_n", po::value<int>()->value_name("N"), "AsyncDiff components (default: asyncdiff 2, hybrid = --workers)")
-      ("stride", po::value<int>()->default_value(1)->value_name("S"), "AsyncDiff stride (1; 2 is not implemented yet)")
-      ("warmup", po::value<int>()->default_value(1)->value_name("W"), "asyncdiff: steps before the pipeline (the last fills the caches)")
+      ("model_n", po::value<int>()->value_name("N"),
+       "AsyncDiff components (default: asyncdiff 2, hybrid --workers - --stride + 1)")
+      ("stride", po::value<int>()->default_value(1)->value_name("S"),
+       "AsyncDiff stride: 1, or 2 (one compute round per two pipeline steps; one more worker: n + 1)")
+      ("branch-stages", po::value<int>()->value_name("N"),
+       "cfg/hybrid with 4 workers: 2 (default) splits each guidance branch over two workers as a 2-stage pipeline "
+       "in CFG steps (stale activations); 1 runs each branch whole on one worker and leaves two idle (exact CFG)")
+      ("warmup", po::value<int>()->default_value(1)->value_name("W"),
+       "asyncdiff: steps before the pipeline (the last fills the caches); split branches: full steps that start "
+       "each CFG run")
       ("time_shift", po::bool_switch(), "pipeline steps feed the model the previous step's timestep")
       ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15)")
       ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4)")
@@ -129,21 +137,13 @@ int run_generate(const std::vector<std::string>& args) {
   auto optional_int = [&](const char* name) {
     return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
   };
-  apply_worker_defaults(parallel_settings, optional_int("workers"), optional_int("model_n"));
+  apply_worker_defaults(parallel_settings, optional_int("workers"), optional_int("model_n"), optional_int("branch-stages"));
   if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
   if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
 
   // One device per worker; workers on the same device share a replica.
-  std::vector<c10::Device> devices(parallel_settings.workers, placement.device);
-  if (values.count("devices")) {
-    devices.clear();
-    std::stringstream list(values["devices"].as<std::string>());
-    std::string item;
-    while (std::getline(list, item, ',')) devices.push_back(parse_device(item));
-    if (static_cast<int>(devices.size()) != parallel_settings.workers)
-      throw usage_error("--devices lists " + std::to_string(devices.size()) + " devices for " +
-                        std::to_string(parallel_settings.workers) + " workers");
-  }
+  const auto devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
+                                         parallel_settings.workers, placement.device);
   auto started = std::chrono::steady_clock::now();
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;

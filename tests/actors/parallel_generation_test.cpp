@@ -90,30 +90,54 @@ TEST_F(ParallelGeneration, AsyncDiffWithWholeWarmupEqualsNone) {
   EXPECT_LT(test::relative_error(parallel.latents, sequential.latents), same_computation_tolerance);
 }
 
-// The hybrid computation written out by hand from the model's module-level forward: CFG steps, a fill step that
-// records every module, then pipeline steps where worker 1 (conditional, owns the outer shell) runs its modules
-// and takes worker 0's modules from worker 0's previous step, and worker 0 (unconditional, owns the core) likewise.
-// With `time_shift`, pipeline steps feed the model the previous step's timestep.
+// Compositions written out by hand from the model's module-level forward (module_runner), independent of the
+// runtime's workers, caches and messages.
+using module_map = std::map<std::string, models::activation>;
+
+struct lambda_runner : models::module_runner {
+  std::function<models::activation(const std::string&, const std::function<models::activation()>&)> body;
+  models::activation run(const std::string& m, const std::function<models::activation()>& compute) override {
+    return body(m, compute);
+  }
+};
+
+// A full forward pass that records every module's output into `record`.
+at::Tensor record_all(models::diffusion_pipeline& pipeline, const at::Tensor& x, const at::Tensor& t,
+                      const models::branch_conditioning& c, module_map& record) {
+  record.clear();
+  lambda_runner runner;
+  runner.body = [&](const std::string& m, const std::function<models::activation()>& compute) { return record[m] = compute(); };
+  return pipeline.predict(x, t, c, &runner);
+}
+
+// A stale-activation forward pass: the modules of `owned` compute on whatever reaches them (their outputs go to
+// `fresh`); every other module returns its output of the previous round, `previous`.
+at::Tensor stale(models::diffusion_pipeline& pipeline, const at::Tensor& x, const at::Tensor& t,
+                 const models::branch_conditioning& c, const std::vector<std::string>& owned, const module_map& previous,
+                 module_map& fresh) {
+  lambda_runner runner;
+  runner.body = [&](const std::string& m, const std::function<models::activation()>& compute) {
+    if (std::find(owned.begin(), owned.end(), m) != owned.end()) return fresh[m] = compute();
+    return previous.at(m);
+  };
+  return pipeline.predict(x, t, c, &runner);
+}
+
+// Hybrid on 2 workers: CFG steps, a fill step that records every module (on each worker's branch), then pipeline
+// steps where worker 1 (conditional, owns the outer shell) runs its modules and takes worker 0's from worker 0's
+// previous step, and worker 0 (unconditional, owns the core) likewise. With `time_shift`, pipeline steps feed the
+// model the previous step's timestep.
 at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
                           int tau2, bool time_shift = false) {
   torch::NoGradGuard no_grad;
   const auto plan = pipeline.plan(request);
   const auto cond = pipeline.encode_prompt(request, plan);
   const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
-  std::set<std::string> owned[2] = {{split.components[0].modules.begin(), split.components[0].modules.end()},
-                                    {split.components[1].modules.begin(), split.components[1].modules.end()}};
   const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
   auto sampler = pipeline.make_sampler("");
   sampler->set_timesteps(plan.steps);
   auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
-  std::map<std::string, models::activation> cache[2];  // what each worker computed last
-
-  struct runner : models::module_runner {
-    std::function<models::activation(const std::string&, const std::function<models::activation()>&)> body;
-    models::activation run(const std::string& m, const std::function<models::activation()>& compute) override {
-      return body(m, compute);
-    }
-  };
+  module_map previous;  // every module's output by its owner, last step
   for (int i = 0; i < plan.steps; ++i) {
     auto x = sampler->scale_model_input(latents, i);
     auto t = sampler->timesteps()[i];
@@ -121,29 +145,19 @@ at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::ge
     if (i < tau1 || i > tau2) {
       prediction = models::guide(pipeline.predict(x, t, cond.negative), pipeline.predict(x, t, cond.positive), plan.guidance);
     } else if (i == tau1) {
+      module_map records[2];
       at::Tensor out[2];
-      for (int w = 0; w < 2; ++w) {
-        cache[w].clear();
-        runner record;
-        record.body = [&](const std::string& m, const std::function<models::activation()>& compute) {
-          return cache[w][m] = compute();
-        };
-        out[w] = pipeline.predict(x, t, *branch[w], &record);
-      }
+      for (int w = 0; w < 2; ++w) out[w] = record_all(pipeline, x, t, *branch[w], records[w]);
+      previous.clear();
+      for (int w = 0; w < 2; ++w)
+        for (const auto& m : split.components[w].modules) previous[m] = records[w].at(m);  // the owner's record
       prediction = models::guide(out[0], out[1], plan.guidance);
     } else {
-      std::map<std::string, models::activation> previous[2] = {cache[0], cache[1]};
       if (time_shift) t = sampler->timesteps()[i - 1];
-      at::Tensor out[2];
-      for (int w = 0; w < 2; ++w) {
-        runner stale;
-        stale.body = [&](const std::string& m, const std::function<models::activation()>& compute) {
-          if (owned[w].count(m)) return cache[w][m] = compute();
-          return previous[owned[0].count(m) ? 0 : 1].at(m);  // the owner's output of step i − 1
-        };
-        out[w] = pipeline.predict(x, t, *branch[w], &stale);
-      }
-      prediction = out[1];  // the outer shell's output; guidance dropped in the window
+      module_map fresh;
+      stale(pipeline, x, t, *branch[0], split.components[0].modules, previous, fresh);
+      prediction = stale(pipeline, x, t, *branch[1], split.components[1].modules, previous, fresh);  // the shell's output; unguided
+      previous = fresh;
     }
     latents = sampler->step(prediction, i, latents);
   }
@@ -191,6 +205,138 @@ TEST_F(ParallelGeneration, FourWorkersAndSd3Run) {
   hybrid.conditioning = pp_conditioning::reference;
   auto sd3_reference = run("tiny-sd3", hybrid);
   EXPECT_GT(test::relative_error(sd3_reference.latents, sd3.latents), 1e-6);  // the frozen boundary differs
+}
+
+// cfg on 4 workers: each branch a 2-stage pipeline on its two workers after `warmup` full steps.
+at::Tensor split_branches_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request,
+                                  int warmup) {
+  torch::NoGradGuard no_grad;
+  const auto plan = pipeline.plan(request);
+  const auto cond = pipeline.encode_prompt(request, plan);
+  const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
+  const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
+  auto sampler = pipeline.make_sampler("");
+  sampler->set_timesteps(plan.steps);
+  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
+  module_map previous[2];  // per branch
+  for (int i = 0; i < plan.steps; ++i) {
+    auto x = sampler->scale_model_input(latents, i);
+    auto t = sampler->timesteps()[i];
+    at::Tensor out[2];
+    for (int b = 0; b < 2; ++b) {
+      if (i < warmup) {
+        out[b] = record_all(pipeline, x, t, *branch[b], previous[b]);
+      } else {
+        module_map fresh;
+        stale(pipeline, x, t, *branch[b], split.components[0].modules, previous[b], fresh);
+        out[b] = stale(pipeline, x, t, *branch[b], split.components[1].modules, previous[b], fresh);
+        previous[b] = fresh;
+      }
+    }
+    latents = sampler->step(models::guide(out[0], out[1], plan.guidance), i, latents);
+  }
+  return latents;
+}
+
+TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  apply_worker_defaults(cfg, 4, std::nullopt);
+  ASSERT_EQ(cfg.branch_stages, 2);
+  cfg.warmup = 2;
+  auto result = run("tiny-sdxl", cfg);
+  std::string modes;
+  for (const auto& row : result.trace) modes += row.mode == "cfg-pipeline" ? "p" : row.mode.substr(0, 1);
+  EXPECT_EQ(modes, "ccpppppp");
+  EXPECT_GT(result.trace[0].worker_ms[0], 0);
+  EXPECT_EQ(result.trace[0].worker_ms[1], 0);  // warm-up: each branch whole on its first worker
+  for (double ms : result.trace[2].worker_ms) EXPECT_GT(ms, 0);  // then all four compute, none twice
+  EXPECT_LT(test::relative_error(result.latents, split_branches_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2)),
+            same_computation_tolerance);
+  EXPECT_GT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), 1e-4);  // stale, not exact CFG
+
+  cfg.warmup = 8;  // all steps whole: exact CFG
+  EXPECT_LT(test::relative_error(run("tiny-sdxl", cfg).latents, run("tiny-sdxl", {}).latents), same_computation_tolerance);
+
+  // hybrid on 4 workers: split branches, the 4-stage window, split branches again (which restart with a full step)
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  apply_worker_defaults(hybrid, 4, std::nullopt);
+  hybrid.tau1 = 3;
+  hybrid.tau2 = 5;
+  auto mixed = run("tiny-sdxl", hybrid, 9);
+  modes.clear();
+  for (const auto& row : mixed.trace) modes += row.mode == "cfg-pipeline" ? "P" : row.mode.substr(0, 1);
+  EXPECT_EQ(modes, "cPPfppcPP");
+  EXPECT_TRUE(torch::isfinite(mixed.latents).all().item<bool>());
+}
+
+// AsyncDiff with stride 2 (n = 2, 3 workers, both branches batched): after the warm-up, a compute round every
+// other step: components 0, 1 run on x_i at t_{i+1} (the shell's output is step i+1's prediction), the extra
+// worker runs the shell on x_i at t_i (step i's prediction); between rounds nobody computes.
+at::Tensor stride_two_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int warmup) {
+  torch::NoGradGuard no_grad;
+  const auto plan = pipeline.plan(request);
+  const auto cond = pipeline.encode_prompt(request, plan);
+  const auto both = models::branch_conditioning::stack(cond.negative, cond.positive);
+  const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 2);
+  auto sampler = pipeline.make_sampler("");
+  sampler->set_timesteps(plan.steps);
+  const auto& timesteps = sampler->timesteps();
+  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
+  module_map previous;
+  at::Tensor ahead;
+  for (int i = 0; i < plan.steps; ++i) {
+    auto x = sampler->scale_model_input(latents, i);
+    x = torch::cat({x, x}, 0);
+    at::Tensor prediction;
+    if (i < warmup) {
+      prediction = record_all(pipeline, x, timesteps[i], both, previous);
+    } else if ((i - warmup) % 2 == 0) {
+      const auto next_t = timesteps[std::min<int>(i + 1, plan.steps - 1)];
+      module_map fresh, extra;
+      stale(pipeline, x, next_t, both, split.components[0].modules, previous, fresh);
+      ahead = stale(pipeline, x, next_t, both, split.components[1].modules, previous, fresh);
+      prediction = stale(pipeline, x, timesteps[i], both, split.components[1].modules, previous, extra);
+      previous = fresh;
+    } else {
+      prediction = ahead;
+    }
+    auto halves = prediction.chunk(2, 0);
+    latents = sampler->step(models::guide(halves[0], halves[1], plan.guidance), i, latents);
+  }
+  return latents;
+}
+
+TEST_F(ParallelGeneration, StrideTwoComputesEveryOtherStepOnOneMoreWorker) {
+  parallel_options asyncdiff;
+  asyncdiff.mode = parallel_mode::asyncdiff;
+  asyncdiff.stride = 2;
+  apply_worker_defaults(asyncdiff, std::nullopt, 2);
+  ASSERT_EQ(asyncdiff.workers, 3);
+  asyncdiff.warmup = 2;
+  auto result = run("tiny-sdxl", asyncdiff, 9);
+  EXPECT_LT(test::relative_error(result.latents, stride_two_by_hand(*tiny("tiny-sdxl"), tiny_request(9), 2)),
+            same_computation_tolerance);
+  for (int i = 2; i < 9; ++i) {
+    const auto& ms = result.trace[i].worker_ms;
+    if ((i - 2) % 2 == 0)
+      for (double each : ms) EXPECT_GT(each, 0) << i;
+    else
+      for (double each : ms) EXPECT_EQ(each, 0) << i;
+  }
+  // hybrid on 4 workers with n = 3, stride 2 (the reference's other 4-worker configuration)
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.stride = 2;
+  apply_worker_defaults(hybrid, 4, std::nullopt);
+  ASSERT_EQ(hybrid.model_n, 3);
+  hybrid.tau1 = 2;
+  hybrid.tau2 = 6;
+  auto mixed = run("tiny-sdxl", hybrid, 9);
+  EXPECT_TRUE(torch::isfinite(mixed.latents).all().item<bool>());
+  EXPECT_GT(mixed.trace[3].worker_ms[3], 0);
+  EXPECT_EQ(mixed.trace[4].worker_ms[3], 0);
 }
 
 TEST_F(ParallelGeneration, SlopeDetectionMatchesTheSimulatorOnTheSameMetrics) {
@@ -334,11 +480,20 @@ TEST_F(ParallelGeneration, ImpossibleOptionsAreRejectedBeforeAnyWork) {
   o.tau = {12, 4e-4, 5, 12};
   expect_rejected(o, "--L_slope 12 must be less than --tau_cap 12", 30);
   o = {};
-  o.mode = parallel_mode::asyncdiff;
-  o.workers = 3;
-  o.model_n = 2;
+  o.mode = parallel_mode::hybrid;
+  o.workers = 4;
+  o.model_n = 4;
   o.stride = 2;
-  expect_rejected(o, "--stride 2 is not implemented");
+  expect_rejected(o, "needs --model_n + --stride − 1 = 4");
+  o = {};
+  o.mode = parallel_mode::cfg;
+  o.workers = 2;
+  o.stride = 2;
+  expect_rejected(o, "--stride 2 applies to asyncdiff and hybrid only");
+  o.stride = 1;
+  o.workers = 4;
+  o.branch_stages = 1;
+  expect_rejected(o, "--branch-stages must be 2");
   o = {};
   o.mode = parallel_mode::cfg;
   o.workers = 2;

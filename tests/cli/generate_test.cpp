@@ -147,6 +147,18 @@ TEST(GenerateCli, ParallelModesAndTrace) {
   EXPECT_EQ(header, "step,mode,rel_mae,slope,worker0_ms,worker1_ms,tau1,tau2");
   while (std::getline(trace, row)) modes += row.substr(row.find(',') + 1, 1);
   EXPECT_EQ(modes, "ccfpppcc");
+  // 4 workers: split branches in CFG steps; stride 2 on one more worker
+  auto split = run_hybridiff(common + " --parallel cfg --workers 4 --trace " + quoted(dir / "split.csv") + " --output " +
+                             quoted(dir / "split.png"));
+  ASSERT_EQ(split.exit_code, 0) << split.output;
+  std::ifstream split_trace(dir / "split.csv");
+  std::getline(split_trace, header);
+  EXPECT_EQ(header, "step,mode,rel_mae,slope,worker0_ms,worker1_ms,worker2_ms,worker3_ms,tau1,tau2");
+  std::getline(split_trace, row);
+  std::getline(split_trace, row);
+  EXPECT_EQ(row.rfind("1,cfg-pipeline,", 0), 0u) << row;
+  auto stride = run_hybridiff(common + " --parallel asyncdiff --stride 2 --warmup 3 --output " + quoted(dir / "stride.png"));
+  EXPECT_EQ(stride.exit_code, 0) << stride.output;
   auto bad = run_hybridiff(common + " --parallel hybrid --workers 3 --output " + quoted(dir / "bad.png"));
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--workers 2 or 4"), std::string::npos) << bad.output;
