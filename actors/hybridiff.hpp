@@ -78,9 +78,31 @@ struct parallel_result {
   std::optional<int> tau1, tau2;
 };
 
-/// Generates one image's latents with `options.workers` worker actors, a tau controller, a supervisor and a driver.
-/// `replicas` holds one pipeline per worker (the same pointer may repeat: workers on one device may share a
-/// replica). Errors — bad options, a worker that throws or does not answer within step_timeout — end the request
+/// Worker actors (one per replica), their supervisor and their state, kept across images: the workers' threads and
+/// their GPU state stay warm, and each image only spawns its tau controller and driver. `replicas` holds one
+/// pipeline per worker (the same pointer may repeat: workers on one device may share a replica). Bad options
+/// throw hybridiff::error here; request-dependent ones (steps vs tau_cap + k, ...) in `generate`. One image at a
+/// time (not thread-safe). A worker lost during an image is survived for that image (see generate_parallel); later
+/// images of the session then fail with an error: start a new session.
+class parallel_session {
+ public:
+  parallel_session(caf::actor_system& system, std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
+                   const parallel_options& options);
+  ~parallel_session();
+  parallel_session(const parallel_session&) = delete;
+  parallel_session& operator=(const parallel_session&) = delete;
+
+  parallel_result generate(const models::generation_request& request, const models::step_observer& observe = nullptr);
+  const parallel_options& options() const;
+
+  struct state;
+
+ private:
+  std::unique_ptr<state> state_;
+};
+
+/// Generates one image's latents with `options.workers` worker actors, a tau controller, a supervisor and a driver
+/// (a parallel_session for one image). Errors — bad options, a worker that throws or does not answer within step_timeout — end the request
 /// with a hybridiff::error naming the worker and the step; nothing hangs. A worker whose actor dies is not an error:
 /// the driver (told by the supervisor, which monitors the workers) finishes the image on a surviving worker in
 /// sequential CFG (both branches batched: mode none's numerics) from the failed step on; the trace marks those

@@ -29,16 +29,15 @@ struct worker_lost {
   int worker;
 };
 
-// Ends every actor of the request however the driver leaves.
-struct actor_guard {
-  caf::scoped_actor& self;
-  std::vector<actors::worker_actor> workers;
-  actors::tau_controller_actor controller;
-  actors::supervisor_actor supervisor;
-  ~actor_guard() {
-    if (supervisor) self->send_exit(supervisor, caf::exit_reason::user_shutdown);
-    for (auto& worker : workers) self->send_exit(worker, caf::exit_reason::user_shutdown);
-    if (controller) self->send_exit(controller, caf::exit_reason::user_shutdown);
+// Ends an actor however its owner leaves.
+template <class Handle>
+struct exit_on_scope_end {
+  Handle actor;
+  exit_on_scope_end() = default;
+  exit_on_scope_end(const exit_on_scope_end&) = delete;
+  exit_on_scope_end& operator=(const exit_on_scope_end&) = delete;
+  ~exit_on_scope_end() {
+    if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
   }
 };
 
@@ -120,7 +119,10 @@ void apply_worker_defaults(parallel_options& options, std::optional<int> workers
   options.branch_stages = branch_stages.value_or(branch_split && options.workers == 4 ? 2 : 1);
 }
 
-void validate(const parallel_options& options, int steps) {
+namespace {
+
+// The checks that do not depend on the request.
+void validate_structure(const parallel_options& options) {
   auto reject = [](const std::string& message) { throw std::invalid_argument(message); };
   const auto workers = std::to_string(options.workers);
   if (options.stride != 1 && options.stride != 2) reject("--stride " + std::to_string(options.stride) + " must be 1 or 2");
@@ -162,6 +164,12 @@ void validate(const parallel_options& options, int steps) {
   }
   if (options.branch_stages > 1 && options.warmup < 1)
     reject("--warmup " + std::to_string(options.warmup) + " must be at least 1 (a split branch starts with a full step)");
+}
+
+}  // namespace
+
+void validate(const parallel_options& options, int steps) {
+  validate_structure(options);
   schedule::validate(schedule_of(options, steps));
 }
 
@@ -173,47 +181,67 @@ struct targeted {
   std::shared_ptr<step_request> work;
 };
 
+}  // namespace
+
+// The actors and replicas that outlive one image: workers (with their stage_worker state) and the supervisor.
+struct parallel_session::state {
+  caf::actor_system& system;
+  caf::scoped_actor self;
+  parallel_options options;
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+  std::vector<std::shared_ptr<runtime::stage_worker>> stages;
+  std::vector<actors::worker_actor> workers;
+  actors::supervisor_actor supervisor;
+  int n = 2;              // components of the window split (the stride-2 extra worker is worker n)
+  int output_worker = 1;  // the worker whose output is the window's prediction
+  bool exchange_blocks = true;
+  std::optional<int> lost;  // a worker lost in an earlier image
+
+  state(caf::actor_system& actor_system, std::vector<std::shared_ptr<models::diffusion_pipeline>> pipelines,
+        parallel_options settings)
+      : system(actor_system), self(actor_system), options(std::move(settings)), replicas(std::move(pipelines)) {}
+  ~state() {
+    if (supervisor) caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
+    for (auto& worker : workers) caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+  const actors::worker_actor& worker(int w) const { return workers[w]; }
+};
+
+namespace {
+
 // The driver of one parallel image: owns latents, sampler and conditioning, runs the step loop and asks the
 // workers for what the tau controller's current phase needs. Workers w < W/2 hold the unconditional branch (cfg,
 // hybrid); asyncdiff batches both branches in every worker.
 class parallel_driver {
  public:
-  parallel_driver(caf::actor_system& system, const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
-                  const models::generation_request& request, const parallel_options& options,
+  parallel_driver(parallel_session::state& session, const models::generation_request& request,
                   const models::generation_plan& plan)
-      : system_(system), self_(system), options_(options), plan_(plan), world_(options.workers),
-        asyncdiff_(options.mode == parallel_mode::asyncdiff), alive_{self_, {}, {}, {}} {
-    auto& lead = *replicas.front();
+      : session_(session), system_(session.system), self_(session.self), options_(session.options), plan_(plan),
+        world_(options_.workers), asyncdiff_(options_.mode == parallel_mode::asyncdiff), n_(session.n),
+        output_worker_(session.output_worker), exchange_blocks_(session.exchange_blocks) {
+    auto& lead = *session.replicas.front();
     const auto conditioning = lead.encode_prompt(request, plan);
     const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
     both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
-    const auto family = lead.transformer_blocks() > 0 ? schedule::denoiser_family::sd3_transformer
-                                                      : schedule::denoiser_family::sdxl_unet;
-    const int blocks = static_cast<int>(lead.transformer_blocks());
-    const auto window = schedule::make_plan(family, options.mode == parallel_mode::cfg ? 2 : options.model_n,
-                                            options.mode == parallel_mode::cfg ? 1 : options.stride, blocks);
-    const auto branch = schedule::make_plan(family, 2, 1, blocks);
-    n_ = window.n;
-    output_worker_ = window.output_component();
-    exchange_blocks_ = !(family == schedule::denoiser_family::sd3_transformer &&
-                         options.conditioning == pp_conditioning::reference);
+    // Every worker starts the image as a CFG branch with empty caches and this image's conditioning (the workers
+    // are idle between images: the reconfigure replies order these writes before their next request).
+    for (int w = 0; w < world_; ++w)
+      self_->request(session.worker(w), options_.step_timeout, actors::reconfigure_atom::value,
+                     static_cast<std::int32_t>(actors::worker_role::cfg_branch))
+          .receive([](std::int32_t) {},
+                   [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system_, problem)); });
     for (int w = 0; w < world_; ++w) {
-      auto stage = std::make_shared<runtime::stage_worker>(replicas[w], w);
+      auto& stage = *session.stages[w];
+      stage.clear_cache();
       if (asyncdiff_) {
-        stage->set_conditioning(stacked);
+        stage.set_conditioning(stacked);
       } else {
-        stage->set_conditioning(w < world_ / 2 ? conditioning.negative : conditioning.positive);
-        if (options.conditioning == pp_conditioning::cond) stage->set_window_conditioning(conditioning.positive);
+        stage.set_conditioning(w < world_ / 2 ? conditioning.negative : conditioning.positive);
+        if (options_.conditioning == pp_conditioning::cond) stage.set_window_conditioning(conditioning.positive);
       }
-      auto set = [&](runtime::split_scope scope, const schedule::component& c) {
-        stage->set_component(scope, {c.modules.begin(), c.modules.end()});
-      };
-      set(runtime::split_scope::window, window.components[window.component_of(w)]);
-      if (options.branch_stages == 2) set(runtime::split_scope::branch, branch.components[w % 2]);
-      alive_.workers.push_back(actors::spawn_worker(system, stage));
     }
-    alive_.controller = actors::spawn_tau_controller(system, schedule_of(options, static_cast<int>(plan.steps)), alive_.workers);
-    alive_.supervisor = actors::spawn_supervisor(system, alive_.workers);
+    controller_.actor =
+        actors::spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
 
     sampler_ = lead.make_sampler(request.sampler);
     sampler_->set_timesteps(plan.steps);
@@ -224,7 +252,7 @@ class parallel_driver {
   parallel_result run(const models::step_observer& observe) {
     parallel_result result;
     std::int32_t phase_number = 0;
-    self_->request(alive_.controller, options_.step_timeout, actors::phase_atom::value, std::int32_t{0})
+    self_->request(controller_.actor, options_.step_timeout, actors::phase_atom::value, std::int32_t{0})
         .receive([&](std::int32_t p) { phase_number = p; },
                  [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
@@ -253,7 +281,7 @@ class parallel_driver {
       latents_ = sampler_->step(prediction, i, latents_);
       if (!survivor_) {
         actors::step_decision decision;
-        self_->request(alive_.controller, options_.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
+        self_->request(controller_.actor, options_.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
                        row.metric.value_or(0.0), row.metric.has_value())
             .receive([&](const actors::step_decision& d) { decision = d; },
                      [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
@@ -271,16 +299,16 @@ class parallel_driver {
   }
 
  private:
+  parallel_session::state& session_;
   caf::actor_system& system_;
-  caf::scoped_actor self_;
+  caf::scoped_actor& self_;
   const parallel_options& options_;
   const models::generation_plan& plan_;
   const int world_;
   const bool asyncdiff_;
-  int n_ = 2;              // components of the window split (the stride-2 extra worker is worker n_)
-  int output_worker_ = 1;  // the worker whose output is the window's prediction
-  bool exchange_blocks_ = true;
-  actor_guard alive_;
+  const int n_, output_worker_;
+  const bool exchange_blocks_;
+  exit_on_scope_end<actors::tau_controller_actor> controller_;
   std::shared_ptr<const models::branch_conditioning> both_branches_;
   std::unique_ptr<models::sampler> sampler_;
   at::Tensor latents_;
@@ -320,7 +348,7 @@ class parallel_driver {
   // Whether a worker whose request failed has died (the supervisor waits a moment for the down message).
   bool has_died(int w) {
     bool lost = false;
-    self_->request(alive_.supervisor, options_.step_timeout, actors::lost_atom::value, static_cast<std::int32_t>(w))
+    self_->request(session_.supervisor, options_.step_timeout, actors::lost_atom::value, static_cast<std::int32_t>(w))
         .receive([&](bool gone) { lost = gone; }, [&](caf::error&) { lost = false; });
     return lost;
   }
@@ -330,10 +358,10 @@ class parallel_driver {
   template <class Atom>
   std::vector<step_reply_ptr> ask(Atom atom, const std::vector<targeted>& requests, step_trace& row) {
     std::vector<step_reply_ptr> replies(world_);
-    using handle_type = decltype(self_->request(alive_.workers[0], options_.step_timeout, atom, actors::step_request_ptr()));
+    using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, actors::step_request_ptr()));
     std::vector<std::pair<int, handle_type>> pending;
     for (const auto& [w, work] : requests)
-      pending.emplace_back(w, self_->request(alive_.workers[w], options_.step_timeout, atom, actors::step_request_ptr(work)));
+      pending.emplace_back(w, self_->request(session_.worker(w), options_.step_timeout, atom, actors::step_request_ptr(work)));
     for (auto& [w, handle] : pending) {
       std::string failure;
       bool lost = false;
@@ -470,11 +498,12 @@ class parallel_driver {
   }
 
   void take_over(std::int64_t i, int lost) {
+    session_.lost = lost;
     for (int w = 0; w < world_ && !survivor_; ++w)
       if (w != lost && !has_died(w)) survivor_ = w;
     if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");
     // The survivor may be a pipeline stage (a loss inside the window): it becomes a CFG branch again.
-    self_->request(alive_.workers[*survivor_], options_.step_timeout, actors::reconfigure_atom::value,
+    self_->request(session_.worker(*survivor_), options_.step_timeout, actors::reconfigure_atom::value,
                    static_cast<std::int32_t>(actors::worker_role::cfg_branch))
         .receive([](std::int32_t) {},
                  [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + describe(system_, problem)); });
@@ -484,15 +513,54 @@ class parallel_driver {
 
 }  // namespace
 
-parallel_result generate_parallel(caf::actor_system& system,
-                                  const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
-                                  const models::generation_request& request, const parallel_options& options,
-                                  const models::step_observer& observe) {
-  torch::NoGradGuard no_grad;
-  if (replicas.size() != static_cast<std::size_t>(options.workers))
-    throw error("generate_parallel: " + std::to_string(replicas.size()) + " replicas for " +
+parallel_session::parallel_session(caf::actor_system& system,
+                                   std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
+                                   const parallel_options& options)
+    : state_(std::make_unique<state>(system, std::move(replicas), options)) {
+  auto& session = *state_;
+  if (session.replicas.size() != static_cast<std::size_t>(options.workers))
+    throw error("parallel session: " + std::to_string(session.replicas.size()) + " replicas for " +
                 std::to_string(options.workers) + " workers");
-  auto& lead = *replicas.front();
+  try {
+    validate_structure(options);
+  } catch (const std::invalid_argument& bad) {
+    throw error(bad.what());
+  }
+  if (options.mode == parallel_mode::none) return;  // the sequential loop: no actors
+  auto& lead = *session.replicas.front();
+  const auto family = lead.transformer_blocks() > 0 ? schedule::denoiser_family::sd3_transformer
+                                                    : schedule::denoiser_family::sdxl_unet;
+  const int blocks = static_cast<int>(lead.transformer_blocks());
+  const bool cfg = options.mode == parallel_mode::cfg;
+  const auto window = schedule::make_plan(family, cfg ? 2 : options.model_n, cfg ? 1 : options.stride, blocks);
+  const auto branch = schedule::make_plan(family, 2, 1, blocks);
+  session.n = window.n;
+  session.output_worker = window.output_component();
+  session.exchange_blocks =
+      !(family == schedule::denoiser_family::sd3_transformer && options.conditioning == pp_conditioning::reference);
+  for (int w = 0; w < options.workers; ++w) {
+    auto stage = std::make_shared<runtime::stage_worker>(session.replicas[w], w);
+    auto set = [&](runtime::split_scope scope, const schedule::component& c) {
+      stage->set_component(scope, {c.modules.begin(), c.modules.end()});
+    };
+    set(runtime::split_scope::window, window.components[window.component_of(w)]);
+    if (options.branch_stages == 2) set(runtime::split_scope::branch, branch.components[w % 2]);
+    session.stages.push_back(stage);
+    session.workers.push_back(actors::spawn_worker(system, stage));
+  }
+  session.supervisor = actors::spawn_supervisor(system, session.workers);
+}
+
+parallel_session::~parallel_session() = default;
+
+const parallel_options& parallel_session::options() const { return state_->options; }
+
+parallel_result parallel_session::generate(const models::generation_request& request,
+                                           const models::step_observer& observe) {
+  torch::NoGradGuard no_grad;
+  auto& session = *state_;
+  const auto& options = session.options;
+  auto& lead = *session.replicas.front();
   const auto plan = lead.plan(request);
   try {
     validate(options, static_cast<int>(plan.steps));
@@ -513,8 +581,22 @@ parallel_result generate_parallel(caf::actor_system& system,
   }
   if (!plan.classifier_free)
     throw error("--parallel " + to_string(options.mode) + " splits classifier-free guidance: it needs --guidance > 1");
-  parallel_driver driver(system, replicas, request, options, plan);
+  if (session.lost)
+    throw error("worker " + std::to_string(*session.lost) +
+                " was lost during an earlier image of this session; start a new session");
+  parallel_driver driver(session, request, plan);
   return driver.run(observe);
+}
+
+parallel_result generate_parallel(caf::actor_system& system,
+                                  const std::vector<std::shared_ptr<models::diffusion_pipeline>>& replicas,
+                                  const models::generation_request& request, const parallel_options& options,
+                                  const models::step_observer& observe) {
+  if (replicas.size() != static_cast<std::size_t>(options.workers))
+    throw error("generate_parallel: " + std::to_string(replicas.size()) + " replicas for " +
+                std::to_string(options.workers) + " workers");
+  parallel_session session(system, replicas, options);
+  return session.generate(request, observe);
 }
 
 void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace) {

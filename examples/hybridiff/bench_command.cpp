@@ -56,6 +56,130 @@ void synchronize(const c10::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
 }
 
+// One --run: its flags parsed as generate's parallel flags.
+struct bench_run {
+  std::string label;
+  parallel_options options;
+  std::string devices;
+};
+
+bench_run parse_run(const std::string& text) {
+  po::options_description flags;
+  // clang-format off
+  flags.add_options()
+      ("mode", po::value<std::string>()->required())
+      ("workers", po::value<int>())
+      ("model_n", po::value<int>())
+      ("stride", po::value<int>()->default_value(1))
+      ("branch-stages", po::value<int>())
+      ("devices", po::value<std::string>()->default_value(""))
+      ("pipeline-warmup", po::value<int>()->default_value(1))
+      ("tau1", po::value<int>())
+      ("tau2", po::value<int>());
+  // clang-format on
+  po::positional_options_description mode;
+  mode.add("mode", 1);
+  po::variables_map values;
+  try {
+    po::store(po::command_line_parser(po::split_unix(text)).options(flags).positional(mode).run(), values);
+    po::notify(values);
+  } catch (const po::error& bad) {
+    throw usage_error("--run \"" + text + "\": " + bad.what());
+  }
+  bench_run run{text, {}, values["devices"].as<std::string>()};
+  auto& options = run.options;
+  try {
+    options.mode = parse_parallel_mode(values["mode"].as<std::string>());
+  } catch (const std::invalid_argument& bad) {
+    throw usage_error("--run \"" + text + "\": " + bad.what());
+  }
+  auto optional_int = [&](const char* name) {
+    return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
+  };
+  options.stride = values["stride"].as<int>();
+  apply_worker_defaults(options, optional_int("workers"), optional_int("model_n"), optional_int("branch-stages"));
+  options.warmup = values["pipeline-warmup"].as<int>();
+  options.tau1 = optional_int("tau1");
+  options.tau2 = optional_int("tau2");
+  return run;
+}
+
+// Times whole generations (random weights) for each run: `warmup` untimed images, then one timed, each run in a
+// parallel session of its own over replicas shared by all runs (one per device, the same weights).
+nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::filesystem::path& config_dir,
+                          const std::filesystem::path& scheduler_dir, std::int64_t steps, std::int64_t size,
+                          std::int64_t warmup, const c10::Device& device, const std::string& dtype_text) {
+  std::vector<bench_run> runs;
+  for (const auto& text : texts) runs.push_back(parse_run(text));  // every run is checked before any work
+  std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
+  auto replica_on = [&](const c10::Device& worker_device) {
+    auto& replica = by_device[worker_device.str()];
+    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, parse_dtype(dtype_text), ""});
+    return replica;
+  };
+  models::generation_request request;
+  request.steps = steps;
+  request.height = request.width = size;
+  caf::actor_system_config actor_config;
+  caf::actor_system actor_system{actor_config};
+  nlohmann::json report = {{"config", config_dir.string()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
+                           {"runs", nlohmann::json::array()}};
+  std::optional<double> baseline_ms;
+  for (auto& run : runs) {
+    auto& options = run.options;
+    const auto devices = parse_device_list(run.devices, options.workers, device);
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+    std::vector<std::string> device_names;
+    for (const auto& worker_device : devices) {
+      replicas.push_back(replica_on(worker_device));
+      device_names.push_back(worker_device.str());
+    }
+    report["model"] = replicas.front()->class_name();
+    if (replicas.front()->transformer_blocks() > 0) options.tau = schedule::tau_settings::sd3();
+    try {
+      validate(options, static_cast<int>(steps));
+    } catch (const std::invalid_argument& bad) {
+      throw usage_error("--run \"" + run.label + "\": " + bad.what());
+    }
+    parallel_session session(actor_system, replicas, options);
+    nlohmann::json entry = {{"run", run.label},           {"mode", to_string(options.mode)}, {"workers", options.workers},
+                            {"model_n", options.model_n}, {"stride", options.stride},        {"branch_stages", options.branch_stages},
+                            {"devices", device_names}};
+    for (std::int64_t round = 0; round <= warmup; ++round) {  // the first `warmup` images are not reported
+      std::vector<double> step_ms;
+      auto last = std::chrono::steady_clock::now();
+      const auto begin = last;
+      auto result = session.generate(request, [&](std::int64_t, std::int64_t, const at::Tensor& latents) {
+        synchronize(latents.device());
+        auto now = std::chrono::steady_clock::now();
+        step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+        last = now;
+      });
+      if (round < warmup) continue;
+      const double total = std::chrono::duration<double, std::milli>(last - begin).count();
+      entry["generation_ms"] = total;
+      if (!baseline_ms) baseline_ms = total;
+      entry["speedup_vs_first_run"] = *baseline_ms / total;
+      std::map<std::string, std::vector<double>> wall, busiest;
+      for (std::size_t i = 0; i < result.trace.size(); ++i) {
+        const auto& row = result.trace[i];
+        wall[row.mode].push_back(step_ms[i]);
+        busiest[row.mode].push_back(*std::max_element(row.worker_ms.begin(), row.worker_ms.end()));
+      }
+      for (const auto& [phase, samples] : wall)
+        entry["phases"][phase] = {{"steps", samples.size()},
+                                  {"step_ms_median", percentile(samples, 0.5)},
+                                  {"step_ms_p10", percentile(samples, 0.1)},
+                                  {"step_ms_p90", percentile(samples, 0.9)},
+                                  {"busiest_worker_ms_median", percentile(busiest[phase], 0.5)}};
+      if (result.tau1) entry["tau1"] = *result.tau1;
+      if (result.tau2) entry["tau2"] = *result.tau2;
+    }
+    report["runs"].push_back(entry);
+  }
+  return report;
+}
+
 }  // namespace
 
 int run_bench(const std::vector<std::string>& args) {
@@ -65,30 +189,25 @@ int run_bench(const std::vector<std::string>& args) {
   line.summary =
       "Times denoiser steps of a model built from a config folder with random weights (speed does not depend on\n"
       "the weights' values), e.g. ../shared/fixtures/configs/sdxl-unet. Prints JSON: per batch size the median,\n"
-      "p10 and p90 of the per-step latency in milliseconds over --iters steps after --warmup steps.";
+      "p10 and p90 of the per-step latency in milliseconds over --iters steps after --warmup steps. With --run:\n"
+      "end-to-end denoising time of whole generations and per-phase step times, for each run.";
   // clang-format off
   line.options.add_options()
       ("model-config", po::value<std::string>()->required()->value_name("DIR"), "folder with the denoiser's config.json")
       ("size", po::value<std::int64_t>()->default_value(1024)->value_name("PX"), "image side in pixels (latents: /8)")
       ("batch", po::value<std::string>()->default_value("1,2")->value_name("LIST"), "batch sizes, e.g. 1,2")
       ("warmup", po::value<std::int64_t>()->default_value(3)->value_name("N"),
-       "untimed steps first (with --parallel: untimed whole generations)")
+       "untimed steps first (with --run: untimed whole generations per run)")
       ("iters", po::value<std::int64_t>()->default_value(20)->value_name("N"), "timed steps (>= 1)")
       ("device", po::value<std::string>()->default_value("cuda")->value_name("DEV"), "cpu, cuda or cuda:N")
       ("dtype", po::value<std::string>()->default_value("fp16")->value_name("T"), "fp32, fp16 or bf16")
-      ("parallel", po::value<std::string>()->value_name("MODE"),
-       "time whole generations instead: none, cfg, asyncdiff or hybrid (with --scheduler-config); per-phase step times")
-      ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--parallel)")
-      ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--parallel: denoising steps")
-      ("workers", po::value<int>()->value_name("N"), "--parallel: workers (default as generate)")
-      ("model_n", po::value<int>()->value_name("N"), "--parallel: AsyncDiff components")
-      ("stride", po::value<int>()->default_value(1)->value_name("S"), "--parallel: AsyncDiff stride (1 or 2)")
-      ("branch-stages", po::value<int>()->value_name("N"), "--parallel cfg/hybrid on 4 workers: generate's --branch-stages")
-      ("devices", po::value<std::string>()->value_name("LIST"),
-       "--parallel: one device per worker, e.g. cuda:0,cuda:1 (a replica per device); default: all on --device")
-      ("pipeline-warmup", po::value<int>()->default_value(1)->value_name("W"), "--parallel asyncdiff: generate's --warmup")
-      ("tau1", po::value<int>()->value_name("A"), "--parallel hybrid: fixed window start")
-      ("tau2", po::value<int>()->value_name("B"), "--parallel hybrid: fixed window end");
+      ("run", po::value<std::vector<std::string>>()->composing()->value_name("FLAGS"),
+       "time whole generations of one schedule instead (repeatable; the first run is the baseline of the ratios): "
+       "\"MODE [--workers N] [--model_n N] [--stride S] [--branch-stages N] [--devices LIST] [--pipeline-warmup W] "
+       "[--tau1 A --tau2 B]\" with MODE none, cfg, asyncdiff or hybrid and generate's meanings; needs "
+       "--scheduler-config")
+      ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
+      ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps");
   // clang-format on
   auto parsed = parse(line, args);
   if (!parsed) return 0;
@@ -104,71 +223,13 @@ int run_bench(const std::vector<std::string>& args) {
   const auto dtype = parse_dtype(dtype_text);
 
   const std::filesystem::path config_dir = values["model-config"].as<std::string>();
-  if (values.count("parallel")) {
-    if (!values.count("scheduler-config")) throw usage_error("--parallel needs --scheduler-config DIR");
-    parallel_options options;
-    try {
-      options.mode = parse_parallel_mode(values["parallel"].as<std::string>());
-    } catch (const std::invalid_argument& bad) {
-      throw usage_error(bad.what());
-    }
-    auto optional_int = [&](const char* name) {
-      return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
-    };
-    options.stride = values["stride"].as<int>();
-    apply_worker_defaults(options, optional_int("workers"), optional_int("model_n"), optional_int("branch-stages"));
-    options.warmup = values["pipeline-warmup"].as<int>();
-    if (values.count("tau1")) options.tau1 = values["tau1"].as<int>();
-    if (values.count("tau2")) options.tau2 = values["tau2"].as<int>();
-    // A replica per device (the same random weights: one seed), shared by the workers on that device.
-    const auto devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
-                                           options.workers, device);
-    std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
-    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
-    for (const auto& worker_device : devices) {
-      auto& replica = by_device[worker_device.str()];
-      if (!replica)
-        replica = models::make_random_pipeline(config_dir, values["scheduler-config"].as<std::string>(),
-                                               {worker_device, dtype, ""});
-      replicas.push_back(replica);
-    }
-    const auto& pipeline = replicas.front();
-    if (pipeline->transformer_blocks() > 0) options.tau = schedule::tau_settings::sd3();
-    models::generation_request request;
-    request.steps = values["steps"].as<std::int64_t>();
-    request.height = request.width = size;
-    caf::actor_system_config actor_config;
-    caf::actor_system actor_system{actor_config};
-    std::vector<std::string> device_names;
-    for (const auto& worker_device : devices) device_names.push_back(worker_device.str());
-    nlohmann::json report = {{"model", pipeline->class_name()}, {"config", config_dir.string()}, {"size", size},
-                             {"devices", device_names},         {"dtype", dtype_text},           {"mode", to_string(options.mode)},
-                             {"workers", options.workers},      {"model_n", options.model_n},    {"stride", options.stride},
-                             {"branch_stages", options.branch_stages}, {"steps", *request.steps}};
-    for (std::int64_t round = 0; round <= warmup; ++round) {  // the first `warmup` generations are not reported
-      std::vector<double> step_ms;
-      auto last = std::chrono::steady_clock::now();
-      const auto begin = last;
-      auto result = generate_parallel(actor_system, replicas, request, options,
-                                      [&](std::int64_t, std::int64_t, const at::Tensor& latents) {
-                                        synchronize(latents.device());
-                                        auto now = std::chrono::steady_clock::now();
-                                        step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
-                                        last = now;
-                                      });
-      if (round < warmup) continue;
-      report["generation_ms"] = std::chrono::duration<double, std::milli>(last - begin).count();
-      std::map<std::string, std::vector<double>> by_phase;
-      for (std::size_t i = 0; i < result.trace.size(); ++i) by_phase[result.trace[i].mode].push_back(step_ms[i]);
-      for (const auto& [phase, samples] : by_phase)
-        report["phases"][phase] = {{"steps", samples.size()},
-                                   {"step_ms_median", percentile(samples, 0.5)},
-                                   {"step_ms_p10", percentile(samples, 0.1)},
-                                   {"step_ms_p90", percentile(samples, 0.9)}};
-      if (result.tau1) report["tau1"] = *result.tau1;
-      if (result.tau2) report["tau2"] = *result.tau2;
-    }
-    std::cout << report.dump(2) << std::endl;
+  if (values.count("run")) {
+    if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
+    std::cout << bench_runs(values["run"].as<std::vector<std::string>>(), config_dir,
+                            values["scheduler-config"].as<std::string>(), values["steps"].as<std::int64_t>(), size, warmup,
+                            device, dtype_text)
+                     .dump(2)
+              << std::endl;
     return 0;
   }
   auto config = models::read_config(config_dir / "config.json");

@@ -355,6 +355,29 @@ TEST_F(ParallelGeneration, SlopeDetectionMatchesTheSimulatorOnTheSameMetrics) {
     EXPECT_EQ(result.trace[i].mode, schedule::to_string(simulated.phases[i])) << i;
 }
 
+TEST_F(ParallelGeneration, ASessionKeepsItsWorkersAcrossImages) {
+  // Each image of a session equals the same image generated alone, whatever the workers did before (asyncdiff
+  // ends its images as pipeline stages with full caches).
+  for (auto mode : {parallel_mode::hybrid, parallel_mode::asyncdiff}) {
+    parallel_options options;
+    options.mode = mode;
+    apply_worker_defaults(options, std::nullopt, std::nullopt);
+    options.tau1 = 2;
+    options.tau2 = 5;
+    options.warmup = 3;
+    parallel_session session(system_, {tiny("tiny-sdxl"), tiny("tiny-sdxl")}, options);
+    auto other = tiny_request(8);
+    other.seed = 4;
+    other.prompt = "a red fox";
+    auto first = session.generate(tiny_request(8));
+    auto second = session.generate(other);
+    auto again = session.generate(tiny_request(8));
+    EXPECT_TRUE(torch::equal(first.latents, again.latents)) << to_string(mode);
+    EXPECT_FALSE(torch::equal(second.latents, first.latents)) << to_string(mode);
+    EXPECT_TRUE(torch::equal(first.latents, run("tiny-sdxl", options).latents)) << to_string(mode);
+  }
+}
+
 // Delegates to a real pipeline but throws from its `throw_at`-th denoiser call.
 class failing_pipeline : public models::diffusion_pipeline {
  public:
@@ -436,6 +459,19 @@ TEST_F(ParallelGeneration, ALostWorkerLeavesTheImageToASurvivorInSequentialCfg) 
   EXPECT_EQ(survived.trace[2].mode, "fill");
   EXPECT_EQ(survived.trace[3].mode, "cfg-degraded");
   EXPECT_TRUE(torch::isfinite(survived.latents).all().item<bool>());
+
+  // A session that lost a worker refuses later images with a clear error.
+  auto dies_early = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 2);
+  dies_early->die_ = true;
+  parallel_session session(system_, {tiny("tiny-sdxl"), dies_early}, cfg);
+  EXPECT_EQ(session.generate(tiny_request(8)).trace[1].mode, "cfg-degraded");
+  try {
+    session.generate(tiny_request(8));
+    FAIL() << "a session without its workers must refuse";
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("worker 1 was lost during an earlier image"), std::string::npos)
+        << failure.what();
+  }
 }
 
 TEST_F(ParallelGeneration, AWorkerThatStallsTimesOutWithAClearError) {
