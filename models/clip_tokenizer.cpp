@@ -2,8 +2,10 @@
 
 #include <clocale>
 #include <wctype.h>
+
 #include <fstream>
 #include <limits>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -144,9 +146,19 @@ std::vector<std::u32string> pre_tokenize(const std::u32string& text) {
 }  // namespace
 
 clip_tokenizer clip_tokenizer::load(const std::filesystem::path& dir) {
+  auto read = [](const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw error(path.string() + ": file is missing");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  return from_text(read(dir / "vocab.json"), read(dir / "merges.txt"), read(dir / "tokenizer_config.json"), dir);
+}
+
+clip_tokenizer clip_tokenizer::from_text(const std::string& vocab_json, const std::string& merges_txt,
+                                         const std::string& tokenizer_config_json, const std::filesystem::path& dir) {
   clip_tokenizer tokenizer;
   const auto vocab_path = dir / "vocab.json";
-  auto vocab = read_json_file(vocab_path);
+  auto vocab = parse_json_text(vocab_json, vocab_path);
   if (!vocab.is_object() || vocab.empty()) throw error(vocab_path.string() + ": not a token -> id object");
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer()) throw error(vocab_path.string() + ": id of '" + token + "' is not an integer");
@@ -154,8 +166,7 @@ clip_tokenizer clip_tokenizer::load(const std::filesystem::path& dir) {
   }
 
   const auto merges_path = dir / "merges.txt";
-  std::ifstream merges(merges_path);
-  if (!merges) throw error(merges_path.string() + ": file is missing");
+  std::istringstream merges(merges_txt);
   std::string line;
   int rank = 0;
   int line_number = 0;
@@ -171,7 +182,8 @@ clip_tokenizer clip_tokenizer::load(const std::filesystem::path& dir) {
   }
 
   const auto config_path = dir / "tokenizer_config.json";
-  auto config = read_json_file(config_path);
+  auto config = parse_json_text(tokenizer_config_json, config_path);
+  if (!config.is_object()) throw error(config_path.string() + ": not a JSON object");
   auto id_of = [&](const std::string& key) {
     auto text = token_text(config, key, config_path);
     auto found = tokenizer.vocab_.find(text);

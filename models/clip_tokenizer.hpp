@@ -21,6 +21,9 @@ class clip_tokenizer {
  public:
   /// Throws `hybridiff::error` naming the file for a missing or malformed vocab/merges/config.
   static clip_tokenizer load(const std::filesystem::path& dir);
+  /// The same from the three files' contents; `dir` names them in errors.
+  static clip_tokenizer from_text(const std::string& vocab_json, const std::string& merges_txt,
+                                  const std::string& tokenizer_config_json, const std::filesystem::path& dir);
 
   /// Token ids, exactly `max_length()` long. `truncated` (optional) reports whether the prompt was cut.
   std::vector<std::int64_t> encode(const std::string& text, bool* truncated = nullptr) const;

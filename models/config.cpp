@@ -227,16 +227,20 @@ static std::string quote_python_literals(const std::string& text) {
   return out;
 }
 
+json parse_json_text(const std::string& text, const std::filesystem::path& source) {
+  try {
+    return json::parse(quote_python_literals(text));
+  } catch (const json::exception& malformed) {
+    throw error(source.string() + ": malformed JSON: " + malformed.what());
+  }
+}
+
 json read_json_file(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) throw error(path.string() + ": file is missing");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw error(path.string() + ": cannot open");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  try {
-    return json::parse(quote_python_literals(text));
-  } catch (const json::exception& malformed) {
-    throw error(path.string() + ": malformed JSON: " + malformed.what());
-  }
+  return parse_json_text(text, path);
 }
 
 config::config(json values, std::filesystem::path source) : values_(std::move(values)), source_(std::move(source)) {
@@ -268,7 +272,10 @@ void config::reject(const std::string& key, const std::string& message) const {
 }
 
 config read_config(const std::filesystem::path& path, std::string class_name) {
-  auto values = read_json_file(path);
+  return config_from_json(read_json_file(path), path, std::move(class_name));
+}
+
+config config_from_json(json values, const std::filesystem::path& path, std::string class_name) {
   if (!values.is_object()) throw error(path.string() + ": config is not a JSON object");
   if (class_name.empty()) {
     if (values.contains("_class_name") && values["_class_name"].is_string())

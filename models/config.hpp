@@ -16,6 +16,8 @@ namespace hybridiff::models {
 /// `NaN`, `Infinity` and `-Infinity` that Python's json module writes (e.g. DPM-Solver's `lambda_min_clipped`)
 /// are read as the strings "NaN", "Infinity", "-Infinity"; `config::get<double>` turns them back into numbers.
 nlohmann::json read_json_file(const std::filesystem::path& path);
+/// The same for JSON text; `source` names it in errors.
+nlohmann::json parse_json_text(const std::string& text, const std::filesystem::path& source);
 
 /// A component's configuration (`config.json` or `scheduler_config.json`) with the defaults of its diffusers /
 /// transformers class filled in for every key the file leaves out, so a config written by an older library
@@ -70,6 +72,8 @@ class config {
 /// Reads `path` and fills in the defaults of `class_name` (taken from the file's `_class_name` or
 /// `architectures[0]` when empty). Classes without a default table are read as they are.
 config read_config(const std::filesystem::path& path, std::string class_name = "");
+/// The same for JSON values already read from `source`.
+config config_from_json(nlohmann::json values, const std::filesystem::path& source, std::string class_name = "");
 
 /// `values` read as another class would read them, as diffusers' `Class.from_config(other.config)` does: the
 /// target class's defaults, overridden by the keys of `values` that the target class knows.

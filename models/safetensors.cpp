@@ -116,6 +116,61 @@ std::string safetensors_dtype_name(at::ScalarType dtype) {
   throw error(std::string("dtype ") + c10::toString(dtype) + " cannot be stored in safetensors");
 }
 
+safetensors_header parse_safetensors_header(const unsigned char* bytes, std::uint64_t size,
+                                            const std::filesystem::path& path) {
+  if (size < 8)
+    fail(path, "truncated file: " + std::to_string(size) +
+                   " bytes, but a safetensors file starts with an 8-byte header length");
+  std::uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];  // little-endian u64
+  if (header_size > max_safetensors_header_bytes)
+    fail(path, "header length " + std::to_string(header_size) + " exceeds the limit of " +
+                   std::to_string(max_safetensors_header_bytes) + " bytes");
+  if (header_size > size - 8)
+    fail(path, "header length " + std::to_string(header_size) + " is longer than the file (" + std::to_string(size) +
+                   " bytes): truncated or not a safetensors file");
+  safetensors_header parsed;
+  parsed.data_offset = 8 + header_size;
+  const std::uint64_t data_size = size - parsed.data_offset;
+
+  json header;
+  try {
+    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8) + header_size);
+  } catch (const json::exception& malformed) {
+    fail(path, std::string("header is not valid JSON: ") + malformed.what());
+  }
+  if (!header.is_object()) fail(path, "header is not a JSON object");
+  if (header.size() > max_safetensors_tensor_count + 1)
+    fail(path, "header lists " + std::to_string(header.size()) + " tensors, more than the limit of " +
+                   std::to_string(max_safetensors_tensor_count));
+
+  for (const auto& [name, record] : header.items()) {
+    if (name == "__metadata__") {
+      if (!record.is_object()) fail(path, "'__metadata__' is not a JSON object");
+      for (const auto& [key, value] : record.items()) {
+        if (!value.is_string()) fail(path, "'__metadata__' value of '" + key + "' is not a string");
+        parsed.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    parsed.entries.push_back(parse_entry(path, name, record, data_size));
+  }
+
+  std::vector<const tensor_entry*> by_offset;
+  for (const auto& entry : parsed.entries) by_offset.push_back(&entry);
+  std::sort(by_offset.begin(), by_offset.end(), [](const tensor_entry* a, const tensor_entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  for (std::size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->begin < by_offset[i - 1]->end)
+      fail(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
+                     "' have overlapping byte ranges");
+
+  std::sort(parsed.entries.begin(), parsed.entries.end(),
+            [](const tensor_entry& a, const tensor_entry& b) { return a.name < b.name; });
+  return parsed;
+}
+
 std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesystem::path& path) {
   std::shared_ptr<safetensors_file> file(new safetensors_file());
   file->path_ = path;
@@ -139,54 +194,10 @@ std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesy
   if (mapping == MAP_FAILED) fail(path, std::string("mmap failed: ") + std::strerror(errno));
   file->mapping_ = mapping;
 
-  const auto* bytes = static_cast<const unsigned char*>(mapping);
-  std::uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];  // little-endian u64
-  if (header_size > max_safetensors_header_bytes)
-    fail(path, "header length " + std::to_string(header_size) + " exceeds the limit of " +
-                   std::to_string(max_safetensors_header_bytes) + " bytes");
-  if (header_size > file->file_size_ - 8)
-    fail(path, "header length " + std::to_string(header_size) + " is longer than the file (" +
-                   std::to_string(file->file_size_) + " bytes): truncated or not a safetensors file");
-  file->data_offset_ = 8 + header_size;
-  const std::uint64_t data_size = file->file_size_ - file->data_offset_;
-
-  json header;
-  try {
-    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8) +
-                                                                        header_size);
-  } catch (const json::exception& malformed) {
-    fail(path, std::string("header is not valid JSON: ") + malformed.what());
-  }
-  if (!header.is_object()) fail(path, "header is not a JSON object");
-  if (header.size() > max_safetensors_tensor_count + 1)
-    fail(path, "header lists " + std::to_string(header.size()) + " tensors, more than the limit of " +
-                   std::to_string(max_safetensors_tensor_count));
-
-  for (const auto& [name, record] : header.items()) {
-    if (name == "__metadata__") {
-      if (!record.is_object()) fail(path, "'__metadata__' is not a JSON object");
-      for (const auto& [key, value] : record.items()) {
-        if (!value.is_string()) fail(path, "'__metadata__' value of '" + key + "' is not a string");
-        file->metadata_[key] = value.get<std::string>();
-      }
-      continue;
-    }
-    file->entries_.push_back(parse_entry(path, name, record, data_size));
-  }
-
-  std::vector<const tensor_entry*> by_offset;
-  for (const auto& entry : file->entries_) by_offset.push_back(&entry);
-  std::sort(by_offset.begin(), by_offset.end(), [](const tensor_entry* a, const tensor_entry* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
-  });
-  for (std::size_t i = 1; i < by_offset.size(); ++i)
-    if (by_offset[i]->begin < by_offset[i - 1]->end)
-      fail(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
-                     "' have overlapping byte ranges");
-
-  std::sort(file->entries_.begin(), file->entries_.end(),
-            [](const tensor_entry& a, const tensor_entry& b) { return a.name < b.name; });
+  auto header = parse_safetensors_header(static_cast<const unsigned char*>(mapping), file->file_size_, path);
+  file->data_offset_ = header.data_offset;
+  file->entries_ = std::move(header.entries);
+  file->metadata_ = std::move(header.metadata);
   file->self_ = file;
   return file;
 }

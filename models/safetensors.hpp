@@ -34,6 +34,20 @@ at::ScalarType scalar_type_from_safetensors(const std::string& dtype_name);
 /// The safetensors name of a torch dtype ("F32", ...); throws for dtypes the format cannot hold.
 std::string safetensors_dtype_name(at::ScalarType dtype);
 
+/// The validated header of a safetensors file.
+struct safetensors_header {
+  std::uint64_t data_offset = 0;          ///< where the data section starts: 8 + header length
+  std::vector<tensor_entry> entries;      ///< sorted by name
+  std::map<std::string, std::string> metadata;
+};
+
+/// Parses and validates the header of the safetensors bytes `[bytes, bytes + size)` (a whole file): header length
+/// within the bytes and under `max_safetensors_header_bytes`, valid JSON, at most `max_safetensors_tensor_count`
+/// tensors, known dtypes, prod(shape)·sizeof(dtype) equal to the byte range, ranges inside the data section and
+/// not overlapping. Throws `hybridiff::error` naming `source` and the defect. Reads nothing past `size`.
+safetensors_header parse_safetensors_header(const unsigned char* bytes, std::uint64_t size,
+                                            const std::filesystem::path& source);
+
 /// A memory-mapped, fully validated safetensors file. Every header field is checked before any tensor is touched:
 /// header length within the file and under `max_safetensors_header_bytes`, valid JSON, known dtypes,
 /// prod(shape)·sizeof(dtype) equal to the byte range, ranges inside the data section and not overlapping.
