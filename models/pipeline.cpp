@@ -99,4 +99,26 @@ at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_reque
   return latents;
 }
 
+void with_memory_context(const std::string& what, const std::function<void()>& work) {
+  auto fail = [&](std::string message) {
+    if (auto end = message.find('\n'); end != std::string::npos) message.resize(end);  // the first line is the news
+    throw error("out of memory while " + what + ": " + message +
+                " (try a smaller image, --dtype fp16 or bf16, or fewer workers per device)");
+  };
+  // CUDA reports "CUDA out of memory" (c10::OutOfMemoryError), the CPU allocator "can't allocate memory"; a
+  // worker actor reports either as text (a CAF error crosses the actor boundary as a string).
+  auto exhausted = [](const std::string& message) {
+    return message.find("out of memory") != std::string::npos || message.find("can't allocate memory") != std::string::npos;
+  };
+  try {
+    work();
+  } catch (const c10::Error& failure) {
+    if (!exhausted(failure.what_without_backtrace())) throw;
+    fail(failure.what_without_backtrace());
+  } catch (const error& failure) {
+    if (!exhausted(failure.what())) throw;
+    fail(failure.what());
+  }
+}
+
 }  // namespace hybridiff::models

@@ -113,4 +113,9 @@ at::Tensor initial_latents(const generation_request& request, const std::vector<
 /// ε_u + g·(ε_c − ε_u)
 at::Tensor guide(const at::Tensor& uncond, const at::Tensor& cond, double guidance);
 
+/// Runs `work`. When it runs out of memory — an allocation failure on any device, or a worker's error that
+/// reports one — throws hybridiff::error "out of memory while <what>: <the allocator's message>" with advice, so
+/// that the user learns which size and dtype did not fit. Other exceptions pass unchanged.
+void with_memory_context(const std::string& what, const std::function<void()>& work);
+
 }  // namespace hybridiff::models

@@ -167,16 +167,26 @@ int run_generate(const std::vector<std::string>& args) {
   }
   caf::actor_system_config actor_config;
   caf::actor_system actor_system{actor_config};
-  auto result = generate_parallel(actor_system, replicas, request, parallel_settings,
-                                  [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
-                                    spdlog::debug("step {}/{}", index + 1, steps);
-                                  });
+  const auto settled = pipeline->plan(request);
+  const std::string where = values.count("devices") ? values["devices"].as<std::string>() : placement.device.str();
+  const auto what = "generating a " + std::to_string(settled.height) + "x" + std::to_string(settled.width) +
+                    " image in " + values["dtype"].as<std::string>() + " on " + where + " with " +
+                    std::to_string(parallel_settings.workers) + " worker(s)";
+  parallel_result result;
+  at::Tensor image;
+  models::with_memory_context(what, [&] {
+    result = generate_parallel(actor_system, replicas, request, parallel_settings,
+                               [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
+                                 spdlog::debug("step {}/{}", index + 1, steps);
+                               });
+    image = pipeline->decode(result.latents);
+  });
   const auto& latents = result.latents;
   if (values.count("trace")) write_trace_csv(values["trace"].as<std::string>(), result.trace);
   if (result.tau1) spdlog::info("pipeline window: tau1 = {}, tau2 = {}", *result.tau1, result.tau2.value_or(-1));
   if (values.count("save-latents"))
     models::save_safetensors(values["save-latents"].as<std::string>(), {{"latents", latents.to(torch::kFloat32)}});
-  models::save_png(output, pipeline->decode(latents));
+  models::save_png(output, image);
   auto finished = std::chrono::steady_clock::now();
   auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   spdlog::info("wrote {} (load {:.2f} s, generate {:.2f} s)", output, seconds(started, loaded), seconds(loaded, finished));

@@ -2,6 +2,7 @@
 #include "models/sdxl_pipeline.hpp"
 
 #include <gtest/gtest.h>
+#include <c10/util/Logging.h>
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
@@ -101,6 +102,37 @@ TEST_F(SdxlPipeline, BadRequestsFailClearly) {
   request.steps = 8;
   request.initial_latents = torch::zeros({1, 4, 8, 8});  // wrong shape for 32x32
   EXPECT_THROW(generate_latents(*pipeline_, request), error);
+}
+
+TEST(MemoryContext, LibTorchEnforcementsThrowInsteadOfAborting) {
+  // Regression: a symbol clash with libsentencepiece once set this flag at load time (see CMakeLists.txt).
+  EXPECT_FALSE(FLAGS_caffe2_use_fatal_for_enforce);
+}
+
+TEST(MemoryContext, AnAllocationThatDoesNotFitNamesWhatWasTried) {
+  // A real allocator failure: 16 TiB of float32 on the CPU.
+  try {
+    with_memory_context("generating a 9999x9999 image in fp32 on cpu", [] { (void)torch::empty({1ll << 42}, torch::kFloat); });
+    FAIL() << "16 TiB must not fit";
+  } catch (const error& failure) {
+    const std::string message = failure.what();
+    EXPECT_EQ(message.rfind("out of memory while generating a 9999x9999 image in fp32 on cpu: ", 0), 0u) << message;
+    EXPECT_NE(message.find("try a smaller image"), std::string::npos) << message;
+  }
+  // A worker's report of a GPU allocation failure (text across the actor boundary) gets the same context.
+  try {
+    with_memory_context("generating", [] { throw error("step 3: worker 1 (predict): CUDA out of memory. Tried to allocate 2 GiB"); });
+    FAIL();
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("out of memory while generating: step 3: worker 1"), std::string::npos);
+  }
+  // Anything else passes unchanged.
+  EXPECT_THROW(with_memory_context("generating", [] { throw std::invalid_argument("bad"); }), std::invalid_argument);
+  try {
+    with_memory_context("generating", [] { throw error("model.safetensors: truncated"); });
+  } catch (const error& failure) {
+    EXPECT_STREQ(failure.what(), "model.safetensors: truncated");
+  }
 }
 
 TEST(SdxlPipelineErrors, MissingComponentIsNamed) {

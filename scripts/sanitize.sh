@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds hybridiff with sanitizers (gcc) and runs the CPU tests under them:
+#   scripts/sanitize.sh address   ASan + UBSan, the whole suite except the gpu label (build-asan/)
+#   scripts/sanitize.sh thread    TSan, the actor/runtime tests and the CLI's parallel modes (build-tsan/)
+# Exits non-zero on any report. The libraries from Debian and the torch wheel are not instrumented: ASan still
+# checks every access made by our code; TSan sees our threads' synchronisation only through what our code does,
+# so its run is limited to the tests where the actors exchange data (see README "Hardening").
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+kind=${1:?usage: scripts/sanitize.sh address|thread}
+case "$kind" in
+  address) build=$root/build-asan tests=(-LE gpu) ;;
+  thread) build=$root/build-tsan tests=(-R "ParallelGeneration|GenerateCli.ParallelModes") ;;
+  *) echo "scripts/sanitize.sh: '$kind': use address or thread" >&2; exit 2 ;;
+esac
+mkdir -p "$build"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYBRIDIFF_SANITIZE="$kind" -DHYBRIDIFF_WITH_CUDA=OFF \
+  >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)"
+suppressions=$root/scripts/sanitizers
+# Leak checking is off: libtorch, CAF and CPython-free torch keep allocations for the process lifetime.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$suppressions/ubsan.supp
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$suppressions/tsan.supp
+export OMP_NUM_THREADS=1  # libgomp's uninstrumented thread pool is invisible to TSan
+ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --timeout 900 "${tests[@]}"
