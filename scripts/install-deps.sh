@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what hybridiff builds against, on Debian 12 as root (or with sudo). Idempotent: skips what is present.
 #   Debian packages: CAF 0.17.6, spdlog, Boost.Program_options, GoogleTest, nlohmann-json, libpng, SentencePiece,
-#                    ccache, the Fashion-MNIST dataset (the built-in model's training data).
+#                    ccache, clang with its sanitizer/libFuzzer runtime (scripts/fuzz.sh).
 #   PyPI: torch==2.11.0, whose bundled LibTorch is the C++ library we link (the same version as the GPU machine).
 set -euo pipefail
 
 debian_packages=(cmake g++ make ccache libcaf-dev libspdlog-dev libboost-program-options-dev
-  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev libsentencepiece-dev)
+  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev libsentencepiece-dev clang libclang-rt-14-dev)
 torch_version=2.11.0
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
