@@ -19,7 +19,8 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYBRIDIFF_SANIT
 cmake --build "$build" -j "$(nproc)"
 suppressions=$root/scripts/sanitizers
 # Leak checking is off: libtorch, CAF and CPython-free torch keep allocations for the process lifetime.
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
+# allocator_may_return_null: an allocation that cannot fit fails as it does without ASan (the OOM tests need it).
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$suppressions/ubsan.supp
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$suppressions/tsan.supp
 export OMP_NUM_THREADS=1  # libgomp's uninstrumented thread pool is invisible to TSan
