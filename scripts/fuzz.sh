@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of tests/fuzz with clang (ASan + UBSan) into build-fuzz/ and runs each one on a
 # working copy of its seed corpus (tests/fuzz/corpus/<target>, plus what earlier runs found).
-#   scripts/fuzz.sh                 smoke run: 10 s per target (CI)
+#   scripts/fuzz.sh                 smoke run: 8 s per target (CI)
 #   scripts/fuzz.sh -runs=1000000   each target for a million executions (the issue's bar)
 #   scripts/fuzz.sh -max_total_time=600 ...   any libFuzzer flags
+#   FUZZ_TARGETS="config model_index" scripts/fuzz.sh ...   some of the targets
 # A finding (crash, sanitizer report, an exception other than hybridiff::error, a leak) stops with a non-zero
 # exit; the reproducer lands in build-fuzz/artifacts/.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${FUZZ_BUILD_DIR:-$root/build-fuzz}
 flags=("$@")
-[ ${#flags[@]} -gt 0 ] || flags=(-max_total_time=10)
+[ ${#flags[@]} -gt 0 ] || flags=(-max_total_time=8)
 command -v clang++ >/dev/null || { echo "scripts/fuzz.sh: clang++ is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 mkdir -p "$build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DHYBRIDIFF_FUZZ=ON \
@@ -20,7 +21,7 @@ mkdir -p "$build/artifacts"
 # The CAF seeds are serialised by the target itself (the wire format is CAF's).
 mkdir -p "$build/corpus/caf_messages"
 HYBRIDIFF_WRITE_SEEDS="$build/corpus/caf_messages" "$build/tests/fuzz/fuzz_caf_messages" -runs=0 >/dev/null 2>&1
-for target in safetensors config clip_prompt clip_files caf_messages; do
+for target in ${FUZZ_TARGETS:-safetensors config model_index clip_prompt clip_files caf_messages}; do
   corpus="$build/corpus/$target"
   mkdir -p "$corpus"
   [ ! -d "$root/tests/fuzz/corpus/$target" ] || cp -n "$root/tests/fuzz/corpus/$target/"* "$corpus/"

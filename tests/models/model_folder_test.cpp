@@ -114,6 +114,17 @@ TEST(ModelFolderErrors, MissingComponentFolder) {
   EXPECT_NE(message.find("has no folder"), std::string::npos) << message;
 }
 
+TEST(ModelFolderErrors, ComponentNamesCannotReachOutsideTheFolder) {
+  temp_dir dir;
+  std::filesystem::create_directories(dir / "inside");
+  write_file(dir / "inside" / "model_index.json",
+             R"({"_class_name": "StableDiffusionXLPipeline", "../outside": ["diffusers", "AutoencoderKL"]})");
+  std::filesystem::create_directories(dir / "outside");
+  write_file(dir / "outside" / "config.json", R"({"_class_name": "AutoencoderKL"})");
+  auto message = error_of([&] { model_folder::open(dir / "inside"); });
+  EXPECT_NE(message.find("component name '../outside' is not a plain name"), std::string::npos) << message;
+}
+
 TEST(ModelFolderErrors, ComponentWithoutConfig) {
   temp_dir dir;
   write_file(dir / "model_index.json",
