@@ -38,8 +38,10 @@ model_folder model_folder::open(const std::filesystem::path& dir) {
         throw error(index_path.string() + ": component '" + name + "' is not a [library, class] pair");
       if (entry[0].is_null() || entry[1].is_null()) continue;  // optional component left out
       // A component is a sub-folder named like a Python attribute; a name with '/' or ".." would reach outside.
-      if (!std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isalnum(c) || c == '_'; }))
-        throw error(index_path.string() + ": component name '" + name + "' is not a plain name (letters, digits, _)");
+      if (name.size() > 128 ||
+          !std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isalnum(c) || c == '_'; }))
+        throw error(index_path.string() + ": component name '" + name.substr(0, 128) +
+                    "' is not a plain name (up to 128 letters, digits and _)");
       if (!entry[0].is_string() || !entry[1].is_string())
         throw error(index_path.string() + ": component '" + name + "' is not a [library, class] pair of strings");
       component part{name, entry[0].get<std::string>(), entry[1].get<std::string>(), dir / name};
