@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
+#include "models/pipeline.hpp"
 #include "models/random_pipeline.hpp"
 #include "models/sd3_transformer.hpp"
 #include "models/unet.hpp"
@@ -149,12 +150,18 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
       std::vector<double> step_ms;
       auto last = std::chrono::steady_clock::now();
       const auto begin = last;
-      auto result = session.generate(request, [&](std::int64_t, std::int64_t, const at::Tensor& latents) {
-        synchronize(latents.device());
-        auto now = std::chrono::steady_clock::now();
-        step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
-        last = now;
-      });
+      parallel_result result;
+      models::with_memory_context("running --run \"" + run.label + "\" at " + std::to_string(size) + "x" +
+                                      std::to_string(size) + " in " + dtype_text,
+                                  [&] {
+                                    result = session.generate(request, [&](std::int64_t, std::int64_t,
+                                                                           const at::Tensor& latents) {
+                                      synchronize(latents.device());
+                                      auto now = std::chrono::steady_clock::now();
+                                      step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+                                      last = now;
+                                    });
+                                  });
       if (round < warmup) continue;
       const double total = std::chrono::duration<double, std::milli>(last - begin).count();
       entry["generation_ms"] = total;
@@ -288,16 +295,22 @@ int run_bench(const std::vector<std::string>& args) {
   }
 #endif
   for (auto batch : batches) {
-    prepare(batch);
-    for (std::int64_t i = 0; i < warmup; ++i) step();
-    synchronize(device);
     std::vector<double> milliseconds;
-    for (std::int64_t i = 0; i < iters; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      step();
-      synchronize(device);
-      milliseconds.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-    }
+    models::with_memory_context(
+        "timing " + class_name + " at batch " + std::to_string(batch) + ", " + std::to_string(size) + "x" +
+            std::to_string(size) + " in " + dtype_text + " on " + device.str(),
+        [&] {
+          prepare(batch);
+          for (std::int64_t i = 0; i < warmup; ++i) step();
+          synchronize(device);
+          for (std::int64_t i = 0; i < iters; ++i) {
+            auto start = std::chrono::steady_clock::now();
+            step();
+            synchronize(device);
+            milliseconds.push_back(
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+          }
+        });
     report["batches"].push_back({{"batch", batch},
                                  {"step_ms_median", percentile(milliseconds, 0.5)},
                                  {"step_ms_p10", percentile(milliseconds, 0.1)},
