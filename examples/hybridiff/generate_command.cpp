@@ -14,6 +14,7 @@
 #include "models/image_io.hpp"
 #include "models/pipeline.hpp"
 #include "models/safetensors.hpp"
+#include "runtime/bootstrap.hpp"
 
 namespace hybridiff::cli {
 
@@ -90,6 +91,12 @@ int run_generate(const std::vector<std::string>& args) {
   auto parsed = parse(line, args);
   if (!parsed) return 0;
   const auto& values = *parsed;
+  // Started by `hybridiff launch`, torchrun or SLURM: each process generates its own image for now (the
+  // multi-process runtime that spreads one image over the processes is not written yet).
+  const auto process = runtime::discover_placement(runtime::process_environment());
+  if (process.world_size > 1)
+    spdlog::info("rank {} of {} ({}): this process generates its own image", process.rank, process.world_size,
+                 process.source);
   auto pick = [&](const char* name, const char* alias) -> const po::variable_value* {
     if (values.count(name) && values.count(alias)) throw usage_error(std::string("give --") + name + " or --" + alias + ", not both");
     if (values.count(name)) return &values[name];

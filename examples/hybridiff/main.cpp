@@ -25,6 +25,7 @@ const subcommand subcommands[] = {
     {"schedule", "schedule tools: 'schedule simulate' replays the tau detection on a metric file",
      hybridiff::cli::run_schedule},
     {"bench", "time denoiser steps of a model built from a config with random weights (JSON)", hybridiff::cli::run_bench},
+    {"launch", "start N local processes of a subcommand with the torchrun-style environment", hybridiff::cli::run_launch},
 };
 
 void print_overview(std::ostream& out) {

@@ -1,6 +1,8 @@
 // `hybridiff generate` run as a user runs it: the binary, its flags, its files.
+#include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -182,6 +184,25 @@ TEST(GenerateCli, DevicesGiveEachWorkerItsDevice) {
   auto too_few = run_hybridiff(common + " --devices cpu");
   EXPECT_EQ(too_few.exit_code, 2) << too_few.output;
   EXPECT_NE(too_few.output.find("--devices lists 1 devices for 2 workers"), std::string::npos) << too_few.output;
+}
+
+}  // namespace
+}  // namespace hybridiff
+
+namespace hybridiff {
+namespace {
+
+TEST(LaunchCli, TheFirstFailureStopsTheOtherRanks) {
+  test::temp_dir dir;
+  // Rank 1 hangs: opening a FIFO that nobody writes blocks. Rank 0 fails at once: its metric file is missing.
+  ASSERT_EQ(::mkfifo((dir / "metrics_1").c_str(), 0600), 0);
+  const auto started = std::chrono::steady_clock::now();
+  auto result = run_hybridiff("launch --nproc 2 --grace 1 -- schedule simulate --steps 30 --metric-file " +
+                              quoted(dir / "metrics_{rank}"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("rank 0 exited with status 1; stopping the other 1 process(es)"), std::string::npos)
+      << result.output;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));  // rank 1 did not keep it alive
 }
 
 }  // namespace
