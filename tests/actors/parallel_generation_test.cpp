@@ -123,6 +123,25 @@ at::Tensor stale(models::diffusion_pipeline& pipeline, const at::Tensor& x, cons
   return pipeline.predict(x, t, c, &runner);
 }
 
+// What every hand composition starts from: the request's plan, the prompt's conditioning, the sampler with its
+// timesteps and the initial latents (32 × 32 pixels).
+struct hand_start {
+  models::generation_plan plan;
+  models::prompt_conditioning cond;
+  std::unique_ptr<models::sampler> sampler;
+  at::Tensor latents;
+};
+
+hand_start start_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request) {
+  hand_start start;
+  start.plan = pipeline.plan(request);
+  start.cond = pipeline.encode_prompt(request, start.plan);
+  start.sampler = pipeline.make_sampler("");
+  start.sampler->set_timesteps(start.plan.steps);
+  start.latents = models::initial_latents(request, pipeline.latent_shape(32, 32), start.sampler->init_noise_sigma(), {});
+  return start;
+}
+
 // Hybrid on 2 workers: CFG steps, a fill step that records every module (on each worker's branch), then pipeline
 // steps where worker 1 (conditional, owns the outer shell) runs its modules and takes worker 0's from worker 0's
 // previous step, and worker 0 (unconditional, owns the core) likewise. With `time_shift`, pipeline steps feed the
@@ -130,13 +149,9 @@ at::Tensor stale(models::diffusion_pipeline& pipeline, const at::Tensor& x, cons
 at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
                           int tau2, bool time_shift = false) {
   torch::NoGradGuard no_grad;
-  const auto plan = pipeline.plan(request);
-  const auto cond = pipeline.encode_prompt(request, plan);
+  auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
   const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
   const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
-  auto sampler = pipeline.make_sampler("");
-  sampler->set_timesteps(plan.steps);
-  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
   module_map previous;  // every module's output by its owner, last step
   for (int i = 0; i < plan.steps; ++i) {
     auto x = sampler->scale_model_input(latents, i);
@@ -211,13 +226,9 @@ TEST_F(ParallelGeneration, FourWorkersAndSd3Run) {
 at::Tensor split_branches_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request,
                                   int warmup) {
   torch::NoGradGuard no_grad;
-  const auto plan = pipeline.plan(request);
-  const auto cond = pipeline.encode_prompt(request, plan);
+  auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
   const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
   const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
-  auto sampler = pipeline.make_sampler("");
-  sampler->set_timesteps(plan.steps);
-  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
   module_map previous[2];  // per branch
   for (int i = 0; i < plan.steps; ++i) {
     auto x = sampler->scale_model_input(latents, i);
@@ -276,14 +287,10 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
 // worker runs the shell on x_i at t_i (step i's prediction); between rounds nobody computes.
 at::Tensor stride_two_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int warmup) {
   torch::NoGradGuard no_grad;
-  const auto plan = pipeline.plan(request);
-  const auto cond = pipeline.encode_prompt(request, plan);
+  auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
   const auto both = models::branch_conditioning::stack(cond.negative, cond.positive);
   const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 2);
-  auto sampler = pipeline.make_sampler("");
-  sampler->set_timesteps(plan.steps);
   const auto& timesteps = sampler->timesteps();
-  auto latents = models::initial_latents(request, pipeline.latent_shape(32, 32), sampler->init_noise_sigma(), {});
   module_map previous;
   at::Tensor ahead;
   for (int i = 0; i < plan.steps; ++i) {
