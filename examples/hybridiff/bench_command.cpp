@@ -111,7 +111,19 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
                           const std::filesystem::path& scheduler_dir, std::int64_t steps, std::int64_t size,
                           std::int64_t warmup, const c10::Device& device, const std::string& dtype_text) {
   std::vector<bench_run> runs;
-  for (const auto& text : texts) runs.push_back(parse_run(text));  // every run is checked before any work
+  // Every run is checked before any work (the tau defaults follow the model family, as in generate).
+  const bool sd3 = models::read_config(config_dir / "config.json").get_or<std::string>("_class_name", "") ==
+                   "SD3Transformer2DModel";
+  for (const auto& text : texts) {
+    runs.push_back(parse_run(text));
+    auto& options = runs.back().options;
+    if (sd3) options.tau = schedule::tau_settings::sd3();
+    try {
+      validate(options, static_cast<int>(steps));
+    } catch (const std::invalid_argument& bad) {
+      throw usage_error("--run \"" + text + "\": " + bad.what());
+    }
+  }
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   auto replica_on = [&](const c10::Device& worker_device) {
     auto& replica = by_device[worker_device.str()];
@@ -136,12 +148,6 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
       device_names.push_back(worker_device.str());
     }
     report["model"] = replicas.front()->class_name();
-    if (replicas.front()->transformer_blocks() > 0) options.tau = schedule::tau_settings::sd3();
-    try {
-      validate(options, static_cast<int>(steps));
-    } catch (const std::invalid_argument& bad) {
-      throw usage_error("--run \"" + run.label + "\": " + bad.what());
-    }
     parallel_session session(actor_system, replicas, options);
     nlohmann::json entry = {{"run", run.label},           {"mode", to_string(options.mode)}, {"workers", options.workers},
                             {"model_n", options.model_n}, {"stride", options.stride},        {"branch_stages", options.branch_stages},
