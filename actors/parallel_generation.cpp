@@ -217,8 +217,7 @@ class parallel_driver {
   parallel_driver(parallel_session::state& session, const models::generation_request& request,
                   const models::generation_plan& plan)
       : session_(session), system_(session.system), self_(session.self), options_(session.options), plan_(plan),
-        world_(options_.workers), asyncdiff_(options_.mode == parallel_mode::asyncdiff), n_(session.n),
-        output_worker_(session.output_worker), exchange_blocks_(session.exchange_blocks) {
+        world_(options_.workers), asyncdiff_(options_.mode == parallel_mode::asyncdiff) {
     auto& lead = *session.replicas.front();
     const auto conditioning = lead.encode_prompt(request, plan);
     const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
@@ -306,8 +305,6 @@ class parallel_driver {
   const models::generation_plan& plan_;
   const int world_;
   const bool asyncdiff_;
-  const int n_, output_worker_;
-  const bool exchange_blocks_;
   exit_on_scope_end<actors::tau_controller_actor> controller_;
   std::shared_ptr<const models::branch_conditioning> both_branches_;
   std::unique_ptr<models::sampler> sampler_;
@@ -398,7 +395,7 @@ class parallel_driver {
     for (int w : workers) {
       if (!replies[w]) continue;
       for (const auto& [module, value] : replies[w]->owned)
-        if (!window || exchange_blocks_ || module.rfind("transformer_blocks.", 0) != 0) merged[module] = value;
+        if (!window || session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0) merged[module] = value;
     }
     return merged;
   }
@@ -440,7 +437,7 @@ class parallel_driver {
     window_begin_ = static_cast<int>(i);
     auto replies = ask(actors::fill_atom::value, to_each(everyone(), work_for(i, asyncdiff_)), row);
     window_peers_ = std::make_shared<runtime::activation_cache>(merge_owned(replies, stage_workers(), true));
-    const auto output = output_of(replies, output_worker_);
+    const auto output = output_of(replies, session_.output_worker);
     if (asyncdiff_) return guided_batch(output);
     if (options_.conditioning == pp_conditioning::fixed) return models::guide(output_of(replies, 0), output, plan_.guidance);
     return output;  // the reference: the conditional branch, unguided
@@ -448,7 +445,7 @@ class parallel_driver {
 
   // Workers 0 .. n−1 (not the stride-2 extra worker, whose outputs duplicate worker n−1's modules).
   std::vector<int> stage_workers() const {
-    std::vector<int> stages(n_);
+    std::vector<int> stages(session_.n);
     std::iota(stages.begin(), stages.end(), 0);
     return stages;
   }
@@ -462,7 +459,7 @@ class parallel_driver {
     if (options_.stride == 1) {
       work->timestep = timestep(i - shift);
       replies = ask(actors::stage_atom::value, to_each(everyone(), work), row);
-      output = output_of(replies, output_worker_);
+      output = output_of(replies, session_.output_worker);
     } else if ((i - window_begin_ - 1) % 2 == 0) {
       // Stride 2, a compute round: components 0 .. n−1 run on x_i at the next step's timestep (their output is
       // the next step's prediction); the extra worker runs the last component at this step's timestep.
@@ -470,10 +467,10 @@ class parallel_driver {
       ahead->timestep = timestep(i + 1 - shift);
       work->timestep = timestep(i - shift);
       auto requests = to_each(stage_workers(), ahead);
-      requests.push_back({n_, work});
+      requests.push_back({session_.n, work});
       replies = ask(actors::stage_atom::value, requests, row);
-      output = output_of(replies, n_);
-      held_ = output_of(replies, output_worker_);
+      output = output_of(replies, session_.n);
+      held_ = output_of(replies, session_.output_worker);
     } else {
       output = held_;  // stride 2, the step between rounds: computed ahead, nobody computes
     }

@@ -109,7 +109,8 @@ bench_run parse_run(const std::string& text) {
 // parallel session of its own over replicas shared by all runs (one per device, the same weights).
 nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::filesystem::path& config_dir,
                           const std::filesystem::path& scheduler_dir, std::int64_t steps, std::int64_t size,
-                          std::int64_t warmup, const c10::Device& device, const std::string& dtype_text) {
+                          std::int64_t warmup, const c10::Device& device, at::ScalarType dtype,
+                          const std::string& dtype_text) {
   std::vector<bench_run> runs;
   // Every run is checked before any work (the tau defaults follow the model family, as in generate).
   const bool sd3 = models::read_config(config_dir / "config.json").get_or<std::string>("_class_name", "") ==
@@ -127,7 +128,7 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   auto replica_on = [&](const c10::Device& worker_device) {
     auto& replica = by_device[worker_device.str()];
-    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, parse_dtype(dtype_text), ""});
+    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, dtype, ""});
     return replica;
   };
   models::generation_request request;
@@ -240,7 +241,7 @@ int run_bench(const std::vector<std::string>& args) {
     if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
     std::cout << bench_runs(values["run"].as<std::vector<std::string>>(), config_dir,
                             values["scheduler-config"].as<std::string>(), values["steps"].as<std::int64_t>(), size, warmup,
-                            device, dtype_text)
+                            device, dtype, dtype_text)
                      .dump(2)
               << std::endl;
     return 0;

@@ -167,14 +167,14 @@ int run_generate(const std::vector<std::string>& args) {
   if (values.count("eps_slope")) parallel_settings.tau.eps_slope = values["eps_slope"].as<double>();
   if (values.count("k")) parallel_settings.tau.k = values["k"].as<int>();
   if (values.count("tau_cap")) parallel_settings.tau.tau_cap = values["tau_cap"].as<int>();
+  const auto settled = pipeline->plan(request);  // steps and size after the model's defaults
   try {
-    validate(parallel_settings, static_cast<int>(pipeline->plan(request).steps));
+    validate(parallel_settings, static_cast<int>(settled.steps));
   } catch (const std::invalid_argument& bad) {
     throw usage_error(bad.what());
   }
   caf::actor_system_config actor_config;
   caf::actor_system actor_system{actor_config};
-  const auto settled = pipeline->plan(request);
   const std::string where = values.count("devices") ? values["devices"].as<std::string>() : placement.device.str();
   const auto what = "generating a " + std::to_string(settled.height) + "x" + std::to_string(settled.width) +
                     " image in " + values["dtype"].as<std::string>() + " on " + where + " with " +
