@@ -24,4 +24,10 @@ struct step_reply {
   runtime::activation_cache owned;  ///< fill and stage: the worker's owned modules' outputs
 };
 
+/// What a worker needs to start an image.
+struct image_setup {
+  models::branch_conditioning conditioning;  ///< its guidance branch (cfg, hybrid) or both stacked (asyncdiff)
+  models::branch_conditioning window;        ///< fill and pipeline steps (hybrid's `cond` window); undefined: the same
+};
+
 }  // namespace hybridiff::actors

@@ -21,6 +21,7 @@
 namespace hybridiff {
 namespace {
 
+using actors::image_setup_ptr;
 using actors::step_reply_ptr;
 using actors::step_request;
 
@@ -189,7 +190,6 @@ struct parallel_session::state {
   caf::scoped_actor self;
   parallel_options options;
   std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
-  std::vector<std::shared_ptr<runtime::stage_worker>> stages;
   std::vector<actors::worker_actor> workers;
   actors::supervisor_actor supervisor;
   int n = 2;              // components of the window split (the stride-2 extra worker is worker n)
@@ -222,23 +222,21 @@ class parallel_driver {
     const auto conditioning = lead.encode_prompt(request, plan);
     const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
     both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
-    // Every worker starts the image as a CFG branch with empty caches and this image's conditioning (the workers
-    // are idle between images: the reconfigure replies order these writes before their next request).
-    for (int w = 0; w < world_; ++w)
-      self_->request(session.worker(w), options_.step_timeout, actors::reconfigure_atom::value,
-                     static_cast<std::int32_t>(actors::worker_role::cfg_branch))
-          .receive([](std::int32_t) {},
-                   [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system_, problem)); });
-    for (int w = 0; w < world_; ++w) {
-      auto& stage = *session.stages[w];
-      stage.clear_cache();
-      if (asyncdiff_) {
-        stage.set_conditioning(stacked);
-      } else {
-        stage.set_conditioning(w < world_ / 2 ? conditioning.negative : conditioning.positive);
-        if (options_.conditioning == pp_conditioning::cond) stage.set_window_conditioning(conditioning.positive);
-      }
+    // Every worker starts the image as a CFG branch with empty caches and this image's conditioning.
+    auto cond_window = options_.conditioning == pp_conditioning::cond && !asyncdiff_ ? conditioning.positive
+                                                                                      : models::branch_conditioning{};
+    auto setups = asyncdiff_ ? std::vector<image_setup_ptr>(world_, std::make_shared<const actors::image_setup>(
+                                                                        actors::image_setup{stacked, {}}))
+                             : std::vector<image_setup_ptr>{};
+    if (!asyncdiff_) {
+      auto uncond = std::make_shared<const actors::image_setup>(actors::image_setup{conditioning.negative, cond_window});
+      auto cond = std::make_shared<const actors::image_setup>(actors::image_setup{conditioning.positive, cond_window});
+      for (int w = 0; w < world_; ++w) setups.push_back(w < world_ / 2 ? uncond : cond);
     }
+    for (int w = 0; w < world_; ++w)
+      self_->request(session.worker(w), options_.step_timeout, actors::prepare_atom::value, setups[w])
+          .receive([](bool) {},
+                   [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system_, problem)); });
     controller_.actor =
         actors::spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
 
@@ -535,15 +533,15 @@ parallel_session::parallel_session(caf::actor_system& system,
   session.output_worker = window.output_component();
   session.exchange_blocks =
       !(family == schedule::denoiser_family::sd3_transformer && options.conditioning == pp_conditioning::reference);
+  auto names = [](const schedule::component& c) { return std::vector<std::string>(c.modules.begin(), c.modules.end()); };
+  for (int w = 0; w < options.workers; ++w)
+    session.workers.push_back(actors::spawn_worker(system, std::make_shared<runtime::stage_worker>(session.replicas[w], w)));
   for (int w = 0; w < options.workers; ++w) {
-    auto stage = std::make_shared<runtime::stage_worker>(session.replicas[w], w);
-    auto set = [&](runtime::split_scope scope, const schedule::component& c) {
-      stage->set_component(scope, {c.modules.begin(), c.modules.end()});
-    };
-    set(runtime::split_scope::window, window.components[window.component_of(w)]);
-    if (options.branch_stages == 2) set(runtime::split_scope::branch, branch.components[w % 2]);
-    session.stages.push_back(stage);
-    session.workers.push_back(actors::spawn_worker(system, stage));
+    auto branch_modules = options.branch_stages == 2 ? names(branch.components[w % 2]) : std::vector<std::string>{};
+    session.self->request(session.worker(w), options.step_timeout, actors::assign_atom::value,
+                          names(window.components[window.component_of(w)]), branch_modules)
+        .receive([](bool) {},
+                 [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system, problem)); });
   }
   session.supervisor = actors::spawn_supervisor(system, session.workers);
 }

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "caf/all.hpp"
 
@@ -12,8 +14,10 @@ namespace hybridiff::actors {
 
 struct step_request;
 struct step_reply;
+struct image_setup;
 using step_request_ptr = std::shared_ptr<const step_request>;
 using step_reply_ptr = std::shared_ptr<const step_reply>;
+using image_setup_ptr = std::shared_ptr<const image_setup>;
 
 using predict_atom = caf::atom_constant<caf::atom("predict")>;    ///< a full forward pass (CFG branch)
 using fill_atom = caf::atom_constant<caf::atom("fill")>;          ///< first window step: full pass, fill caches
@@ -23,6 +27,8 @@ using metric_atom = caf::atom_constant<caf::atom("metric")>;      ///< end of st
 using phase_atom = caf::atom_constant<caf::atom("phase")>;        ///< which phase a step runs in
 using lost_atom = caf::atom_constant<caf::atom("lost")>;          ///< is a worker's actor gone?
 using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the supervisor's wait for a down message ended
+using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< a worker's components (module names)
+using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new image: conditioning, CFG branch, no cache
 
 /// A worker's behaviour, switched with `become` when the tau controller says so.
 enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
@@ -30,11 +36,15 @@ enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
 /// A worker. `cfg_branch` answers predict (a full forward pass), and fill and stage with its branch component (a
 /// guidance branch split as a pipeline over several workers); `pipeline_stage` answers fill and stage with its
 /// window component. A request the current behaviour does not serve is answered with an error naming both.
-/// reconfigure replies with the new role.
+/// reconfigure replies with the new role. assign sets the modules the worker owns in pipelined steps (window
+/// split, branch split); prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
 using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
-                                      caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>>;
+                                      caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>,
+                                      caf::replies_to<assign_atom, std::vector<std::string>,
+                                                      std::vector<std::string>>::with<bool>,
+                                      caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
 /// slope the detector computed (NaN when none) and tau1, tau2 (−1 while undecided).
@@ -65,3 +75,4 @@ using supervisor_actor = caf::typed_actor<caf::replies_to<lost_atom, std::int32_
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_request_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_reply_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::image_setup_ptr)

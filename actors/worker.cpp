@@ -45,6 +45,28 @@ caf::error wrong_behaviour(worker_pointer self, const char* request, const char*
 }
 
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
+worker_actor::behavior_type cfg_branch(worker_pointer self);
+
+bool assign(worker_pointer self, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+  auto& worker = *self->state.worker;
+  worker.set_component(runtime::split_scope::window, {window.begin(), window.end()});
+  worker.set_component(runtime::split_scope::branch, {branch.begin(), branch.end()});
+  return true;
+}
+
+caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
+  auto& worker = *self->state.worker;
+  try {
+    worker.clear_cache();
+    worker.set_conditioning(setup->conditioning);
+    worker.set_window_conditioning(setup->window);
+  } catch (const std::exception& failure) {
+    return caf::make_error(caf::sec::runtime_error,
+                           "worker " + std::to_string(worker.rank()) + " (prepare): " + failure.what());
+  }
+  self->become(cfg_branch(self));
+  return true;
+}
 
 // fill and stage requests in `scope`: the first step of a pipelined run, and a stale-activation step.
 caf::result<step_reply_ptr> fill(worker_pointer self, const step_request_ptr& request, runtime::split_scope scope) {
@@ -78,6 +100,10 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
         return role;
       },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+        return assign(self, window, branch);
+      },
+      [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }
 
@@ -96,6 +122,10 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         }
         return role;
       },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+        return assign(self, window, branch);
+      },
+      [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }
 
