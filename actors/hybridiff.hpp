@@ -15,6 +15,10 @@
 
 namespace hybridiff {
 
+namespace actors {
+class cluster_host;
+}
+
 /// none: one worker, CFG batched. cfg: one worker per guidance branch. asyncdiff: AsyncDiff model parallelism
 /// with CFG batched inside every component, after `warmup` steps. hybrid: CFG data parallelism, AsyncDiff in the
 /// window [tau1, tau2] (detected online unless tau1/tau2 are given), CFG again.
@@ -84,10 +88,12 @@ struct parallel_result {
 /// throw hybridiff::error here; request-dependent ones (steps vs tau_cap + k, ...) in `generate`. One image at a
 /// time (not thread-safe). A worker lost during an image is survived for that image (see generate_parallel); later
 /// images of the session then fail with an error: start a new session.
+/// With a `cluster` (rank 0 of a multi-process run, actors/cluster.hpp), the workers of the other ranks follow the
+/// local ones: replicas.size() + cluster->workers().size() must equal options.workers.
 class parallel_session {
  public:
   parallel_session(caf::actor_system& system, std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
-                   const parallel_options& options);
+                   const parallel_options& options, const actors::cluster_host* cluster = nullptr);
   ~parallel_session();
   parallel_session(const parallel_session&) = delete;
   parallel_session& operator=(const parallel_session&) = delete;

@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "actors/hybridiff.hpp"
+#include "actors/cluster.hpp"
 #include "actors/messages.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/tau_controller.hpp"
@@ -202,7 +203,9 @@ struct parallel_session::state {
       : system(actor_system), self(actor_system), options(std::move(settings)), replicas(std::move(pipelines)) {}
   ~state() {
     if (supervisor) caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
-    for (auto& worker : workers) caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    // Only the local workers: remote ones (proxies) belong to their cluster_host and serve its later sessions.
+    for (std::size_t w = 0; w < replicas.size() && w < workers.size(); ++w)
+      caf::anon_send_exit(workers[w], caf::exit_reason::user_shutdown);
   }
   const actors::worker_actor& worker(int w) const { return workers[w]; }
 };
@@ -510,12 +513,13 @@ class parallel_driver {
 
 parallel_session::parallel_session(caf::actor_system& system,
                                    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
-                                   const parallel_options& options)
+                                   const parallel_options& options, const actors::cluster_host* cluster)
     : state_(std::make_unique<state>(system, std::move(replicas), options)) {
   auto& session = *state_;
-  if (session.replicas.size() != static_cast<std::size_t>(options.workers))
-    throw error("parallel session: " + std::to_string(session.replicas.size()) + " replicas for " +
-                std::to_string(options.workers) + " workers");
+  const std::size_t remote = cluster ? cluster->workers().size() : 0;
+  if (session.replicas.empty() || session.replicas.size() + remote != static_cast<std::size_t>(options.workers))
+    throw error("parallel session: " + std::to_string(session.replicas.size()) + " local replica(s) and " +
+                std::to_string(remote) + " remote worker(s) for " + std::to_string(options.workers) + " workers");
   try {
     validate_structure(options);
   } catch (const std::invalid_argument& bad) {
@@ -534,8 +538,11 @@ parallel_session::parallel_session(caf::actor_system& system,
   session.exchange_blocks =
       !(family == schedule::denoiser_family::sd3_transformer && options.conditioning == pp_conditioning::reference);
   auto names = [](const schedule::component& c) { return std::vector<std::string>(c.modules.begin(), c.modules.end()); };
-  for (int w = 0; w < options.workers; ++w)
-    session.workers.push_back(actors::spawn_worker(system, std::make_shared<runtime::stage_worker>(session.replicas[w], w)));
+  for (std::size_t w = 0; w < session.replicas.size(); ++w)
+    session.workers.push_back(
+        actors::spawn_worker(system, std::make_shared<runtime::stage_worker>(session.replicas[w], static_cast<int>(w))));
+  if (cluster)
+    for (const auto& proxy : cluster->workers()) session.workers.push_back(proxy);
   for (int w = 0; w < options.workers; ++w) {
     auto branch_modules = options.branch_stages == 2 ? names(branch.components[w % 2]) : std::vector<std::string>{};
     session.self->request(session.worker(w), options.step_timeout, actors::assign_atom::value,

@@ -1,4 +1,5 @@
 #include <chrono>
+#include <csignal>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -8,6 +9,7 @@
 
 #include <caf/all.hpp>
 
+#include "actors/cluster.hpp"
 #include "actors/hybridiff.hpp"
 #include "cli.hpp"
 #include "models/errors.hpp"
@@ -86,17 +88,41 @@ int run_generate(const std::vector<std::string>& args) {
        "(every stage on the prompt)")
       ("trace", po::value<std::string>()->value_name("FILE.csv"),
        "write one row per step: step, mode, rel-MAE, slope, per-worker compute ms, tau1/tau2 when decided");
-  line.options.add(parallel);
+  po::options_description processes(
+      "Several processes (started by `hybridiff launch`, torchrun or SLURM: RANK, WORLD_SIZE, MASTER_ADDR,\n"
+      "MASTER_PORT; see deploy/). One worker per process on its --device; rank 0 runs the schedule and writes the\n"
+      "image, the other ranks serve their worker until it is done");
+  processes.add_options()
+      ("transport", po::value<std::string>()->default_value("auto")->value_name("T"),
+       "how tensors travel between processes: nccl (GPUs), cpu (a TCPStore on rank 0 at MASTER_PORT + 1), or auto "
+       "(nccl on a CUDA --device)")
+      ("rendezvous-timeout", po::value<double>()->default_value(60)->value_name("S"),
+       "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")
+      ("debug-kill-after", po::value<int>()->value_name("N"),
+       "fault injection, for testing deployments: this process kills itself (SIGKILL) at its N-th step (rank 0) "
+       "or N-th step request (other ranks)");
+  line.options.add(parallel).add(processes);
   // clang-format on
   auto parsed = parse(line, args);
   if (!parsed) return 0;
   const auto& values = *parsed;
-  // Started by `hybridiff launch`, torchrun or SLURM: each process generates its own image for now (the
-  // multi-process runtime that spreads one image over the processes is not written yet).
+  // Started by `hybridiff launch`, torchrun or SLURM: one worker per process, rank 0 drives.
   const auto process = runtime::discover_placement(runtime::process_environment());
-  if (process.world_size > 1)
-    spdlog::info("rank {} of {} ({}): this process generates its own image", process.rank, process.world_size,
-                 process.source);
+  const bool distributed = process.world_size > 1;
+  if (distributed) {
+    spdlog::info("rank {} of {} ({}), rank 0 at {}:{}", process.rank, process.world_size, process.source,
+                 process.master_addr, process.master_port);
+    const auto world = std::to_string(process.world_size);
+    if (values["parallel"].as<std::string>() == "none")
+      throw usage_error("--parallel none runs in one process; this one was started as rank " +
+                        std::to_string(process.rank) + " of WORLD_SIZE " + world + " (pick cfg, asyncdiff or hybrid)");
+    if (values.count("devices"))
+      throw usage_error("--devices places several workers in one process; with WORLD_SIZE " + world +
+                        " every process runs one worker on its --device (e.g. --device cuda:{local_rank})");
+    if (values.count("workers") && values["workers"].as<int>() != process.world_size)
+      throw usage_error("--workers " + std::to_string(values["workers"].as<int>()) + " with WORLD_SIZE " + world +
+                        ": every process runs one worker");
+  }
   auto pick = [&](const char* name, const char* alias) -> const po::variable_value* {
     if (values.count(name) && values.count(alias)) throw usage_error(std::string("give --") + name + " or --" + alias + ", not both");
     if (values.count(name)) return &values[name];
@@ -144,13 +170,26 @@ int run_generate(const std::vector<std::string>& args) {
   auto optional_int = [&](const char* name) {
     return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
   };
-  apply_worker_defaults(parallel_settings, optional_int("workers"), optional_int("model_n"), optional_int("branch-stages"));
+  apply_worker_defaults(parallel_settings, distributed ? std::optional<int>(process.world_size) : optional_int("workers"),
+                        optional_int("model_n"), optional_int("branch-stages"));
+  actors::cluster_options cluster_settings;
+  cluster_settings.device = placement.device;
+  cluster_settings.rendezvous_timeout = std::chrono::milliseconds(
+      static_cast<std::int64_t>(1000 * values["rendezvous-timeout"].as<double>()));
+  if (cluster_settings.rendezvous_timeout.count() <= 0) throw usage_error("--rendezvous-timeout must be positive");
+  cluster_settings.request_timeout = parallel_settings.step_timeout;
+  if (values.count("debug-kill-after")) cluster_settings.kill_after = values["debug-kill-after"].as<int>();
+  try {
+    cluster_settings.transport = runtime::parse_transport(values["transport"].as<std::string>(), placement.device);
+  } catch (const error& bad) {
+    throw usage_error(bad.what());
+  }
   if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
   if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
 
-  // One device per worker; workers on the same device share a replica.
+  // One device per worker of this process; workers on the same device share a replica.
   const auto devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
-                                         parallel_settings.workers, placement.device);
+                                         distributed ? 1 : parallel_settings.workers, placement.device);
   auto started = std::chrono::steady_clock::now();
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
@@ -171,10 +210,19 @@ int run_generate(const std::vector<std::string>& args) {
   try {
     validate(parallel_settings, static_cast<int>(settled.steps));
   } catch (const std::invalid_argument& bad) {
-    throw usage_error(bad.what());
+    throw usage_error(std::string(bad.what()) +
+                      (distributed ? " (WORLD_SIZE " + std::to_string(process.world_size) + ": one worker per process)" : ""));
   }
   caf::actor_system_config actor_config;
+  if (distributed) actors::configure_cluster(actor_config);
   caf::actor_system actor_system{actor_config};
+  if (distributed && process.rank != 0) {
+    actors::serve_worker(actor_system, process, pipeline, cluster_settings);
+    spdlog::info("rank {}: rank 0 finished the run", process.rank);
+    return 0;
+  }
+  std::unique_ptr<actors::cluster_host> cluster;
+  if (distributed) cluster = std::make_unique<actors::cluster_host>(actor_system, process, cluster_settings);
   const std::string where = values.count("devices") ? values["devices"].as<std::string>() : placement.device.str();
   const auto what = "generating a " + std::to_string(settled.height) + "x" + std::to_string(settled.width) +
                     " image in " + values["dtype"].as<std::string>() + " on " + where + " with " +
@@ -182,10 +230,14 @@ int run_generate(const std::vector<std::string>& args) {
   parallel_result result;
   at::Tensor image;
   models::with_memory_context(what, [&] {
-    result = generate_parallel(actor_system, replicas, request, parallel_settings,
-                               [](std::int64_t index, std::int64_t steps, const at::Tensor&) {
-                                 spdlog::debug("step {}/{}", index + 1, steps);
-                               });
+    parallel_session session(actor_system, replicas, parallel_settings, cluster.get());
+    result = session.generate(request, [&](std::int64_t index, std::int64_t steps, const at::Tensor&) {
+      spdlog::debug("step {}/{}", index + 1, steps);
+      if (cluster_settings.kill_after > 0 && index + 1 >= cluster_settings.kill_after) {
+        spdlog::warn("--debug-kill-after {}: killing this process after step {}", cluster_settings.kill_after, index);
+        std::raise(SIGKILL);
+      }
+    });
     image = pipeline->decode(result.latents);
   });
   const auto& latents = result.latents;

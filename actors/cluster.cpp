@@ -1,0 +1,501 @@
+#include "actors/cluster.hpp"
+
+#include <csignal>
+#include <functional>
+#include <future>
+#include <map>
+#include <thread>
+
+#include <caf/io/all.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "actors/messages.hpp"
+#include "actors/worker.hpp"
+#include "models/errors.hpp"
+#include "runtime/stage_worker.hpp"
+
+namespace hybridiff::actors {
+
+using runtime::tensor_meta;
+using tensor_metas = std::vector<tensor_meta>;
+
+void configure_cluster(caf::actor_system_config& config) {
+  config.load<caf::io::middleman>();
+  config.add_message_type<tensor_meta>("hybridiff::tensor_meta");
+  config.add_message_type<tensor_metas>("hybridiff::tensor_metas");
+}
+
+namespace {
+
+// A message's tensors: their descriptions (which travel in the CAF message) and the tensors themselves (which
+// travel over the link, in the same order). Names: latents, timestep, prediction, conditioning.* and window.*
+// (a branch_conditioning's fields), peer:MODULE:K and owned:MODULE:K (an activation cache's entries).
+struct tensor_bundle {
+  tensor_metas metas;
+  std::vector<at::Tensor> tensors;
+
+  void add(const std::string& name, const at::Tensor& tensor) {
+    metas.push_back(runtime::describe_tensor(name, tensor));
+    tensors.push_back(tensor);
+  }
+  void add(const std::string& prefix, const models::branch_conditioning& conditioning) {
+    add(prefix + ".context", conditioning.context);
+    add(prefix + ".pooled", conditioning.pooled);
+    add(prefix + ".time_ids", conditioning.time_ids);
+  }
+  void add(const std::string& prefix, const runtime::activation_cache& cache) {
+    for (const auto& [module, value] : cache)
+      for (std::size_t k = 0; k < value.size(); ++k) add(prefix + ":" + module + ":" + std::to_string(k), value[k]);
+  }
+};
+
+// The inverse of tensor_bundle: the received tensors by name.
+class received_bundle {
+ public:
+  received_bundle(const tensor_metas& metas, std::vector<at::Tensor> tensors) {
+    for (std::size_t i = 0; i < metas.size(); ++i) by_name_.emplace(metas[i].name, std::move(tensors[i]));
+  }
+  bool has(const std::string& name) const { return by_name_.count(name) > 0; }
+  at::Tensor get(const std::string& name) const {
+    auto found = by_name_.find(name);
+    if (found == by_name_.end()) throw error("remote message: no tensor '" + name + "'");
+    return found->second;
+  }
+  models::branch_conditioning conditioning(const std::string& prefix) const {
+    return {get(prefix + ".context"), get(prefix + ".pooled"), get(prefix + ".time_ids")};
+  }
+  runtime::activation_cache cache(const std::string& prefix) const {
+    runtime::activation_cache cache;
+    const auto start = prefix + ":";
+    for (const auto& [name, tensor] : by_name_) {
+      if (name.rfind(start, 0) != 0) continue;
+      const auto split = name.rfind(':');
+      const auto module = name.substr(start.size(), split - start.size());
+      const auto k = std::stoul(name.substr(split + 1));
+      auto& value = cache[module];
+      if (value.size() <= k) value.resize(k + 1);
+      value[k] = tensor;
+    }
+    return cache;
+  }
+
+ private:
+  std::map<std::string, at::Tensor> by_name_;
+};
+
+std::string describe_failure(caf::actor_system& system, const caf::error& failure) {
+  if (failure.context().match_elements<std::string>()) return failure.context().get_as<std::string>(0);
+  return system.render(failure);
+}
+
+caf::error failure(const std::string& what) { return caf::make_error(caf::sec::runtime_error, what); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rank 0: the registry (published) and one proxy per remote worker.
+
+struct registry_state {
+  int world_size = 1;
+  std::string transport;
+  runtime::link_factory* links = nullptr;
+  std::map<int, std::pair<caf::actor, std::vector<char>>> registered;  // rank -> (host, offer)
+  std::vector<caf::response_promise> collectors;
+  static inline const char* name = "hybridiff.registry";
+};
+
+bool complete(const registry_state& state) { return static_cast<int>(state.registered.size()) == state.world_size - 1; }
+
+void deliver_if_complete(caf::stateful_actor<registry_state>* self) {
+  auto& state = self->state;
+  if (!complete(state)) return;
+  std::vector<caf::actor> hosts;
+  std::vector<std::vector<char>> offers;
+  for (auto& [rank, entry] : state.registered) {
+    hosts.push_back(entry.first);
+    offers.push_back(entry.second);
+  }
+  for (auto& promise : state.collectors) promise.deliver(hosts, offers);
+  state.collectors.clear();
+}
+
+caf::behavior registry(caf::stateful_actor<registry_state>* self, int world_size, std::string transport,
+                       runtime::link_factory* links) {
+  self->state.world_size = world_size;
+  self->state.transport = std::move(transport);
+  self->state.links = links;
+  self->set_default_handler(caf::drop);  // never print what a stranger sends (reference CAF 0.17.6 defects)
+  return {
+      [=](register_atom, std::int32_t rank, const std::string& transport,
+          const caf::actor& host) -> caf::result<std::vector<char>> {
+        auto& state = self->state;
+        if (rank < 1 || rank >= state.world_size)
+          return failure("rank " + std::to_string(rank) + " is outside [1, " + std::to_string(state.world_size) +
+                         ") (rank 0 runs with WORLD_SIZE " + std::to_string(state.world_size) + ")");
+        if (state.registered.count(rank)) return failure("rank " + std::to_string(rank) + " registered twice");
+        if (transport != state.transport)
+          return failure("rank " + std::to_string(rank) + " uses the " + transport + " transport, rank 0 the " +
+                         state.transport + " transport");
+        if (!host) return failure("rank " + std::to_string(rank) + " registered no worker");
+        std::vector<char> offer;
+        try {
+          offer = state.links->offer(rank);
+        } catch (const std::exception& problem) {
+          return failure(problem.what());
+        }
+        state.registered[rank] = {host, offer};
+        spdlog::info("rank {} registered ({} of {})", rank, state.registered.size(), state.world_size - 1);
+        deliver_if_complete(self);
+        return offer;
+      },
+      [=](collect_atom) {
+        auto promise = self->make_response_promise();
+        self->state.collectors.push_back(promise);
+        deliver_if_complete(self);
+        return promise;
+      },
+      [=](missing_atom) {
+        std::vector<std::int32_t> missing;
+        for (int rank = 1; rank < self->state.world_size; ++rank)
+          if (!self->state.registered.count(rank)) missing.push_back(rank);
+        return missing;
+      },
+  };
+}
+
+struct proxy_state {
+  int rank = 0;
+  caf::actor host;
+  std::shared_ptr<runtime::tensor_link> link;
+  c10::Device device = c10::kCPU;
+  std::chrono::milliseconds timeout{0};
+  // Open calls: CAF 0.17 drops an undelivered promise silently, so a lost rank must fail them by hand.
+  std::map<std::uint64_t, std::function<void(caf::error)>> open_calls;
+  std::uint64_t next_call = 0;
+  static inline const char* name = "hybridiff.remote_worker";
+};
+using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
+
+std::string rank_prefix(proxy_pointer self) { return "rank " + std::to_string(self->state.rank) + ": "; }
+
+// Sends `tensors` over the link, then `call` to the remote worker; `read` turns the remote answer into this
+// actor's answer. `then`, not `await`: while a call is out the proxy must still see the down message of a lost
+// rank (the driver sends a worker one request at a time, so answers cannot overtake each other).
+template <class... Remote>
+struct remote_answer {};  // the types of the remote worker's answer
+
+template <class Answer, class... Remote, class Read, class... Ts>
+caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::vector<at::Tensor>& tensors,
+                                                remote_answer<Remote...>, Read read, Ts... call) {
+  auto promise = self->make_response_promise<Answer>();
+  try {
+    self->state.link->send(tensors);
+  } catch (const std::exception& problem) {
+    promise.deliver(failure(rank_prefix(self) + problem.what()));
+    return promise;
+  }
+  const auto id = self->state.next_call++;
+  self->state.open_calls.emplace(id, [promise](caf::error problem) mutable { promise.deliver(std::move(problem)); });
+  auto settle = [=](auto deliver) {
+    if (self->state.open_calls.erase(id) == 0) return;  // failed already: the rank was lost
+    deliver();
+  };
+  self->request(self->state.host, self->state.timeout, call...)
+      .then(
+          [=](const Remote&... answer) mutable {
+            settle([&] {
+              try {
+                promise.deliver(read(answer...));
+              } catch (const std::exception& problem) {
+                promise.deliver(failure(rank_prefix(self) + problem.what()));
+              }
+            });
+          },
+          [=](caf::error& problem) mutable {
+            settle([&] { promise.deliver(failure(rank_prefix(self) + describe_failure(self->system(), problem))); });
+          });
+  return promise;
+}
+
+// A step: its tensors travel over the link, the remote answer describes the reply's tensors.
+caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, remote_call kind,
+                                                          const step_request_ptr& request) {
+  tensor_bundle bundle;
+  bundle.add("latents", request->latents);
+  bundle.add("timestep", request->timestep);
+  if (request->conditioning) bundle.add("conditioning", *request->conditioning);
+  if (request->peers) bundle.add("peer", *request->peers);
+  auto read = [self](std::int32_t worker, double compute_ms, const tensor_metas& metas) {
+    received_bundle received(metas, self->state.link->receive(metas, self->state.device));
+    auto reply = std::make_shared<step_reply>();
+    reply->worker = worker;
+    reply->compute_ms = compute_ms;
+    reply->prediction = received.get("prediction");
+    reply->owned = received.cache("owned");
+    return step_reply_ptr(std::move(reply));
+  };
+  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<std::int32_t, double, tensor_metas>{}, read,
+                                     call_atom::value, static_cast<std::int32_t>(kind),
+                                     request->step, bundle.metas);
+}
+
+template <class Answer>
+Answer same(const Answer& answer) {
+  return answer;
+}
+
+worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
+                                  std::shared_ptr<runtime::tensor_link> link, c10::Device device,
+                                  std::chrono::milliseconds timeout) {
+  self->state.rank = rank;
+  self->state.host = host;
+  self->state.link = std::move(link);
+  self->state.device = device;
+  self->state.timeout = timeout;
+  // The remote process is gone: so is this worker (the supervisor, which monitors the proxy, reports the loss).
+  self->monitor(host);
+  self->set_down_handler([=](caf::down_msg& down) {
+    if (!down.reason || down.reason == caf::exit_reason::normal) {  // the run is over and the rank left
+      self->quit();
+      return;
+    }
+    const auto why = self->system().render(down.reason);
+    spdlog::error("rank {} was lost ({})", self->state.rank, why);
+    for (auto& [id, fail] : self->state.open_calls) fail(failure(rank_prefix(self) + "lost (" + why + ")"));
+    self->state.open_calls.clear();
+    self->quit(down.reason);
+  });
+  return {
+      [=](predict_atom, const step_request_ptr& request) { return forward_step(self, remote_call::predict, request); },
+      [=](fill_atom, const step_request_ptr& request) { return forward_step(self, remote_call::fill, request); },
+      [=](stage_atom, const step_request_ptr& request) { return forward_step(self, remote_call::stage, request); },
+      [=](reconfigure_atom, std::int32_t role) {
+        return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
+      },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window, branch);
+      },
+      [=](prepare_atom, const image_setup_ptr& setup) {
+        tensor_bundle bundle;
+        bundle.add("conditioning", setup->conditioning);
+        bundle.add("window", setup->window);
+        return call_remote<bool>(self, bundle.tensors, remote_answer<bool>{}, same<bool>, prepare_atom::value, bundle.metas);
+      },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A worker rank: the host actor receives rank 0's calls, takes their tensors from the link and asks the local
+// worker actor.
+
+using pending_link = std::shared_future<std::shared_ptr<runtime::tensor_link>>;
+
+struct host_state {
+  worker_actor worker;
+  pending_link link;  // opened after the registration (rank 0 needs this actor's handle to make the offer)
+  c10::Device device = c10::kCPU;
+  std::chrono::milliseconds timeout{0};
+  int kill_after = 0;
+  int calls = 0;
+  static inline const char* name = "hybridiff.worker_host";
+};
+using host_pointer = caf::stateful_actor<host_state>*;
+
+caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor worker, pending_link link,
+                          c10::Device device, std::chrono::milliseconds timeout, int kill_after) {
+  self->state = {worker, std::move(link), device, timeout, kill_after, 0};
+  self->link_to(worker);  // the worker ends with its host
+  self->monitor(rank_zero);  // rank 0 lost (its process gone, the connection closed): this rank ends
+  self->set_default_handler(caf::drop);
+  self->set_down_handler([=](caf::down_msg& down) {
+    self->quit(down.reason ? down.reason : caf::make_error(caf::exit_reason::remote_link_unreachable));
+  });
+  return {
+      [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_metas& metas) {
+        auto promise = self->make_response_promise();
+        if (self->state.kill_after > 0 && ++self->state.calls >= self->state.kill_after) {
+          spdlog::warn("--debug-kill-after {}: killing this process at step {}", self->state.kill_after, step);
+          std::raise(SIGKILL);
+        }
+        auto request = std::make_shared<step_request>();
+        try {
+          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          request->step = step;
+          request->latents = received.get("latents");
+          request->timestep = received.get("timestep");
+          if (received.has("conditioning.context"))
+            request->conditioning = std::make_shared<const models::branch_conditioning>(received.conditioning("conditioning"));
+          request->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
+        } catch (const std::exception& problem) {
+          promise.deliver(failure(problem.what()));
+          return promise;
+        }
+        auto answer = [=](const step_reply_ptr& reply) mutable {
+          try {
+            tensor_bundle bundle;
+            bundle.add("prediction", reply->prediction);
+            bundle.add("owned", reply->owned);
+            self->state.link.get()->send(bundle.tensors);
+            promise.deliver(reply->worker, reply->compute_ms, bundle.metas);
+          } catch (const std::exception& problem) {
+            promise.deliver(failure(problem.what()));
+          }
+        };
+        auto fail = [=](caf::error& problem) mutable { promise.deliver(problem); };
+        auto& worker = self->state.worker;
+        const auto timeout = self->state.timeout;
+        const step_request_ptr work = request;
+        switch (static_cast<remote_call>(kind)) {
+          case remote_call::predict: self->request(worker, timeout, predict_atom::value, work).await(answer, fail); break;
+          case remote_call::fill: self->request(worker, timeout, fill_atom::value, work).await(answer, fail); break;
+          case remote_call::stage: self->request(worker, timeout, stage_atom::value, work).await(answer, fail); break;
+          default: promise.deliver(failure("unknown remote call kind " + std::to_string(kind)));
+        }
+        return promise;
+      },
+      [=](prepare_atom, const tensor_metas& metas) {
+        auto promise = self->make_response_promise();
+        auto setup = std::make_shared<image_setup>();
+        try {
+          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          setup->conditioning = received.conditioning("conditioning");
+          setup->window = received.conditioning("window");
+        } catch (const std::exception& problem) {
+          promise.deliver(failure(problem.what()));
+          return promise;
+        }
+        self->request(self->state.worker, self->state.timeout, prepare_atom::value, image_setup_ptr(setup))
+            .await([=](bool done) mutable { promise.deliver(done); },
+                   [=](caf::error& problem) mutable { promise.deliver(problem); });
+        return promise;
+      },
+      [=](reconfigure_atom, std::int32_t role) {
+        auto promise = self->make_response_promise();
+        self->request(self->state.worker, self->state.timeout, reconfigure_atom::value, role)
+            .await([=](std::int32_t now) mutable { promise.deliver(now); },
+                   [=](caf::error& problem) mutable { promise.deliver(problem); });
+        return promise;
+      },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+        auto promise = self->make_response_promise();
+        self->request(self->state.worker, self->state.timeout, assign_atom::value, window, branch)
+            .await([=](bool done) mutable { promise.deliver(done); },
+                   [=](caf::error& problem) mutable { promise.deliver(problem); });
+        return promise;
+      },
+      [=](done_atom) {
+        self->quit();
+        return true;
+      },
+  };
+}
+
+std::string seconds(std::chrono::milliseconds duration) { return fmt::format("{:g} s", duration.count() / 1000.0); }
+
+}  // namespace
+
+cluster_host::cluster_host(caf::actor_system& system, const runtime::process_placement& placement,
+                           const cluster_options& options)
+    : system_(system) {
+  if (placement.rank != 0) throw error("cluster_host runs on rank 0, not rank " + std::to_string(placement.rank));
+  links_ = runtime::make_link_factory(options.transport, placement, options.device, options.request_timeout);
+  registry_ = system.spawn(registry, placement.world_size, runtime::to_string(options.transport), links_.get());
+  auto published = system.middleman().publish(registry_, static_cast<std::uint16_t>(placement.master_port),
+                                              nullptr, /*reuse=*/true);
+  if (!published) {
+    caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
+    throw error("rank 0 cannot listen on port " + std::to_string(placement.master_port) + " (MASTER_PORT): " +
+                system.render(published.error()));
+  }
+  port_ = *published;
+  spdlog::info("rank 0 waits for {} rank(s) on port {}", placement.world_size - 1, port_);
+  caf::scoped_actor self{system};
+  std::vector<std::vector<char>> offers;
+  self->request(registry_, options.rendezvous_timeout, collect_atom::value)
+      .receive([&](std::vector<caf::actor>& hosts, std::vector<std::vector<char>>& offered) {
+                 hosts_ = std::move(hosts);
+                 offers = std::move(offered);
+               },
+               [&](caf::error&) {});
+  if (static_cast<int>(hosts_.size()) != placement.world_size - 1) {
+    std::string missing;
+    self->request(registry_, std::chrono::seconds(5), missing_atom::value)
+        .receive([&](const std::vector<std::int32_t>& ranks) {
+                   for (auto rank : ranks) missing += (missing.empty() ? "" : ", ") + std::to_string(rank);
+                 },
+                 [&](caf::error&) { missing = "?"; });
+    caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
+    throw error("rank(s) " + missing + " did not register within " + seconds(options.rendezvous_timeout) +
+                " (WORLD_SIZE " + std::to_string(placement.world_size) + "; rank 0 listens on port " +
+                std::to_string(port_) + ")");
+  }
+  for (int rank = 1; rank < placement.world_size; ++rank) {
+    std::shared_ptr<runtime::tensor_link> link = links_->open(rank, offers[rank - 1]);
+    proxies_.push_back(system.spawn<caf::detached>(proxy, rank, hosts_[rank - 1], link, options.device,
+                                                   options.request_timeout));
+  }
+  spdlog::info("{} remote worker(s) joined over the {} transport", proxies_.size(), runtime::to_string(options.transport));
+}
+
+cluster_host::~cluster_host() {
+  // Every rank hears that the run is over before this process goes (a rank that is gone does not answer).
+  // All at once, so that a lost rank (which never answers) costs one timeout in all.
+  caf::scoped_actor self{system_};
+  using handle = decltype(self->request(hosts_.front(), std::chrono::seconds(2), done_atom::value));
+  std::vector<handle> farewells;
+  for (auto& host : hosts_) farewells.push_back(self->request(host, std::chrono::seconds(2), done_atom::value));
+  for (auto& farewell : farewells) farewell.receive([](bool) {}, [](caf::error&) {});
+  for (auto& proxy : proxies_) caf::anon_send_exit(proxy, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
+  system_.middleman().unpublish(registry_, port_);
+}
+
+void serve_worker(caf::actor_system& system, const runtime::process_placement& placement,
+                  std::shared_ptr<models::diffusion_pipeline> replica, const cluster_options& options) {
+  const auto rank_zero = placement.master_addr + ":" + std::to_string(placement.master_port);
+  const auto deadline = std::chrono::steady_clock::now() + options.rendezvous_timeout;
+  caf::actor registry;
+  while (true) {
+    auto found = system.middleman().remote_actor(placement.master_addr, static_cast<std::uint16_t>(placement.master_port));
+    if (found) {
+      registry = *found;
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      throw error("rank " + std::to_string(placement.rank) + ": rank 0 at " + rank_zero + " did not answer within " +
+                  seconds(options.rendezvous_timeout) + " (" + system.render(found.error()) + ")");
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  auto links = runtime::make_link_factory(options.transport, placement, options.device, options.request_timeout);
+  auto worker = spawn_worker(system, std::make_shared<runtime::stage_worker>(std::move(replica), placement.rank));
+  std::promise<std::shared_ptr<runtime::tensor_link>> opened;
+  auto host = system.spawn<caf::detached>(worker_host, registry, worker, opened.get_future().share(), options.device,
+                                          options.request_timeout, options.kill_after);
+  caf::scoped_actor self{system};
+  self->monitor(host);
+  auto stop = [&](const std::string& why) {
+    opened.set_exception(std::make_exception_ptr(error(why)));
+    caf::anon_send_exit(host, caf::exit_reason::user_shutdown);
+    return error("rank " + std::to_string(placement.rank) + ": " + why);
+  };
+  std::vector<char> offer;
+  std::string refused;
+  self->request(registry, options.rendezvous_timeout, register_atom::value, static_cast<std::int32_t>(placement.rank),
+                runtime::to_string(options.transport), host)
+      .receive([&](std::vector<char>& given) { offer = std::move(given); },
+               [&](caf::error& problem) { refused = describe_failure(system, problem); });
+  if (!refused.empty()) throw stop("rank 0 at " + rank_zero + " refused the registration: " + refused);
+  try {
+    opened.set_value(links->open(0, offer));
+  } catch (const std::exception& problem) {
+    throw stop(problem.what());
+  }
+  spdlog::info("rank {} serves its worker to rank 0 at {} over the {} transport", placement.rank, rank_zero,
+               runtime::to_string(options.transport));
+  caf::error reason;
+  self->receive([&](caf::down_msg& down) { reason = down.reason; });
+  if (reason && reason != caf::exit_reason::normal)
+    throw error("rank " + std::to_string(placement.rank) + ": rank 0 at " + rank_zero + " was lost (" +
+                system.render(reason) + ")");
+}
+
+}  // namespace hybridiff::actors

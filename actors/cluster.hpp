@@ -1,0 +1,87 @@
+#pragma once
+// One image over several processes. Rank 0 hosts the driver, the tau controller and the supervisor and publishes
+// a registry with CAF's middleman on MASTER_PORT; every other rank connects (retrying until a deadline), registers
+// the actor that hosts its worker, and opens a tensor link to rank 0 (runtime/tensor_link.hpp) with the offer it
+// got back. On rank 0 each remote worker is represented by a proxy with the worker's interface: the driver cannot
+// tell a remote worker from a local one. CAF messages carry control data and tensor descriptions; tensor data
+// travels over the links, sent before the message that announces it.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/protocol.hpp"
+#include "runtime/bootstrap.hpp"
+#include "runtime/tensor_link.hpp"
+
+namespace hybridiff::models {
+class diffusion_pipeline;
+}
+
+namespace hybridiff::runtime {
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_meta& x) {
+  return f(caf::meta::type_name("tensor_meta"), x.name, x.dtype, x.shape);
+}
+}  // namespace hybridiff::runtime
+
+namespace hybridiff::actors {
+
+using register_atom = caf::atom_constant<caf::atom("register")>;  ///< a rank's worker host reports to rank 0
+using collect_atom = caf::atom_constant<caf::atom("collect")>;    ///< rank 0: wait until every rank registered
+using missing_atom = caf::atom_constant<caf::atom("missing")>;    ///< rank 0: the ranks that have not registered
+using call_atom = caf::atom_constant<caf::atom("call")>;          ///< a step request to a remote worker
+using done_atom = caf::atom_constant<caf::atom("done")>;          ///< the run is over: a worker rank exits
+
+/// Remote step kinds in call messages.
+enum class remote_call : std::int32_t { predict = 0, fill = 1, stage = 2 };
+
+struct cluster_options {
+  runtime::transport_kind transport = runtime::transport_kind::cpu;
+  c10::Device device = c10::kCPU;  ///< this process's worker device (where received tensors land)
+  /// rank 0: how long every other rank has to register; other ranks: how long to keep trying to reach rank 0.
+  std::chrono::milliseconds rendezvous_timeout{std::chrono::seconds(60)};
+  /// every remote request and every tensor transfer; never infinite.
+  std::chrono::milliseconds request_timeout{std::chrono::minutes(10)};
+  /// Fault injection for testing deployments: a worker rank kills itself (SIGKILL) when its `kill_after`-th step
+  /// request arrives; 0: never.
+  int kill_after = 0;
+};
+
+/// Loads CAF's middleman and registers every type that crosses processes. Call on the configuration of every
+/// process of a multi-process run (CAF 0.17 turns unregistered types into empty messages across nodes).
+void configure_cluster(caf::actor_system_config& config);
+
+/// Rank 0's side: publishes the registry on placement.master_port, waits for ranks 1 .. world_size − 1, opens a
+/// link to each and spawns one proxy worker per rank. Throws hybridiff::error when the port cannot be opened or a
+/// rank does not register within rendezvous_timeout (naming the missing ranks). The destructor tells every rank
+/// that the run is over.
+class cluster_host {
+ public:
+  cluster_host(caf::actor_system& system, const runtime::process_placement& placement, const cluster_options& options);
+  ~cluster_host();
+  cluster_host(const cluster_host&) = delete;
+  cluster_host& operator=(const cluster_host&) = delete;
+
+  /// The proxies of the workers of ranks 1 .. world_size − 1, in rank order.
+  const std::vector<worker_actor>& workers() const { return proxies_; }
+  std::uint16_t port() const { return port_; }
+
+ private:
+  caf::actor_system& system_;
+  std::unique_ptr<runtime::link_factory> links_;
+  caf::actor registry_;
+  std::vector<caf::actor> hosts_;
+  std::vector<worker_actor> proxies_;
+  std::uint16_t port_ = 0;
+};
+
+/// A worker rank's side: connects to rank 0 (retrying until rendezvous_timeout), registers, opens its link and
+/// serves its worker (on `replica`) until rank 0 says the run is over. Throws hybridiff::error when rank 0 cannot
+/// be reached, refuses the registration, or is lost.
+void serve_worker(caf::actor_system& system, const runtime::process_placement& placement,
+                  std::shared_ptr<models::diffusion_pipeline> replica, const cluster_options& options);
+
+}  // namespace hybridiff::actors

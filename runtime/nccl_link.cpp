@@ -1,0 +1,170 @@
+// The NCCL transport: one two-rank communicator per link (rank 0 and one other rank), created from an
+// ncclUniqueId that rank 0 sends in a CAF message. Transfers run on the link's own stream, after the work that
+// produced the tensors; every wait polls with a deadline, so a dead peer becomes an error, not a hang.
+#include <thread>
+
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+#include "runtime/tensor_link.hpp"
+
+namespace hybridiff::runtime {
+namespace {
+
+void check(ncclResult_t result, const std::string& what) {
+  if (result != ncclSuccess && result != ncclInProgress)
+    throw error(what + ": " + ncclGetErrorString(result) + " (" + ncclGetLastError(nullptr) + ")");
+}
+
+class nccl_link : public tensor_link {
+ public:
+  nccl_link(const std::vector<char>& offer, int self, int peer, const c10::Device& device,
+            std::chrono::milliseconds timeout)
+      : peer_(peer), device_(device), timeout_(timeout),
+        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device.index())) {
+    ncclUniqueId id;
+    if (offer.size() != sizeof(id.internal))
+      throw error("nccl link to rank " + std::to_string(peer) + ": the offer holds " + std::to_string(offer.size()) +
+                  " bytes, not an ncclUniqueId (" + std::to_string(sizeof(id.internal)) + ")");
+    std::copy(offer.begin(), offer.end(), id.internal);
+    c10::cuda::CUDAGuard guard(device);
+    // Non-blocking initialisation: a peer that never joins is a timeout, not a hang.
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    check(ncclCommInitRankConfig(&comm_, 2, id, self == 0 ? 0 : 1, &config), describe() + ": ncclCommInitRank");
+    await_comm("joining");
+  }
+
+  ~nccl_link() override {
+    // Abort, not destroy: destroy waits for transfers that a dead peer would never complete.
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+  }
+
+  void send(const std::vector<at::Tensor>& tensors) override {
+    c10::cuda::CUDAGuard guard(device_);
+    auto ready = after_current_work();
+    std::vector<at::Tensor> staged;
+    for (const auto& tensor : tensors)
+      if (tensor.defined()) staged.push_back(tensor.to(device_).contiguous());
+    ready.block(stream_);
+    check(ncclGroupStart(), describe() + ": ncclGroupStart");
+    for (const auto& tensor : staged) {
+      c10::cuda::CUDACachingAllocator::recordStream(tensor.storage().data_ptr(), stream_);
+      check(ncclSend(tensor.data_ptr(), tensor.nbytes(), ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()),
+            describe() + ": ncclSend");
+    }
+    check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
+    await_comm("sending");
+  }
+
+  std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) override {
+    c10::cuda::CUDAGuard guard(device_);
+    std::vector<at::Tensor> tensors;
+    for (const auto& meta : metas)
+      tensors.push_back(meta.dtype < 0 ? at::Tensor()
+                                       : torch::empty(meta.shape, torch::TensorOptions()
+                                                                      .dtype(static_cast<c10::ScalarType>(meta.dtype))
+                                                                      .device(device_)));
+    auto ready = after_current_work();  // the allocations are ordered on the current stream
+    ready.block(stream_);
+    check(ncclGroupStart(), describe() + ": ncclGroupStart");
+    for (const auto& tensor : tensors) {
+      if (!tensor.defined()) continue;
+      c10::cuda::CUDACachingAllocator::recordStream(tensor.storage().data_ptr(), stream_);
+      check(ncclRecv(tensor.data_ptr(), tensor.nbytes(), ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()),
+            describe() + ": ncclRecv");
+    }
+    check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
+    await_comm("receiving");
+    // Wait (with the deadline) until the data is there: the caller's next use may be on any stream or the CPU.
+    at::cuda::CUDAEvent arrived;
+    arrived.record(stream_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (!arrived.query()) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress) check(async, describe() + ": receiving");
+      if (std::chrono::steady_clock::now() > deadline) {
+        const auto name = metas.empty() ? std::string("?") : metas.front().name;
+        throw error(describe() + ": tensors (first '" + name + "') did not arrive within " +
+                    std::to_string(timeout_.count()) + " ms");
+      }
+      std::this_thread::yield();
+    }
+    for (auto& tensor : tensors)
+      if (tensor.defined() && tensor.device() != device) tensor = tensor.to(device);
+    return tensors;
+  }
+
+  std::string describe() const override {
+    return "nccl link to rank " + std::to_string(peer_) + " (" + device_.str() + ")";
+  }
+
+ private:
+  int rank_in_pair() const { return peer_ == 0 ? 1 : 0; }
+
+  at::cuda::CUDAEvent after_current_work() const {
+    at::cuda::CUDAEvent event;
+    event.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+    return event;
+  }
+
+  // Non-blocking communicators return ncclInProgress until an operation is queued; wait for that, bounded.
+  void await_comm(const char* what) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    ncclResult_t state = ncclInProgress;
+    while (true) {
+      check(ncclCommGetAsyncError(comm_, &state), describe() + ": " + what);
+      if (state != ncclInProgress) break;
+      if (std::chrono::steady_clock::now() > deadline)
+        throw error(describe() + ": " + what + " did not finish within " + std::to_string(timeout_.count()) +
+                    " ms (did rank " + std::to_string(peer_) + " start?)");
+      std::this_thread::yield();
+    }
+    check(state, describe() + ": " + what);
+  }
+
+  int peer_;
+  c10::Device device_;
+  std::chrono::milliseconds timeout_;
+  c10::cuda::CUDAStream stream_;
+  ncclComm_t comm_ = nullptr;
+};
+
+class nccl_link_factory : public link_factory {
+ public:
+  nccl_link_factory(const process_placement& placement, const c10::Device& device, std::chrono::milliseconds timeout)
+      : placement_(placement), device_(device), timeout_(timeout) {
+    if (!device.is_cuda()) throw error("the nccl transport needs a CUDA device, not " + device.str());
+  }
+
+  std::vector<char> offer(int) override {
+    ncclUniqueId id;
+    check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    return std::vector<char>(id.internal, id.internal + sizeof(id.internal));
+  }
+
+  std::unique_ptr<tensor_link> open(int peer, const std::vector<char>& offer) override {
+    return std::make_unique<nccl_link>(offer, placement_.rank, peer, device_, timeout_);
+  }
+
+ private:
+  process_placement placement_;
+  c10::Device device_;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace
+
+std::unique_ptr<link_factory> make_nccl_link_factory(const process_placement& placement, const c10::Device& device,
+                                                     std::chrono::milliseconds timeout) {
+  return std::make_unique<nccl_link_factory>(placement, device, timeout);
+}
+
+}  // namespace hybridiff::runtime

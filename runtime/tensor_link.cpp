@@ -1,0 +1,144 @@
+#include "runtime/tensor_link.hpp"
+
+#include <cstring>
+
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+
+namespace hybridiff::runtime {
+
+tensor_meta describe_tensor(const std::string& name, const at::Tensor& tensor) {
+  tensor_meta meta;
+  meta.name = name;
+  if (!tensor.defined()) return meta;
+  meta.dtype = static_cast<std::int32_t>(tensor.scalar_type());
+  meta.shape = tensor.sizes().vec();
+  return meta;
+}
+
+transport_kind parse_transport(const std::string& name, const c10::Device& device) {
+  if (name == "cpu") return transport_kind::cpu;
+  if (name == "auto") return device.is_cuda() ? transport_kind::nccl : transport_kind::cpu;
+  if (name == "nccl") {
+#ifdef HYBRIDIFF_WITH_CUDA
+    if (!device.is_cuda()) throw error("--transport nccl moves GPU tensors: give a CUDA --device, or use --transport cpu");
+    return transport_kind::nccl;
+#else
+    throw error("--transport nccl: this build has no CUDA (configure with the CUDA toolkit)");
+#endif
+  }
+  throw error("--transport '" + name + "': use auto, cpu or nccl");
+}
+
+std::string to_string(transport_kind kind) { return kind == transport_kind::nccl ? "nccl" : "cpu"; }
+
+namespace {
+
+// Tensors through a TCPStore on rank 0: one FIFO queue per direction ("hybridiff/link/<from>><to>"), one entry
+// per tensor holding its bytes.
+class store_link : public tensor_link {
+ public:
+  store_link(c10::intrusive_ptr<c10d::TCPStore> store, int self, int peer, std::chrono::milliseconds timeout)
+      : store_(std::move(store)), peer_(peer), timeout_(timeout),
+        outgoing_("hybridiff/link/" + std::to_string(self) + ">" + std::to_string(peer)),
+        incoming_("hybridiff/link/" + std::to_string(peer) + ">" + std::to_string(self)) {}
+
+  void send(const std::vector<at::Tensor>& tensors) override {
+    for (const auto& tensor : tensors) {
+      if (!tensor.defined()) continue;
+      auto host = tensor.to(torch::kCPU).contiguous();
+      const auto* bytes = static_cast<const std::uint8_t*>(host.data_ptr());
+      try {
+        store_->queuePush(outgoing_, std::vector<std::uint8_t>(bytes, bytes + host.nbytes()));
+      } catch (const c10::Error& failure) {
+        throw error(describe() + ": sending failed: " + failure.what_without_backtrace());
+      }
+    }
+  }
+
+  std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) override {
+    std::vector<at::Tensor> tensors;
+    for (const auto& meta : metas) {
+      if (meta.dtype < 0) {
+        tensors.emplace_back();
+        continue;
+      }
+      std::vector<std::uint8_t> bytes;
+      try {
+        // queuePop blocks until an entry arrives; the store's timeout bounds the wait.
+        bytes = store_->queuePop(incoming_, /*block=*/true);
+      } catch (const c10::Error& failure) {
+        throw error(describe() + ": tensor '" + meta.name + "' did not arrive within " +
+                    std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
+      }
+      auto tensor = torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)));
+      if (bytes.size() != tensor.nbytes())
+        throw error(describe() + ": tensor '" + meta.name + "' arrived with " + std::to_string(bytes.size()) +
+                    " bytes, its description needs " + std::to_string(tensor.nbytes()));
+      std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
+      tensors.push_back(tensor.to(device));
+    }
+    return tensors;
+  }
+
+  std::string describe() const override { return "cpu link to rank " + std::to_string(peer_); }
+
+ private:
+  c10::intrusive_ptr<c10d::TCPStore> store_;
+  int peer_;
+  std::chrono::milliseconds timeout_;
+  std::string outgoing_, incoming_;
+};
+
+// Rank 0 serves the store on MASTER_PORT + 1; every link has its own client connection (one thread per link).
+class store_link_factory : public link_factory {
+ public:
+  store_link_factory(const process_placement& placement, std::chrono::milliseconds timeout)
+      : placement_(placement), timeout_(timeout) {
+    if (placement.rank == 0) server_ = connect(true);
+  }
+
+  std::vector<char> offer(int) override { return {}; }
+
+  std::unique_ptr<tensor_link> open(int peer, const std::vector<char>&) override {
+    return std::make_unique<store_link>(connect(false), placement_.rank, peer, timeout_);
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::TCPStore> connect(bool serve) const {
+    const int port = placement_.master_port + 1;
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(port);
+    options.isServer = serve;
+    options.waitWorkers = false;
+    options.timeout = timeout_;
+    try {
+      return c10::make_intrusive<c10d::TCPStore>(placement_.master_addr, options);
+    } catch (const std::exception& failure) {
+      throw error(std::string(serve ? "cannot serve" : "cannot reach") + " the tensor store at " +
+                  placement_.master_addr + ":" + std::to_string(port) + " (MASTER_PORT + 1): " + failure.what());
+    }
+  }
+
+  process_placement placement_;
+  std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::TCPStore> server_;
+};
+
+}  // namespace
+
+std::unique_ptr<link_factory> make_link_factory(transport_kind kind, const process_placement& placement,
+                                                const c10::Device& device, std::chrono::milliseconds timeout) {
+  if (kind == transport_kind::nccl) {
+#ifdef HYBRIDIFF_WITH_CUDA
+    return make_nccl_link_factory(placement, device, timeout);
+#else
+    throw error("the nccl transport needs a build with CUDA");
+#endif
+  }
+  return std::make_unique<store_link_factory>(placement, timeout);
+}
+
+}  // namespace hybridiff::runtime

@@ -1,0 +1,69 @@
+#pragma once
+// The data plane of a multi-process run. Tensors between two processes travel over a link (NCCL between GPUs, a
+// c10d TCPStore between CPUs); CAF messages carry only their descriptions (tensor_meta), never the data. A link
+// joins rank 0 and one other rank and is used by one thread on each side, so tensors arrive in the order they
+// were sent: a receiver allocates from the descriptions and takes them in that order.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "runtime/bootstrap.hpp"
+
+namespace hybridiff::runtime {
+
+/// What a receiver needs to allocate a tensor: a name (for errors), the dtype (c10::ScalarType as a number; −1:
+/// an undefined tensor, for which nothing travels) and the shape.
+struct tensor_meta {
+  std::string name;
+  std::int32_t dtype = -1;
+  std::vector<std::int64_t> shape;
+};
+tensor_meta describe_tensor(const std::string& name, const at::Tensor& tensor);
+
+class tensor_link {
+ public:
+  virtual ~tensor_link() = default;
+  /// Sends the defined tensors of `tensors`, in order. May return before the peer has them (NCCL enqueues on the
+  /// link's stream; the caching allocator keeps the memory until the transfer is done).
+  virtual void send(const std::vector<at::Tensor>& tensors) = 0;
+  /// Receives the tensors that `metas` describe (undefined ones where dtype is −1) onto `device`. Throws
+  /// hybridiff::error naming the peer and the tensor when one does not arrive within the link's timeout.
+  virtual std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) = 0;
+  virtual std::string describe() const = 0;
+};
+
+/// cpu: a c10d TCPStore served by rank 0 on MASTER_PORT + 1 (every byte passes through rank 0); nccl: one NCCL
+/// communicator per link (GPU tensors only).
+enum class transport_kind { cpu, nccl };
+/// "cpu", "nccl", or "auto": nccl for a CUDA device, else cpu. Throws hybridiff::error for other names and for
+/// nccl in a build without CUDA.
+transport_kind parse_transport(const std::string& name, const c10::Device& device);
+std::string to_string(transport_kind kind);
+
+/// One per process. Rank 0 hands every other rank an offer (the data its link needs) in a CAF message; both sides
+/// then open the link with it.
+class link_factory {
+ public:
+  virtual ~link_factory() = default;
+  /// Rank 0: what `peer` needs to open its link (NCCL: a fresh ncclUniqueId; cpu: nothing).
+  virtual std::vector<char> offer(int peer) = 0;
+  /// Opens the link between this process and `peer` (rank 0 names the other rank, the other rank names 0). NCCL:
+  /// collective, returns once both sides joined; throws hybridiff::error after the timeout.
+  virtual std::unique_ptr<tensor_link> open(int peer, const std::vector<char>& offer) = 0;
+};
+
+/// `timeout` bounds every wait of the links: connecting, and each tensor's arrival.
+std::unique_ptr<link_factory> make_link_factory(transport_kind kind, const process_placement& placement,
+                                                const c10::Device& device, std::chrono::milliseconds timeout);
+
+#ifdef HYBRIDIFF_WITH_CUDA
+std::unique_ptr<link_factory> make_nccl_link_factory(const process_placement& placement, const c10::Device& device,
+                                                     std::chrono::milliseconds timeout);
+#endif
+
+}  // namespace hybridiff::runtime
