@@ -12,29 +12,13 @@
 
 #include "models/image_io.hpp"
 #include "models/safetensors.hpp"
+#include "cli/run_binary.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff {
+using test::quoted;
+using test::run_hybridiff;
 namespace {
-
-struct run_result {
-  int exit_code;
-  std::string output;
-};
-
-// Runs the hybridiff binary with `arguments` (already shell-quoted), capturing stdout and stderr.
-run_result run_hybridiff(const std::string& arguments) {
-  std::string command = std::string("'") + HYBRIDIFF_BINARY + "' " + arguments + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("popen failed");
-  std::string output;
-  char buffer[4096];
-  while (std::size_t read = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, read);
-  int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
-}
-
-std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
 
 const char* pipe_prompt = "'astronaut in a jungle, cold color palette, muted colors, detailed, 8k'";
 

@@ -1,0 +1,180 @@
+// Several processes, one image: `hybridiff launch` and hand-started ranks over the CPU transport (loopback), as a
+// user runs them. The reference is the same schedule with every worker in one process (itself checked against
+// hand compositions in tests/actors).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "cli/run_binary.hpp"
+#include "models/image_io.hpp"
+#include "test_support.hpp"
+
+namespace hybridiff {
+namespace {
+
+using test::quoted;
+using test::run_hybridiff;
+using test::run_shell;
+
+// Whether nothing listens on `port` right now.
+bool port_is_free(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  return free;
+}
+
+// A rendezvous port P with P + 1 (the tensor store) free too; tests running at once pick different ones.
+int free_port_pair() {
+  static int next = 20000 + static_cast<int>(::getpid() % 4000) * 8;
+  for (int tries = 0; tries < 1000; ++tries, next += 2)
+    if (port_is_free(next) && port_is_free(next + 1)) return (next += 2) - 2;
+  throw std::runtime_error("no free port pair");
+}
+
+std::string model_folder(const std::string& name) { return quoted(test::fixtures_dir() / name); }
+
+struct distributed_case {
+  std::string model;
+  std::string schedule;  // the --parallel value and its flags
+  int processes;
+};
+
+std::ostream& operator<<(std::ostream& out, const distributed_case& c) {
+  return out << c.model << " '" << c.schedule << "' on " << c.processes << " processes";
+}
+
+class MultiProcess : public ::testing::TestWithParam<distributed_case> {};
+
+TEST_P(MultiProcess, GivesTheSameLatentsAsOneProcess) {
+  const auto& c = GetParam();
+  test::temp_dir dir;
+  const auto request = "generate --model " + model_folder(c.model) +
+                       " --prompt 'a red fox in the snow' --steps 12 --image_size 64 --seed 3 --parallel " + c.schedule;
+  auto one = run_hybridiff(request + " --workers " + std::to_string(c.processes) + " --save-latents " +
+                           quoted(dir / "one.safetensors") + " --output " + quoted(dir / "one.png"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  auto many = run_hybridiff("launch --nproc " + std::to_string(c.processes) + " --master-port " +
+                            std::to_string(free_port_pair()) + " -- " + request + " --transport cpu --save-latents " +
+                            quoted(dir / "many.safetensors") + " --output " + quoted(dir / "many.png"));
+  ASSERT_EQ(many.exit_code, 0) << many.output;
+  EXPECT_NE(many.output.find(std::to_string(c.processes - 1) + " remote worker(s) joined over the cpu transport"),
+            std::string::npos)
+      << many.output;
+  // The same arithmetic in the same order on the same CPU: 1e-5 relative (the contract between modes).
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "many.safetensors", "latents"),
+                                 models::load_named_tensor(dir / "one.safetensors", "latents")),
+            1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Modes, MultiProcess,
+    ::testing::Values(distributed_case{"tiny-sdxl", "cfg", 2}, distributed_case{"tiny-sdxl", "asyncdiff", 2},
+                      distributed_case{"tiny-sdxl", "hybrid --tau1 4 --tau2 8", 2},
+                      distributed_case{"tiny-sdxl", "hybrid --L_slope 3 --tau_cap 5 --k 3", 2},
+                      distributed_case{"tiny-sd3", "hybrid --tau1 4 --tau2 8", 2},
+                      distributed_case{"tiny-sdxl", "cfg", 4},
+                      distributed_case{"tiny-sdxl", "hybrid --tau1 4 --tau2 8", 4},
+                      distributed_case{"tiny-sdxl", "asyncdiff --model_n 3 --stride 2", 4}));
+
+// Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
+// test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
+test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1) {
+  const auto common = "generate --model " + model_folder("tiny-sdxl") +
+                      " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --trace " +
+                      quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
+  const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
+  const auto rank = [&](int r, const std::string& extra) {
+    return "(" + env + " RANK=" + std::to_string(r) + " timeout 120 " + test::hybridiff_binary() + " " + common + " " +
+           extra + " > " + quoted(dir / ("rank" + std::to_string(r) + ".log")) + " 2>&1; echo \"rank " +
+           std::to_string(r) + " exit $?\" >> " + quoted(dir / ("rank" + std::to_string(r) + ".log")) + ")";
+  };
+  return run_shell(rank(1, extra1) + " & " + rank(0, extra0) + "; wait; cat " + quoted(dir / "rank0.log") + " " +
+                   quoted(dir / "rank1.log"));
+}
+
+// The time of day of the log line holding `text` ([HH:MM:SS.mmm] prefix), in seconds.
+double logged_at(const std::string& output, const std::string& text) {
+  std::smatch match;
+  std::regex line("\\[(\\d+):(\\d+):(\\d+\\.\\d+)\\] [^\\n]*" + text);
+  if (!std::regex_search(output, match, line)) throw std::runtime_error("no log line with '" + text + "'");
+  return std::stoi(match[1]) * 3600.0 + std::stoi(match[2]) * 60.0 + std::stod(match[3]);
+}
+
+TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded) {
+  test::temp_dir dir;
+  auto result = run_two_ranks(dir, "", "--debug-kill-after 5");
+  EXPECT_NE(result.output.find("rank 1 exit 137"), std::string::npos) << result.output;  // SIGKILL
+  EXPECT_NE(result.output.find("rank 0 exit 0"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("finishing the image on worker 0 in sequential CFG"), std::string::npos) << result.output;
+  // Rank 0 noticed within 10 s of the kill (the connection closed: no request timeout involved).
+  EXPECT_LT(logged_at(result.output, "rank 1 was lost") - logged_at(result.output, "killing this process"), 10.0)
+      << result.output;
+  // Steps 0-3 on both ranks, then rank 0 alone from the step that failed on.
+  std::ifstream trace(dir / "trace.csv");
+  std::string row, modes;
+  std::getline(trace, row);
+  while (std::getline(trace, row)) modes += row.substr(row.find(',') + 1, row.find(',', row.find(',') + 1) - row.find(',') - 1) + " ";
+  std::string expected;
+  for (int step = 0; step < 30; ++step) expected += step < 4 ? "cfg " : "cfg-degraded ";
+  EXPECT_EQ(modes, expected);
+}
+
+TEST(MultiProcessFaults, AKilledRankZeroEndsTheOtherRanks) {
+  test::temp_dir dir;
+  const auto started = std::chrono::steady_clock::now();
+  auto result = run_two_ranks(dir, "--debug-kill-after 5", "");
+  EXPECT_NE(result.output.find("rank 0 exit 137"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("rank 1 exit 1"), std::string::npos) << result.output;
+  EXPECT_TRUE(std::regex_search(result.output, std::regex("rank 1: rank 0 at 127.0.0.1:[0-9]+ was lost")))
+      << result.output;
+  // Not a request timeout (10 min) nor the test's own (120 s): rank 1 saw the connection close.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(60)) << result.output;
+}
+
+TEST(MultiProcessFaults, ARankThatNeverArrivesIsNamed) {
+  const auto env = "WORLD_SIZE=3 MASTER_PORT=" + std::to_string(free_port_pair());
+  const auto request = " " + test::hybridiff_binary() + " generate --model " + model_folder("tiny-sdxl") +
+                       " --prompt fox --steps 4 --image_size 32 --parallel asyncdiff --model_n 3 --transport cpu "
+                       "--rendezvous-timeout 2 --output /dev/null";
+  auto lonely = run_shell(env + " RANK=0 timeout 60" + request);
+  EXPECT_EQ(lonely.exit_code, 1) << lonely.output;
+  EXPECT_TRUE(std::regex_search(lonely.output, std::regex("rank\\(s\\) 1, 2 did not register within 2 s \\(WORLD_SIZE 3")))
+      << lonely.output;
+  auto orphan = run_shell(env + " RANK=2 timeout 60" + request);
+  EXPECT_EQ(orphan.exit_code, 1) << orphan.output;
+  EXPECT_TRUE(std::regex_search(orphan.output, std::regex("rank 2: rank 0 at 127.0.0.1:[0-9]+ did not answer within 2 s")))
+      << orphan.output;
+}
+
+TEST(MultiProcessFaults, ProcessFlagsThatCannotWorkAreUsageErrors) {
+  const auto request = " " + test::hybridiff_binary() + " generate --model " + model_folder("tiny-sdxl") +
+                       " --prompt fox --steps 4 --image_size 32 --output /dev/null";
+  auto none = run_shell("WORLD_SIZE=2 RANK=0" + request);
+  EXPECT_EQ(none.exit_code, 2) << none.output;
+  EXPECT_NE(none.output.find("--parallel none runs in one process"), std::string::npos) << none.output;
+  auto three = run_shell("WORLD_SIZE=3 RANK=0" + request + " --parallel cfg");
+  EXPECT_EQ(three.exit_code, 2) << three.output;
+  EXPECT_NE(three.output.find("(WORLD_SIZE 3: one worker per process)"), std::string::npos) << three.output;
+  auto devices = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --devices cpu,cpu");
+  EXPECT_EQ(devices.exit_code, 2) << devices.output;
+  EXPECT_NE(devices.output.find("every process runs one worker on its --device"), std::string::npos) << devices.output;
+  auto transport = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --transport carrier-pigeon");
+  EXPECT_EQ(transport.exit_code, 2) << transport.output;
+  EXPECT_NE(transport.output.find("--transport 'carrier-pigeon': use auto, cpu or nccl"), std::string::npos)
+      << transport.output;
+}
+
+}  // namespace
+}  // namespace hybridiff
