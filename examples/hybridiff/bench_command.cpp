@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "cli.hpp"
+#include "processes.hpp"
 #include "models/config.hpp"
 #include "models/errors.hpp"
 #include "models/state_dict.hpp"
@@ -107,10 +108,16 @@ bench_run parse_run(const std::string& text) {
 
 // Times whole generations (random weights) for each run: `warmup` untimed images, then one timed, each run in a
 // parallel session of its own over replicas shared by all runs (one per device, the same weights).
-nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::filesystem::path& config_dir,
-                          const std::filesystem::path& scheduler_dir, std::int64_t steps, std::int64_t size,
-                          std::int64_t warmup, const c10::Device& device, at::ScalarType dtype,
-                          const std::string& dtype_text) {
+// Under `hybridiff launch` (WORLD_SIZE N > 1) rank 0 times the runs: a run of N workers puts one on each process
+// (the others serve theirs), a run of 1 worker stays on rank 0; the other ranks print nothing. Returns nothing on
+// those ranks.
+std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const std::filesystem::path& config_dir,
+                                         const std::filesystem::path& scheduler_dir, std::int64_t steps,
+                                         std::int64_t size, std::int64_t warmup, const c10::Device& device,
+                                         at::ScalarType dtype, const std::string& dtype_text,
+                                         const po::variables_map& values) {
+  const auto process = runtime::discover_placement(runtime::process_environment());
+  const bool distributed = process.world_size > 1;
   std::vector<bench_run> runs;
   // Every run is checked before any work (the tau defaults follow the model family, as in generate).
   const bool sd3 = models::read_config(config_dir / "config.json").get_or<std::string>("_class_name", "") ==
@@ -124,24 +131,41 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
     } catch (const std::invalid_argument& bad) {
       throw usage_error("--run \"" + text + "\": " + bad.what());
     }
+    if (distributed && options.workers != 1 && options.workers != process.world_size)
+      throw usage_error("--run \"" + text + "\" has " + std::to_string(options.workers) + " workers: with WORLD_SIZE " +
+                        std::to_string(process.world_size) + " a run uses 1 worker (rank 0) or " +
+                        std::to_string(process.world_size) + " (one per process)");
+    if (distributed && !runs.back().devices.empty())
+      throw usage_error("--run \"" + text + "\": --devices places workers in one process; with WORLD_SIZE " +
+                        std::to_string(process.world_size) + " each process uses its --device");
   }
+  const auto cluster_settings = cluster_options_from(values, device, parallel_options{}.step_timeout);
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   auto replica_on = [&](const c10::Device& worker_device) {
     auto& replica = by_device[worker_device.str()];
-    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, dtype, ""});
+    // Seed 0 on every process: the ranks of a multi-process run hold the same weights.
+    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, dtype, ""}, 0);
     return replica;
   };
   models::generation_request request;
   request.steps = steps;
   request.height = request.width = size;
   caf::actor_system_config actor_config;
+  if (distributed) actors::configure_cluster(actor_config);
   caf::actor_system actor_system{actor_config};
+  if (distributed && process.rank != 0) {
+    actors::serve_worker(actor_system, process, replica_on(device), cluster_settings);
+    return std::nullopt;
+  }
+  std::unique_ptr<actors::cluster_host> cluster;
+  if (distributed) cluster = std::make_unique<actors::cluster_host>(actor_system, process, cluster_settings);
   nlohmann::json report = {{"config", config_dir.string()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
                            {"runs", nlohmann::json::array()}};
   std::optional<double> baseline_ms;
   for (auto& run : runs) {
     auto& options = run.options;
-    const auto devices = parse_device_list(run.devices, options.workers, device);
+    const bool spread = distributed && options.workers == process.world_size;  // one worker per process
+    const auto devices = parse_device_list(run.devices, spread ? 1 : options.workers, device);
     std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
     std::vector<std::string> device_names;
     for (const auto& worker_device : devices) {
@@ -149,10 +173,11 @@ nlohmann::json bench_runs(const std::vector<std::string>& texts, const std::file
       device_names.push_back(worker_device.str());
     }
     report["model"] = replicas.front()->class_name();
-    parallel_session session(actor_system, replicas, options);
+    parallel_session session(actor_system, replicas, options, spread ? cluster.get() : nullptr);
     nlohmann::json entry = {{"run", run.label},           {"mode", to_string(options.mode)}, {"workers", options.workers},
                             {"model_n", options.model_n}, {"stride", options.stride},        {"branch_stages", options.branch_stages},
-                            {"devices", device_names}};
+                            {"devices", device_names},    {"processes", spread ? process.world_size : 1}};
+    if (spread) entry["transport"] = runtime::to_string(cluster_settings.transport);
     for (std::int64_t round = 0; round <= warmup; ++round) {  // the first `warmup` images are not reported
       std::vector<double> step_ms;
       auto last = std::chrono::steady_clock::now();
@@ -223,6 +248,7 @@ int run_bench(const std::vector<std::string>& args) {
       ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
       ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps");
   // clang-format on
+  line.options.add(process_options());
   auto parsed = parse(line, args);
   if (!parsed) return 0;
   const auto& values = *parsed;
@@ -239,11 +265,10 @@ int run_bench(const std::vector<std::string>& args) {
   const std::filesystem::path config_dir = values["model-config"].as<std::string>();
   if (values.count("run")) {
     if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
-    std::cout << bench_runs(values["run"].as<std::vector<std::string>>(), config_dir,
-                            values["scheduler-config"].as<std::string>(), values["steps"].as<std::int64_t>(), size, warmup,
-                            device, dtype, dtype_text)
-                     .dump(2)
-              << std::endl;
+    auto report = bench_runs(values["run"].as<std::vector<std::string>>(), config_dir,
+                             values["scheduler-config"].as<std::string>(), values["steps"].as<std::int64_t>(), size,
+                             warmup, device, dtype, dtype_text, values);
+    if (report) std::cout << report->dump(2) << std::endl;
     return 0;
   }
   auto config = models::read_config(config_dir / "config.json");

@@ -12,6 +12,7 @@
 #include "actors/cluster.hpp"
 #include "actors/hybridiff.hpp"
 #include "cli.hpp"
+#include "processes.hpp"
 #include "models/errors.hpp"
 #include "models/image_io.hpp"
 #include "models/pipeline.hpp"
@@ -88,20 +89,7 @@ int run_generate(const std::vector<std::string>& args) {
        "(every stage on the prompt)")
       ("trace", po::value<std::string>()->value_name("FILE.csv"),
        "write one row per step: step, mode, rel-MAE, slope, per-worker compute ms, tau1/tau2 when decided");
-  po::options_description processes(
-      "Several processes (started by `hybridiff launch`, torchrun or SLURM: RANK, WORLD_SIZE, MASTER_ADDR,\n"
-      "MASTER_PORT; see deploy/). One worker per process on its --device; rank 0 runs the schedule and writes the\n"
-      "image, the other ranks serve their worker until it is done");
-  processes.add_options()
-      ("transport", po::value<std::string>()->default_value("auto")->value_name("T"),
-       "how tensors travel between processes: nccl (GPUs), cpu (a TCPStore on rank 0 at MASTER_PORT + 1), or auto "
-       "(nccl on a CUDA --device)")
-      ("rendezvous-timeout", po::value<double>()->default_value(60)->value_name("S"),
-       "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")
-      ("debug-kill-after", po::value<int>()->value_name("N"),
-       "fault injection, for testing deployments: this process kills itself (SIGKILL) at its N-th step (rank 0) "
-       "or N-th step request (other ranks)");
-  line.options.add(parallel).add(processes);
+  line.options.add(parallel).add(process_options());
   // clang-format on
   auto parsed = parse(line, args);
   if (!parsed) return 0;
@@ -172,18 +160,7 @@ int run_generate(const std::vector<std::string>& args) {
   };
   apply_worker_defaults(parallel_settings, distributed ? std::optional<int>(process.world_size) : optional_int("workers"),
                         optional_int("model_n"), optional_int("branch-stages"));
-  actors::cluster_options cluster_settings;
-  cluster_settings.device = placement.device;
-  cluster_settings.rendezvous_timeout = std::chrono::milliseconds(
-      static_cast<std::int64_t>(1000 * values["rendezvous-timeout"].as<double>()));
-  if (cluster_settings.rendezvous_timeout.count() <= 0) throw usage_error("--rendezvous-timeout must be positive");
-  cluster_settings.request_timeout = parallel_settings.step_timeout;
-  if (values.count("debug-kill-after")) cluster_settings.kill_after = values["debug-kill-after"].as<int>();
-  try {
-    cluster_settings.transport = runtime::parse_transport(values["transport"].as<std::string>(), placement.device);
-  } catch (const error& bad) {
-    throw usage_error(bad.what());
-  }
+  const auto cluster_settings = cluster_options_from(values, placement.device, parallel_settings.step_timeout);
   if (values.count("tau1")) parallel_settings.tau1 = values["tau1"].as<int>();
   if (values.count("tau2")) parallel_settings.tau2 = values["tau2"].as<int>();
 

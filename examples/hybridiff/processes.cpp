@@ -1,0 +1,46 @@
+#include "processes.hpp"
+
+#include "models/errors.hpp"
+
+namespace hybridiff::cli {
+
+po::options_description process_options() {
+  po::options_description processes(
+      "Several processes (started by `hybridiff launch`, torchrun or SLURM: RANK, WORLD_SIZE, MASTER_ADDR,\n"
+      "MASTER_PORT; see deploy/). One worker per process on its --device; rank 0 runs the schedule, the other\n"
+      "ranks serve their worker until rank 0 is done");
+  // clang-format off
+  processes.add_options()
+      ("transport", po::value<std::string>()->default_value("auto")->value_name("T"),
+       "how tensors travel between processes: nccl (GPUs), cpu (a TCPStore on rank 0 at MASTER_PORT + 1), or auto "
+       "(nccl on a CUDA --device)")
+      ("rendezvous-timeout", po::value<double>()->default_value(60)->value_name("S"),
+       "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")
+      ("debug-kill-after", po::value<int>()->value_name("N"),
+       "fault injection, for testing deployments: this process kills itself (SIGKILL) at its N-th step (rank 0) "
+       "or N-th step request (other ranks)");
+  // clang-format on
+  return processes;
+}
+
+actors::cluster_options cluster_options_from(const po::variables_map& values, const c10::Device& device,
+                                             std::chrono::milliseconds request_timeout) {
+  actors::cluster_options options;
+  options.device = device;
+  const double seconds = values["rendezvous-timeout"].as<double>();
+  if (!(seconds > 0)) throw usage_error("--rendezvous-timeout must be positive");
+  options.rendezvous_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(1000 * seconds));
+  options.request_timeout = request_timeout;
+  if (values.count("debug-kill-after")) {
+    options.kill_after = values["debug-kill-after"].as<int>();
+    if (options.kill_after < 1) throw usage_error("--debug-kill-after must be at least 1");
+  }
+  try {
+    options.transport = runtime::parse_transport(values["transport"].as<std::string>(), device);
+  } catch (const error& bad) {
+    throw usage_error(bad.what());
+  }
+  return options;
+}
+
+}  // namespace hybridiff::cli
