@@ -39,6 +39,16 @@ class nccl_link : public tensor_link {
     config.blocking = 0;
     check(ncclCommInitRankConfig(&comm_, 2, id, self == 0 ? 0 : 1, &config), describe() + ": ncclCommInitRank");
     await_comm("joining");
+    // NCCL connects a pair at its first transfer, which needs both sides inside NCCL. Both are here now (open is
+    // collective): one byte each way, so that later sends are enqueued without waiting for the peer.
+    auto probe = torch::zeros({1}, torch::TensorOptions().dtype(torch::kUInt8).device(device_));
+    auto echo = torch::empty_like(probe);
+    check(ncclGroupStart(), describe() + ": ncclGroupStart");
+    check(ncclSend(probe.data_ptr(), 1, ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()), describe() + ": ncclSend");
+    check(ncclRecv(echo.data_ptr(), 1, ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()), describe() + ": ncclRecv");
+    check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
+    await_comm("connecting");
+    await_stream("connecting");
   }
 
   ~nccl_link() override {
@@ -83,20 +93,7 @@ class nccl_link : public tensor_link {
     check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
     await_comm("receiving");
     // Wait (with the deadline) until the data is there: the caller's next use may be on any stream or the CPU.
-    at::cuda::CUDAEvent arrived;
-    arrived.record(stream_);
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    while (!arrived.query()) {
-      ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
-      if (async != ncclSuccess && async != ncclInProgress) check(async, describe() + ": receiving");
-      if (std::chrono::steady_clock::now() > deadline) {
-        const auto name = metas.empty() ? std::string("?") : metas.front().name;
-        throw error(describe() + ": tensors (first '" + name + "') did not arrive within " +
-                    std::to_string(timeout_.count()) + " ms");
-      }
-      std::this_thread::yield();
-    }
+    await_stream("tensors (first '" + (metas.empty() ? std::string("?") : metas.front().name) + "')");
     for (auto& tensor : tensors)
       if (tensor.defined() && tensor.device() != device) tensor = tensor.to(device);
     return tensors;
@@ -113,6 +110,21 @@ class nccl_link : public tensor_link {
     at::cuda::CUDAEvent event;
     event.record(c10::cuda::getCurrentCUDAStream(device_.index()));
     return event;
+  }
+
+  // Polls until the link's stream has done its work; a peer that is gone or silent becomes an error.
+  void await_stream(const std::string& what) {
+    at::cuda::CUDAEvent done;
+    done.record(stream_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (!done.query()) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress) check(async, describe() + ": " + what);
+      if (std::chrono::steady_clock::now() > deadline)
+        throw error(describe() + ": " + what + " did not arrive within " + std::to_string(timeout_.count()) + " ms");
+      std::this_thread::yield();
+    }
   }
 
   // Non-blocking communicators return ncclInProgress until an operation is queued; wait for that, bounded.

@@ -88,6 +88,27 @@ INSTANTIATE_TEST_SUITE_P(
                       distributed_case{"tiny-sdxl", "hybrid --tau1 4 --tau2 8", 4},
                       distributed_case{"tiny-sdxl", "asyncdiff --model_n 3 --stride 2", 4}));
 
+TEST(MultiProcessSlurm, SlurmsVariablesAloneAreEnough) {
+  // What srun sets for a 2-task step on one node (deploy/slurm): no RANK, WORLD_SIZE or MASTER_ADDR.
+  test::temp_dir dir;
+  const auto request = " generate --model " + model_folder("tiny-sdxl") +
+                       " --prompt 'a red fox' --steps 8 --image_size 64 --parallel hybrid --tau1 2 --tau2 5 --output " +
+                       quoted(dir / "x.png") + " --save-latents ";
+  auto one = run_hybridiff(request + quoted(dir / "one.safetensors"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto env = "SLURM_NTASKS=2 SLURM_JOB_NODELIST=localhost MASTER_PORT=" + std::to_string(free_port_pair());
+  auto rank = [&](int r) {
+    return env + " SLURM_PROCID=" + std::to_string(r) + " SLURM_LOCALID=" + std::to_string(r) + " timeout 120 " +
+           test::hybridiff_binary() + request + quoted(dir / ("rank" + std::to_string(r) + ".safetensors"));
+  };
+  auto both = run_shell("(" + rank(1) + ") & " + rank(0) + "; status=$?; wait $!; exit $(( status | $? ))");
+  ASSERT_EQ(both.exit_code, 0) << both.output;
+  EXPECT_NE(both.output.find("rank 1 of 2 (slurm), rank 0 at localhost:"), std::string::npos) << both.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "rank0.safetensors", "latents"),
+                                 models::load_named_tensor(dir / "one.safetensors", "latents")),
+            1e-5);
+}
+
 // Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
 // test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
 test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1) {
