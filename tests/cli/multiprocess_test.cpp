@@ -109,6 +109,24 @@ TEST(MultiProcessSlurm, SlurmsVariablesAloneAreEnough) {
             1e-5);
 }
 
+TEST(MultiProcessHosts, TwoNetworkNamespacesJoinedByAVethPair) {
+  test::temp_dir dir;
+  const auto request = " --model " + model_folder("tiny-sdxl") +
+                       " --prompt 'a red fox' --steps 8 --image_size 64 --parallel hybrid --tau1 2 --tau2 5";
+  auto hosts = run_shell(quoted(std::filesystem::path(HYBRIDIFF_TESTS_DIR) / "cli/two_hosts.sh") + " " +
+                         test::hybridiff_binary() + " " + quoted(dir.path()) + request);
+  if (hosts.exit_code == 77) GTEST_SKIP() << hosts.output;
+  ASSERT_EQ(hosts.exit_code, 0) << hosts.output;
+  EXPECT_TRUE(std::regex_search(hosts.output, std::regex("rank 1 of 2 \\(torchrun\\), rank 0 at 127\\.100\\.[0-9]+\\.1:29500")))
+      << hosts.output;
+  auto one = run_hybridiff("generate" + request + " --output " + quoted(dir / "one.png") + " --save-latents " +
+                           quoted(dir / "one.safetensors"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "rank0.safetensors", "latents"),
+                                 models::load_named_tensor(dir / "one.safetensors", "latents")),
+            1e-5);
+}
+
 // Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
 // test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
 test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1) {
