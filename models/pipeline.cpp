@@ -15,13 +15,18 @@ branch_conditioning branch_conditioning::stack(const branch_conditioning& negati
           cat(negative.time_ids, positive.time_ids)};
 }
 
-std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options) {
+std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options,
+                                                  pipeline_parts parts) {
   auto folder = model_folder::open(dir);
   const auto& name = folder.pipeline_class();
-  if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options);
-  if (name == "StableDiffusion3Pipeline") return sd3_pipeline::load(folder, options);
+  if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options, parts);
+  if (name == "StableDiffusion3Pipeline") return sd3_pipeline::load(folder, options, parts);
   throw error(dir.string() + ": pipeline class '" + (name.empty() ? std::string("(none: not a pipeline folder)") : name) +
               "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline)");
+}
+
+void denoiser_only(const std::string& what) {
+  throw error("this pipeline was loaded with its denoiser only (a worker rank): it cannot " + what);
 }
 
 generation_plan settle_plan(const generation_request& request, std::int64_t default_steps, std::int64_t default_size,

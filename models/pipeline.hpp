@@ -95,7 +95,13 @@ load_options vae_placement(bool force_upcast, const load_options& options);
 
 /// Loads the pipeline a diffusers folder describes (`model_index.json`'s class). Throws naming the folder for
 /// unsupported classes.
-std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options);
+/// What to load: everything, or only the denoiser and the scheduler (a worker rank of a multi-process run: no text
+/// encoders, no VAE weights; encode_prompt and decode then throw).
+enum class pipeline_parts { everything, denoiser };
+std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options,
+                                                  pipeline_parts parts = pipeline_parts::everything);
+/// The error of a denoiser-only pipeline asked to encode or decode.
+[[noreturn]] void denoiser_only(const std::string& what);
 
 /// Called after each step with the step index, the step count and the sample.
 using step_observer = std::function<void(std::int64_t index, std::int64_t steps, const at::Tensor& latents)>;

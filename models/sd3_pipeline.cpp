@@ -6,7 +6,8 @@
 
 namespace hybridiff::models {
 
-std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, const load_options& options) {
+std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, const load_options& options,
+                                                  pipeline_parts parts) {
   std::unique_ptr<sd3_pipeline> pipeline(new sd3_pipeline());
   pipeline->placement_ = options;
   for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "transformer", "vae"})
@@ -14,6 +15,10 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
   if (folder.has("text_encoder_3") != folder.has("tokenizer_3"))
     throw error(folder.dir().string() + ": text_encoder_3 and tokenizer_3 come together (one is missing)");
   pipeline->scheduler_config_ = folder.component_config("scheduler");
+  pipeline->transformer_ = load_sd3_transformer(folder.get("transformer").dir, options);
+  pipeline->vae_factor_ = vae_config::from(folder.component_config("vae")).spatial_factor();
+  pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_factor_;
+  if (parts == pipeline_parts::denoiser) return pipeline;
   pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
   pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
   pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, true, options);
@@ -22,10 +27,8 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
     pipeline->tokenizer_3_ = t5_tokenizer::load(folder.get("tokenizer_3").dir);
     pipeline->text_encoder_3_ = load_t5_encoder(folder.get("text_encoder_3").dir, options);
   }
-  pipeline->transformer_ = load_sd3_transformer(folder.get("transformer").dir, options);
   pipeline->vae_ =
       load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
-  pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_->config().spatial_factor();
   const auto clip_width = pipeline->text_encoder_->config().hidden_size + pipeline->text_encoder_2_->config().hidden_size;
   if (clip_width > pipeline->transformer_->config().joint_attention_dim)
     throw error(folder.dir().string() + ": the CLIP encoders' hidden sizes (" + std::to_string(clip_width) +
@@ -35,7 +38,7 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
 
 generation_plan sd3_pipeline::plan(const generation_request& request) const {
   // Latents must split into whole patches, and no more of them than the position table holds.
-  const auto factor = vae_->config().spatial_factor() * transformer_->config().patch_size;
+  const auto factor = vae_factor_ * transformer_->config().patch_size;
   auto plan = settle_plan(request, 28, default_size_, 7.0, factor, "VAE factor × patch size",
                           transformer_->config().pos_embed_max_size * factor);
   if (request.max_sequence_length < 1 || request.max_sequence_length > 512)
@@ -72,6 +75,7 @@ branch_conditioning sd3_pipeline::encode_text(const std::string& text, std::int6
 }
 
 prompt_conditioning sd3_pipeline::encode_prompt(const generation_request& request, const generation_plan&) {
+  if (!text_encoder_) denoiser_only("encode prompts");
   return {encode_text(request.negative_prompt.value_or(""), request.max_sequence_length),
           encode_text(request.prompt, request.max_sequence_length)};
 }
@@ -88,10 +92,13 @@ std::unique_ptr<sampler> sd3_pipeline::make_sampler(const std::string& name) con
   return models::make_sampler(scheduler_config_, name);
 }
 
-at::Tensor sd3_pipeline::decode(const at::Tensor& latents) { return vae_->decode_to_image(latents); }
+at::Tensor sd3_pipeline::decode(const at::Tensor& latents) {
+  if (!vae_) denoiser_only("decode latents");
+  return vae_->decode_to_image(latents);
+}
 
 std::vector<std::int64_t> sd3_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
-  const auto factor = vae_->config().spatial_factor();
+  const auto factor = vae_factor_;
   return {1, transformer_->config().in_channels, height / factor, width / factor};
 }
 

@@ -19,7 +19,8 @@ namespace hybridiff::models {
 /// not zeroed. Ref: diffusers/pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py.
 class sd3_pipeline : public diffusion_pipeline {
  public:
-  static std::unique_ptr<sd3_pipeline> load(const model_folder& folder, const load_options& options);
+  static std::unique_ptr<sd3_pipeline> load(const model_folder& folder, const load_options& options,
+                                              pipeline_parts parts = pipeline_parts::everything);
 
   std::string class_name() const override { return "StableDiffusion3Pipeline"; }
   generation_plan plan(const generation_request& request) const override;
@@ -44,7 +45,8 @@ class sd3_pipeline : public diffusion_pipeline {
   std::optional<t5_tokenizer> tokenizer_3_;
   T5EncoderModel text_encoder_3_{nullptr};
   SD3Transformer2DModel transformer_{nullptr};
-  AutoencoderKL vae_{nullptr};
+  AutoencoderKL vae_{nullptr};  // null when loaded with the denoiser only
+  std::int64_t vae_factor_ = 8;  // the VAE's spatial factor, from its config
 };
 
 }  // namespace hybridiff::models

@@ -6,7 +6,8 @@
 
 namespace hybridiff::models {
 
-std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, const load_options& options) {
+std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, const load_options& options,
+                                                  pipeline_parts parts) {
   std::unique_ptr<sdxl_pipeline> pipeline(new sdxl_pipeline());
   pipeline->placement_ = options;
   for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae"})
@@ -15,15 +16,16 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
   const auto& index = folder.index();
   if (index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean())
     pipeline->force_zeros_for_empty_prompt_ = index["force_zeros_for_empty_prompt"].get<bool>();
+  pipeline->unet_ = load_unet(folder.get("unet").dir, options);
+  pipeline->vae_factor_ = vae_config::from(folder.component_config("vae")).spatial_factor();
+  pipeline->default_size_ = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128) * pipeline->vae_factor_;
+  if (parts == pipeline_parts::denoiser) return pipeline;
   pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
   pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
   pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, false, options);
   pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
-  pipeline->unet_ = load_unet(folder.get("unet").dir, options);
   pipeline->vae_ =
       load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
-  const auto sample_size = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128);
-  pipeline->default_size_ = sample_size * pipeline->vae_->config().spatial_factor();
   const auto expected_pooled = pipeline->unet_->config().projection_class_embeddings_input_dim -
                                6 * pipeline->unet_->config().addition_time_embed_dim;
   if (pipeline->unet_->config().text_time && expected_pooled != pipeline->text_encoder_2_->config().projection_dim)
@@ -34,7 +36,7 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
 }
 
 generation_plan sdxl_pipeline::plan(const generation_request& request) const {
-  return settle_plan(request, 50, default_size_, 5.0, vae_->config().spatial_factor(), "the VAE factor", 8192);
+  return settle_plan(request, 50, default_size_, 5.0, vae_factor_, "the VAE factor", 8192);
 }
 
 branch_conditioning sdxl_pipeline::encode_text(const std::string& text) const {
@@ -56,6 +58,7 @@ branch_conditioning sdxl_pipeline::encode_text(const std::string& text) const {
 }
 
 prompt_conditioning sdxl_pipeline::encode_prompt(const generation_request& request, const generation_plan& plan) {
+  if (!text_encoder_) denoiser_only("encode prompts");
   prompt_conditioning result;
   result.positive = encode_text(request.prompt);
   if (!request.negative_prompt && force_zeros_for_empty_prompt_) {
@@ -86,10 +89,13 @@ std::unique_ptr<sampler> sdxl_pipeline::make_sampler(const std::string& name) co
   return models::make_sampler(scheduler_config_, name);
 }
 
-at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) { return vae_->decode_to_image(latents); }
+at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) {
+  if (!vae_) denoiser_only("decode latents");
+  return vae_->decode_to_image(latents);
+}
 
 std::vector<std::int64_t> sdxl_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
-  const auto factor = vae_->config().spatial_factor();
+  const auto factor = vae_factor_;
   return {1, unet_->config().in_channels, height / factor, width / factor};
 }
 

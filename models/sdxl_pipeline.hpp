@@ -16,7 +16,8 @@ namespace hybridiff::models {
 /// Ref: diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py.
 class sdxl_pipeline : public diffusion_pipeline {
  public:
-  static std::unique_ptr<sdxl_pipeline> load(const model_folder& folder, const load_options& options);
+  static std::unique_ptr<sdxl_pipeline> load(const model_folder& folder, const load_options& options,
+                                              pipeline_parts parts = pipeline_parts::everything);
 
   std::string class_name() const override { return "StableDiffusionXLPipeline"; }
   generation_plan plan(const generation_request& request) const override;
@@ -41,7 +42,8 @@ class sdxl_pipeline : public diffusion_pipeline {
   clip_tokenizer tokenizer_, tokenizer_2_;
   CLIPTextModel text_encoder_{nullptr}, text_encoder_2_{nullptr};
   UNet2DConditionModel unet_{nullptr};
-  AutoencoderKL vae_{nullptr};
+  AutoencoderKL vae_{nullptr};  // null when loaded with the denoiser only
+  std::int64_t vae_factor_ = 8;  // the VAE's spatial factor, from its config
 };
 
 }  // namespace hybridiff::models

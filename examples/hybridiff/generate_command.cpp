@@ -172,7 +172,9 @@ int run_generate(const std::vector<std::string>& args) {
   std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
   for (const auto& device : devices) {
     auto& replica = by_device[device.str()];
-    if (!replica) replica = models::load_pipeline(values["model"].as<std::string>(), {device, placement.dtype, ""});
+    // A worker rank needs the denoiser only: rank 0 encodes the prompt and decodes the image.
+    const auto parts = distributed && process.rank != 0 ? models::pipeline_parts::denoiser : models::pipeline_parts::everything;
+    if (!replica) replica = models::load_pipeline(values["model"].as<std::string>(), {device, placement.dtype, ""}, parts);
     replicas.push_back(replica);
   }
   const auto& pipeline = replicas.front();  // worker 0's replica encodes the prompt and decodes the image

@@ -135,6 +135,29 @@ TEST(MemoryContext, AnAllocationThatDoesNotFitNamesWhatWasTried) {
   }
 }
 
+TEST_F(SdxlPipeline, DenoiserOnlyPredictsTheSameAndRefusesToEncodeOrDecode) {
+  // What a worker rank loads: the UNet and the scheduler, no text encoders or VAE weights.
+  auto worker = load_pipeline(test::fixtures_dir() / "tiny-sdxl", {}, pipeline_parts::denoiser);
+  auto request = pipe_request();
+  const auto plan = pipeline_->plan(request);
+  EXPECT_EQ(worker->plan(request).height, plan.height);
+  EXPECT_EQ(worker->latent_shape(64, 64), pipeline_->latent_shape(64, 64));
+  const auto conditioning = pipeline_->encode_prompt(request, plan).positive;
+  torch::NoGradGuard no_grad;
+  const auto latents = test::golden(golden_file, "pipe_init_latents");
+  const auto t = torch::tensor(500.0);
+  EXPECT_TRUE(torch::equal(worker->predict(latents, t, conditioning), pipeline_->predict(latents, t, conditioning)));
+  try {
+    worker->encode_prompt(request, plan);
+    FAIL() << "encoded";
+  } catch (const error& refused) {
+    EXPECT_NE(std::string(refused.what()).find("loaded with its denoiser only (a worker rank): it cannot encode prompts"),
+              std::string::npos)
+        << refused.what();
+  }
+  EXPECT_THROW(worker->decode(latents), error);
+}
+
 TEST(SdxlPipelineErrors, MissingComponentIsNamed) {
   test::temp_dir dir;
   for (const auto& entry : std::filesystem::directory_iterator(test::fixtures_dir() / "tiny-sdxl"))
