@@ -271,8 +271,10 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](reconfigure_atom, std::int32_t role) {
         return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
-        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window, branch);
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
+          bool cuda_graphs) {
+        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window, branch,
+                                 cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
         tensor_bundle bundle;
@@ -375,9 +377,10 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
                    [=](caf::error& problem) mutable { promise.deliver(problem); });
         return promise;
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
+          bool cuda_graphs) {
         auto promise = self->make_response_promise();
-        self->request(self->state.worker, self->state.timeout, assign_atom::value, window, branch)
+        self->request(self->state.worker, self->state.timeout, assign_atom::value, window, branch, cuda_graphs)
             .await([=](bool done) mutable { promise.deliver(done); },
                    [=](caf::error& problem) mutable { promise.deliver(problem); });
         return promise;

@@ -54,6 +54,9 @@ struct parallel_options {
   std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
   pp_conditioning conditioning = pp_conditioning::fixed;
   std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
+  /// Full forward passes (CFG branches, the batched steps of none and of asyncdiff's warm-up) replayed from CUDA
+  /// graphs; needs CUDA devices. Fill and pipeline steps stay eager.
+  bool cuda_graphs = false;
 };
 
 /// Sets `options.workers`, `options.model_n` and `options.branch_stages` from the mode (and `options.stride`) unless

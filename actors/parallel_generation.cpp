@@ -197,6 +197,7 @@ struct parallel_session::state {
   int output_worker = 1;  // the worker whose output is the window's prediction
   bool exchange_blocks = true;
   std::optional<int> lost;  // a worker lost in an earlier image
+  std::unique_ptr<runtime::graphed_denoiser> graphed;  // mode none with CUDA graphs
 
   state(caf::actor_system& actor_system, std::vector<std::shared_ptr<models::diffusion_pipeline>> pipelines,
         parallel_options settings)
@@ -525,7 +526,14 @@ parallel_session::parallel_session(caf::actor_system& system,
   } catch (const std::invalid_argument& bad) {
     throw error(bad.what());
   }
-  if (options.mode == parallel_mode::none) return;  // the sequential loop: no actors
+  if (options.mode == parallel_mode::none) {  // the sequential loop: no actors
+    if (options.cuda_graphs) {
+      if (!session.replicas.front()->placement().device.is_cuda())
+        throw error("CUDA graphs need a CUDA device, not " + session.replicas.front()->placement().device.str());
+      session.graphed = std::make_unique<runtime::graphed_denoiser>(*session.replicas.front());
+    }
+    return;
+  }
   auto& lead = *session.replicas.front();
   const auto family = lead.transformer_blocks() > 0 ? schedule::denoiser_family::sd3_transformer
                                                     : schedule::denoiser_family::sdxl_unet;
@@ -546,7 +554,7 @@ parallel_session::parallel_session(caf::actor_system& system,
   for (int w = 0; w < options.workers; ++w) {
     auto branch_modules = options.branch_stages == 2 ? names(branch.components[w % 2]) : std::vector<std::string>{};
     session.self->request(session.worker(w), options.step_timeout, actors::assign_atom::value,
-                          names(window.components[window.component_of(w)]), branch_modules)
+                          names(window.components[window.component_of(w)]), branch_modules, options.cuda_graphs)
         .receive([](bool) {},
                  [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system, problem)); });
   }
@@ -578,7 +586,10 @@ parallel_result parallel_session::generate(const models::generation_request& req
       result.trace.push_back({static_cast<int>(i), "cfg", {}, {}, {std::chrono::duration<double, std::milli>(now - last).count()}, {}, {}});
       last = now;
       if (observe) observe(i, steps, x);
-    });
+    }, session.graphed ? models::denoise_function([&](const at::Tensor& x, const at::Tensor& t,
+                                                      const models::branch_conditioning& c) {
+      return session.graphed->predict(x, t, c);
+    }) : models::denoise_function());
     return result;
   }
   if (!plan.classifier_free)

@@ -47,10 +47,16 @@ caf::error wrong_behaviour(worker_pointer self, const char* request, const char*
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
 worker_actor::behavior_type cfg_branch(worker_pointer self);
 
-bool assign(worker_pointer self, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
+caf::result<bool> assign(worker_pointer self, const std::vector<std::string>& window,
+                         const std::vector<std::string>& branch, bool cuda_graphs) {
   auto& worker = *self->state.worker;
   worker.set_component(runtime::split_scope::window, {window.begin(), window.end()});
   worker.set_component(runtime::split_scope::branch, {branch.begin(), branch.end()});
+  try {
+    worker.use_cuda_graphs(cuda_graphs);
+  } catch (const std::exception& failure) {
+    return caf::make_error(caf::sec::runtime_error, failure.what());
+  }
   return true;
 }
 
@@ -100,9 +106,8 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
         return role;
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
-        return assign(self, window, branch);
-      },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
+          bool cuda_graphs) { return assign(self, window, branch, cuda_graphs); },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }
@@ -122,9 +127,8 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         }
         return role;
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch) {
-        return assign(self, window, branch);
-      },
+      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
+          bool cuda_graphs) { return assign(self, window, branch, cuda_graphs); },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }

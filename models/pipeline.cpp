@@ -78,7 +78,7 @@ at::Tensor initial_latents(const generation_request& request, const std::vector<
 }
 
 at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_request& request,
-                            const step_observer& observe) {
+                            const step_observer& observe, const denoise_function& denoise) {
   torch::NoGradGuard no_grad;
   const auto plan = pipeline.plan(request);
   const auto conditioning = pipeline.encode_prompt(request, plan);
@@ -93,7 +93,7 @@ at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_reque
     auto model_input = plan.classifier_free ? torch::cat({latents, latents}, 0) : latents;
     model_input = sampler->scale_model_input(model_input, i);
     auto t = timesteps[i].to(latents.device());
-    auto prediction = pipeline.predict(model_input, t, batched);
+    auto prediction = denoise ? denoise(model_input, t, batched) : pipeline.predict(model_input, t, batched);
     if (plan.classifier_free) {
       auto branches = prediction.chunk(2, 0);
       prediction = guide(branches[0], branches[1], plan.guidance);

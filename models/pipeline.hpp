@@ -108,8 +108,11 @@ using step_observer = std::function<void(std::int64_t index, std::int64_t steps,
 
 /// The sequential reference loop (mode `none`): CFG batched as batch 2, diffusers' order of operations.
 /// Returns the final latents [1, C, h, w] (before VAE decoding).
+/// `denoise` replaces pipeline.predict for the steps (e.g. a CUDA-graph replay of it).
+using denoise_function =
+    std::function<at::Tensor(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond)>;
 at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_request& request,
-                            const step_observer& observe = nullptr);
+                            const step_observer& observe = nullptr, const denoise_function& denoise = nullptr);
 
 /// The initial latents of `request`: its `initial_latents` (checked against `shape`) or seeded standard normal
 /// noise, times `init_noise_sigma`.

@@ -74,12 +74,24 @@ models::branch_conditioning stage_worker::on_device(models::branch_conditioning 
   return conditioning;
 }
 
+void stage_worker::use_cuda_graphs(bool on) {
+  if (!on) {
+    graphed_.reset();
+  } else if (!graphed_) {
+    if (!pipeline_->placement().device.is_cuda())
+      throw error("worker " + std::to_string(rank_) + ": CUDA graphs need a CUDA device, not " +
+                  pipeline_->placement().device.str());
+    graphed_ = std::make_unique<graphed_denoiser>(*pipeline_);
+  }
+}
+
 at::Tensor stage_worker::predict(const at::Tensor& latents, const at::Tensor& timestep,
                                  const models::branch_conditioning* conditioning) {
   torch::NoGradGuard no_grad;
   const auto& device = pipeline_->placement().device;
-  return pipeline_->predict(latents.to(device), timestep.to(device),
-                            conditioning != nullptr ? on_device(*conditioning) : conditioning_);
+  const auto& cond = conditioning != nullptr ? on_device(*conditioning) : conditioning_;
+  if (graphed_) return graphed_->predict(latents.to(device), timestep.to(device), cond);
+  return pipeline_->predict(latents.to(device), timestep.to(device), cond);
 }
 
 at::Tensor stage_worker::fill(const at::Tensor& latents, const at::Tensor& timestep, split_scope scope) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "models/pipeline.hpp"
+#include "runtime/cuda_graph.hpp"
 
 namespace hybridiff::runtime {
 
@@ -33,6 +34,8 @@ class stage_worker {
   void set_conditioning(models::branch_conditioning conditioning);
   /// A different conditioning for fill and pipeline steps (hybrid's `cond` window); unset: the same.
   void set_window_conditioning(models::branch_conditioning conditioning);
+  /// Full forward passes (predict) replayed from CUDA graphs (on), or eager (off, the default).
+  void use_cuda_graphs(bool on);
   /// The modules this worker owns in pipelined steps of `scope` (its AsyncDiff component there).
   void set_component(split_scope scope, std::set<std::string> modules) { owned_[index(scope)] = std::move(modules); }
   const std::set<std::string>& component(split_scope scope) const { return owned_[index(scope)]; }
@@ -67,6 +70,7 @@ class stage_worker {
   static int index(split_scope scope) { return scope == split_scope::branch ? 0 : 1; }
   std::set<std::string> owned_[2];
   activation_cache cache_;
+  std::unique_ptr<graphed_denoiser> graphed_;
 };
 
 }  // namespace hybridiff::runtime

@@ -22,6 +22,8 @@
 
 #ifdef HYBRIDIFF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
@@ -77,7 +79,8 @@ bench_run parse_run(const std::string& text) {
       ("devices", po::value<std::string>()->default_value(""))
       ("pipeline-warmup", po::value<int>()->default_value(1))
       ("tau1", po::value<int>())
-      ("tau2", po::value<int>());
+      ("tau2", po::value<int>())
+      ("cuda-graphs", po::bool_switch());
   // clang-format on
   po::positional_options_description mode;
   mode.add("mode", 1);
@@ -103,6 +106,7 @@ bench_run parse_run(const std::string& text) {
   options.warmup = values["pipeline-warmup"].as<int>();
   options.tau1 = optional_int("tau1");
   options.tau2 = optional_int("tau2");
+  options.cuda_graphs = values["cuda-graphs"].as<bool>();
   return run;
 }
 
@@ -135,6 +139,8 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
       throw usage_error("--run \"" + text + "\" has " + std::to_string(options.workers) + " workers: with WORLD_SIZE " +
                         std::to_string(process.world_size) + " a run uses 1 worker (rank 0) or " +
                         std::to_string(process.world_size) + " (one per process)");
+    if (options.cuda_graphs && !device.is_cuda())
+      throw usage_error("--run \"" + text + "\": --cuda-graphs needs a CUDA --device");
     if (distributed && !runs.back().devices.empty())
       throw usage_error("--run \"" + text + "\": --devices places workers in one process; with WORLD_SIZE " +
                         std::to_string(process.world_size) + " each process uses its --device");
@@ -243,8 +249,10 @@ int run_bench(const std::vector<std::string>& args) {
       ("run", po::value<std::vector<std::string>>()->composing()->value_name("FLAGS"),
        "time whole generations of one schedule instead (repeatable; the first run is the baseline of the ratios): "
        "\"MODE [--workers N] [--model_n N] [--stride S] [--branch-stages N] [--devices LIST] [--pipeline-warmup W] "
-       "[--tau1 A --tau2 B]\" with MODE none, cfg, asyncdiff or hybrid and generate's meanings; needs "
-       "--scheduler-config")
+       "[--tau1 A --tau2 B] [--cuda-graphs]\" with MODE none, cfg, asyncdiff or hybrid and generate's meanings; "
+       "needs --scheduler-config")
+      ("cuda-graphs", po::bool_switch(), "per-step timing: replay the denoiser from a CUDA graph (captured after the "
+       "warm-up steps)")
       ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
       ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps");
   // clang-format on
@@ -259,6 +267,8 @@ int run_bench(const std::vector<std::string>& args) {
   if (size < 8 || size % 8 != 0) throw usage_error("--size must be a positive multiple of 8");
   if (iters < 1 || warmup < 0) throw usage_error("--iters must be >= 1 and --warmup >= 0");
   const auto device = parse_device(values["device"].as<std::string>());
+  const bool graphs = values["cuda-graphs"].as<bool>();
+  if (graphs && !device.is_cuda()) throw usage_error("--cuda-graphs needs a CUDA --device");
   const auto dtype_text = values["dtype"].as<std::string>();
   const auto dtype = parse_dtype(dtype_text);
 
@@ -316,7 +326,7 @@ int run_bench(const std::vector<std::string>& args) {
 
   std::int64_t parameters = 0;
   for (const auto& parameter : module->parameters()) parameters += parameter.numel();
-  nlohmann::json report = {{"model", class_name}, {"config", config_dir.string()}, {"size", size},
+  nlohmann::json report = {{"model", class_name}, {"config", config_dir.string()}, {"size", size}, {"cuda_graphs", graphs},
                            {"device", device.str()}, {"dtype", dtype_text},  {"warmup", warmup},
                            {"iters", iters},         {"parameters", parameters}};
 #ifdef HYBRIDIFF_WITH_CUDA
@@ -335,9 +345,25 @@ int run_bench(const std::vector<std::string>& args) {
           prepare(batch);
           for (std::int64_t i = 0; i < warmup; ++i) step();
           synchronize(device);
+          auto timed = step;
+#ifdef HYBRIDIFF_WITH_CUDA
+          std::shared_ptr<at::cuda::CUDAGraph> graph;
+          if (graphs) {  // one capture on a side stream (the warm-up ran eagerly), then replays
+            graph = std::make_shared<at::cuda::CUDAGraph>();
+            auto side = c10::cuda::getStreamFromPool(false, device.index() < 0 ? 0 : device.index());
+            {
+              c10::cuda::CUDAStreamGuard on_side(side);
+              graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+              step();
+              graph->capture_end();
+            }
+            side.synchronize();
+            timed = [graph] { graph->replay(); };
+          }
+#endif
           for (std::int64_t i = 0; i < iters; ++i) {
             auto start = std::chrono::steady_clock::now();
-            step();
+            timed();
             synchronize(device);
             milliseconds.push_back(
                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());

@@ -78,6 +78,9 @@ int run_generate(const std::vector<std::string>& args) {
        "asyncdiff: steps before the pipeline (the last fills the caches); split branches: full steps that start "
        "each CFG run")
       ("time_shift", po::bool_switch(), "pipeline steps feed the model the previous step's timestep")
+      ("cuda-graphs", po::bool_switch(),
+       "replay every full forward pass (CFG branches, batched steps) from a CUDA graph captured at its first use; "
+       "needs a CUDA device (fill and pipeline steps stay eager)")
       ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15)")
       ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4)")
       ("k", po::value<int>()->value_name("K"), "hybrid: window length after detection (5)")
@@ -155,6 +158,9 @@ int run_generate(const std::vector<std::string>& args) {
   parallel_settings.stride = values["stride"].as<int>();
   parallel_settings.warmup = values["warmup"].as<int>();
   parallel_settings.time_shift = values["time_shift"].as<bool>();
+  parallel_settings.cuda_graphs = values["cuda-graphs"].as<bool>();
+  if (parallel_settings.cuda_graphs && !placement.device.is_cuda())
+    throw usage_error("--cuda-graphs needs a CUDA --device, not " + placement.device.str());
   auto optional_int = [&](const char* name) {
     return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
   };

@@ -63,8 +63,9 @@ TEST(ClusterMessages, EveryMessageThatCrossesProcessesSurvivesSerialisation) {
   EXPECT_TRUE((prepare.match_elements<prepare_atom, std::vector<tensor_meta>>()));
 
   const std::vector<std::string> window = {"down_blocks.0", "down_blocks.1"}, branch = {"mid_block"};
-  auto assign = round_trip(system, caf::make_message(assign_atom::value, window, branch));
-  ASSERT_TRUE((assign.match_elements<assign_atom, std::vector<std::string>, std::vector<std::string>>()));
+  auto assign = round_trip(system, caf::make_message(assign_atom::value, window, branch, true));
+  ASSERT_TRUE((assign.match_elements<assign_atom, std::vector<std::string>, std::vector<std::string>, bool>()));
+  EXPECT_TRUE(assign.get_as<bool>(3));
   EXPECT_EQ(assign.get_as<std::vector<std::string>>(1), window);
   EXPECT_EQ(assign.get_as<std::vector<std::string>>(2), branch);
 
