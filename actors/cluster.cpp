@@ -302,6 +302,16 @@ struct host_state {
 };
 using host_pointer = caf::stateful_actor<host_state>*;
 
+// Asks the local worker and answers with its answer (or its error).
+template <class Answer, class... Ts>
+caf::response_promise relay(host_pointer self, Ts... message) {
+  auto promise = self->make_response_promise();
+  self->request(self->state.worker, self->state.timeout, message...)
+      .await([=](Answer answer) mutable { promise.deliver(answer); },
+             [=](caf::error& problem) mutable { promise.deliver(problem); });
+  return promise;
+}
+
 caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor worker, pending_link link,
                           c10::Device device, std::chrono::milliseconds timeout, int kill_after) {
   self->state = {worker, std::move(link), device, timeout, kill_after, 0};
@@ -355,36 +365,21 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return promise;
       },
       [=](prepare_atom, const tensor_metas& metas) {
-        auto promise = self->make_response_promise();
         auto setup = std::make_shared<image_setup>();
         try {
           received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
           setup->conditioning = received.conditioning("conditioning");
           setup->window = received.conditioning("window");
         } catch (const std::exception& problem) {
+          auto promise = self->make_response_promise();
           promise.deliver(failure(problem.what()));
           return promise;
         }
-        self->request(self->state.worker, self->state.timeout, prepare_atom::value, image_setup_ptr(setup))
-            .await([=](bool done) mutable { promise.deliver(done); },
-                   [=](caf::error& problem) mutable { promise.deliver(problem); });
-        return promise;
+        return relay<bool>(self, prepare_atom::value, image_setup_ptr(setup));
       },
-      [=](reconfigure_atom, std::int32_t role) {
-        auto promise = self->make_response_promise();
-        self->request(self->state.worker, self->state.timeout, reconfigure_atom::value, role)
-            .await([=](std::int32_t now) mutable { promise.deliver(now); },
-                   [=](caf::error& problem) mutable { promise.deliver(problem); });
-        return promise;
-      },
+      [=](reconfigure_atom, std::int32_t role) { return relay<std::int32_t>(self, reconfigure_atom::value, role); },
       [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
-          bool cuda_graphs) {
-        auto promise = self->make_response_promise();
-        self->request(self->state.worker, self->state.timeout, assign_atom::value, window, branch, cuda_graphs)
-            .await([=](bool done) mutable { promise.deliver(done); },
-                   [=](caf::error& problem) mutable { promise.deliver(problem); });
-        return promise;
-      },
+          bool cuda_graphs) { return relay<bool>(self, assign_atom::value, window, branch, cuda_graphs); },
       [=](done_atom) {
         self->quit();
         return true;
