@@ -57,13 +57,14 @@ int run_generate(const std::vector<std::string>& args) {
       ("output", po::value<std::string>()->default_value("hybridiff.png")->value_name("PNG"), "where to write the image")
       ("device", po::value<std::string>()->default_value("cpu")->value_name("DEV"), "cpu, cuda or cuda:N")
       ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), "fp32, fp16 or bf16");
-  po::options_description parallel("Parallel schedule (workers in this process; see README 'Schedules')");
+  po::options_description parallel("Parallel schedule (workers in this process, or one per process under launch; see README 'Schedules')");
   parallel.add_options()
       ("parallel", po::value<std::string>()->default_value("none")->value_name("MODE"),
        "none (1 worker, CFG batched), cfg (the guidance branches on separate workers), asyncdiff (AsyncDiff model "
        "parallelism after --warmup steps), hybrid (CFG parallel, AsyncDiff in [tau1, tau2], CFG parallel)")
       ("workers", po::value<int>()->value_name("N"),
-       "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2; cfg and hybrid take 2 or 4)")
+       "workers (default: none 1, cfg 2, asyncdiff model_n + stride - 1, hybrid 2; cfg and hybrid take 2 or 4; "
+       "under launch: WORLD_SIZE)")
       ("devices", po::value<std::string>()->value_name("LIST"),
        "one device per worker, e.g. cuda:0,cuda:1 (a model replica per device); default: all workers on --device, "
        "sharing one replica")
