@@ -48,10 +48,10 @@ std::string describe(caf::actor_system& system, const caf::error& failure) {
   return system.render(failure);
 }
 
+// One read-back per step (both means at once): the driver needs the value before it can plan the next step.
 double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
-  auto difference = (cond - uncond).abs().mean().to(torch::kDouble);
-  auto reference = uncond.abs().mean().to(torch::kDouble);
-  return schedule::relative_mae(difference.item<double>(), reference.item<double>());
+  auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
+  return schedule::relative_mae(means[0].item<double>(), means[1].item<double>());
 }
 
 }  // namespace
