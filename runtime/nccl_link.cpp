@@ -38,6 +38,21 @@ class nccl_link : public tensor_link {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     check(ncclCommInitRankConfig(&comm_, 2, id, self == 0 ? 0 : 1, &config), describe() + ": ncclCommInitRank");
+    try {
+      connect();
+    } catch (...) {
+      ncclCommAbort(comm_);  // the destructor does not run for a constructor that throws
+      throw;
+    }
+  }
+
+  ~nccl_link() override {
+    // Abort, not destroy: destroy waits for transfers that a dead peer would never complete.
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+  }
+
+ private:
+  void connect() {
     await_comm("joining");
     // NCCL connects a pair at its first transfer, which needs both sides inside NCCL. Both are here now (open is
     // collective): one byte each way, so that later sends are enqueued without waiting for the peer.
@@ -51,11 +66,7 @@ class nccl_link : public tensor_link {
     await_stream("connecting");
   }
 
-  ~nccl_link() override {
-    // Abort, not destroy: destroy waits for transfers that a dead peer would never complete.
-    if (comm_ != nullptr) ncclCommAbort(comm_);
-  }
-
+ public:
   void send(const std::vector<at::Tensor>& tensors) override {
     c10::cuda::CUDAGuard guard(device_);
     auto ready = after_current_work();
