@@ -6,7 +6,8 @@
 set -euo pipefail
 
 debian_packages=(cmake g++ make ccache libcaf-dev libspdlog-dev libboost-program-options-dev
-  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev libsentencepiece-dev clang libclang-rt-14-dev)
+  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev zlib1g-dev libsentencepiece-dev clang libclang-rt-14-dev
+  dataset-fashion-mnist)
 torch_version=2.11.0
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
