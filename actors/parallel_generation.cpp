@@ -227,18 +227,17 @@ class parallel_driver {
     const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
     both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
     // Every worker starts the image as a CFG branch with empty caches and this image's conditioning.
-    auto cond_window = options_.conditioning == pp_conditioning::cond && !asyncdiff_ ? conditioning.positive
+    // asyncdiff: both branches stacked on every worker; cfg and hybrid: workers w < W/2 the unconditional branch.
+    const auto window = options_.conditioning == pp_conditioning::cond && !asyncdiff_ ? conditioning.positive
                                                                                       : models::branch_conditioning{};
-    auto setups = asyncdiff_ ? std::vector<image_setup_ptr>(world_, std::make_shared<const actors::image_setup>(
-                                                                        actors::image_setup{stacked, {}}))
-                             : std::vector<image_setup_ptr>{};
-    if (!asyncdiff_) {
-      auto uncond = std::make_shared<const actors::image_setup>(actors::image_setup{conditioning.negative, cond_window});
-      auto cond = std::make_shared<const actors::image_setup>(actors::image_setup{conditioning.positive, cond_window});
-      for (int w = 0; w < world_; ++w) setups.push_back(w < world_ / 2 ? uncond : cond);
-    }
+    auto setup_of = [&](const models::branch_conditioning& branch) {
+      return std::make_shared<const actors::image_setup>(actors::image_setup{branch, window});
+    };
+    const image_setup_ptr both = setup_of(stacked), uncond = setup_of(conditioning.negative),
+                          cond = setup_of(conditioning.positive);
     for (int w = 0; w < world_; ++w)
-      self_->request(session.worker(w), options_.step_timeout, actors::prepare_atom::value, setups[w])
+      self_->request(session.worker(w), options_.step_timeout, actors::prepare_atom::value,
+                     asyncdiff_ ? both : w < world_ / 2 ? uncond : cond)
           .receive([](bool) {},
                    [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system_, problem)); });
     controller_.actor =
