@@ -35,11 +35,19 @@ bool port_is_free(int port) {
   return free;
 }
 
-// A rendezvous port P with P + 1 (the tensor store) free too; tests running at once pick different ones.
+// A rendezvous port P with P + 1 (the tensor store) free too; tests running at once pick different ones. Below
+// Linux's ephemeral range (32768+): a rank that retries connecting to a port in that range before anyone listens
+// can be given that very port as its own source port and connect to itself (a TCP self-connect), then wait forever
+// for its own handshake.
 int free_port_pair() {
-  static int next = 20000 + static_cast<int>(::getpid() % 4000) * 8;
-  for (int tries = 0; tries < 1000; ++tries, next += 2)
-    if (port_is_free(next) && port_is_free(next + 1)) return (next += 2) - 2;
+  constexpr int low = 20000, high = 32000;
+  static int next = low + static_cast<int>(::getpid() % 1500) * 8;
+  for (int tries = 0; tries < 1000; ++tries) {
+    if (next + 1 >= high) next = low;
+    const int port = next;
+    next += 2;
+    if (port_is_free(port) && port_is_free(port + 1)) return port;
+  }
   throw std::runtime_error("no free port pair");
 }
 
