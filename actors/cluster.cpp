@@ -84,11 +84,6 @@ class received_bundle {
   std::map<std::string, at::Tensor> by_name_;
 };
 
-std::string describe_failure(caf::actor_system& system, const caf::error& failure) {
-  if (failure.context().match_elements<std::string>()) return failure.context().get_as<std::string>(0);
-  return system.render(failure);
-}
-
 caf::error failure(const std::string& what) { return caf::make_error(caf::sec::runtime_error, what); }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::v
             });
           },
           [=](caf::error& problem) mutable {
-            settle([&] { promise.deliver(failure(rank_prefix(self) + describe_failure(self->system(), problem))); });
+            settle([&] { promise.deliver(failure(rank_prefix(self) + describe_error(self->system(), problem))); });
           });
   return promise;
 }
@@ -480,7 +475,7 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
   self->request(registry, options.rendezvous_timeout, register_atom::value, static_cast<std::int32_t>(placement.rank),
                 runtime::to_string(options.transport), host)
       .receive([&](std::vector<char>& given) { offer = std::move(given); },
-               [&](caf::error& problem) { refused = describe_failure(system, problem); });
+               [&](caf::error& problem) { refused = describe_error(system, problem); });
   if (!refused.empty()) throw stop("rank 0 at " + rank_zero + " refused the registration: " + refused);
   try {
     opened.set_value(links->open(0, offer));

@@ -43,11 +43,6 @@ struct exit_on_scope_end {
   }
 };
 
-std::string describe(caf::actor_system& system, const caf::error& failure) {
-  if (failure.context().match_elements<std::string>()) return failure.context().get_as<std::string>(0);
-  return system.render(failure);
-}
-
 // One read-back per step (both means at once): the driver needs the value before it can plan the next step.
 double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
   auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
@@ -239,7 +234,7 @@ class parallel_driver {
       self_->request(session.worker(w), options_.step_timeout, actors::prepare_atom::value,
                      asyncdiff_ ? both : w < world_ / 2 ? uncond : cond)
           .receive([](bool) {},
-                   [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system_, problem)); });
+                   [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + actors::describe_error(system_, problem)); });
     controller_.actor =
         actors::spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
 
@@ -254,7 +249,7 @@ class parallel_driver {
     std::int32_t phase_number = 0;
     self_->request(controller_.actor, options_.step_timeout, actors::phase_atom::value, std::int32_t{0})
         .receive([&](std::int32_t p) { phase_number = p; },
-                 [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
+                 [&](caf::error& problem) { throw error("tau controller: " + actors::describe_error(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
       step_trace row;
       row.step = static_cast<int>(i);
@@ -284,7 +279,7 @@ class parallel_driver {
         self_->request(controller_.actor, options_.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
                        row.metric.value_or(0.0), row.metric.has_value())
             .receive([&](const actors::step_decision& d) { decision = d; },
-                     [&](caf::error& problem) { throw error("tau controller: " + describe(system_, problem)); });
+                     [&](caf::error& problem) { throw error("tau controller: " + actors::describe_error(system_, problem)); });
         phase_number = decision.next_phase;
         if (!std::isnan(decision.slope)) row.slope = decision.slope;
         if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
@@ -369,7 +364,7 @@ class parallel_driver {
                        lost = !timed_out && has_died(w);
                        failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
                                                  std::to_string(options_.step_timeout.count()) + " ms"
-                                           : describe(system_, problem);
+                                           : actors::describe_error(system_, problem);
                      });
       if (lost) throw worker_lost{w};
       if (!failure.empty()) throw error("step " + std::to_string(requests.front().work->step) + ": " + failure);
@@ -504,7 +499,7 @@ class parallel_driver {
     self_->request(session_.worker(*survivor_), options_.step_timeout, actors::reconfigure_atom::value,
                    static_cast<std::int32_t>(actors::worker_role::cfg_branch))
         .receive([](std::int32_t) {},
-                 [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + describe(system_, problem)); });
+                 [&](caf::error& problem) { throw error("step " + std::to_string(i) + ": " + actors::describe_error(system_, problem)); });
     spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, lost, *survivor_);
   }
 };
@@ -555,7 +550,7 @@ parallel_session::parallel_session(caf::actor_system& system,
     session.self->request(session.worker(w), options.step_timeout, actors::assign_atom::value,
                           names(window.components[window.component_of(w)]), branch_modules, options.cuda_graphs)
         .receive([](bool) {},
-                 [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + describe(system, problem)); });
+                 [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + actors::describe_error(system, problem)); });
   }
   session.supervisor = actors::spawn_supervisor(system, session.workers);
 }

@@ -30,6 +30,12 @@ using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the super
 using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< a worker's components (module names)
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new image: conditioning, CFG branch, no cache
 
+/// The text of a failed request: the message our actors put in the error's context, else CAF's rendering.
+inline std::string describe_error(caf::actor_system& system, const caf::error& failure) {
+  if (failure.context().match_elements<std::string>()) return failure.context().get_as<std::string>(0);
+  return system.render(failure);
+}
+
 /// A worker's behaviour, switched with `become` when the tau controller says so.
 enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
 

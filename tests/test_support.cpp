@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -9,6 +11,34 @@
 #include <stdexcept>
 
 namespace hybridiff::test {
+
+namespace {
+
+// Whether nothing listens on `port` of 127.0.0.1 right now.
+bool port_is_free(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  return free;
+}
+
+}  // namespace
+
+int free_port_pair() {
+  constexpr int low = 20000, high = 32000;
+  static int next = low + static_cast<int>(::getpid() % 1500) * 8;
+  for (int tries = 0; tries < 1000; ++tries) {
+    if (next + 1 >= high) next = low;
+    const int port = next;
+    next += 2;
+    if (port_is_free(port) && port_is_free(port + 1)) return port;
+  }
+  throw std::runtime_error("no free port pair");
+}
 
 std::filesystem::path fixtures_dir() {
   const char* shared = std::getenv("HYBRIDIFF_SHARED");

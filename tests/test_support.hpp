@@ -22,6 +22,12 @@ class temp_dir {
   std::filesystem::path path_;
 };
 
+/// A TCP port P of 127.0.0.1 with P + 1 free too (a rendezvous port and the tensor store's); test processes
+/// running at once pick different ones. Below Linux's ephemeral range (32768+): a rank that retries connecting to a
+/// port in that range before anyone listens can be given that very port as its own source port and connect to
+/// itself (a TCP self-connect), then wait forever for its own handshake.
+int free_port_pair();
+
 /// Writes `bytes` to `path` as they are.
 void write_file(const std::filesystem::path& path, const std::string& bytes);
 

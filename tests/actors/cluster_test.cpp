@@ -11,6 +11,7 @@
 
 #include "actors/cluster.hpp"
 #include "models/errors.hpp"
+#include "test_support.hpp"
 
 namespace hybridiff::actors {
 namespace {
@@ -99,7 +100,7 @@ struct store_pair {
     runtime::process_placement rank0, rank1;
     rank0.world_size = rank1.world_size = 2;
     rank1.rank = 1;
-    rank0.master_port = rank1.master_port = 21000 + static_cast<int>(::getpid() % 2000) * 2;
+    rank0.master_port = rank1.master_port = test::free_port_pair();
     zero = runtime::make_link_factory(runtime::transport_kind::cpu, rank0, c10::kCPU, timeout);
     one = runtime::make_link_factory(runtime::transport_kind::cpu, rank1, c10::kCPU, timeout);
     const auto offer = zero->offer(1);

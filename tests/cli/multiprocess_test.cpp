@@ -1,10 +1,6 @@
 // Several processes, one image: `hybridiff launch` and hand-started ranks over the CPU transport (loopback), as a
 // user runs them. The reference is the same schedule with every worker in one process (itself checked against
 // hand compositions in tests/actors).
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <fstream>
 #include <regex>
@@ -21,35 +17,8 @@ namespace {
 
 using test::quoted;
 using test::run_hybridiff;
+using test::free_port_pair;
 using test::run_shell;
-
-// Whether nothing listens on `port` right now.
-bool port_is_free(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(static_cast<std::uint16_t>(port));
-  const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  ::close(fd);
-  return free;
-}
-
-// A rendezvous port P with P + 1 (the tensor store) free too; tests running at once pick different ones. Below
-// Linux's ephemeral range (32768+): a rank that retries connecting to a port in that range before anyone listens
-// can be given that very port as its own source port and connect to itself (a TCP self-connect), then wait forever
-// for its own handshake.
-int free_port_pair() {
-  constexpr int low = 20000, high = 32000;
-  static int next = low + static_cast<int>(::getpid() % 1500) * 8;
-  for (int tries = 0; tries < 1000; ++tries) {
-    if (next + 1 >= high) next = low;
-    const int port = next;
-    next += 2;
-    if (port_is_free(port) && port_is_free(port + 1)) return port;
-  }
-  throw std::runtime_error("no free port pair");
-}
 
 std::string model_folder(const std::string& name) { return quoted(test::fixtures_dir() / name); }
 
