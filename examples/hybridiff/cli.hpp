@@ -43,5 +43,6 @@ int run_generate(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);
 int run_schedule(const std::vector<std::string>& args);
 int run_launch(const std::vector<std::string>& args);
+int run_metrics(const std::vector<std::string>& args);
 
 }  // namespace hybridiff::cli

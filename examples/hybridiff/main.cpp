@@ -26,6 +26,7 @@ const subcommand subcommands[] = {
      hybridiff::cli::run_schedule},
     {"bench", "time denoiser steps of a model built from a config with random weights (JSON)", hybridiff::cli::run_bench},
     {"launch", "start N local processes of a subcommand with the torchrun-style environment", hybridiff::cli::run_launch},
+    {"metrics", "image quality: classifier accuracy and feature FID, PSNR / LPIPS / FID against a reference", hybridiff::cli::run_metrics},
 };
 
 void print_overview(std::ostream& out) {
