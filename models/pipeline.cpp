@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "models/class_conditional_pipeline.hpp"
 #include "models/errors.hpp"
 #include "models/model_folder.hpp"
 #include "models/sd3_pipeline.hpp"
@@ -21,8 +22,11 @@ std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& d
   const auto& name = folder.pipeline_class();
   if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options, parts);
   if (name == "StableDiffusion3Pipeline") return sd3_pipeline::load(folder, options, parts);
+  // Small enough to load whole on every rank.
+  if (name == class_conditional_pipeline::class_name_text) return class_conditional_pipeline::load(folder, options);
   throw error(dir.string() + ": pipeline class '" + (name.empty() ? std::string("(none: not a pipeline folder)") : name) +
-              "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline)");
+              "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline, " +
+              std::string(class_conditional_pipeline::class_name_text) + ")");
 }
 
 void denoiser_only(const std::string& what) {
