@@ -21,7 +21,10 @@ struct subcommand {
 const subcommand subcommands[] = {
     {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts",
      hybridiff::cli::run_info},
-    {"generate", "generate an image from a prompt with an SDXL or SD3 diffusers folder", hybridiff::cli::run_generate},
+    {"generate", "generate an image from a prompt (the built-in model, or an SDXL or SD3 diffusers folder)",
+     hybridiff::cli::run_generate},
+    {"coco", "generate one image per prompt of a captions file (COCO JSON or lines); resumable",
+     hybridiff::cli::run_coco},
     {"schedule", "schedule tools: 'schedule simulate' replays the tau detection on a metric file",
      hybridiff::cli::run_schedule},
     {"bench", "time denoiser steps of a model built from a config with random weights (JSON)", hybridiff::cli::run_bench},

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -234,6 +235,7 @@ int run_metrics(const std::vector<std::string>& args) {
     // PSNR per pair; a grey image against an RGB one compares grey (mean of the channels) with grey.
     nlohmann::json psnr_each = nlohmann::json::object();
     double psnr_sum = 0.0;
+    std::size_t identical = 0;
     for (std::size_t i = 0; i < references.size(); ++i) {
       auto a = generated[i], b = references[i];
       if (a.size(1) != b.size(1)) {
@@ -242,11 +244,16 @@ int run_metrics(const std::vector<std::string>& args) {
       }
       const double value = models::psnr(a, b);
       psnr_each[generated_files[i].filename().string()] = json_number(value);
-      psnr_sum += value;
+      if (std::isinf(value)) ++identical;
+      else psnr_sum += value;
     }
-    const double psnr_mean = psnr_sum / static_cast<double>(references.size());  // inf when any pair is identical
-    std::cout << "reference: " << reference_dir.string() << " (" << references.size() << " pairs)\n";
-    std::cout << "PSNR mean: " << std::setprecision(2) << psnr_mean << " dB\n";
+    // The mean over the pairs that differ (one identical pair would make it infinite); inf when all are identical.
+    const auto differing = references.size() - identical;
+    const double psnr_mean = differing == 0 ? std::numeric_limits<double>::infinity() : psnr_sum / static_cast<double>(differing);
+    std::cout << "reference: " << reference_dir.string() << " (" << references.size() << " pairs, " << identical
+              << " identical)\n";
+    std::cout << "PSNR mean: " << std::setprecision(2) << psnr_mean << " dB (over the " << differing << " pairs that differ)\n";
+    report["identical_pairs"] = identical;
     report["reference"] = reference_dir.string();
     report["pairs"] = references.size();
     report["psnr_mean"] = json_number(psnr_mean);

@@ -61,7 +61,7 @@ TEST(GenerateCli, BadInputExitsNonZeroWithTheReason) {
   models::save_safetensors(dir / "wrong.safetensors", {{"noise", torch::zeros({1, 4, 16, 16})}});
   models::save_safetensors(dir / "small.safetensors", {{"latents", torch::zeros({1, 4, 8, 8})}});
   const expectation cases[] = {
-      {"generate --prompt cat", 2, "--model"},
+      {"generate --prompt cat", 1, "prompt 'cat' is not a class of this model"},
       {"generate" + model + " --prompt cat --height 33 --width 32 --steps 1", 1, "--height 33 is not a positive multiple"},
       {"generate" + model + " --prompt cat --steps 0", 1, "--steps 0"},
       {"generate" + model + " --prompt cat --scheduler heun", 2, "--scheduler 'heun'"},

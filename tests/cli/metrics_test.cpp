@@ -126,6 +126,7 @@ TEST(MetricsCli, ReferenceFolderGivesPsnrAndLpips) {
   auto report = read_json(dir / "same.json");
   EXPECT_EQ(report["psnr_mean"], "inf");
   EXPECT_EQ(report["pairs"].get<int>(), 3);
+  EXPECT_EQ(report["identical_pairs"].get<int>(), 3);
   EXPECT_LT(std::abs(report["lpips_mean"].get<double>()), 1e-7);
   EXPECT_FALSE(report.contains("accuracy"));  // --no-classifier
 
