@@ -4,6 +4,8 @@
 //   train_builtin diffusion --out models/builtin/fashion-diffusion --device cuda --steps N [--minutes M]
 // writes a HybridiffClassConditionalPipeline folder (EMA weights in fp16) and DIR/training.json, then samples 50
 // images per class with guidance and reports the classifier's accuracy on them (--classifier DIR).
+//   train_builtin evaluate --out DIR --classifier DIR [--eval-guidance G] [--eval-steps N] [--eval-per-class K]
+// samples an existing folder the same way and prints the result as JSON.
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -245,7 +247,7 @@ int train_diffusion(const po::variables_map& values) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  po::options_description options("train_builtin classifier|diffusion --out DIR [options]");
+  po::options_description options("train_builtin classifier|diffusion|evaluate --out DIR [options]");
   // clang-format off
   options.add_options()
       ("help,h", "print this help")

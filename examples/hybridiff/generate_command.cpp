@@ -1,8 +1,5 @@
 #include <chrono>
 #include <csignal>
-#include <iostream>
-#include <map>
-#include <sstream>
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -68,16 +65,16 @@ int run_generate(const std::vector<std::string>& args) {
   const std::filesystem::path output = values["output"].as<std::string>();
   const int grid = values.count("grid") ? values["grid"].as<int>() : 0;
   if (values.count("grid") && (grid < 1 || grid > 64)) throw usage_error("--grid " + std::to_string(grid) + ": give 1 to 64 images per row");
-  if (grid > 0 && (values.count("latents-in") || values.count("save-latents")))
-    throw usage_error("--grid draws many images: --latents-in and --save-latents take one");
+  if (grid > 0 && (values.count("latents-in") || values.count("save-latents") || values.count("trace") ||
+                   values.count("schedule-plot")))
+    throw usage_error("--grid draws many images: --latents-in, --save-latents, --trace and --schedule-plot take one");
   std::optional<std::filesystem::path> plot;
   if (values.count("schedule-plot")) plot = values["schedule-plot"].as<std::string>();
   else if (setup.parallel.mode == parallel_mode::hybrid && grid == 0) plot = schedule_plot_path(output);
   const bool show_progress = progress_enabled(values["progress"].as<std::string>());
 
   const auto started = std::chrono::steady_clock::now();
-  double load_seconds = 0;
-  load_seconds = run_generation(setup, request, [&](parallel_session& session, models::diffusion_pipeline& pipeline) {
+  const double load_seconds = run_generation(setup, request, [&](parallel_session& session, models::diffusion_pipeline& pipeline) {
     const auto steps = pipeline.plan(request).steps;
     // One image, with the progress bar over its steps; the kill switch rehearses a lost rank 0.
     auto generate_one = [&](const models::generation_request& one, const std::string& label) {
@@ -105,7 +102,8 @@ int run_generate(const std::vector<std::string>& args) {
           auto one = request;
           one.prompt = name;
           one.seed = request.seed + static_cast<std::uint64_t>(column);
-          row.push_back(pipeline.decode(generate_one(one, name + " " + std::to_string(column + 1) + "/" + std::to_string(grid)).latents));
+          const auto label = name + " " + std::to_string(column + 1) + "/" + std::to_string(grid);
+          row.push_back(pipeline.decode(generate_one(one, label).latents));
         }
         rows.push_back(torch::cat(row, 3));  // [1, 3, H, N·W]
       }

@@ -88,6 +88,12 @@ TEST(BuiltinModel, UnknownPromptsAndGridsOfOtherModelsAreClearErrors) {
                             " --prompt cat --steps 1 --image_size 32 --grid 2 --output " + quoted(dir / "g.png"));
   EXPECT_EQ(grid.exit_code, 2);
   EXPECT_NE(grid.output.find("--grid needs a class-conditional model"), std::string::npos) << grid.output;
+  auto traced = run_hybridiff("generate --prompt bag --grid 2 --trace " + quoted(dir / "t.csv"));
+  EXPECT_EQ(traced.exit_code, 2);
+  EXPECT_NE(traced.output.find("--grid draws many images"), std::string::npos) << traced.output;
+  auto empty = run_hybridiff("generate --prompt bag --grid 0");
+  EXPECT_EQ(empty.exit_code, 2);
+  EXPECT_NE(empty.output.find("--grid 0: give 1 to 64 images per row"), std::string::npos) << empty.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
 }
 

@@ -13,6 +13,7 @@
 #include "models/image_io.hpp"
 #include "models/image_metrics.hpp"
 #include "models/safetensors.hpp"
+#include "metric_weights.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff {
@@ -90,20 +91,6 @@ TEST(MetricsCli, RealTestImagesAreClassifiedAndCloseToTheTestSet) {
   EXPECT_GT(noise_fid, 10.0 * real_fid) << "real " << real_fid << ", noise " << noise_fid;
 }
 
-// The lpips package's keys for net='alex' (README), random weights.
-void write_random_lpips_weights(const std::filesystem::path& path) {
-  std::vector<std::pair<std::string, at::Tensor>> weights;
-  const std::vector<std::tuple<std::string, std::int64_t, std::int64_t, std::int64_t>> convs = {
-      {"net.slice1.0", 3, 64, 11}, {"net.slice2.3", 64, 192, 5}, {"net.slice3.6", 192, 384, 3},
-      {"net.slice4.8", 384, 256, 3}, {"net.slice5.10", 256, 256, 3}};
-  for (const auto& [key, in, out, kernel] : convs) {
-    weights.emplace_back(key + ".weight", torch::randn({out, in, kernel, kernel}) * std::sqrt(2.0 / (in * kernel * kernel)));
-    weights.emplace_back(key + ".bias", torch::zeros({out}));
-  }
-  const std::int64_t channels[5] = {64, 192, 384, 256, 256};
-  for (int k = 0; k < 5; ++k) weights.emplace_back("lin" + std::to_string(k) + ".model.1.weight", torch::rand({1, channels[k], 1, 1}));
-  models::save_safetensors(path, weights);
-}
 
 TEST(MetricsCli, ReferenceFolderGivesPsnrAndLpips) {
   test::temp_dir dir;
@@ -117,7 +104,7 @@ TEST(MetricsCli, ReferenceFolderGivesPsnrAndLpips) {
     models::save_png(dir / "same" / name, image / 255.0);
     models::save_png(dir / "shifted" / name, (image + 26.0) / 255.0);  // every value 26 levels brighter
   }
-  write_random_lpips_weights(dir / "lpips.safetensors");
+  models::save_safetensors(dir / "lpips.safetensors", test::random_lpips_weights());
   const auto common = "metrics --no-classifier --generated " + quoted(dir / "generated") + " --lpips-weights " +
                       quoted(dir / "lpips.safetensors") + " --reference ";
   auto result = run_hybridiff(common + quoted(dir / "same") + " --json " + quoted(dir / "same.json"));
@@ -143,66 +130,7 @@ TEST(MetricsCli, InceptionFidOfAFolderWithItselfIsZero) {
   test::temp_dir dir;
   std::filesystem::create_directories(dir / "generated");
   for (int i = 0; i < 3; ++i) models::save_png(dir / "generated" / ("x" + std::to_string(i) + ".png"), torch::rand({1, 32, 32}));
-  // pytorch-fid's key names (torchvision Inception3's), random weights of the right shapes: the network's own
-  // parameter list is taken from a file the library loads, so build it from the documented layout.
-  std::vector<std::pair<std::string, at::Tensor>> weights;
-  auto basic = [&](const std::string& name, std::int64_t in, std::int64_t out, std::int64_t kh, std::int64_t kw) {
-    weights.emplace_back(name + ".conv.weight", torch::randn({out, in, kh, kw}) * std::sqrt(2.0 / (in * kh * kw)));
-    weights.emplace_back(name + ".bn.weight", torch::ones({out}));
-    weights.emplace_back(name + ".bn.bias", torch::zeros({out}));
-    weights.emplace_back(name + ".bn.running_mean", torch::zeros({out}));
-    weights.emplace_back(name + ".bn.running_var", torch::ones({out}));
-  };
-  basic("Conv2d_1a_3x3", 3, 32, 3, 3);
-  basic("Conv2d_2a_3x3", 32, 32, 3, 3);
-  basic("Conv2d_2b_3x3", 32, 64, 3, 3);
-  basic("Conv2d_3b_1x1", 64, 80, 1, 1);
-  basic("Conv2d_4a_3x3", 80, 192, 3, 3);
-  for (const auto& [m, in, pool] : std::vector<std::tuple<std::string, std::int64_t, std::int64_t>>{
-           {"Mixed_5b", 192, 32}, {"Mixed_5c", 256, 64}, {"Mixed_5d", 288, 64}}) {
-    basic(m + ".branch1x1", in, 64, 1, 1);
-    basic(m + ".branch5x5_1", in, 48, 1, 1);
-    basic(m + ".branch5x5_2", 48, 64, 5, 5);
-    basic(m + ".branch3x3dbl_1", in, 64, 1, 1);
-    basic(m + ".branch3x3dbl_2", 64, 96, 3, 3);
-    basic(m + ".branch3x3dbl_3", 96, 96, 3, 3);
-    basic(m + ".branch_pool", in, pool, 1, 1);
-  }
-  basic("Mixed_6a.branch3x3", 288, 384, 3, 3);
-  basic("Mixed_6a.branch3x3dbl_1", 288, 64, 1, 1);
-  basic("Mixed_6a.branch3x3dbl_2", 64, 96, 3, 3);
-  basic("Mixed_6a.branch3x3dbl_3", 96, 96, 3, 3);
-  for (const auto& [m, c7] : std::vector<std::pair<std::string, std::int64_t>>{
-           {"Mixed_6b", 128}, {"Mixed_6c", 160}, {"Mixed_6d", 160}, {"Mixed_6e", 192}}) {
-    basic(m + ".branch1x1", 768, 192, 1, 1);
-    basic(m + ".branch7x7_1", 768, c7, 1, 1);
-    basic(m + ".branch7x7_2", c7, c7, 1, 7);
-    basic(m + ".branch7x7_3", c7, 192, 7, 1);
-    basic(m + ".branch7x7dbl_1", 768, c7, 1, 1);
-    basic(m + ".branch7x7dbl_2", c7, c7, 7, 1);
-    basic(m + ".branch7x7dbl_3", c7, c7, 1, 7);
-    basic(m + ".branch7x7dbl_4", c7, c7, 7, 1);
-    basic(m + ".branch7x7dbl_5", c7, 192, 1, 7);
-    basic(m + ".branch_pool", 768, 192, 1, 1);
-  }
-  basic("Mixed_7a.branch3x3_1", 768, 192, 1, 1);
-  basic("Mixed_7a.branch3x3_2", 192, 320, 3, 3);
-  basic("Mixed_7a.branch7x7x3_1", 768, 192, 1, 1);
-  basic("Mixed_7a.branch7x7x3_2", 192, 192, 1, 7);
-  basic("Mixed_7a.branch7x7x3_3", 192, 192, 7, 1);
-  basic("Mixed_7a.branch7x7x3_4", 192, 192, 3, 3);
-  for (const auto& [m, in] : std::vector<std::pair<std::string, std::int64_t>>{{"Mixed_7b", 1280}, {"Mixed_7c", 2048}}) {
-    basic(m + ".branch1x1", in, 320, 1, 1);
-    basic(m + ".branch3x3_1", in, 384, 1, 1);
-    basic(m + ".branch3x3_2a", 384, 384, 1, 3);
-    basic(m + ".branch3x3_2b", 384, 384, 3, 1);
-    basic(m + ".branch3x3dbl_1", in, 448, 1, 1);
-    basic(m + ".branch3x3dbl_2", 448, 384, 3, 3);
-    basic(m + ".branch3x3dbl_3a", 384, 384, 1, 3);
-    basic(m + ".branch3x3dbl_3b", 384, 384, 3, 1);
-    basic(m + ".branch_pool", in, 192, 1, 1);
-  }
-  models::save_safetensors(dir / "inception.safetensors", weights);
+  models::save_safetensors(dir / "inception.safetensors", test::random_inception_weights());
   auto result = run_hybridiff("metrics --no-classifier --generated " + quoted(dir / "generated") + " --reference " +
                               quoted(dir / "generated") + " --inception-weights " + quoted(dir / "inception.safetensors") +
                               " --json " + quoted(dir / "fid.json"));
