@@ -20,6 +20,8 @@
 #include "models/fashion_mnist.hpp"
 #include "models/image_io.hpp"
 #include "models/safetensors.hpp"
+#include "models/sampler.hpp"
+#include "schedule/tau_controller.hpp"
 
 namespace po = boost::program_options;
 using namespace hybridiff;
@@ -85,7 +87,7 @@ at::Tensor sample_every_class(models::class_conditional_pipeline& pipeline, std:
   torch::NoGradGuard no_grad;
   const auto classes = static_cast<std::int64_t>(pipeline.class_names().size());
   const auto device = pipeline.placement().device;
-  std::vector<at::Tensor> positive, negative;
+  std::vector<at::Tensor> positive;
   for (std::int64_t label = 0; label < classes; ++label) {
     auto context = pipeline.context_of(label);
     for (std::int64_t i = 0; i < per_class; ++i) positive.push_back(context);
@@ -97,13 +99,14 @@ at::Tensor sample_every_class(models::class_conditional_pipeline& pipeline, std:
   sampler->set_timesteps(steps);
   const auto n = positive_context.size(0);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto shape = pipeline.latent_shape(32, 32);
+  const auto plan = pipeline.plan({});  // the folder's sample size
+  auto shape = pipeline.latent_shape(plan.height, plan.width);
   shape[0] = n;
   auto x = torch::randn(shape, generator).to(device) * sampler->init_noise_sigma();
   for (std::int64_t i = 0; i < steps; ++i) {
     auto input = sampler->scale_model_input(torch::cat({x, x}, 0), i);
     auto eps = pipeline.predict(input, sampler->timesteps()[i].to(device), both).chunk(2, 0);
-    rel_mae.push_back((eps[1] - eps[0]).abs().mean().item<double>() / (eps[0].abs().mean().item<double>() + 1e-12));
+    rel_mae.push_back(schedule::relative_mae((eps[1] - eps[0]).abs().mean().item<double>(), eps[0].abs().mean().item<double>()));
     x = sampler->step(models::guide(eps[0], eps[1], guidance), i, x);
   }
   return x.clamp(-1.0, 1.0);
@@ -122,15 +125,17 @@ nlohmann::json evaluate_folder(const std::filesystem::path& dir, const c10::Devi
   auto classifier = models::load_fashion_classifier(values["classifier"].as<std::string>());
   torch::NoGradGuard no_grad;
   auto predicted = classifier->forward(images.to(torch::kCPU, torch::kFloat32)).argmax(1);
-  auto wanted = torch::arange(10, torch::kLong).repeat_interleave(per_class);
+  const auto classes = static_cast<std::int64_t>(pipeline.class_names().size());
+  auto wanted = torch::arange(classes, torch::kLong).repeat_interleave(per_class);
   const double accuracy = predicted.eq(wanted).to(torch::kFloat64).mean().item<double>();
   spdlog::info("{} samples per class, {} {} steps, guidance {}: classifier accuracy {:.4f}", per_class,
                pipeline.make_sampler("")->name(), steps, guidance, accuracy);
   const auto columns = std::min<std::int64_t>(per_class, 10);
+  const auto height = images.size(2), width = images.size(3);
   models::save_png(dir.parent_path() / (dir.filename().string() + "-samples.png"),
-                   images.add(1).div(2).view({10, per_class, 32, 32}).slice(1, 0, columns)  // [class, sample, H, W]
-                       .permute({0, 2, 1, 3})                                              // rows: classes
-                       .reshape({1, 1, 10 * 32, columns * 32}));
+                   images.add(1).div(2).view({classes, per_class, height, width}).slice(1, 0, columns)  // [class, sample, H, W]
+                       .permute({0, 2, 1, 3})                                                           // rows: classes
+                       .reshape({1, 1, classes * height, columns * width}));
   return {{"samples_per_class", per_class}, {"steps", steps}, {"guidance", guidance}, {"classifier_accuracy", accuracy},
           {"rel_mae_per_step", rel_mae}};
 }
@@ -176,16 +181,18 @@ int train_diffusion(const po::variables_map& values) {
   for (auto& p : parameters) ema.push_back(p.detach().clone());
   torch::optim::AdamW optimizer(parameters, torch::optim::AdamWOptions(lr).weight_decay(0.0));
 
-  // DDPM's linear betas, as the folder's scheduler config: alphas_cumprod [1000].
-  auto betas = torch::linspace(1e-4, 0.02, 1000, torch::kFloat64);
-  auto alphas_cumprod = torch::cumprod(1.0 - betas, 0).to(device, torch::kFloat32);
+  // The noise schedule of the folder's own scheduler config, as its sampler builds it: alphas_cumprod [T].
+  const auto alphas_cumprod = models::alphas_cumprod_of(models::read_config(out / "scheduler" / "scheduler_config.json")).to(device);
+  const auto train_timesteps = alphas_cumprod.size(0);
   auto pixels = models::to_model_pixels(train.images).to(device);  // [60000, 1, 32, 32] in [-1, 1]
   auto labels = train.labels.to(device);
   const auto null_class = static_cast<std::int64_t>(layout.class_names.size());
   const auto warmup = std::min<std::int64_t>(500, steps / 10 + 1);
   const auto started = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
-  double loss_sum = 0, last_mean_loss = 0;
+  // The loss stays on the device and is read every 500 steps: a read-back per step would stall the GPU's queue.
+  auto loss_sum = torch::zeros({}, torch::TensorOptions(torch::kFloat32).device(device));
+  double last_mean_loss = 0;
   std::int64_t done = 0;
   for (; done < steps; ++done) {
     // Warm-up, then cosine decay to a tenth.
@@ -198,7 +205,7 @@ int train_diffusion(const po::variables_map& values) {
     auto y = labels.index_select(0, index);
     // Label dropout: the null class teaches the unconditional branch of classifier-free guidance.
     y = torch::where(torch::rand({batch}, x0.options()) < label_dropout, torch::full_like(y, null_class), y);
-    auto t = torch::randint(1000, {batch}, torch::TensorOptions(torch::kLong).device(device));
+    auto t = torch::randint(train_timesteps, {batch}, torch::TensorOptions(torch::kLong).device(device));
     auto noise = torch::randn_like(x0);
     auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     auto noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise;
@@ -214,12 +221,12 @@ int train_diffusion(const po::variables_map& values) {
       const double decay = std::min(ema_decay, (1.0 + static_cast<double>(done)) / (10.0 + static_cast<double>(done)));
       at::_foreach_lerp_(ema, parameters, 1.0 - decay);
     }
-    loss_sum += loss.item<double>();
+    loss_sum += loss.detach();
     if ((done + 1) % 500 == 0) {
-      last_mean_loss = loss_sum / 500;
+      last_mean_loss = loss_sum.item<double>() / 500;
       spdlog::info("step {}/{}: mean loss {:.4f}, lr {:.2e}, {:.1f} steps/s", done + 1, steps, last_mean_loss,
                    lr * factor, static_cast<double>(done + 1) / elapsed());
-      loss_sum = 0;
+      loss_sum.zero_();
     }
     if (minutes > 0 && (done + 1) % 100 == 0 && elapsed() > minutes * 60) {
       spdlog::warn("--minutes {} reached after {} of {} steps", minutes, done + 1, steps);

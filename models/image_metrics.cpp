@@ -14,16 +14,10 @@
 namespace hybridiff::models {
 namespace {
 
-std::string shape_text(c10::IntArrayRef shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
 // Images [N, C, H, W] in [0, 1] with C = 1 or 3 -> float32 [N, 3, H, W] in [-1, 1] on `device` (grey repeated).
 at::Tensor rgb_in_unit_range(const at::Tensor& images, const c10::Device& device, const char* metric) {
   if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
-    throw error(std::string(metric) + ": images must be [N, 1 or 3, H, W], got " + shape_text(images.sizes()));
+    throw error(std::string(metric) + ": images must be [N, 1 or 3, H, W], got " + c10::str(images.sizes()));
   auto x = images.to(device, torch::kFloat32).mul(2.0).sub(1.0);  // [N, C, H, W] in [-1, 1]
   return x.size(1) == 1 ? x.repeat({1, 3, 1, 1}) : x;             // [N, 3, H, W]
 }
@@ -39,8 +33,8 @@ at::Tensor psd_sqrt(const at::Tensor& matrix) {
 
 double psnr(const at::Tensor& a, const at::Tensor& b) {
   if (a.sizes() != b.sizes())
-    throw error("psnr: the images differ in shape: " + shape_text(a.sizes()) + " and " + shape_text(b.sizes()));
-  if (a.numel() == 0) throw error("psnr: empty images " + shape_text(a.sizes()));
+    throw error("psnr: the images differ in shape: " + c10::str(a.sizes()) + " and " + c10::str(b.sizes()));
+  if (a.numel() == 0) throw error("psnr: empty images " + c10::str(a.sizes()));
   const double mse = a.to(torch::kCPU, torch::kFloat64).sub(b.to(torch::kCPU, torch::kFloat64)).square().mean().item<double>();
   if (mse == 0.0) return std::numeric_limits<double>::infinity();
   return 10.0 * std::log10(1.0 / mse);  // the peak is 1: values in [0, 1]
@@ -51,14 +45,14 @@ double frechet_distance(const at::Tensor& features_a, const at::Tensor& features
     const char* which = features == &features_a ? "the first" : "the second";
     if (features->dim() != 2)
       throw error(std::string("frechet_distance: ") + which + " feature set must be [N, D], got " +
-                  shape_text(features->sizes()));
+                  c10::str(features->sizes()));
     if (features->size(0) < 2)
       throw error(std::string("frechet_distance: ") + which + " feature set has " + std::to_string(features->size(0)) +
                   " sample(s); a covariance needs at least 2");
   }
   if (features_a.size(1) != features_b.size(1))
-    throw error("frechet_distance: the feature sets differ in dimension: " + shape_text(features_a.sizes()) + " and " +
-                shape_text(features_b.sizes()));
+    throw error("frechet_distance: the feature sets differ in dimension: " + c10::str(features_a.sizes()) + " and " +
+                c10::str(features_b.sizes()));
   auto a = features_a.to(torch::kCPU, torch::kFloat64);  // [N, D]
   auto b = features_b.to(torch::kCPU, torch::kFloat64);  // [M, D]
   if (!torch::isfinite(a).all().item<bool>() || !torch::isfinite(b).all().item<bool>())
@@ -167,7 +161,7 @@ lpips_alex lpips_alex::load(const std::filesystem::path& weights, c10::Device de
 
 at::Tensor lpips_alex::distance(const at::Tensor& a, const at::Tensor& b) const {
   if (a.sizes() != b.sizes())
-    throw error("lpips: the images differ in shape: " + shape_text(a.sizes()) + " and " + shape_text(b.sizes()));
+    throw error("lpips: the images differ in shape: " + c10::str(a.sizes()) + " and " + c10::str(b.sizes()));
   torch::NoGradGuard no_grad;
   auto prepare = [&](const at::Tensor& images) {
     auto x = rgb_in_unit_range(images, device_, "lpips");  // [N, 3, H, W] in [-1, 1]

@@ -8,9 +8,7 @@
 #include "models/errors.hpp"
 
 namespace hybridiff::models {
-namespace {
 
-// The training noise schedule of the DDPM-family samplers: alphas_cumprod [T] in float32, as diffusers builds it.
 at::Tensor alphas_cumprod_of(const config& values) {
   const auto steps = values.get<std::int64_t>("num_train_timesteps");
   const auto start = values.get<double>("beta_start"), end = values.get<double>("beta_end");
@@ -26,6 +24,8 @@ at::Tensor alphas_cumprod_of(const config& values) {
     values.reject("beta_schedule", "'" + schedule + "' is not supported (linear, scaled_linear)");
   return torch::cumprod(1.0 - betas, 0);
 }
+
+namespace {
 
 std::vector<double> as_doubles(const at::Tensor& tensor) {
   auto values = tensor.to(torch::kDouble).contiguous();

@@ -39,6 +39,10 @@ class sampler {
   at::Tensor timesteps_, sigmas_;
 };
 
+/// The training noise schedule of a DDPM-family `scheduler_config.json` (linear or scaled_linear betas):
+/// alphas_cumprod [num_train_timesteps] in float32, as diffusers builds it. Throws naming the file otherwise.
+at::Tensor alphas_cumprod_of(const config& scheduler_config);
+
 /// The sampler names `make_sampler` accepts.
 std::vector<std::string> sampler_names();
 

@@ -16,6 +16,7 @@
 
 #include "cli.hpp"
 #include "models/builtin.hpp"
+#include "models/class_conditional_pipeline.hpp"
 #include "models/errors.hpp"
 #include "models/fashion_mnist.hpp"
 #include "models/image_io.hpp"
@@ -41,13 +42,10 @@ std::vector<fs::path> png_files(const fs::path& dir, const std::string& option) 
   return files;
 }
 
-// The class names as file names write them: spaces replaced by '-' ("ankle boot" -> "ankle-boot").
+// The class names as file names write them ("ankle boot" -> "ankle-boot"; coco names class prompts so).
 std::vector<std::string> class_prefixes() {
   std::vector<std::string> prefixes;
-  for (auto name : models::fashion_mnist_classes()) {
-    std::replace(name.begin(), name.end(), ' ', '-');
-    prefixes.push_back(name);
-  }
+  for (const auto& name : models::fashion_mnist_classes()) prefixes.push_back(models::class_file_stem(name));
   return prefixes;
 }
 
