@@ -115,17 +115,39 @@ bench_run parse_run(const std::string& text) {
 // Under `hybridiff launch` (WORLD_SIZE N > 1) rank 0 times the runs: a run of N workers puts one on each process
 // (the others serve theirs), a run of 1 worker stays on rank 0; the other ranks print nothing. Returns nothing on
 // those ranks.
-std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const std::filesystem::path& config_dir,
-                                         const std::filesystem::path& scheduler_dir, std::int64_t steps,
-                                         std::int64_t size, std::int64_t warmup, const c10::Device& device,
-                                         at::ScalarType dtype, const std::string& dtype_text,
-                                         const po::variables_map& values) {
+// What the runs generate with: a diffusers folder (`--model`: text encoders, denoiser, VAE — end-to-end times), or
+// a denoiser config and a scheduler config (random weights, random conditioning, no VAE — denoising times).
+struct bench_model {
+  std::filesystem::path folder;
+  std::filesystem::path denoiser_config, scheduler_config;
+
+  bool whole() const { return !folder.empty(); }
+  std::string name() const { return (whole() ? folder : denoiser_config).string(); }
+  bool sd3() const {
+    return whole() ? models::read_config(folder / "model_index.json").get_or<std::string>("_class_name", "") ==
+                         "StableDiffusion3Pipeline"
+                   : models::read_config(denoiser_config / "config.json").get_or<std::string>("_class_name", "") ==
+                         "SD3Transformer2DModel";
+  }
+  // Rank r > 0 of a multi-process run loads the denoiser only: rank 0 encodes and decodes.
+  std::shared_ptr<models::diffusion_pipeline> load(const models::load_options& placement, bool denoiser_only) const {
+    if (whole())
+      return models::load_pipeline(folder, placement,
+                                   denoiser_only ? models::pipeline_parts::denoiser : models::pipeline_parts::everything);
+    // Seed 0 on every process: the ranks of a multi-process run hold the same weights.
+    return models::make_random_pipeline(denoiser_config, scheduler_config, placement, 0);
+  }
+};
+
+std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const bench_model& model,
+                                         std::int64_t steps, std::int64_t size, std::int64_t warmup,
+                                         const c10::Device& device, at::ScalarType dtype,
+                                         const std::string& dtype_text, const po::variables_map& values) {
   const auto process = runtime::discover_placement(runtime::process_environment());
   const bool distributed = process.world_size > 1;
   std::vector<bench_run> runs;
   // Every run is checked before any work (the tau defaults follow the model family, as in generate).
-  const bool sd3 = models::read_config(config_dir / "config.json").get_or<std::string>("_class_name", "") ==
-                   "SD3Transformer2DModel";
+  const bool sd3 = model.sd3();
   for (const auto& text : texts) {
     runs.push_back(parse_run(text));
     auto& options = runs.back().options;
@@ -149,11 +171,11 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
   auto replica_on = [&](const c10::Device& worker_device) {
     auto& replica = by_device[worker_device.str()];
-    // Seed 0 on every process: the ranks of a multi-process run hold the same weights.
-    if (!replica) replica = models::make_random_pipeline(config_dir, scheduler_dir, {worker_device, dtype, ""}, 0);
+    if (!replica) replica = model.load({worker_device, dtype, ""}, distributed && process.rank != 0);
     return replica;
   };
   models::generation_request request;
+  request.prompt = "a photograph of an astronaut riding a horse";  // read only by a whole pipeline's tokenizers
   request.steps = steps;
   request.height = request.width = size;
   caf::actor_system_config actor_config;
@@ -165,7 +187,7 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
   }
   std::unique_ptr<actors::cluster_host> cluster;
   if (distributed) cluster = std::make_unique<actors::cluster_host>(actor_system, process, cluster_settings);
-  nlohmann::json report = {{"config", config_dir.string()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
+  nlohmann::json report = {{"config", model.name()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
                            {"runs", nlohmann::json::array()}};
   std::optional<double> baseline_ms;
   for (auto& run : runs) {
@@ -200,9 +222,18 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
                                       last = now;
                                     });
                                   });
+      const double denoised_ms = std::chrono::duration<double, std::milli>(last - begin).count();
+      double total = denoised_ms;
+      if (model.whole()) {  // the VAE decode on rank 0's replica, as generate does it (image on the CPU)
+        replicas.front()->decode(result.latents);
+        total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count();
+      }
       if (round < warmup) continue;
-      const double total = std::chrono::duration<double, std::milli>(last - begin).count();
-      entry["generation_ms"] = total;
+      entry["generation_ms"] = denoised_ms;
+      if (model.whole()) {
+        entry["decode_ms"] = total - denoised_ms;
+        entry["end_to_end_ms"] = total;
+      }
       if (!baseline_ms) baseline_ms = total;
       entry["speedup_vs_first_run"] = *baseline_ms / total;
       std::map<std::string, std::vector<double>> wall, busiest;
@@ -230,15 +261,19 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
 int run_bench(const std::vector<std::string>& args) {
   command_line line;
   line.name = "bench";
-  line.usage = "hybridiff bench --model-config DIR [options]";
+  line.usage = "hybridiff bench --model-config DIR [options]\n       hybridiff bench --model DIR --run FLAGS [--run FLAGS ...] [options]";
   line.summary =
       "Times denoiser steps of a model built from a config folder with random weights (speed does not depend on\n"
       "the weights' values), e.g. ../shared/fixtures/configs/sdxl-unet. Prints JSON: per batch size the median,\n"
       "p10 and p90 of the per-step latency in milliseconds over --iters steps after --warmup steps. With --run:\n"
-      "end-to-end denoising time of whole generations and per-phase step times, for each run.";
+      "the time of whole generations and per-phase step times, for each run: denoising with --model-config, end to\n"
+      "end (text encoding, denoising, VAE decoding) with --model, a diffusers folder (bench/random_model.py writes\n"
+      "full-size ones with random weights).";
   // clang-format off
   line.options.add_options()
-      ("model-config", po::value<std::string>()->required()->value_name("DIR"), "folder with the denoiser's config.json")
+      ("model-config", po::value<std::string>()->value_name("DIR"), "folder with the denoiser's config.json")
+      ("model", po::value<std::string>()->value_name("DIR"), "--run: a diffusers folder (instead of --model-config and "
+       "--scheduler-config): times text encoding, denoising and VAE decoding")
       ("size", po::value<std::int64_t>()->default_value(1024)->value_name("PX"), "image side in pixels (latents: /8)")
       ("batch", po::value<std::string>()->default_value("1,2")->value_name("LIST"), "batch sizes, e.g. 1,2")
       ("warmup", po::value<std::int64_t>()->default_value(3)->value_name("N"),
@@ -260,6 +295,9 @@ int run_bench(const std::vector<std::string>& args) {
   auto parsed = parse(line, args);
   if (!parsed) return 0;
   const auto& values = *parsed;
+  if (values.count("model") == values.count("model-config"))
+    throw usage_error("give one of --model-config DIR (random weights) and --model DIR (a diffusers folder)");
+  if (values.count("model") && !values.count("run")) throw usage_error("--model times whole generations: add --run");
   const auto batches = parse_list(values["batch"].as<std::string>(), "--batch");
   const auto size = values["size"].as<std::int64_t>();
   const auto warmup = values["warmup"].as<std::int64_t>();
@@ -272,15 +310,22 @@ int run_bench(const std::vector<std::string>& args) {
   const auto dtype_text = values["dtype"].as<std::string>();
   const auto dtype = parse_dtype(dtype_text);
 
-  const std::filesystem::path config_dir = values["model-config"].as<std::string>();
   if (values.count("run")) {
-    if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
-    auto report = bench_runs(values["run"].as<std::vector<std::string>>(), config_dir,
-                             values["scheduler-config"].as<std::string>(), values["steps"].as<std::int64_t>(), size,
-                             warmup, device, dtype, dtype_text, values);
+    bench_model model;
+    if (values.count("model")) {
+      model.folder = values["model"].as<std::string>();
+      if (values.count("scheduler-config")) throw usage_error("--model brings its scheduler: drop --scheduler-config");
+    } else {
+      if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
+      model.denoiser_config = values["model-config"].as<std::string>();
+      model.scheduler_config = values["scheduler-config"].as<std::string>();
+    }
+    auto report = bench_runs(values["run"].as<std::vector<std::string>>(), model, values["steps"].as<std::int64_t>(),
+                             size, warmup, device, dtype, dtype_text, values);
     if (report) std::cout << report->dump(2) << std::endl;
     return 0;
   }
+  const std::filesystem::path config_dir = values["model-config"].as<std::string>();
   auto config = models::read_config(config_dir / "config.json");
   const auto class_name = config.get_or<std::string>("_class_name", "");
   torch::NoGradGuard no_grad;

@@ -1,0 +1,79 @@
+// `hybridiff bench --model DIR --run ...`: whole generations of a diffusers folder (text encoders, denoiser, VAE)
+// timed end to end, in one process and over two (CPU transport), as a user runs it. Times are not checked against
+// any speed (tests never fail because a machine is slow), only that each part was run and reported.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/run_binary.hpp"
+#include "test_support.hpp"
+
+namespace hybridiff {
+namespace {
+
+using test::quoted;
+using test::run_hybridiff;
+
+nlohmann::json report_of(const test::run_result& run) {
+  // The JSON report is the last thing printed (logs go before it).
+  const auto begin = run.output.find("{\n");
+  if (begin == std::string::npos) ADD_FAILURE() << "no JSON in:\n" << run.output;
+  return nlohmann::json::parse(run.output.substr(begin == std::string::npos ? 0 : begin));
+}
+
+void expect_end_to_end(const nlohmann::json& entry) {
+  SCOPED_TRACE(entry.dump());
+  // end to end = (prompt encoding + steps) + VAE decode; the decode of a 32×32 image takes measurable time.
+  EXPECT_GT(entry.at("decode_ms").get<double>(), 0.0);
+  EXPECT_GT(entry.at("generation_ms").get<double>(), 0.0);
+  EXPECT_NEAR(entry.at("end_to_end_ms").get<double>(),
+              entry.at("generation_ms").get<double>() + entry.at("decode_ms").get<double>(), 1e-6);
+}
+
+TEST(BenchWholePipeline, TimesEncodingDenoisingAndDecodingPerRun) {
+  const auto run = run_hybridiff("bench --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +
+                                 " --device cpu --dtype fp32 --size 32 --steps 6 --warmup 0 --log-level warn"
+                                 " --run none --run 'hybrid --tau1 2 --tau2 4'");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto report = report_of(run);
+  EXPECT_EQ(report.at("model"), "StableDiffusionXLPipeline");
+  ASSERT_EQ(report.at("runs").size(), 2u);
+  for (const auto& entry : report.at("runs")) expect_end_to_end(entry);
+  const auto& hybrid = report.at("runs")[1];
+  EXPECT_EQ(hybrid.at("workers"), 2);
+  for (const char* phase : {"cfg", "fill", "pipeline"}) EXPECT_TRUE(hybrid.at("phases").contains(phase)) << phase;
+}
+
+TEST(BenchWholePipeline, RankZeroEncodesAndDecodesInATwoProcessRun) {
+  const auto ports = test::free_port_pair();
+  const auto run = test::run_shell(test::hybridiff_binary() + " launch --nproc 2 --master-port " +
+                                   std::to_string(ports) + " -- bench --model " +
+                                   quoted(test::fixtures_dir() / "tiny-sd3") +
+                                   " --device cpu --dtype fp32 --size 32 --steps 4 --warmup 0 --log-level warn"
+                                   " --run cfg");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto report = report_of(run);
+  EXPECT_EQ(report.at("model"), "StableDiffusion3Pipeline");
+  const auto& entry = report.at("runs").at(0);
+  EXPECT_EQ(entry.at("processes"), 2);
+  expect_end_to_end(entry);
+}
+
+TEST(BenchWholePipeline, ModelSourcesAreExclusiveAndNeedRuns) {
+  const auto tiny = quoted(test::fixtures_dir() / "tiny-sdxl");
+  auto both = run_hybridiff("bench --model " + tiny + " --model-config " + tiny + "/unet --run none");
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_NE(both.output.find("give one of --model-config DIR (random weights) and --model DIR"), std::string::npos)
+      << both.output;
+  auto neither = run_hybridiff("bench --run none");
+  EXPECT_EQ(neither.exit_code, 2);
+  EXPECT_NE(neither.output.find("give one of"), std::string::npos) << neither.output;
+  auto no_runs = run_hybridiff("bench --model " + tiny + " --device cpu");
+  EXPECT_EQ(no_runs.exit_code, 2);
+  EXPECT_NE(no_runs.output.find("--model times whole generations: add --run"), std::string::npos) << no_runs.output;
+  auto missing = run_hybridiff("bench --model /nonexistent/model --device cpu --run none");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("/nonexistent/model"), std::string::npos) << missing.output;
+}
+
+}  // namespace
+}  // namespace hybridiff
