@@ -33,7 +33,28 @@ def parse_args():
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile: after compiling)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--diffusers-path", help="a folder to import diffusers from")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N eager steps of each (torch.profiler; hybridiff bench --profile N) and "
+                             "report the GPU time per step by kernel class, side by side")
     return parser.parse_args()
+
+
+# The kernel classes of hybridiff's runtime::kernel_class (runtime/kernel_profile.cpp), same rules, same order:
+# the first class with a pattern in the lower-cased kernel name.
+KERNEL_CLASSES = [
+    ("attention", ["flash", "fmha", "attention", "sdpa", "mem_eff"]),
+    ("convolution", ["conv", "fprop", "dgrad", "wgrad", "winograd"]),
+    ("gemm", ["gemm", "cutlass", "cublas", "nvjet", "xmma", "matmul"]),
+    ("normalization", ["norm", "moments"]),
+    ("reduction", ["reduce", "softmax"]),
+    ("copy", ["memcpy", "memset", "copy", "cat", "transpose", "permute", "index"]),
+    ("elementwise", ["elementwise", "vectorized", "unrolled", "silu", "gelu", "pointwise"]),
+]
+
+
+def kernel_class(name):
+    name = name.lower()
+    return next((c for c, patterns in KERNEL_CLASSES if any(p in name for p in patterns)), "other")
 
 
 def main():
@@ -98,14 +119,36 @@ def main():
                 samples.append((time.perf_counter() - start) * 1000.0)
         return statistics.median(samples)
 
+    def profile_steps(forward, batch):
+        """GPU ms per step by kernel class over --profile eager steps, as hybridiff bench --profile reports it."""
+        kwargs = inputs(batch)
+        with torch.inference_mode():
+            forward(**kwargs)
+            synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+                for _ in range(args.profile):
+                    forward(**kwargs)
+                synchronize()
+        by_class, total = {}, 0.0
+        for event in profile.events():
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            ms = event.device_time / 1000.0  # microseconds
+            by_class[kernel_class(event.name)] = by_class.get(kernel_class(event.name), 0.0) + ms
+            total += ms
+        return {"gpu_ms_per_step": total / args.profile,
+                "classes": {c: {"ms_per_step": ms / args.profile, "share": ms / total} for c, ms in sorted(by_class.items())}}
+
     def hybridiff(graphs):
         command = [args.hybridiff, "bench", "--model-config", args.config, "--batch", args.batch, "--size",
                    str(args.size), "--dtype", args.dtype, "--device", args.device, "--iters", str(args.iters),
                    "--warmup", str(args.warmup), "--log-level", "warn"] + (["--cuda-graphs"] if graphs else [])
+        if args.profile and not graphs:
+            command += ["--profile", str(args.profile)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"diffusers_baseline.py: {' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-        return {b["batch"]: b["step_ms_median"] for b in json.loads(done.stdout)["batches"]}
+        return {b["batch"]: b for b in json.loads(done.stdout)["batches"]}
 
     report = {"model": class_name, "config": args.config, "size": args.size, "dtype": args.dtype,
               "device": str(device), "torch": torch.__version__, "diffusers": diffusers.__version__, "batches": []}
@@ -119,14 +162,16 @@ def main():
     ours = hybridiff(False)
     ours_graphs = hybridiff(True) if device.type == "cuda" else {}
     for b in batches:
-        row = {"batch": b, "diffusers_eager_ms": eager[b], "hybridiff_eager_ms": ours[b],
-               "eager_ratio": eager[b] / ours[b]}
+        row = {"batch": b, "diffusers_eager_ms": eager[b], "hybridiff_eager_ms": ours[b]["step_ms_median"],
+               "eager_ratio": eager[b] / ours[b]["step_ms_median"]}
         if b in compiled:
             row["diffusers_compile_ms"] = compiled[b]
         if b in ours_graphs:
-            row["hybridiff_cuda_graphs_ms"] = ours_graphs[b]
+            row["hybridiff_cuda_graphs_ms"] = ours_graphs[b]["step_ms_median"]
+        if args.profile:
+            row["profile"] = {"diffusers_eager": profile_steps(model, b), "hybridiff_eager": ours[b]["profile"]}
         best_theirs = compiled.get(b, eager[b])
-        best_ours = ours_graphs.get(b, ours[b])
+        best_ours = row.get("hybridiff_cuda_graphs_ms", row["hybridiff_eager_ms"])
         row["best_ratio"] = best_theirs / best_ours  # > 1: hybridiff's best is faster than diffusers' best
         report["batches"].append(row)
     print(json.dumps(report, indent=2))

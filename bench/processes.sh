@@ -3,10 +3,11 @@
 # encoding, 50 steps, VAE decode) of whole diffusers folders, on 2 GPUs and, where there are 4, on 4.
 # In each launch rank 0 times every run: the runs of one worker stay on rank 0 (the first, `none` with CUDA
 # graphs, is the baseline of the ratios: our best one-GPU time), the others put one worker on each process.
-#   bench/processes.sh HYBRIDIFF_BINARY SDXL_FOLDER SD3_FOLDER [STEPS] > processes.json
+#   bench/processes.sh HYBRIDIFF_BINARY SDXL_FOLDER SD3_FOLDER [STEPS] [PROCESS_COUNTS] > processes.json
+# PROCESS_COUNTS: "2 4" (default; 4 only where 4 GPUs are visible), or one of them.
 # The folders: bench/random_model.py writes full-size ones with random weights (speed does not depend on them).
 set -euo pipefail
-binary=$1 sdxl=$2 sd3=$3 steps=${4:-50}
+binary=$1 sdxl=$2 sd3=$3 steps=${4:-50} counts=${5:-2 4}
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 [ "$gpus" -ge 2 ] || { echo "bench/processes.sh: needs 2 or more GPUs, $gpus visible" >&2; exit 1; }
 
@@ -20,11 +21,13 @@ bench() {  # processes folder runs...
 }
 
 # The reference scripts' windows: SDXL detects around steps 13-17, SD3 (tau_cap 40) around 40-45.
-bench 2 "$sdxl" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 13 --tau2 17 --cuda-graphs" \
-  "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
-bench 2 "$sd3" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 40 --tau2 45 --cuda-graphs" \
-  "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
-if [ "$gpus" -ge 4 ]; then
+if [[ " $counts " == *" 2 "* ]]; then
+  bench 2 "$sdxl" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 13 --tau2 17 --cuda-graphs" \
+    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
+  bench 2 "$sd3" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 40 --tau2 45 --cuda-graphs" \
+    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
+fi
+if [[ " $counts " == *" 4 "* ]] && [ "$gpus" -ge 4 ]; then
   bench 4 "$sdxl" "none --cuda-graphs" "cfg --workers 4 --cuda-graphs" "hybrid --workers 4 --tau1 13 --tau2 17 --cuda-graphs" \
     "hybrid --workers 4 --cuda-graphs" "hybrid --workers 4 --branch-stages 1 --tau1 13 --tau2 17 --cuda-graphs" \
     "asyncdiff --model_n 3 --stride 2 --pipeline-warmup 5 --cuda-graphs" \

@@ -11,7 +11,7 @@ examples/run_{sdxl,sd3}_hybridiff.py do: same tau defaults, seeds, guidance, res
 everything else (the reference prints every step) goes to stderr.
 
 On the GPU machine, with the reference's pinned packages (.deps/refwheels: diffusers 0.29.2, transformers 4.42.4,
-...; torch and Pillow are the machine's) and the reference source (.deps/refwheels/hybridiff-src):
+...; torch, numpy and Pillow are the machine's) and the reference source (.deps/refwheels/hybridiff-src):
 
     pip install -q --no-index --no-deps --target /tmp/refdeps .deps/refwheels/*.whl
     export PYTHONPATH=/tmp/refdeps
@@ -19,7 +19,8 @@ On the GPU machine, with the reference's pinned packages (.deps/refwheels: diffu
         --model /tmp/sdxl-random --model_n 2 --stride 1 --steps 50 --size 1024
     python3 bench/reference_baseline.py --single --model /tmp/sdxl-random     # 1 GPU, diffusers 0.29.2, CFG batch 2
 
-World size must be 2 or 4 and equal model_n + stride - 1 (SDXL and SD3: model_n 2..4, stride 1 or 2).
+World size must be 2 or 4 and equal model_n + stride - 1: model_n 2 stride 1, model_n 4 stride 1, model_n 3
+stride 2 (SDXL only: the reference's SD3 breaks with stride 2, see below).
 --load-only checks the setup without a GPU (imports, from_pretrained, the model split) and prints the JSON untimed.
 
 What the driver does around the reference (its files are not modified):
@@ -38,11 +39,15 @@ What the driver does around the reference (its files are not modified):
   The driver hands HybridDiff tau1 - 1 in that case only (a property on the pipeline's tau_tensor, on the GPU, no
   host sync), which makes step tau_cap the fill step that a detected tau1 gets; --no-fallback-fix runs it as is.
   The JSON's tau1/tau2 are the pipeline's own values; tau_fallback says whether the fallback happened.
+- SD3 stride 2 is refused: hybrid_sd3.py:182-193 sets a batch-2 timestep (torch.cat of two) at every step from
+  warm_up on, CFG-only steps included, while each rank denoises batch 1: rank 0's latents become batch 2 and the
+  latents broadcast (pipeline_stable_diffusion_3.py:996) mismatches at step 1 (gloo aborts; NCCL would hang).
+- Folders written with transformers 5 (bench/random_model.py) store CLIPTextModel without the `text_model.` key
+  prefix, so transformers 4.42.4 initialises SDXL's text_encoder afresh (random either way; speed is the same).
 - --single: the reference classes need torch.distributed in __init__ and world size 2 or 4 in __call__
   (pipeline_stable_diffusion_xl.py:288, 1222), so the 1-GPU baseline is diffusers' own class of the same version.
 """
 import argparse
-import contextlib
 import importlib
 import json
 import os
@@ -99,6 +104,10 @@ def parse_args():
                 or args.model_n not in (2, 3, 4):
             p.error(f"world size {world} with model_n {args.model_n}, stride {args.stride}: the reference needs "
                     "world size 2 or 4 = model_n + stride - 1, model_n 2..4, stride 1 or 2")
+        if args.family == "sd3" and args.stride == 2:
+            p.error("SD3 with stride 2: the reference breaks at step 1 (hybrid_sd3.py:182-193 gives the transformer "
+                    "a batch-2 timestep at every step >= warm_up, CFG steps too, while each rank runs batch 1; the "
+                    "latents broadcast then mismatches, pipeline_stable_diffusion_3.py:996)")
         if args.tau_cap + args.k > args.steps:
             p.error(f"tau_cap + k = {args.tau_cap + args.k} > steps {args.steps}: the reference raises")
     return args
@@ -195,7 +204,8 @@ def main():
             split = importlib.import_module("hybridiff.pipe_config").splite_model(
                 pipeline, pipeline.config._name_or_path, args.model_n)
             result["split_modules_per_stage"] = [len(stage) for stage in split]
-        result.update(load_only=True, end_to_end_s=[], pipeline_file=sys.modules[type(pipeline).__module__].__file__)
+        result.update(load_only=True, end_to_end_s=[],
+                      pipeline_file=sys.modules[type(pipeline).__module__].__file__)
         if rank == 0:
             print(json.dumps(result), file=json_out, flush=True)
         return

@@ -153,7 +153,10 @@ SD3Transformer2DModelImpl::state SD3Transformer2DModelImpl::embed(const at::Tens
   const auto top = (config_.pos_embed_max_size - rows) / 2, left = (config_.pos_embed_max_size - columns) / 2;
   auto table = pos_embed_table.reshape({1, config_.pos_embed_max_size, config_.pos_embed_max_size, -1});
   auto crop = table.narrow(1, top, rows).narrow(2, left, columns).reshape({1, rows * columns, -1});
-  s.hidden = tokens + crop.to(tokens.scalar_type());
+  // Contiguous: `tokens` is a transposed view and the sum takes its layout, which every later add, norm and linear of
+  // the blocks would inherit (strided elementwise kernels, unfused linear biases, copies): SD3-medium's batch-2 step
+  // went from 65.9 to 58.9 ms on an H200 with this (bench --profile: README, Benchmarks).
+  s.hidden = (tokens + crop.to(tokens.scalar_type())).contiguous();
   if (record) record("pos_embed", s.hidden);
   auto t = timestep.reshape({-1});
   if (t.size(0) == 1) t = t.expand({batch});

@@ -19,6 +19,7 @@
 #include "models/random_pipeline.hpp"
 #include "models/sd3_transformer.hpp"
 #include "models/unet.hpp"
+#include "runtime/kernel_profile.hpp"
 
 #ifdef HYBRIDIFF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -58,6 +59,27 @@ double percentile(std::vector<double> samples, double fraction) {
 
 void synchronize(const c10::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+// A kernel profile of `steps` steps as JSON: GPU milliseconds per step in total, by kernel class (with its share)
+// and for the 15 longest kernels.
+nlohmann::json kernel_report(const std::vector<runtime::kernel_total>& kernels, std::int64_t steps) {
+  const auto per_step = [steps](double ms) { return ms / static_cast<double>(steps); };
+  double total = 0;
+  std::map<std::string, double> by_class;
+  for (const auto& kernel : kernels) {
+    total += kernel.total_ms;
+    by_class[runtime::kernel_class(kernel.name)] += kernel.total_ms;
+  }
+  nlohmann::json report = {{"steps", steps}, {"gpu_ms_per_step", per_step(total)}};
+  for (const auto& [kernel_class, ms] : by_class)
+    report["classes"][kernel_class] = {{"ms_per_step", per_step(ms)}, {"share", ms / total}};
+  for (std::size_t i = 0; i < std::min<std::size_t>(15, kernels.size()); ++i)
+    report["top_kernels"].push_back({{"name", kernels[i].name.substr(0, 160)},
+                                     {"class", runtime::kernel_class(kernels[i].name)},
+                                     {"calls_per_step", static_cast<double>(kernels[i].calls) / static_cast<double>(steps)},
+                                     {"ms_per_step", per_step(kernels[i].total_ms)}});
+  return report;
 }
 
 // One --run: its flags parsed as generate's parallel flags.
@@ -288,6 +310,9 @@ int run_bench(const std::vector<std::string>& args) {
        "needs --scheduler-config")
       ("cuda-graphs", po::bool_switch(), "per-step timing: replay the denoiser from a CUDA graph (captured after the "
        "warm-up steps)")
+      ("profile", po::value<std::int64_t>()->implicit_value(10)->value_name("N"), "per-step timing: then profile N "
+       "more steps (default 10) with PyTorch's profiler and report the GPU time per step by kernel class (gemm, "
+       "attention, convolution, normalization, elementwise, reduction, copy, other) and the top kernels")
       ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
       ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps");
   // clang-format on
@@ -307,6 +332,9 @@ int run_bench(const std::vector<std::string>& args) {
   const auto device = parse_device(values["device"].as<std::string>());
   const bool graphs = values["cuda-graphs"].as<bool>();
   if (graphs && !device.is_cuda()) throw usage_error("--cuda-graphs needs a CUDA --device");
+  const auto profiled_steps = values.count("profile") ? values["profile"].as<std::int64_t>() : 0;
+  if (values.count("profile") && (profiled_steps < 1 || !device.is_cuda() || values.count("run")))
+    throw usage_error("--profile N needs N >= 1, a CUDA --device and per-step timing (no --run)");
   const auto dtype_text = values["dtype"].as<std::string>();
   const auto dtype = parse_dtype(dtype_text);
 
@@ -383,6 +411,7 @@ int run_bench(const std::vector<std::string>& args) {
 #endif
   for (auto batch : batches) {
     std::vector<double> milliseconds;
+    std::optional<nlohmann::json> profile;
     models::with_memory_context(
         "timing " + class_name + " at batch " + std::to_string(batch) + ", " + std::to_string(size) + "x" +
             std::to_string(size) + " in " + dtype_text + " on " + device.str(),
@@ -413,11 +442,18 @@ int run_bench(const std::vector<std::string>& args) {
             milliseconds.push_back(
                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
           }
+          if (profiled_steps > 0)
+            profile = kernel_report(runtime::profile_kernels([&] {
+                                      for (std::int64_t i = 0; i < profiled_steps; ++i) timed();
+                                      synchronize(device);
+                                    }),
+                                    profiled_steps);
         });
     report["batches"].push_back({{"batch", batch},
                                  {"step_ms_median", percentile(milliseconds, 0.5)},
                                  {"step_ms_p10", percentile(milliseconds, 0.1)},
                                  {"step_ms_p90", percentile(milliseconds, 0.9)}});
+    if (profile) report["batches"].back()["profile"] = *profile;
   }
 #ifdef HYBRIDIFF_WITH_CUDA
   if (device.is_cuda()) {
