@@ -129,15 +129,20 @@ def main():
                 for _ in range(args.profile):
                     forward(**kwargs)
                 synchronize()
-        by_class, total = {}, 0.0
+        by_class, by_name, total = {}, {}, 0.0
         for event in profile.events():
             if event.device_type != torch.autograd.DeviceType.CUDA:
                 continue
             ms = event.device_time / 1000.0  # microseconds
             by_class[kernel_class(event.name)] = by_class.get(kernel_class(event.name), 0.0) + ms
+            calls, summed = by_name.get(event.name, (0, 0.0))
+            by_name[event.name] = (calls + 1, summed + ms)
             total += ms
+        top = sorted(by_name.items(), key=lambda item: -item[1][1])[:15]
         return {"gpu_ms_per_step": total / args.profile,
-                "classes": {c: {"ms_per_step": ms / args.profile, "share": ms / total} for c, ms in sorted(by_class.items())}}
+                "classes": {c: {"ms_per_step": ms / args.profile, "share": ms / total} for c, ms in sorted(by_class.items())},
+                "top_kernels": [{"name": name[:160], "class": kernel_class(name), "calls_per_step": calls / args.profile,
+                                 "ms_per_step": ms / args.profile} for name, (calls, ms) in top]}
 
     def hybridiff(graphs):
         command = [args.hybridiff, "bench", "--model-config", args.config, "--batch", args.batch, "--size",
