@@ -30,7 +30,7 @@ class CLIPAttentionImpl : public torch::nn::Module {
  public:
   CLIPAttentionImpl(std::int64_t hidden, std::int64_t heads);
   at::Tensor forward(const at::Tensor& x);  // [B, L, hidden], causal
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 
  private:
   std::int64_t heads_;
@@ -44,7 +44,7 @@ class CLIPEncoderLayerImpl : public torch::nn::Module {
   CLIPAttention self_attn{nullptr};
   torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
   std::shared_ptr<torch::nn::Module> mlp;
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 
  private:
   std::string activation_, source_;
@@ -68,7 +68,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::nn::Embedding token_embedding_{nullptr}, position_embedding_{nullptr};
   torch::nn::ModuleList layers_{nullptr};
   torch::nn::LayerNorm final_layer_norm_{nullptr};
-  torch::nn::Linear text_projection_{nullptr};
+  Linear text_projection_{nullptr};
 };
 TORCH_MODULE(CLIPTextModel);
 

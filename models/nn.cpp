@@ -27,8 +27,8 @@ at::Tensor activate(const at::Tensor& x, const std::string& name, const std::str
   throw error(source + ": unsupported activation '" + name + "' (supported: silu, gelu, gelu_new, quick_gelu, relu)");
 }
 
-torch::nn::Linear linear(std::int64_t in, std::int64_t out, bool bias) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+Linear linear(std::int64_t in, std::int64_t out, bool bias) {
+  return Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
@@ -107,12 +107,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
     auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
     auto tokens = group_norm(x).view({batch, channels, height * width}).transpose(1, 2);
     auto q = split_heads(to_q(tokens), heads_), k = split_heads(to_k(tokens), heads_), v = split_heads(to_v(tokens), heads_);
-    auto out = to_out[0]->as<torch::nn::Linear>()->forward(merge_heads(attention(q, k, v)));
+    auto out = to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));
     return out.transpose(1, 2).reshape({batch, channels, height, width}) + x;
   }
   const auto& source = context.defined() ? context : x;
   auto q = split_heads(to_q(x), heads_), k = split_heads(to_k(source), heads_), v = split_heads(to_v(source), heads_);
-  return to_out[0]->as<torch::nn::Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, L, query_dim]
+  return to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, L, query_dim]
 }
 
 }  // namespace hybridiff::models

@@ -20,7 +20,19 @@ at::Tensor merge_heads(const at::Tensor& x);
 /// other names, naming `source`.
 at::Tensor activate(const at::Tensor& x, const std::string& name, const std::string& source);
 
-torch::nn::Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
+/// torch::nn::Linear's parameters and initialisation (`weight` [out, in], `bias` [out]) with ATen's `at::linear` as
+/// the forward. LibTorch's C++ `F::linear` computes a batched input [B, L, in] as a matmul plus a separate
+/// broadcasting bias add; `at::linear` (what PyTorch's nn.Linear calls) flattens it into one addmm, whose bias
+/// cuBLASLt adds in the GEMM's epilogue — one kernel and one pass over the output less per layer (`bench --profile`
+/// counted ~370 strided add kernels per batch-2 SDXL step before; README, Benchmarks).
+class LinearImpl : public torch::nn::LinearImpl {
+ public:
+  using torch::nn::LinearImpl::LinearImpl;
+  at::Tensor forward(const at::Tensor& input) { return at::linear(input, weight, bias); }
+};
+TORCH_MODULE(Linear);
+
+Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
                          std::int64_t padding = 0);
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);
@@ -39,7 +51,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
-  torch::nn::Linear time_emb_proj{nullptr};
+  Linear time_emb_proj{nullptr};
 
  private:
   double output_scale_factor_;
@@ -79,7 +91,7 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& context = {});
 
   torch::nn::GroupNorm group_norm{nullptr};
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   torch::nn::ModuleList to_out{nullptr};
 
  private:

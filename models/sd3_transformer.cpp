@@ -17,7 +17,7 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 }
 
 // diffusers' FeedForward "gelu-approximate": net.0.proj, tanh GELU, net.2.
-std::pair<torch::nn::Linear, torch::nn::Linear> feed_forward(torch::nn::Module& parent, const std::string& name,
+std::pair<Linear, Linear> feed_forward(torch::nn::Module& parent, const std::string& name,
                                                              std::int64_t dim) {
   auto ff = container(parent, name);
   auto net = ff->register_module("net", torch::nn::ModuleList());

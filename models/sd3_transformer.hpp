@@ -30,10 +30,10 @@ class JointTransformerBlockImpl : public torch::nn::Module {
  private:
   bool context_pre_only_;
   std::int64_t heads_;
-  torch::nn::Linear norm1_linear{nullptr}, norm1_context_linear{nullptr};
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
+  Linear norm1_linear{nullptr}, norm1_context_linear{nullptr};
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
       add_v_proj{nullptr}, to_out_0{nullptr}, to_add_out{nullptr};
-  torch::nn::Linear ff_in{nullptr}, ff_out{nullptr}, ff_context_in{nullptr}, ff_context_out{nullptr};
+  Linear ff_in{nullptr}, ff_out{nullptr}, ff_context_in{nullptr}, ff_context_out{nullptr};
 };
 TORCH_MODULE(JointTransformerBlock);
 
@@ -80,8 +80,8 @@ class SD3Transformer2DModelImpl : public torch::nn::Module {
   sd3_transformer_config config_;
   torch::nn::Conv2d patch_proj{nullptr};
   at::Tensor pos_embed_table;  // [1, max², D], the checkpoint's "pos_embed.pos_embed"
-  torch::nn::Linear timestep_linear_1{nullptr}, timestep_linear_2{nullptr}, text_linear_1{nullptr}, text_linear_2{nullptr};
-  torch::nn::Linear context_embedder{nullptr}, norm_out_linear{nullptr}, proj_out{nullptr};
+  Linear timestep_linear_1{nullptr}, timestep_linear_2{nullptr}, text_linear_1{nullptr}, text_linear_2{nullptr};
+  Linear context_embedder{nullptr}, norm_out_linear{nullptr}, proj_out{nullptr};
 };
 TORCH_MODULE(SD3Transformer2DModel);
 

@@ -37,7 +37,7 @@ class T5EncoderModelImpl : public torch::nn::Module {
   t5_config config_;
   torch::nn::Embedding shared{nullptr}, relative_attention_bias{nullptr};
   struct layer_weights {
-    torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr}, wi_0{nullptr}, wi_1{nullptr}, wo{nullptr};
+    Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr}, wi_0{nullptr}, wi_1{nullptr}, wo{nullptr};
     at::Tensor attention_norm, feed_forward_norm;
   };
   std::vector<layer_weights> layers_;

@@ -19,7 +19,7 @@ std::shared_ptr<torch::nn::Module> projection(std::int64_t in, std::int64_t out,
 }
 
 at::Tensor run_projection(const std::shared_ptr<torch::nn::Module>& module, const at::Tensor& x) {
-  if (auto* as_linear = module->as<torch::nn::Linear>()) return as_linear->forward(x);
+  if (auto* as_linear = module->as<Linear>()) return as_linear->forward(x);
   return module->as<torch::nn::Conv2d>()->forward(x);
 }
 

@@ -21,7 +21,7 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
   Attention attn1{nullptr}, attn2{nullptr};
   std::shared_ptr<torch::nn::Module> ff;
-  torch::nn::Linear ff_geglu_proj{nullptr}, ff_out{nullptr};
+  Linear ff_geglu_proj{nullptr}, ff_out{nullptr};
 };
 TORCH_MODULE(BasicTransformerBlock);
 
@@ -120,7 +120,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
   std::shared_ptr<torch::nn::Module> time_embedding_module, add_embedding_module;
-  torch::nn::Linear time_linear_1{nullptr}, time_linear_2{nullptr}, add_linear_1{nullptr}, add_linear_2{nullptr};
+  Linear time_linear_1{nullptr}, time_linear_2{nullptr}, add_linear_1{nullptr}, add_linear_2{nullptr};
   torch::nn::ModuleList down_blocks{nullptr}, up_blocks{nullptr};
   UNetBlock mid_block{nullptr};
 

@@ -1,5 +1,9 @@
 // The SDXL components against diffusers/transformers goldens (fixtures/tiny-sdxl-golden.safetensors), float32 CPU.
+#include <functional>
+#include <map>
+
 #include <gtest/gtest.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include "models/clip_text_model.hpp"
@@ -26,6 +30,37 @@ std::vector<std::string> prompts() {
 std::vector<std::int64_t> as_ids(const at::Tensor& tensor) {
   auto values = tensor.to(torch::kLong).contiguous();
   return std::vector<std::int64_t>(values.data_ptr<std::int64_t>(), values.data_ptr<std::int64_t>() + values.numel());
+}
+
+// The ATen ops that `work` dispatches on this thread, by name (a RecordFunction observer, as the profiler uses).
+std::map<std::string, int> aten_ops_of(const std::function<void()>& work) {
+  static thread_local std::map<std::string, int>* calls = nullptr;
+  std::map<std::string, int> seen;
+  calls = &seen;
+  const auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction& op) -> std::unique_ptr<at::ObserverContext> {
+        if (calls) ++(*calls)[op.name()];
+        return nullptr;
+      }));
+  work();
+  at::removeCallback(handle);
+  calls = nullptr;
+  return seen;
+}
+
+// A batched linear layer ([B, L, in], as every attention and feed-forward layer gets) is one addmm with the bias
+// in it, as PyTorch's nn.Linear computes it — not LibTorch's C++ F::linear (matmul, then a broadcasting add), which
+// costs a kernel and a pass over the output per layer on the GPU. Values: x·Wᵀ + b, float32, 1e-5.
+TEST(Linear, BatchedInputIsOneAddmmWithTheBias) {
+  torch::manual_seed(0);
+  Linear layer(8, 6);
+  const auto x = torch::randn({2, 5, 8});
+  at::Tensor y;
+  const auto calls = aten_ops_of([&] { y = layer(x); });
+  EXPECT_EQ(calls.count("aten::addmm") ? calls.at("aten::addmm") : 0, 1);
+  EXPECT_EQ(calls.count("aten::add_") + calls.count("aten::add"), 0u);
+  EXPECT_TRUE(torch::allclose(y, torch::matmul(x, layer->weight.t()) + layer->bias, 1e-5, 1e-5));
+  EXPECT_EQ(y.sizes(), (std::vector<std::int64_t>{2, 5, 6}));
 }
 
 TEST(ClipTokenizer, IdsEqualTransformersForEveryPrompt) {
