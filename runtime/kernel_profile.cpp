@@ -43,14 +43,13 @@ std::vector<kernel_total> profile_kernels(const std::function<void()>& work) {
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
   profiler::prepareProfiler(config, activities);
   profiler::enableProfiler(config, activities);
-  std::unique_ptr<profiler::ProfilerResult> result;
   try {
     work();
   } catch (...) {
     profiler::disableProfiler();
     throw;
   }
-  result = profiler::disableProfiler();
+  const auto result = profiler::disableProfiler();
   std::map<std::string, kernel_total> by_name;
   for (const auto& event : result->events()) {
     if (event.deviceType() != c10::DeviceType::CUDA) continue;  // CPU-side ops and runtime calls
