@@ -86,6 +86,14 @@ at::Tensor to_model_pixels(const at::Tensor& images) {
   return torch::constant_pad_nd(pixels, {2, 2, 2, 2}, -1.0);                     // black border: [N, 1, 32, 32]
 }
 
+at::Tensor to_classifier_pixels(const at::Tensor& image, const std::string& source) {
+  auto grey = image.mean(1, /*keepdim=*/true).mul(2.0).sub(1.0);  // [1, 1, H, W] in [-1, 1]
+  if (grey.size(2) == 28 && grey.size(3) == 28) return torch::constant_pad_nd(grey, {2, 2, 2, 2}, -1.0);
+  if (grey.size(2) == 32 && grey.size(3) == 32) return grey;
+  throw error(source + ": " + std::to_string(grey.size(3)) + "x" + std::to_string(grey.size(2)) +
+              " pixels; the Fashion-MNIST classifier takes 32x32 (or 28x28) images");
+}
+
 FashionClassifierImpl::FashionClassifierImpl() {
   auto conv = [](std::int64_t in, std::int64_t out) {
     return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));

@@ -31,6 +31,10 @@ std::filesystem::path fashion_mnist_dir();
 const std::vector<std::string>& fashion_mnist_classes();
 /// uint8 [N, 28, 28] -> float [N, 1, 32, 32] in [-1, 1], zero-padded by 2 (black) on every side.
 at::Tensor to_model_pixels(const at::Tensor& images);
+/// A loaded image [1, C, H, W] in [0, 1] (`load_png`) -> the classifier's input [1, 1, 32, 32] in [-1, 1]: grey
+/// (mean of the channels); a 28×28 image is padded with black by 2 on every side, as to_model_pixels does. Other
+/// sizes throw hybridiff::error naming `source` (the file).
+at::Tensor to_classifier_pixels(const at::Tensor& image, const std::string& source);
 
 /// The quality instrument: a small CNN on 32×32 pixels in [-1, 1]. conv 1→32→64→128 (3×3, ReLU, 2×2 max-pool
 /// after each) -> 2048 -> fc1 256 (ReLU; the features for FID) -> fc2 10 logits.

@@ -62,16 +62,6 @@ std::int64_t requested_class(const fs::path& file, const std::vector<std::string
               "of: " + valid);
 }
 
-// A loaded PNG [1, C, H, W] in [0, 1] -> the classifier's input [1, 1, 32, 32] in [-1, 1]: grey (mean of the
-// channels), 28×28 padded with black by 2 on every side as to_model_pixels does.
-at::Tensor classifier_pixels(const at::Tensor& image, const fs::path& file) {
-  auto grey = image.mean(1, /*keepdim=*/true).mul(2.0).sub(1.0);  // [1, 1, H, W] in [-1, 1]
-  if (grey.size(2) == 28 && grey.size(3) == 28) return torch::constant_pad_nd(grey, {2, 2, 2, 2}, -1.0);
-  if (grey.size(2) == 32 && grey.size(3) == 32) return grey;
-  throw error(file.string() + ": " + std::to_string(grey.size(3)) + "x" + std::to_string(grey.size(2)) +
-              " pixels; the Fashion-MNIST classifier takes 32x32 (or 28x28) images");
-}
-
 // The classifier's 256-d features of `pixels` [N, 1, 32, 32] in [-1, 1], and its predicted labels; in batches.
 struct classified {
   at::Tensor features;     // [N, 256] float32, CPU
@@ -170,7 +160,7 @@ int run_metrics(const std::vector<std::string>& args) {
     std::vector<at::Tensor> pixels;
     for (std::size_t i = 0; i < generated.size(); ++i) {
       labels.push_back(requested_class(generated_files[i], prefixes));
-      pixels.push_back(classifier_pixels(generated[i], generated_files[i]));
+      pixels.push_back(models::to_classifier_pixels(generated[i], generated_files[i].string()));
     }
     auto classifier = models::load_fashion_classifier(classifier_dir);
     classifier->to(device);

@@ -41,8 +41,8 @@ std::vector<std::filesystem::path> pngs_in(const std::filesystem::path& dir) {
 std::int64_t classify(const std::filesystem::path& png) {
   static auto classifier = models::load_fashion_classifier(builtin("fashion-classifier"));
   torch::NoGradGuard no_grad;
-  auto grey = models::load_png(png).mean(1, /*keepdim=*/true).mul(2.0).sub(1.0);  // [1, 1, 32, 32] in [-1, 1]
-  return classifier->forward(grey).argmax(1).item<std::int64_t>();
+  const auto pixels = models::to_classifier_pixels(models::load_png(png), png.string());  // [1, 1, 32, 32]
+  return classifier->forward(pixels).argmax(1).item<std::int64_t>();
 }
 
 TEST(BuiltinModel, GeneratesOutOfTheBoxWithTheHybridScheduleAndItsPlot) {
