@@ -31,6 +31,15 @@ Linear linear(std::int64_t in, std::int64_t out, bool bias) {
   return Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
+  if (!x.is_cuda() || !layer->bias.defined()) return torch::gelu(layer->forward(x), "tanh");
+  auto rows = x.reshape({-1, x.size(-1)});  // [R, in]
+  auto out = at::_addmm_activation(layer->bias, rows, layer->weight.t(), 1, 1, /*use_gelu=*/true);  // [R, out]
+  auto sizes = x.sizes().vec();
+  sizes.back() = out.size(1);
+  return out.view(sizes);
+}
+
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
                          std::int64_t padding) {
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
@@ -105,10 +114,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
   if (group_norm) {
     // Spatial self-attention: [B, C, H, W] -> [B, HW, C] tokens, residual added back.
     auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-    auto tokens = group_norm(x).view({batch, channels, height * width}).transpose(1, 2);
+    // Contiguous once: at::linear computes a transposed view as a copy, a matmul and a separate bias add.
+    auto tokens = group_norm(x).view({batch, channels, height * width}).transpose(1, 2).contiguous();  // [B, HW, C]
     auto q = split_heads(to_q(tokens), heads_), k = split_heads(to_k(tokens), heads_), v = split_heads(to_v(tokens), heads_);
-    auto out = to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));
-    return out.transpose(1, 2).reshape({batch, channels, height, width}) + x;
+    auto out = to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, HW, C]
+    // x first: the sum takes x's [B, C, H, W] layout, so the transposed view needs no copy of its own.
+    return x + out.transpose(1, 2).view({batch, channels, height, width});
   }
   const auto& source = context.defined() ? context : x;
   auto q = split_heads(to_q(x), heads_), k = split_heads(to_k(source), heads_), v = split_heads(to_v(source), heads_);

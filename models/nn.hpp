@@ -28,11 +28,16 @@ at::Tensor activate(const at::Tensor& x, const std::string& name, const std::str
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
-  at::Tensor forward(const at::Tensor& input) { return at::linear(input, weight, bias); }
+  at::Tensor forward(const at::Tensor& input) const { return at::linear(input, weight, bias); }
 };
 TORCH_MODULE(Linear);
 
 Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
+
+/// gelu(layer(x), "tanh"), x [..., in] -> [..., out]. On CUDA one GEMM with the bias and the GELU in its cuBLASLt
+/// epilogue (ATen's `_addmm_activation`, whose CUDA GELU is the tanh approximation) instead of a GEMM and a GELU pass
+/// over the [..., out] activations; elsewhere the two ops (that function's CPU GELU is the exact one).
+at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x);
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
                          std::int64_t padding = 0);
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);

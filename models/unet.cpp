@@ -80,10 +80,10 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
   h = h.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});  // [B, HW, C]
   if (linear_projection_) h = run_projection(proj_in, h);
   for (const auto& block : *transformer_blocks) h = block->as<BasicTransformerBlock>()->forward(h, context);
-  if (linear_projection_) h = run_projection(proj_out, h);
+  // x first: the residual sum takes x's [B, C, H, W] layout, so a permuted view needs no copy of its own.
+  if (linear_projection_) return x + run_projection(proj_out, h).view({batch, height, width, channels}).permute({0, 3, 1, 2});
   h = h.reshape({batch, height, width, channels}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
-  if (!linear_projection_) h = run_projection(proj_out, h);
-  return h + x;
+  return x + run_projection(proj_out, h);
 }
 
 UNetBlockImpl::UNetBlockImpl(const options& opts) {
