@@ -57,8 +57,14 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(std::int64_t dim, std::int6
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   auto h = x + attn1(norm1(x));
   h = h + attn2(norm2(h), context);
-  auto projected = ff_geglu_proj(norm3(h)).chunk(2, -1);  // value, gate: [B, L, 4·dim] each
-  return h + ff_out(projected[0] * torch::gelu(projected[1]));
+  // GEGLU value · gelu(gate), [B, L, 4·dim] each, as two GEMMs over the halves of proj's rows: each output is
+  // contiguous, so the GELU and the product are vectorized in-place kernels (the halves of one [B, L, 8·dim] output
+  // are strided views: 5.5 ms per batch-2 step on an H100 for these two ops).
+  auto normed = norm3(h);
+  const auto half = ff_geglu_proj->weight.size(0) / 2;
+  auto value = at::linear(normed, ff_geglu_proj->weight.narrow(0, 0, half), ff_geglu_proj->bias.narrow(0, 0, half));
+  auto gate = at::linear(normed, ff_geglu_proj->weight.narrow(0, half, half), ff_geglu_proj->bias.narrow(0, half, half));
+  return h + ff_out(value.mul_(at::gelu_(gate)));
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(std::int64_t channels, std::int64_t heads, std::int64_t depth,
