@@ -22,8 +22,20 @@ using tensor_metas = std::vector<tensor_meta>;
 
 void configure_cluster(caf::actor_system_config& config) {
   config.load<caf::io::middleman>();
+  // A peer that stops answering without closing its connection (a network partition, a frozen host) is dropped
+  // after connection_timeout without traffic — heartbeats keep healthy idle connections busy — and reported as
+  // lost like a peer whose process died, instead of only when a request times out (minutes).
+  config.set("middleman.heartbeat-interval", caf::timespan{heartbeat_interval});
+  config.set("middleman.connection-timeout", caf::timespan{connection_timeout});
   config.add_message_type<tensor_meta>("hybridiff::tensor_meta");
   config.add_message_type<tensor_metas>("hybridiff::tensor_metas");
+}
+
+void debug_fault::trigger_at(int count, const std::string& where) const {
+  if (after <= 0 || count < after) return;
+  spdlog::warn("--debug-{}-after {}: {} this process at {}", freeze ? "freeze" : "kill", after,
+               freeze ? "stopping" : "killing", where);
+  std::raise(freeze ? SIGSTOP : SIGKILL);
 }
 
 namespace {
@@ -291,7 +303,7 @@ struct host_state {
   pending_link link;  // opened after the registration (rank 0 needs this actor's handle to make the offer)
   c10::Device device = c10::kCPU;
   std::chrono::milliseconds timeout{0};
-  int kill_after = 0;
+  debug_fault fault;
   int calls = 0;
   static inline const char* name = "hybridiff.worker_host";
 };
@@ -308,8 +320,8 @@ caf::response_promise relay(host_pointer self, Ts... message) {
 }
 
 caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor worker, pending_link link,
-                          c10::Device device, std::chrono::milliseconds timeout, int kill_after) {
-  self->state = {worker, std::move(link), device, timeout, kill_after, 0};
+                          c10::Device device, std::chrono::milliseconds timeout, debug_fault fault) {
+  self->state = {worker, std::move(link), device, timeout, fault, 0};
   self->link_to(worker);  // the worker ends with its host
   self->monitor(rank_zero);  // rank 0 lost (its process gone, the connection closed): this rank ends
   self->set_default_handler(caf::drop);
@@ -319,10 +331,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
   return {
       [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_metas& metas) {
         auto promise = self->make_response_promise();
-        if (self->state.kill_after > 0 && ++self->state.calls >= self->state.kill_after) {
-          spdlog::warn("--debug-kill-after {}: killing this process at step {}", self->state.kill_after, step);
-          std::raise(SIGKILL);
-        }
+        self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto request = std::make_shared<step_request>();
         try {
           received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
@@ -462,7 +471,7 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
   auto worker = spawn_worker(system, std::make_shared<runtime::stage_worker>(std::move(replica), placement.rank));
   std::promise<std::shared_ptr<runtime::tensor_link>> opened;
   auto host = system.spawn<caf::detached>(worker_host, registry, worker, opened.get_future().share(), options.device,
-                                          options.request_timeout, options.kill_after);
+                                          options.request_timeout, options.fault);
   caf::scoped_actor self{system};
   self->monitor(host);
   auto stop = [&](const std::string& why) {

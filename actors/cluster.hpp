@@ -38,6 +38,16 @@ using done_atom = caf::atom_constant<caf::atom("done")>;          ///< the run i
 /// Remote step kinds in call messages.
 enum class remote_call : std::int32_t { predict = 0, fill = 1, stage = 2 };
 
+/// Fault injection for testing deployments: at its `after`-th step (rank 0) or step request (other ranks) a process
+/// kills itself (SIGKILL: the OS closes its connections) or, with `freeze`, stops (SIGSTOP: its connections stay open
+/// and silent, as across a network partition). `after` 0: never.
+struct debug_fault {
+  int after = 0;
+  bool freeze = false;
+  /// Raises the fault once `count` reaches `after`; `where` names the step in the warning logged first.
+  void trigger_at(int count, const std::string& where) const;
+};
+
 struct cluster_options {
   runtime::transport_kind transport = runtime::transport_kind::cpu;
   c10::Device device = c10::kCPU;  ///< this process's worker device (where received tensors land)
@@ -45,13 +55,16 @@ struct cluster_options {
   std::chrono::milliseconds rendezvous_timeout{std::chrono::seconds(60)};
   /// every remote request and every tensor transfer; never infinite.
   std::chrono::milliseconds request_timeout{std::chrono::minutes(10)};
-  /// Fault injection for testing deployments: a worker rank kills itself (SIGKILL) when its `kill_after`-th step
-  /// request arrives; 0: never.
-  int kill_after = 0;
+  debug_fault fault;
 };
 
-/// Loads CAF's middleman and registers every type that crosses processes. Call on the configuration of every
-/// process of a multi-process run (CAF 0.17 turns unregistered types into empty messages across nodes).
+/// How often connected processes exchange heartbeats, and how long a connection may stay silent before the peer is
+/// lost (its actors then send down messages, as when its process dies).
+inline constexpr std::chrono::milliseconds heartbeat_interval{1000};
+inline constexpr std::chrono::milliseconds connection_timeout{10000};
+
+/// Loads CAF's middleman with heartbeats and registers every type that crosses processes. Call on the configuration
+/// of every process of a multi-process run (CAF 0.17 turns unregistered types into empty messages across nodes).
 void configure_cluster(caf::actor_system_config& config);
 
 /// Rank 0's side: publishes the registry on placement.master_port, waits for ranks 1 .. world_size − 1, opens a

@@ -1,5 +1,4 @@
 #include <chrono>
-#include <csignal>
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -76,16 +75,13 @@ int run_generate(const std::vector<std::string>& args) {
   const auto started = std::chrono::steady_clock::now();
   const double load_seconds = run_generation(setup, request, [&](parallel_session& session, models::diffusion_pipeline& pipeline) {
     const auto steps = pipeline.plan(request).steps;
-    // One image, with the progress bar over its steps; the kill switch rehearses a lost rank 0.
+    // One image, with the progress bar over its steps; the fault switch rehearses a lost rank 0.
     auto generate_one = [&](const models::generation_request& one, const std::string& label) {
       progress_bar bar(label, steps, show_progress);
       auto result = session.generate(one, [&](std::int64_t index, std::int64_t total, const at::Tensor&) {
         spdlog::debug("step {}/{}", index + 1, total);
         bar.update(index + 1);
-        if (setup.cluster.kill_after > 0 && index + 1 >= setup.cluster.kill_after) {
-          spdlog::warn("--debug-kill-after {}: killing this process after step {}", setup.cluster.kill_after, index);
-          std::raise(SIGKILL);
-        }
+        setup.cluster.fault.trigger_at(static_cast<int>(index + 1), "the end of step " + std::to_string(index));
       });
       bar.finish();
       return result;

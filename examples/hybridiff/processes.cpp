@@ -18,7 +18,10 @@ po::options_description process_options() {
        "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")
       ("debug-kill-after", po::value<int>()->value_name("N"),
        "fault injection, for testing deployments: this process kills itself (SIGKILL) at its N-th step (rank 0) "
-       "or N-th step request (other ranks)");
+       "or N-th step request (other ranks)")
+      ("debug-freeze-after", po::value<int>()->value_name("N"),
+       "fault injection: this process stops (SIGSTOP) there instead, its connections open but silent as across a "
+       "network partition; the other ranks lose it after 10 s without heartbeats");
   // clang-format on
   return processes;
 }
@@ -31,9 +34,12 @@ actors::cluster_options cluster_options_from(const po::variables_map& values, co
   if (!(seconds > 0)) throw usage_error("--rendezvous-timeout must be positive");
   options.rendezvous_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(1000 * seconds));
   options.request_timeout = request_timeout;
-  if (values.count("debug-kill-after")) {
-    options.kill_after = values["debug-kill-after"].as<int>();
-    if (options.kill_after < 1) throw usage_error("--debug-kill-after must be at least 1");
+  for (const char* flag : {"debug-kill-after", "debug-freeze-after"}) {
+    if (!values.count(flag)) continue;
+    if (options.fault.after > 0) throw usage_error("--debug-kill-after and --debug-freeze-after exclude each other");
+    options.fault.after = values[flag].as<int>();
+    options.fault.freeze = std::string(flag) == "debug-freeze-after";
+    if (options.fault.after < 1) throw usage_error(std::string("--") + flag + " must be at least 1");
   }
   try {
     options.transport = runtime::parse_transport(values["transport"].as<std::string>(), device);

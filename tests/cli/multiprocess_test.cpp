@@ -105,18 +105,22 @@ TEST(MultiProcessHosts, TwoNetworkNamespacesJoinedByAVethPair) {
 }
 
 // Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
-// test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
-test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1) {
+// test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags;
+// `after_rank0` runs once rank 0 has exited, before waiting for rank 1.
+test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
+                               const std::string& after_rank0 = ":") {
   const auto common = "generate --model " + model_folder("tiny-sdxl") +
                       " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --trace " +
                       quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
   const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
+  // Each rank's `timeout` process id goes to rankR.pid (after_rank0 may signal its child, the rank itself).
   const auto rank = [&](int r, const std::string& extra) {
+    const auto file = [&](const std::string& suffix) { return quoted(dir / ("rank" + std::to_string(r) + suffix)); };
     return "(" + env + " RANK=" + std::to_string(r) + " timeout 120 " + test::hybridiff_binary() + " " + common + " " +
-           extra + " > " + quoted(dir / ("rank" + std::to_string(r) + ".log")) + " 2>&1; echo \"rank " +
-           std::to_string(r) + " exit $?\" >> " + quoted(dir / ("rank" + std::to_string(r) + ".log")) + ")";
+           extra + " > " + file(".log") + " 2>&1 & echo $! > " + file(".pid") + "; wait $!; echo \"rank " +
+           std::to_string(r) + " exit $?\" >> " + file(".log") + ")";
   };
-  return run_shell(rank(1, extra1) + " & " + rank(0, extra0) + "; wait; cat " + quoted(dir / "rank0.log") + " " +
+  return run_shell(rank(1, extra1) + " & " + rank(0, extra0) + "; " + after_rank0 + "; wait; cat " + quoted(dir / "rank0.log") + " " +
                    quoted(dir / "rank1.log"));
 }
 
@@ -145,6 +149,20 @@ TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded)
   std::string expected;
   for (int step = 0; step < 30; ++step) expected += step < 4 ? "cfg " : "cfg-degraded ";
   EXPECT_EQ(modes, expected);
+}
+
+TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFinishesDegraded) {
+  // SIGSTOP leaves rank 1's connections open and silent, as a network partition or a hung host does: no connection
+  // closes, so only the missing heartbeats tell rank 0 (actors::connection_timeout, 10 s), not a request timeout
+  // (10 min, past the ranks' own 120 s limit).
+  test::temp_dir dir;
+  auto result = run_two_ranks(dir, "", "--debug-freeze-after 5",  "pkill -KILL -P $(cat " + quoted(dir / "rank1.pid") + ")");
+  EXPECT_NE(result.output.find("rank 0 exit 0"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("rank 1 exit 137"), std::string::npos) << result.output;  // the test's SIGKILL
+  EXPECT_NE(result.output.find("finishing the image on worker 0 in sequential CFG"), std::string::npos) << result.output;
+  const double noticed = logged_at(result.output, "rank 1 was lost") - logged_at(result.output, "stopping this process");
+  EXPECT_GT(noticed, 5.0) << result.output;  // the connection stayed open: this was the heartbeat timeout
+  EXPECT_LT(noticed, 30.0) << result.output;
 }
 
 TEST(MultiProcessFaults, AKilledRankZeroEndsTheOtherRanks) {
@@ -190,6 +208,10 @@ TEST(MultiProcessFaults, ProcessFlagsThatCannotWorkAreUsageErrors) {
   EXPECT_EQ(transport.exit_code, 2) << transport.output;
   EXPECT_NE(transport.output.find("--transport 'carrier-pigeon': use auto, cpu or nccl"), std::string::npos)
       << transport.output;
+  auto faults = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --debug-kill-after 3 --debug-freeze-after 3");
+  EXPECT_EQ(faults.exit_code, 2) << faults.output;
+  EXPECT_NE(faults.output.find("--debug-kill-after and --debug-freeze-after exclude each other"), std::string::npos)
+      << faults.output;
 }
 
 }  // namespace
