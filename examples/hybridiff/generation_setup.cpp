@@ -165,9 +165,11 @@ generation_setup settle_generation(const po::variables_map& values) {
 
 std::string describe_run(const generation_setup& setup, const models::generation_plan& plan) {
   const std::string where = setup.values.count("devices") ? setup.values["devices"].as<std::string>() : setup.placement.device.str();
-  return "generating a " + std::to_string(plan.height) + "x" + std::to_string(plan.width) + " image in " +
-         setup.values["dtype"].as<std::string>() + " on " + where + " with " + std::to_string(setup.parallel.workers) +
-         " worker(s)";
+  auto text = "generating a " + std::to_string(plan.height) + "x" + std::to_string(plan.width) + " image in " +
+              setup.values["dtype"].as<std::string>() + " on " + where + " with " + std::to_string(setup.parallel.workers) +
+              " worker(s)";
+  if (!setup.placement.device.is_cuda()) text += ", " + std::to_string(at::get_num_threads()) + " CPU thread(s) per process";
+  return text;
 }
 
 double run_generation(generation_setup& setup, const models::generation_request& probe, const session_body& body) {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <fstream>
 #include <regex>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -48,6 +49,11 @@ TEST_P(MultiProcess, GivesTheSameLatentsAsOneProcess) {
   ASSERT_EQ(many.exit_code, 0) << many.output;
   EXPECT_NE(many.output.find(std::to_string(c.processes - 1) + " remote worker(s) joined over the cpu transport"),
             std::string::npos)
+      << many.output;
+  // launch gave each process its share of the cores, unless OMP_NUM_THREADS chose already.
+  const char* chosen = std::getenv("OMP_NUM_THREADS");
+  const auto share = chosen ? std::stoul(chosen) : std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(c.processes));
+  EXPECT_NE(many.output.find(", " + std::to_string(share) + " CPU thread(s) per process"), std::string::npos)
       << many.output;
   // The same arithmetic in the same order on the same CPU: 1e-5 relative (the contract between modes).
   EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "many.safetensors", "latents"),
