@@ -451,6 +451,22 @@ cluster_host::~cluster_host() {
   system_.middleman().unpublish(registry_, port_);
 }
 
+namespace {
+caf::actor_system_config& configured(caf::actor_system_config& config, bool cluster) {
+  if (cluster) configure_cluster(config);
+  return config;
+}
+}  // namespace
+
+process_run::process_run(const runtime::process_placement& placement, const cluster_options& options)
+    : placement_(placement), options_(options), system_(configured(config_, placement.world_size > 1)) {
+  if (placement.world_size > 1 && placement.rank == 0) cluster_ = std::make_unique<cluster_host>(system_, placement_, options_);
+}
+
+void process_run::serve(std::shared_ptr<models::diffusion_pipeline> replica) {
+  serve_worker(system_, placement_, std::move(replica), options_);
+}
+
 void serve_worker(caf::actor_system& system, const runtime::process_placement& placement,
                   std::shared_ptr<models::diffusion_pipeline> replica, const cluster_options& options) {
   const auto rank_zero = placement.master_addr + ":" + std::to_string(placement.master_port);

@@ -97,4 +97,29 @@ class cluster_host {
 void serve_worker(caf::actor_system& system, const runtime::process_placement& placement,
                   std::shared_ptr<models::diffusion_pipeline> replica, const cluster_options& options);
 
+/// This process's part of a run, alone or as one rank of several: its actor system (configured with
+/// configure_cluster when placement.world_size > 1) and, on rank 0 of several, the cluster host, started with it
+/// (so constructing one on rank 0 waits for every other rank). On another rank, `serves_rank_zero()` is true and the
+/// caller hands `serve` its replica.
+class process_run {
+ public:
+  process_run(const runtime::process_placement& placement, const cluster_options& options);
+  process_run(const process_run&) = delete;
+  process_run& operator=(const process_run&) = delete;
+
+  bool serves_rank_zero() const { return placement_.world_size > 1 && placement_.rank != 0; }
+  /// serve_worker with this process's system, placement and options.
+  void serve(std::shared_ptr<models::diffusion_pipeline> replica);
+  caf::actor_system& system() { return system_; }
+  /// Rank 0 of several processes: the host of the other ranks' workers; otherwise null.
+  cluster_host* cluster() { return cluster_.get(); }
+
+ private:
+  runtime::process_placement placement_;
+  cluster_options options_;
+  caf::actor_system_config config_;
+  caf::actor_system system_;
+  std::unique_ptr<cluster_host> cluster_;
+};
+
 }  // namespace hybridiff::actors

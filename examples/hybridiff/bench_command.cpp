@@ -12,7 +12,6 @@
 #include "models/config.hpp"
 #include "models/errors.hpp"
 #include "models/state_dict.hpp"
-#include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
 #include "models/pipeline.hpp"
@@ -200,15 +199,11 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
   request.prompt = "a photograph of an astronaut riding a horse";  // read only by a whole pipeline's tokenizers
   request.steps = steps;
   request.height = request.width = size;
-  caf::actor_system_config actor_config;
-  if (distributed) actors::configure_cluster(actor_config);
-  caf::actor_system actor_system{actor_config};
-  if (distributed && process.rank != 0) {
-    actors::serve_worker(actor_system, process, replica_on(device), cluster_settings);
+  actors::process_run this_process(process, cluster_settings);
+  if (this_process.serves_rank_zero()) {
+    this_process.serve(replica_on(device));
     return std::nullopt;
   }
-  std::unique_ptr<actors::cluster_host> cluster;
-  if (distributed) cluster = std::make_unique<actors::cluster_host>(actor_system, process, cluster_settings);
   nlohmann::json report = {{"config", model.name()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
                            {"runs", nlohmann::json::array()}};
   std::optional<double> baseline_ms;
@@ -223,7 +218,7 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
       device_names.push_back(worker_device.str());
     }
     report["model"] = replicas.front()->class_name();
-    parallel_session session(actor_system, replicas, options, spread ? cluster.get() : nullptr);
+    parallel_session session(this_process.system(), replicas, options, spread ? this_process.cluster() : nullptr);
     nlohmann::json entry = {{"run", run.label},           {"mode", to_string(options.mode)}, {"workers", options.workers},
                             {"model_n", options.model_n}, {"stride", options.stride},        {"branch_stages", options.branch_stages},
                             {"devices", device_names},    {"processes", spread ? process.world_size : 1}};

@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include <caf/all.hpp>
 
 #include "actors/cluster.hpp"
 #include "models/builtin.hpp"
@@ -204,20 +203,16 @@ double run_generation(generation_setup& setup, const models::generation_request&
     throw usage_error(std::string(bad.what()) +
                       (setup.distributed ? " (WORLD_SIZE " + std::to_string(process.world_size) + ": one worker per process)" : ""));
   }
-  caf::actor_system_config actor_config;
-  if (setup.distributed) actors::configure_cluster(actor_config);
-  caf::actor_system actor_system{actor_config};
-  if (setup.distributed && process.rank != 0) {
-    actors::serve_worker(actor_system, process, replicas.front(), setup.cluster);
+  actors::process_run this_process(process, setup.cluster);
+  if (this_process.serves_rank_zero()) {
+    this_process.serve(replicas.front());
     spdlog::info("rank {}: rank 0 finished the run", process.rank);
     return load_seconds;
   }
-  std::unique_ptr<actors::cluster_host> cluster;
-  if (setup.distributed) cluster = std::make_unique<actors::cluster_host>(actor_system, process, setup.cluster);
   const auto what = describe_run(setup, settled);
   spdlog::info("{}: {} steps, guidance {}", what, settled.steps, settled.guidance);
   models::with_memory_context(what, [&] {
-    parallel_session session(actor_system, replicas, setup.parallel, cluster.get());
+    parallel_session session(this_process.system(), replicas, setup.parallel, this_process.cluster());
     body(session, pipeline);
   });
   return load_seconds;
