@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-
 #include "actors/cluster.hpp"
 #include "models/builtin.hpp"
 #include "models/class_conditional_pipeline.hpp"
