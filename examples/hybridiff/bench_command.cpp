@@ -205,7 +205,7 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
     return std::nullopt;
   }
   nlohmann::json report = {{"config", model.name()}, {"size", size}, {"dtype", dtype_text}, {"steps", steps},
-                           {"runs", nlohmann::json::array()}};
+                           {"cudnn_benchmark", at::globalContext().benchmarkCuDNN()}, {"runs", nlohmann::json::array()}};
   std::optional<double> baseline_ms;
   for (auto& run : runs) {
     auto& options = run.options;
@@ -305,6 +305,7 @@ int run_bench(const std::vector<std::string>& args) {
        "needs --scheduler-config")
       ("cuda-graphs", po::bool_switch(), "per-step timing: replay the denoiser from a CUDA graph (captured after the "
        "warm-up steps)")
+      ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
       ("profile", po::value<std::int64_t>()->implicit_value(10)->value_name("N"), "per-step timing: then profile N "
        "more steps (default 10) with PyTorch's profiler and report the GPU time per step by kernel class (gemm, "
        "attention, convolution, normalization, elementwise, reduction, copy, other) and the top kernels")
@@ -327,6 +328,7 @@ int run_bench(const std::vector<std::string>& args) {
   const auto device = parse_device(values["device"].as<std::string>());
   const bool graphs = values["cuda-graphs"].as<bool>();
   if (graphs && !device.is_cuda()) throw usage_error("--cuda-graphs needs a CUDA --device");
+  use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), device);
   const auto profiled_steps = values.count("profile") ? values["profile"].as<std::int64_t>() : 0;
   if (values.count("profile") && (profiled_steps < 1 || !device.is_cuda() || values.count("run")))
     throw usage_error("--profile N needs N >= 1, a CUDA --device and per-step timing (no --run)");
@@ -396,7 +398,8 @@ int run_bench(const std::vector<std::string>& args) {
   for (const auto& parameter : module->parameters()) parameters += parameter.numel();
   nlohmann::json report = {{"model", class_name}, {"config", config_dir.string()}, {"size", size}, {"cuda_graphs", graphs},
                            {"device", device.str()}, {"dtype", dtype_text},  {"warmup", warmup},
-                           {"iters", iters},         {"parameters", parameters}};
+                           {"iters", iters},         {"parameters", parameters},
+                           {"cudnn_benchmark", at::globalContext().benchmarkCuDNN()}};
 #ifdef HYBRIDIFF_WITH_CUDA
   const c10::DeviceIndex gpu = device.index() < 0 ? 0 : device.index();
   if (device.is_cuda()) {

@@ -7,6 +7,7 @@
 #include "models/errors.hpp"
 #include "runtime/logging.hpp"
 
+#include <ATen/Context.h>
 #include <torch/cuda.h>
 
 namespace hybridiff::cli {
@@ -82,6 +83,12 @@ at::ScalarType parse_dtype(const std::string& text) {
   if (text == "fp16") return at::kHalf;
   if (text == "bf16") return at::kBFloat16;
   throw usage_error("--dtype '" + text + "': use fp32, fp16 or bf16");
+}
+
+void use_cudnn_benchmark(bool on, const c10::Device& device) {
+  if (!on) return;
+  if (!device.is_cuda()) throw usage_error("--cudnn-benchmark needs a CUDA --device, not " + device.str());
+  at::globalContext().setBenchmarkCuDNN(true);
 }
 
 }  // namespace hybridiff::cli

@@ -37,6 +37,12 @@ c10::Device parse_device(const std::string& text);
 std::vector<c10::Device> parse_device_list(const std::string& text, int workers, const c10::Device& fallback);
 /// --dtype: fp32, fp16 or bf16.
 at::ScalarType parse_dtype(const std::string& text);
+/// --cudnn-benchmark: cuDNN times its convolution algorithms for each input shape at the first call and keeps the
+/// fastest (ATen's benchmark mode, process-wide). A usage error on a device other than CUDA.
+void use_cudnn_benchmark(bool on, const c10::Device& device);
+inline constexpr const char* cudnn_benchmark_help =
+    "cuDNN benchmark mode: time the convolution algorithms of each input shape at its first call and keep the "
+    "fastest (that call is slower); CUDA only";
 
 int run_info(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);

@@ -68,6 +68,7 @@ std::vector<po::options_description> generation_options() {
       ("cuda-graphs", po::bool_switch(),
        "replay every full forward pass (CFG branches, batched steps) from a CUDA graph captured at its first use; "
        "needs a CUDA device (fill and pipeline steps stay eager)")
+      ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
       ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15, built-in 8)")
       ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4, built-in 4e-4)")
       ("k", po::value<int>()->value_name("K"), "hybrid: window length after detection (5)")
@@ -147,6 +148,7 @@ generation_setup settle_generation(const po::variables_map& values) {
   parallel.cuda_graphs = values["cuda-graphs"].as<bool>();
   if (parallel.cuda_graphs && !setup.placement.device.is_cuda())
     throw usage_error("--cuda-graphs needs a CUDA --device, not " + setup.placement.device.str());
+  use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);
   auto optional_int = [&](const char* name) {
     return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
   };
