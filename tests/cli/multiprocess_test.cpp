@@ -162,7 +162,7 @@ TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFini
   // closes, so only the missing heartbeats tell rank 0 (actors::connection_timeout, 10 s), not a request timeout
   // (10 min, past the ranks' own 120 s limit).
   test::temp_dir dir;
-  auto result = run_two_ranks(dir, "", "--debug-freeze-after 5",  "pkill -KILL -P $(cat " + quoted(dir / "rank1.pid") + ")");
+  auto result = run_two_ranks(dir, "", "--debug-freeze-after 5", "pkill -KILL -P $(cat " + quoted(dir / "rank1.pid") + ")");
   EXPECT_NE(result.output.find("rank 0 exit 0"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("rank 1 exit 137"), std::string::npos) << result.output;  // the test's SIGKILL
   EXPECT_NE(result.output.find("finishing the image on worker 0 in sequential CFG"), std::string::npos) << result.output;
