@@ -9,26 +9,18 @@ namespace hybridiff::models {
 std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, const load_options& options,
                                                   pipeline_parts parts) {
   std::unique_ptr<sd3_pipeline> pipeline(new sd3_pipeline());
-  pipeline->placement_ = options;
-  for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "transformer", "vae"})
-    folder.get(name);
+  pipeline->open(folder, options,
+                 {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "transformer", "vae"});
   if (folder.has("text_encoder_3") != folder.has("tokenizer_3"))
     throw error(folder.dir().string() + ": text_encoder_3 and tokenizer_3 come together (one is missing)");
-  pipeline->scheduler_config_ = folder.component_config("scheduler");
   pipeline->transformer_ = load_sd3_transformer(folder.get("transformer").dir, options);
-  pipeline->vae_factor_ = vae_config::from(folder.component_config("vae")).spatial_factor();
   pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_factor_;
   if (parts == pipeline_parts::denoiser) return pipeline;
-  pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
-  pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
-  pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, true, options);
-  pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
+  pipeline->load_text_encoders_and_vae(folder, true);
   if (folder.has("text_encoder_3")) {
     pipeline->tokenizer_3_ = t5_tokenizer::load(folder.get("tokenizer_3").dir);
     pipeline->text_encoder_3_ = load_t5_encoder(folder.get("text_encoder_3").dir, options);
   }
-  pipeline->vae_ =
-      load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
   const auto clip_width = pipeline->text_encoder_->config().hidden_size + pipeline->text_encoder_2_->config().hidden_size;
   if (clip_width > pipeline->transformer_->config().joint_attention_dim)
     throw error(folder.dir().string() + ": the CLIP encoders' hidden sizes (" + std::to_string(clip_width) +
@@ -47,20 +39,9 @@ generation_plan sd3_pipeline::plan(const generation_request& request) const {
 }
 
 branch_conditioning sd3_pipeline::encode_text(const std::string& text, std::int64_t max_sequence_length) {
-  std::vector<at::Tensor> hidden, pooled;
-  const clip_tokenizer* tokenizers[] = {&tokenizer_, &tokenizer_2_};
-  CLIPTextModel encoders[] = {text_encoder_, text_encoder_2_};
-  for (int i = 0; i < 2; ++i) {
-    bool truncated = false;
-    auto ids = tokenizers[i]->encode(text, &truncated);
-    if (truncated && i == 0)
-      spdlog::warn("prompt is longer than {} CLIP tokens; the rest is cut off (as diffusers does)", tokenizers[i]->max_length() - 2);
-    auto out = encoders[i]->forward(torch::tensor(ids, torch::kLong).unsqueeze(0).to(placement_.device));
-    hidden.push_back(out.hidden_states[out.hidden_states.size() - 2]);  // [1, 77, D_i]
-    pooled.push_back(out.pooled);                                       // [1, P_i]
-  }
+  auto clips = encode_with_clips(text);
   const auto joint = transformer_->config().joint_attention_dim;
-  auto clip = torch::cat(hidden, -1);
+  auto clip = torch::cat(clips.hidden, -1);
   clip = torch::constant_pad_nd(clip, {0, joint - clip.size(-1)}, 0);  // [1, 77, joint]
   at::Tensor t5;
   if (text_encoder_3_) {
@@ -71,7 +52,7 @@ branch_conditioning sd3_pipeline::encode_text(const std::string& text, std::int6
   } else {
     t5 = torch::zeros({1, max_sequence_length, joint}, clip.options());
   }
-  return {torch::cat({clip, t5.to(clip.scalar_type())}, 1), torch::cat(pooled, -1), at::Tensor()};
+  return {torch::cat({clip, t5.to(clip.scalar_type())}, 1), torch::cat(clips.pooled, -1), at::Tensor()};
 }
 
 prompt_conditioning sd3_pipeline::encode_prompt(const generation_request& request, const generation_plan&) {
@@ -87,15 +68,6 @@ at::Tensor sd3_pipeline::predict(const at::Tensor& latents, const at::Tensor& ti
 }
 
 std::int64_t sd3_pipeline::transformer_blocks() const { return transformer_->num_blocks(); }
-
-std::unique_ptr<sampler> sd3_pipeline::make_sampler(const std::string& name) const {
-  return models::make_sampler(scheduler_config_, name);
-}
-
-at::Tensor sd3_pipeline::decode(const at::Tensor& latents) {
-  if (!vae_) denoiser_only("decode latents");
-  return vae_->decode_to_image(latents);
-}
 
 std::vector<std::int64_t> sd3_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
   const auto factor = vae_factor_;

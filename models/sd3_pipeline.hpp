@@ -3,13 +3,9 @@
 #include <memory>
 #include <optional>
 
-#include "models/clip_text_model.hpp"
-#include "models/clip_tokenizer.hpp"
-#include "models/model_folder.hpp"
-#include "models/pipeline.hpp"
+#include "models/clip_pair_pipeline.hpp"
 #include "models/sd3_transformer.hpp"
 #include "models/t5_encoder.hpp"
-#include "models/vae.hpp"
 
 namespace hybridiff::models {
 
@@ -17,7 +13,7 @@ namespace hybridiff::models {
 /// concatenated and zero-padded to the joint dimension), T5 states appended along the sequence (zeros when the
 /// folder has no text_encoder_3), pooled = both projections concatenated; the negative prompt "" is encoded,
 /// not zeroed. Ref: diffusers/pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py.
-class sd3_pipeline : public diffusion_pipeline {
+class sd3_pipeline : public clip_pair_pipeline {
  public:
   static std::unique_ptr<sd3_pipeline> load(const model_folder& folder, const load_options& options,
                                               pipeline_parts parts = pipeline_parts::everything);
@@ -28,8 +24,6 @@ class sd3_pipeline : public diffusion_pipeline {
   at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
                      module_runner* runner = nullptr) override;
   std::int64_t transformer_blocks() const override;
-  std::unique_ptr<sampler> make_sampler(const std::string& name) const override;
-  at::Tensor decode(const at::Tensor& latents) override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
 
   SD3Transformer2DModel& transformer() { return transformer_; }
@@ -38,15 +32,9 @@ class sd3_pipeline : public diffusion_pipeline {
   sd3_pipeline() = default;
   branch_conditioning encode_text(const std::string& text, std::int64_t max_sequence_length);
 
-  config scheduler_config_;
-  std::int64_t default_size_ = 1024;
-  clip_tokenizer tokenizer_, tokenizer_2_;
-  CLIPTextModel text_encoder_{nullptr}, text_encoder_2_{nullptr};
   std::optional<t5_tokenizer> tokenizer_3_;
   T5EncoderModel text_encoder_3_{nullptr};
   SD3Transformer2DModel transformer_{nullptr};
-  AutoencoderKL vae_{nullptr};  // null when loaded with the denoiser only
-  std::int64_t vae_factor_ = 8;  // the VAE's spatial factor, from its config
 };
 
 }  // namespace hybridiff::models

@@ -1,7 +1,5 @@
 #include "models/sdxl_pipeline.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include "models/errors.hpp"
 
 namespace hybridiff::models {
@@ -9,23 +7,14 @@ namespace hybridiff::models {
 std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, const load_options& options,
                                                   pipeline_parts parts) {
   std::unique_ptr<sdxl_pipeline> pipeline(new sdxl_pipeline());
-  pipeline->placement_ = options;
-  for (const char* name : {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae"})
-    folder.get(name);  // every component present, or a clear error naming the missing one
-  pipeline->scheduler_config_ = folder.component_config("scheduler");
+  pipeline->open(folder, options, {"scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae"});
   const auto& index = folder.index();
   if (index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean())
     pipeline->force_zeros_for_empty_prompt_ = index["force_zeros_for_empty_prompt"].get<bool>();
   pipeline->unet_ = load_unet(folder.get("unet").dir, options);
-  pipeline->vae_factor_ = vae_config::from(folder.component_config("vae")).spatial_factor();
   pipeline->default_size_ = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128) * pipeline->vae_factor_;
   if (parts == pipeline_parts::denoiser) return pipeline;
-  pipeline->tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
-  pipeline->tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
-  pipeline->text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, false, options);
-  pipeline->text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true, options);
-  pipeline->vae_ =
-      load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), options));
+  pipeline->load_text_encoders_and_vae(folder, false);
   const auto expected_pooled = pipeline->unet_->config().projection_class_embeddings_input_dim -
                                6 * pipeline->unet_->config().addition_time_embed_dim;
   if (pipeline->unet_->config().text_time && expected_pooled != pipeline->text_encoder_2_->config().projection_dim)
@@ -40,21 +29,8 @@ generation_plan sdxl_pipeline::plan(const generation_request& request) const {
 }
 
 branch_conditioning sdxl_pipeline::encode_text(const std::string& text) const {
-  std::vector<at::Tensor> hidden;
-  at::Tensor pooled;
-  const clip_tokenizer* tokenizers[] = {&tokenizer_, &tokenizer_2_};
-  CLIPTextModel encoders[] = {text_encoder_, text_encoder_2_};
-  for (int i = 0; i < 2; ++i) {
-    bool truncated = false;
-    auto ids = tokenizers[i]->encode(text, &truncated);
-    if (truncated && i == 0)
-      spdlog::warn("prompt is longer than {} tokens; the rest is cut off (as diffusers does)", tokenizers[i]->max_length() - 2);
-    auto input = torch::tensor(ids, torch::kLong).unsqueeze(0).to(placement_.device);
-    auto out = encoders[i]->forward(input);
-    hidden.push_back(out.hidden_states[out.hidden_states.size() - 2]);  // penultimate layer, [1, 77, D_i]
-    pooled = out.pooled;                                                 // the last encoder's projection
-  }
-  return {torch::cat(hidden, -1), pooled, at::Tensor()};
+  auto clips = encode_with_clips(text);
+  return {torch::cat(clips.hidden, -1), clips.pooled[1], at::Tensor()};  // pooled: the second encoder's projection
 }
 
 prompt_conditioning sdxl_pipeline::encode_prompt(const generation_request& request, const generation_plan& plan) {
@@ -84,15 +60,6 @@ at::Tensor sdxl_pipeline::predict(const at::Tensor& latents, const at::Tensor& t
 }
 
 std::int64_t sdxl_pipeline::transformer_blocks() const { return 0; }
-
-std::unique_ptr<sampler> sdxl_pipeline::make_sampler(const std::string& name) const {
-  return models::make_sampler(scheduler_config_, name);
-}
-
-at::Tensor sdxl_pipeline::decode(const at::Tensor& latents) {
-  if (!vae_) denoiser_only("decode latents");
-  return vae_->decode_to_image(latents);
-}
 
 std::vector<std::int64_t> sdxl_pipeline::latent_shape(std::int64_t height, std::int64_t width) const {
   const auto factor = vae_factor_;

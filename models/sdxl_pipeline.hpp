@@ -2,19 +2,15 @@
 
 #include <memory>
 
-#include "models/clip_text_model.hpp"
-#include "models/clip_tokenizer.hpp"
-#include "models/model_folder.hpp"
-#include "models/pipeline.hpp"
+#include "models/clip_pair_pipeline.hpp"
 #include "models/unet.hpp"
-#include "models/vae.hpp"
 
 namespace hybridiff::models {
 
 /// diffusers' `StableDiffusionXLPipeline`: two CLIP encoders (penultimate hidden states concatenated, pooled text
 /// embeddings from the second), micro-conditioning time ids (H, W, 0, 0, H, W), UNet, VAE.
 /// Ref: diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py.
-class sdxl_pipeline : public diffusion_pipeline {
+class sdxl_pipeline : public clip_pair_pipeline {
  public:
   static std::unique_ptr<sdxl_pipeline> load(const model_folder& folder, const load_options& options,
                                               pipeline_parts parts = pipeline_parts::everything);
@@ -25,8 +21,6 @@ class sdxl_pipeline : public diffusion_pipeline {
   at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
                      module_runner* runner = nullptr) override;
   std::int64_t transformer_blocks() const override;
-  std::unique_ptr<sampler> make_sampler(const std::string& name) const override;
-  at::Tensor decode(const at::Tensor& latents) override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
 
   UNet2DConditionModel& unet() { return unet_; }
@@ -36,14 +30,8 @@ class sdxl_pipeline : public diffusion_pipeline {
   /// Both encoders on one prompt: context [1, 77, D1 + D2], pooled [1, P2].
   branch_conditioning encode_text(const std::string& text) const;
 
-  config scheduler_config_;
   bool force_zeros_for_empty_prompt_ = true;
-  std::int64_t default_size_ = 1024;
-  clip_tokenizer tokenizer_, tokenizer_2_;
-  CLIPTextModel text_encoder_{nullptr}, text_encoder_2_{nullptr};
   UNet2DConditionModel unet_{nullptr};
-  AutoencoderKL vae_{nullptr};  // null when loaded with the denoiser only
-  std::int64_t vae_factor_ = 8;  // the VAE's spatial factor, from its config
 };
 
 }  // namespace hybridiff::models
