@@ -134,7 +134,8 @@ def main():
             if event.device_type != torch.autograd.DeviceType.CUDA:
                 continue
             ms = event.device_time / 1000.0  # microseconds
-            by_class[kernel_class(event.name)] = by_class.get(kernel_class(event.name), 0.0) + ms
+            group = kernel_class(event.name)
+            by_class[group] = by_class.get(group, 0.0) + ms
             calls, summed = by_name.get(event.name, (0, 0.0))
             by_name[event.name] = (calls + 1, summed + ms)
             total += ms
