@@ -54,8 +54,9 @@ struct parallel_options {
   std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
   pp_conditioning conditioning = pp_conditioning::fixed;
   std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
-  /// Full forward passes (CFG branches, the batched steps of none and of asyncdiff's warm-up) replayed from CUDA
-  /// graphs; needs CUDA devices. Fill and pipeline steps stay eager.
+  /// Full forward passes (CFG branches, the batched steps of none and of asyncdiff's warm-up) and stale-activation
+  /// steps (pipeline steps, split-branch CFG steps) replayed from CUDA graphs; needs CUDA devices. Fill steps (the
+  /// first of each pipelined run) stay eager.
   bool cuda_graphs = false;
 };
 

@@ -31,6 +31,45 @@ Linear linear(std::int64_t in, std::int64_t out, bool bias) {
   return Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+void joined_linears::join() {
+  if (layers_.empty() || joined()) return;
+  const bool biased = layers_.front()->bias.defined();
+  std::vector<at::Tensor> weights, biases;
+  for (const auto& layer : layers_) {
+    if (layer->bias.defined() != biased) throw error("joined_linears: some layers have a bias and some do not");
+    const auto& first = layers_.front()->weight;
+    if (layer->weight.size(1) != first.size(1) || layer->weight.options().dtype() != first.options().dtype() ||
+        layer->weight.device() != first.device())
+      throw error("joined_linears: the layers differ in input size, dtype or device");
+    weights.push_back(layer->weight);
+    if (biased) biases.push_back(layer->bias);
+  }
+  torch::NoGradGuard no_grad;
+  weight_ = torch::cat(weights, 0);
+  bias_ = biased ? torch::cat(biases, 0) : at::Tensor();
+  std::int64_t row = 0;
+  for (auto& layer : layers_) {
+    const auto rows = layer->weight.size(0);
+    layer->weight.set_data(weight_.narrow(0, row, rows));
+    if (biased) layer->bias.set_data(bias_.narrow(0, row, rows));
+    row += rows;
+  }
+}
+
+bool joined_linears::joined() const {
+  if (!weight_.defined()) return false;
+  for (const auto& layer : layers_)
+    if (!layer->weight.is_alias_of(weight_) || (bias_.defined() && !layer->bias.is_alias_of(bias_))) return false;
+  return true;
+}
+
+at::Tensor joined_linears::forward(const at::Tensor& x) const {
+  if (joined()) return at::linear(x, weight_, bias_);
+  std::vector<at::Tensor> outputs;
+  for (const auto& layer : layers_) outputs.push_back(layer->forward(x));
+  return torch::cat(outputs, -1);
+}
+
 at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
   if (!x.is_cuda() || !layer->bias.defined()) return torch::gelu(layer->forward(x), "tanh");
   auto rows = x.reshape({-1, x.size(-1)});  // [R, in]

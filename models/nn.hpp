@@ -34,6 +34,26 @@ TORCH_MODULE(Linear);
 
 Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
 
+/// Linear layers that read one input (q, k, v of an attention), computed as one GEMM once `join` has made their
+/// parameters views of one joined weight [Σ out, in] (and bias [Σ out]): names, shapes and values stay, memory does
+/// not grow, and the GEMM reads the input once (SD3-medium at batch 1: 2 GEMMs per block instead of 6). Until then,
+/// or once anything replaced a parameter's storage (a later load, `Module::to`), each layer runs on its own.
+class joined_linears {
+ public:
+  joined_linears() = default;
+  explicit joined_linears(std::vector<Linear> layers) : layers_(std::move(layers)) {}
+  /// Makes the parameters views of one weight and one bias (all layers have a bias, or none; same dtype, device
+  /// and input size, else hybridiff::error). Not thread-safe: call before the model runs.
+  void join();
+  bool joined() const;
+  /// x [..., in] -> [..., Σ out]: the layers' outputs side by side, in order.
+  at::Tensor forward(const at::Tensor& x) const;
+
+ private:
+  std::vector<Linear> layers_;
+  at::Tensor weight_, bias_;
+};
+
 /// gelu(layer(x), "tanh"), x [..., in] -> [..., out]. On CUDA one GEMM with the bias and the GELU in its cuBLASLt
 /// epilogue (ATen's `_addmm_activation`, whose CUDA GELU is the tanh approximation) instead of a GEMM and a GELU pass
 /// over the [..., out] activations; elsewhere the two ops (that function's CPU GELU is the exact one).

@@ -78,6 +78,8 @@ JointTransformerBlockImpl::JointTransformerBlockImpl(std::int64_t dim, std::int6
   to_out_0 = linear(inner, dim);
   to_out->push_back(to_out_0);
   if (!context_pre_only) to_add_out = attn->register_module("to_add_out", linear(inner, dim));
+  image_qkv_ = joined_linears({to_q, to_k, to_v});
+  context_qkv_ = joined_linears({add_q_proj, add_k_proj, add_v_proj});
   std::tie(ff_in, ff_out) = feed_forward(*this, "ff", dim);
   if (!context_pre_only) std::tie(ff_context_in, ff_context_out) = feed_forward(*this, "ff_context", dim);
 }
@@ -98,15 +100,15 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
     context_mod = norm1_context_linear(conditioning).chunk(6, 1);
     norm_context = modulate(context, context_mod[0], context_mod[1]);
   }
-  // Joint attention over [image; context] tokens: [B, heads, N + S, d]. Joined along the token axis while both are
-  // contiguous [B, L, inner] (a row-block copy; a cat of head-split views is a strided gather: 6.1 ms of cat kernels
-  // per batch-2 step on an H100 before, 1.6 ms of copies in all after), and split_heads' view gives SDPA the
-  // [B, L, heads, d] layout it reads natively.
+  // Joint attention over [image; context] tokens: q, k and v of each stream as one GEMM (once joined), the two
+  // streams joined along the token axis while contiguous (a row-block copy; a cat of head-split views is a strided
+  // gather: 6.1 ms of cat kernels per batch-2 step on an H100 before), then q, k and v as strided views of
+  // [B, N + S, 3, heads, d], a layout SDPA reads natively (unit stride along d).
   const auto image_tokens = hidden.size(1);
-  auto joined = [&](Linear& image, Linear& text) {
-    return split_heads(torch::cat({image(norm_hidden), text(norm_context)}, 1), heads_);
-  };
-  auto q = joined(to_q, add_q_proj), k = joined(to_k, add_k_proj), v = joined(to_v, add_v_proj);
+  auto qkv = torch::cat({image_qkv_.forward(norm_hidden), context_qkv_.forward(norm_context)}, 1);  // [B, N + S, 3·inner]
+  auto heads = qkv.view({qkv.size(0), qkv.size(1), 3, heads_, -1});
+  auto q = heads.select(2, 0).transpose(1, 2), k = heads.select(2, 1).transpose(1, 2),
+       v = heads.select(2, 2).transpose(1, 2);  // [B, heads, N + S, d] each
   auto joint = merge_heads(attention(q, k, v));  // [B, N + S, inner]
   // to_out over all N + S rows, then the image rows as a view: the image rows of a batch > 1 are not one contiguous
   // block, and at::linear computes such a view as a copy, a matmul and a separate bias add; the S extra rows cost
@@ -183,6 +185,15 @@ SD3Transformer2DModelImpl::state SD3Transformer2DModelImpl::embed(const at::Tens
   return s;
 }
 
+void JointTransformerBlockImpl::join_projections() {
+  image_qkv_.join();
+  context_qkv_.join();
+}
+
+void SD3Transformer2DModelImpl::join_projections() {
+  for (const auto& block : *transformer_blocks) block->as<JointTransformerBlock>()->join_projections();
+}
+
 void SD3Transformer2DModelImpl::run_blocks(state& s, std::int64_t begin, std::int64_t end, const recorder& record) {
   TORCH_CHECK(0 <= begin && begin <= end && end <= num_blocks(), "SD3 transformer: block range [", begin, ", ", end,
               ") outside [0, ", num_blocks(), ")");
@@ -245,6 +256,7 @@ at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const a
 SD3Transformer2DModel load_sd3_transformer(const std::filesystem::path& dir, const load_options& options) {
   SD3Transformer2DModel model(sd3_transformer_config::from(read_config(dir / "config.json", "SD3Transformer2DModel")));
   load_state_dict(*model, checkpoint::open(find_component_weights(dir)), options);
+  model->join_projections();
   model->eval();
   return model;
 }

@@ -20,12 +20,22 @@ struct graphed_denoiser::graph {
   at::Tensor latents, timestep, output;
   models::branch_conditioning cond;
 };
+struct graphed_stage::graph {
+  at::cuda::CUDAGraph replay;
+  at::Tensor latents, timestep, output;
+  models::branch_conditioning cond;
+  std::map<std::string, models::activation> reused;    // the values of the modules not owned (inputs)
+  std::map<std::string, models::activation> computed;  // the owned modules' outputs, in the graph's memory
+};
 #else
 struct graphed_denoiser::graph {};
+struct graphed_stage::graph {};
 #endif
 
 graphed_denoiser::graphed_denoiser(models::diffusion_pipeline& pipeline) : pipeline_(pipeline) {}
 graphed_denoiser::~graphed_denoiser() = default;
+graphed_stage::graphed_stage(models::diffusion_pipeline& pipeline) : pipeline_(pipeline) {}
+graphed_stage::~graphed_stage() = default;
 
 namespace {
 
@@ -37,11 +47,85 @@ void describe(std::ostream& key, const at::Tensor& tensor) {
   key << tensor.sizes() << c10::toString(tensor.scalar_type()) << tensor.device() << ";";
 }
 
+std::string key_of(const at::Tensor& latents, const at::Tensor& timestep, const models::branch_conditioning& cond) {
+  std::ostringstream key;
+  for (const auto* tensor : {&latents, &timestep, &cond.context, &cond.pooled, &cond.time_ids}) describe(key, *tensor);
+  return key.str();
+}
+
 at::Tensor copy_of(const at::Tensor& tensor) { return tensor.defined() ? tensor.clone() : tensor; }
+
+models::activation copy_of(const models::activation& value) {
+  models::activation copy;
+  for (const auto& tensor : value) copy.push_back(copy_of(tensor));
+  return copy;
+}
 
 void copy_into(at::Tensor& target, const at::Tensor& source) {
   if (target.defined()) target.copy_(source, /*non_blocking=*/true);
 }
+
+#ifdef HYBRIDIFF_WITH_CUDA
+// Runs `forward(false)` three times on a side stream (warm-up: the allocator's, cuDNN's and SDPA's choices), then
+// captures `forward(true)` into `replay` (thread-local capture: other threads' GPU work goes on). The side stream
+// waits for the current one's work (the inputs) and the current one for the capture.
+void warm_up_and_capture(at::cuda::CUDAGraph& replay, c10::DeviceIndex device,
+                         const std::function<void(bool capturing)>& forward, const std::string& what) {
+  auto current = c10::cuda::getCurrentCUDAStream(device);
+  auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
+  at::cuda::CUDAEvent inputs_ready;
+  inputs_ready.record(current);
+  inputs_ready.block(side);
+  bool capturing = false;
+  try {
+    c10::cuda::CUDAStreamGuard on_side(side);
+    for (int i = 0; i < 3; ++i) forward(false);
+    side.synchronize();
+    replay.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    capturing = true;
+    forward(true);
+    capturing = false;
+    replay.capture_end();
+  } catch (const std::exception& failure) {
+    if (capturing) {
+      try {
+        replay.capture_end();  // leaves the side stream usable; the graph is discarded
+      } catch (const std::exception&) {
+      }
+    }
+    const auto* torch_failure = dynamic_cast<const c10::Error*>(&failure);
+    throw error("capturing " + what + " in a CUDA graph failed: " +
+                (torch_failure ? torch_failure->what_without_backtrace() : failure.what()));
+  }
+  at::cuda::CUDAEvent captured;
+  captured.record(side);
+  captured.block(current);
+}
+
+// A stale-activation step inside a graph: owned modules compute (their outputs kept), every other module returns
+// the graph's buffer for it, which the first warm-up run fills from `reuse`.
+class buffered_runner : public models::module_runner {
+ public:
+  buffered_runner(const std::set<std::string>& owned, const graphed_stage::reuse_function& reuse,
+                  std::map<std::string, models::activation>& reused, std::map<std::string, models::activation>& computed,
+                  bool capturing)
+      : owned_(owned), reuse_(reuse), reused_(reused), computed_(computed), capturing_(capturing) {}
+  models::activation run(const std::string& module, const std::function<models::activation()>& compute) override {
+    if (owned_.count(module)) return computed_[module] = compute();
+    if (auto found = reused_.find(module); found != reused_.end()) return found->second;
+    if (capturing_)
+      throw error("module '" + module + "' was reused while capturing but not in the warm-up runs before");
+    return reused_[module] = copy_of(reuse_(module));
+  }
+
+ private:
+  const std::set<std::string>& owned_;
+  const graphed_stage::reuse_function& reuse_;
+  std::map<std::string, models::activation>& reused_;
+  std::map<std::string, models::activation>& computed_;
+  bool capturing_;
+};
+#endif
 
 }  // namespace
 
@@ -50,35 +134,21 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
 #ifdef HYBRIDIFF_WITH_CUDA
   if (!latents.is_cuda()) throw error("CUDA graphs need a CUDA device; the latents are on " + latents.device().str());
   torch::NoGradGuard no_grad;
-  std::ostringstream key;
-  for (const auto* tensor : {&latents, &timestep, &cond.context, &cond.pooled, &cond.time_ids}) describe(key, *tensor);
-  auto& slot = graphs_[key.str()];
+  const auto key = key_of(latents, timestep, cond);
+  auto& slot = graphs_[key];
   if (!slot) {
     auto made = std::make_unique<graph>();
     made->latents = latents.clone();
     made->timestep = timestep.clone();
     made->cond = {copy_of(cond.context), copy_of(cond.pooled), copy_of(cond.time_ids)};
-    const auto device = latents.device().index();
-    auto current = c10::cuda::getCurrentCUDAStream(device);
-    auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
-    at::cuda::CUDAEvent inputs_ready;
-    inputs_ready.record(current);
-    inputs_ready.block(side);
     try {
-      c10::cuda::CUDAStreamGuard on_side(side);
-      for (int i = 0; i < 3; ++i) made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
-      side.synchronize();
-      made->replay.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
-      made->replay.capture_end();
-    } catch (const c10::Error& failure) {
-      graphs_.erase(key.str());
-      throw error(std::string("capturing the denoiser's forward pass in a CUDA graph failed: ") +
-                  failure.what_without_backtrace());
+      warm_up_and_capture(made->replay, latents.device().index(), [&](bool) {
+        made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
+      }, "the denoiser's forward pass");
+    } catch (...) {
+      graphs_.erase(key);
+      throw;
     }
-    at::cuda::CUDAEvent captured;
-    captured.record(side);
-    captured.block(current);
     slot = std::move(made);
   }
   auto& g = *slot;
@@ -88,6 +158,59 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
   copy_into(g.cond.pooled, cond.pooled);
   copy_into(g.cond.time_ids, cond.time_ids);
   g.replay.replay();
+  return g.output.clone();
+#else
+  throw error("CUDA graphs: this build has no CUDA");
+#endif
+}
+
+at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& timestep,
+                               const models::branch_conditioning& cond, const std::set<std::string>& owned,
+                               const reuse_function& reuse, std::map<std::string, models::activation>& computed) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (!latents.is_cuda()) throw error("CUDA graphs need a CUDA device; the latents are on " + latents.device().str());
+  torch::NoGradGuard no_grad;
+  std::string key = key_of(latents, timestep, cond);
+  for (const auto& module : owned) key += module + ",";
+  auto& slot = graphs_[key];
+  if (!slot) {
+    auto made = std::make_unique<graph>();
+    made->latents = latents.clone();
+    made->timestep = timestep.clone();
+    made->cond = {copy_of(cond.context), copy_of(cond.pooled), copy_of(cond.time_ids)};
+    try {
+      warm_up_and_capture(made->replay, latents.device().index(), [&](bool capturing) {
+        buffered_runner runner(owned, reuse, made->reused, made->computed, capturing);
+        made->output = pipeline_.predict(made->latents, made->timestep, made->cond, &runner);
+      }, "a stale-activation step");
+    } catch (...) {
+      graphs_.erase(key);
+      throw;
+    }
+    slot = std::move(made);
+  }
+  auto& g = *slot;
+  copy_into(g.latents, latents);
+  copy_into(g.timestep, timestep);
+  copy_into(g.cond.context, cond.context);
+  copy_into(g.cond.pooled, cond.pooled);
+  copy_into(g.cond.time_ids, cond.time_ids);
+  for (auto& [module, buffers] : g.reused) {
+    const auto value = reuse(module);
+    if (value.size() != buffers.size())
+      throw error("CUDA graph of a stale-activation step: module '" + module + "' now gives " +
+                  std::to_string(value.size()) + " tensor(s), the graph was captured with " +
+                  std::to_string(buffers.size()));
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+      if (buffers[i].defined() != value[i].defined() || (buffers[i].defined() && buffers[i].sizes() != value[i].sizes()))
+        throw error("CUDA graph of a stale-activation step: module '" + module + "' output " + std::to_string(i) +
+                    " changed shape since the capture");
+      copy_into(buffers[i], value[i]);
+    }
+  }
+  g.replay.replay();
+  computed.clear();
+  for (const auto& [module, value] : g.computed) computed.emplace(module, copy_of(value));
   return g.output.clone();
 #else
   throw error("CUDA graphs: this build has no CUDA");

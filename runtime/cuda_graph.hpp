@@ -1,10 +1,14 @@
 #pragma once
-// CUDA graphs for a denoiser's full forward pass: one launch per step instead of thousands (SDXL's UNet is
-// launch-bound at batch 1: 33.6 ms alone, ~55 ms with two worker threads launching at once).
+// CUDA graphs for a denoiser's full forward pass and for a worker's stale-activation steps: one launch per step
+// instead of thousands (SDXL's UNet is launch-bound at batch 1: 33.6 ms alone, ~55 ms with two worker threads
+// launching at once).
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "models/pipeline.hpp"
 
@@ -29,6 +33,35 @@ class graphed_denoiser {
   struct graph;
   models::diffusion_pipeline& pipeline_;
   std::map<std::string, std::unique_ptr<graph>> graphs_;  // by the inputs' shapes and dtypes
+};
+
+/// Replays stale-activation steps (AsyncDiff pipeline steps: `owned` modules compute, every other module returns a
+/// value it is given) from CUDA graphs, one per input shape and owned set. The first call of a shape asks `reuse`
+/// for each module it does not own, copies the values into buffers of its own and runs the step three times on a
+/// side stream, then captures it reading those buffers; every call copies the inputs and `reuse`'s current values
+/// into them, replays, and returns copies of the output and of the owned modules' outputs (the caller may hand them
+/// to other workers while the next step replays). The modules a step reuses, and their shapes, must be the same on
+/// every call of a shape (they are: a model's control flow does not depend on values); a different shape is an
+/// error naming the module. Throws hybridiff::error on the CPU or in a build without CUDA. Not thread-safe: one per
+/// worker.
+class graphed_stage {
+ public:
+  using reuse_function = std::function<models::activation(const std::string& module)>;
+  explicit graphed_stage(models::diffusion_pipeline& pipeline);
+  ~graphed_stage();
+  graphed_stage(const graphed_stage&) = delete;
+  graphed_stage& operator=(const graphed_stage&) = delete;
+
+  /// The step's output; `computed` receives each owned module's output.
+  at::Tensor step(const at::Tensor& latents, const at::Tensor& timestep, const models::branch_conditioning& cond,
+                  const std::set<std::string>& owned, const reuse_function& reuse,
+                  std::map<std::string, models::activation>& computed);
+  std::size_t graphs() const { return graphs_.size(); }
+
+ private:
+  struct graph;
+  models::diffusion_pipeline& pipeline_;
+  std::map<std::string, std::unique_ptr<graph>> graphs_;  // by the inputs' shapes and dtypes and the owned set
 };
 
 }  // namespace hybridiff::runtime

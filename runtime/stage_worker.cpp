@@ -22,34 +22,28 @@ class recording_runner : public models::module_runner {
 };
 
 // Moves every tensor of an activation to `device` (a no-op when it is there already).
-models::activation on_device(const models::activation& value, const c10::Device& device) {
+models::activation activation_on(const c10::Device& device, const models::activation& value) {
   models::activation moved;
   for (const auto& tensor : value) moved.push_back(tensor.defined() ? tensor.to(device) : tensor);
   return moved;
 }
 
-// Computes owned modules (refreshing the cache), reuses the others: a peer's output comes from its worker's device.
+// Computes owned modules (refreshing the cache), takes the others' values from `reuse`.
 class stale_runner : public models::module_runner {
  public:
-  stale_runner(const std::set<std::string>& owned, const activation_cache& peers, activation_cache& cache,
-               const c10::Device& device)
-      : owned_(owned), peers_(peers), cache_(cache), device_(device) {}
+  stale_runner(const std::set<std::string>& owned, const graphed_stage::reuse_function& reuse, activation_cache& cache)
+      : owned_(owned), reuse_(reuse), cache_(cache) {}
   models::activation run(const std::string& module, const std::function<models::activation()>& compute) override {
-    if (owned_.count(module)) {
-      auto out = compute();
-      cache_[module] = out;
-      return out;
-    }
-    if (auto found = peers_.find(module); found != peers_.end()) return on_device(found->second, device_);
-    if (auto found = cache_.find(module); found != cache_.end()) return found->second;
-    throw error("pipeline step: module '" + module + "' is neither owned nor cached (was the window filled?)");
+    if (!owned_.count(module)) return reuse_(module);
+    auto out = compute();
+    cache_[module] = out;
+    return out;
   }
 
  private:
   const std::set<std::string>& owned_;
-  const activation_cache& peers_;
+  const graphed_stage::reuse_function& reuse_;
   activation_cache& cache_;
-  c10::Device device_;
 };
 
 }  // namespace
@@ -77,11 +71,13 @@ models::branch_conditioning stage_worker::on_device(models::branch_conditioning 
 void stage_worker::use_cuda_graphs(bool on) {
   if (!on) {
     graphed_.reset();
+    graphed_stages_.reset();
   } else if (!graphed_) {
     if (!pipeline_->placement().device.is_cuda())
       throw error("worker " + std::to_string(rank_) + ": CUDA graphs need a CUDA device, not " +
                   pipeline_->placement().device.str());
     graphed_ = std::make_unique<graphed_denoiser>(*pipeline_);
+    graphed_stages_ = std::make_unique<graphed_stage>(*pipeline_);
   }
 }
 
@@ -106,7 +102,21 @@ at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tens
                                        split_scope scope) {
   torch::NoGradGuard no_grad;
   const auto& device = pipeline_->placement().device;
-  stale_runner runner(component(scope), peers, cache_, device);
+  // A module this worker does not own: the owner's output of the previous step (from `peers`, on the owner's
+  // device), or this worker's own cache entry when `peers` lacks it.
+  const graphed_stage::reuse_function reuse = [&](const std::string& module) -> models::activation {
+    if (auto found = peers.find(module); found != peers.end()) return activation_on(device, found->second);
+    if (auto found = cache_.find(module); found != cache_.end()) return found->second;
+    throw error("pipeline step: module '" + module + "' is neither owned nor cached (was the window filled?)");
+  };
+  if (graphed_stages_) {
+    activation_cache computed;
+    auto out = graphed_stages_->step(latents.to(device), timestep.to(device), conditioning_of(scope), component(scope),
+                                     reuse, computed);
+    for (auto& [module, value] : computed) cache_[module] = std::move(value);
+    return out;
+  }
+  stale_runner runner(component(scope), reuse, cache_);
   return pipeline_->predict(latents.to(device), timestep.to(device), conditioning_of(scope), &runner);
 }
 

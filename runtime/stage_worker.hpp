@@ -34,7 +34,8 @@ class stage_worker {
   void set_conditioning(models::branch_conditioning conditioning);
   /// A different conditioning for fill and pipeline steps (hybrid's `cond` window); unset: the same.
   void set_window_conditioning(models::branch_conditioning conditioning);
-  /// Full forward passes (predict) replayed from CUDA graphs (on), or eager (off, the default).
+  /// Full forward passes (predict) and stale-activation steps (pipeline_step) replayed from CUDA graphs (on), or
+  /// eager (off, the default). Fill steps stay eager (one per pipelined run).
   void use_cuda_graphs(bool on);
   /// The modules this worker owns in pipelined steps of `scope` (its AsyncDiff component there).
   void set_component(split_scope scope, std::set<std::string> modules) { owned_[index(scope)] = std::move(modules); }
@@ -71,6 +72,7 @@ class stage_worker {
   std::set<std::string> owned_[2];
   activation_cache cache_;
   std::unique_ptr<graphed_denoiser> graphed_;
+  std::unique_ptr<graphed_stage> graphed_stages_;
 };
 
 }  // namespace hybridiff::runtime

@@ -66,8 +66,8 @@ std::vector<po::options_description> generation_options() {
        "each CFG run")
       ("time_shift", po::bool_switch(), "pipeline steps feed the model the previous step's timestep")
       ("cuda-graphs", po::bool_switch(),
-       "replay every full forward pass (CFG branches, batched steps) from a CUDA graph captured at its first use; "
-       "needs a CUDA device (fill and pipeline steps stay eager)")
+       "replay every full forward pass (CFG branches, batched steps) and every stale-activation step (pipeline "
+       "steps) from a CUDA graph captured at its first use; needs a CUDA device (fill steps stay eager)")
       ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
       ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15, built-in 8)")
       ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4, built-in 4e-4)")

@@ -8,6 +8,7 @@
 
 #include "models/errors.hpp"
 #include "models/pipeline.hpp"
+#include "models/safetensors.hpp"
 #include "models/sd3_transformer.hpp"
 #include "models/t5_encoder.hpp"
 #include "models/vae.hpp"
@@ -49,6 +50,26 @@ TEST(Sd3Transformer, BlockGroupsComposeToTheWholeModel) {
   transformer->run_blocks(state, 1, 2);
   EXPECT_TRUE(torch::equal(transformer->finish(state), transformer->forward(x, t, ctx, pooled)));
   EXPECT_THROW(transformer->run_blocks(state, 1, 3), c10::Error);
+}
+
+// load_sd3_transformer joins each stream's q, k, v into one GEMM: the checkpoint's parameters stay (same names and
+// values, now views of the joined weights), and a later `to` (new storage) falls back to separate GEMMs, still
+// matching diffusers.
+TEST(Sd3Transformer, JoinedProjectionsKeepTheCheckpointsParametersAndASafeFallback) {
+  torch::NoGradGuard no_grad;
+  auto transformer = load_sd3_transformer(sd3() / "transformer");
+  auto weights = checkpoint::open(find_component_weights(sd3() / "transformer"));
+  auto parameters = transformer->named_parameters();
+  auto to_q = parameters["transformer_blocks.0.attn.to_q.weight"], to_k = parameters["transformer_blocks.0.attn.to_k.weight"];
+  EXPECT_TRUE(torch::equal(to_k, weights.tensor("transformer_blocks.0.attn.to_k.weight")));
+  EXPECT_TRUE(to_q.is_alias_of(to_k));  // rows of one joined weight
+  auto x = test::golden(golden_file, "tr_in_x"), t = test::golden(golden_file, "tr_in_t");
+  auto ctx = test::golden(golden_file, "tr_in_ctx"), pooled = test::golden(golden_file, "tr_in_pooled");
+  const auto expected = test::golden(golden_file, "tr_out");
+  EXPECT_LT(test::relative_error(transformer->forward(x, t, ctx, pooled), expected), component_tolerance);
+  transformer->to(at::kDouble);  // new storage for every parameter: the joined weights are stale now
+  auto separate = transformer->forward(x.to(at::kDouble), t.to(at::kDouble), ctx.to(at::kDouble), pooled.to(at::kDouble));
+  EXPECT_LT(test::relative_error(separate.to(at::kFloat), expected), component_tolerance);
 }
 
 TEST(T5Encoder, MatchesTransformers) {
