@@ -3,6 +3,9 @@
 #include <chrono>
 
 #include <c10/util/Exception.h>
+#ifdef HYBRIDIFF_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 #include <torch/torch.h>
 
 #include "actors/messages.hpp"
@@ -25,8 +28,10 @@ caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Comput
     auto reply = std::make_shared<step_reply>();
     reply->worker = worker.rank();
     reply->prediction = compute(worker, *reply);
-    // Compute time includes the wait for the device, so that per-worker times in the trace are real.
-    if (reply->prediction.is_cuda()) torch::cuda::synchronize(reply->prediction.device().index());
+    // Compute time includes the wait for the device, so that per-worker times in the trace are real. The worker's
+    // stream, not the device: another worker of this process may be capturing a CUDA graph on the same device,
+    // and a device-wide synchronisation then fails both ("operation not permitted when stream is capturing").
+    if (reply->prediction.is_cuda()) c10::cuda::getCurrentCUDAStream(reply->prediction.device().index()).synchronize();
     reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
     return step_reply_ptr(std::move(reply));
   } catch (const c10::Error& failure) {

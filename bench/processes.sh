@@ -4,7 +4,8 @@
 # In each launch rank 0 times every run: the runs of one worker stay on rank 0 (the first, `none` with CUDA
 # graphs, is the baseline of the ratios: our best one-GPU time), the others put one worker on each process.
 #   bench/processes.sh HYBRIDIFF_BINARY SDXL_FOLDER SD3_FOLDER [STEPS] [PROCESS_COUNTS] > processes.json
-# PROCESS_COUNTS: "2 4" (default; 4 only where 4 GPUs are visible), or one of them.
+# A folder given as - skips that model. PROCESS_COUNTS: "2 4" (default; 4 only where 4 GPUs are visible), or one of
+# them.
 # The folders: bench/random_model.py writes full-size ones with random weights (speed does not depend on them).
 set -euo pipefail
 binary=$1 sdxl=$2 sd3=$3 steps=${4:-50} counts=${5:-2 4}
@@ -14,6 +15,7 @@ gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 bench() {  # processes folder runs...
   local processes=$1 folder=$2
   shift 2
+  [ "$folder" != - ] || return 0
   local runs=()
   for run in "$@"; do runs+=(--run "$run"); done
   "$binary" launch --nproc "$processes" --master-port 29650 -- bench --model "$folder" --device 'cuda:{local_rank}' \
