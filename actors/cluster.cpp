@@ -19,6 +19,7 @@ namespace hybridiff::actors {
 
 using runtime::tensor_meta;
 using tensor_metas = std::vector<tensor_meta>;
+using names = std::vector<std::string>;  // module names
 
 void configure_cluster(caf::actor_system_config& config) {
   config.load<caf::io::middleman>();
@@ -278,10 +279,10 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](reconfigure_atom, std::int32_t role) {
         return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
-          bool cuda_graphs) {
-        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window, branch,
-                                 cuda_graphs);
+      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
+          const names& branch_handed_on, bool cuda_graphs) {
+        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window,
+                                 window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
         tensor_bundle bundle;
@@ -382,8 +383,10 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return relay<bool>(self, prepare_atom::value, image_setup_ptr(setup));
       },
       [=](reconfigure_atom, std::int32_t role) { return relay<std::int32_t>(self, reconfigure_atom::value, role); },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
-          bool cuda_graphs) { return relay<bool>(self, assign_atom::value, window, branch, cuda_graphs); },
+      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
+          const names& branch_handed_on, bool cuda_graphs) {
+        return relay<bool>(self, assign_atom::value, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
+      },
       [=](done_atom) {
         self->quit();
         return true;

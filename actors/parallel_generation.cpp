@@ -9,6 +9,9 @@
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#ifdef HYBRIDIFF_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "actors/hybridiff.hpp"
 #include "actors/cluster.hpp"
@@ -44,6 +47,16 @@ struct exit_on_scope_end {
 };
 
 // One read-back per step (both means at once): the driver needs the value before it can plan the next step.
+// Waits for this thread's pending work on the device of `tensor`: tensors handed to workers must be complete, as
+// workers compute on CUDA streams of their own (actors/worker.cpp).
+void finish_pending_work(const at::Tensor& tensor) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (tensor.defined() && tensor.is_cuda()) c10::cuda::getCurrentCUDAStream(tensor.device().index()).synchronize();
+#else
+  (void)tensor;
+#endif
+}
+
 double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
   auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
   return schedule::relative_mae(means[0].item<double>(), means[1].item<double>());
@@ -191,6 +204,9 @@ struct parallel_session::state {
   int n = 2;              // components of the window split (the stride-2 extra worker is worker n)
   int output_worker = 1;  // the worker whose output is the window's prediction
   bool exchange_blocks = true;
+  // Per worker, the other workers' modules its component computes on in window and branch steps: only these of
+  // the last step's outputs travel to it.
+  std::vector<std::set<std::string>> window_inputs, branch_inputs;
   std::optional<int> lost;  // a worker lost in an earlier image
   std::unique_ptr<runtime::graphed_denoiser> graphed;  // mode none with CUDA graphs
 
@@ -230,6 +246,7 @@ class parallel_driver {
     };
     const image_setup_ptr both = setup_of(stacked), uncond = setup_of(conditioning.negative),
                           cond = setup_of(conditioning.positive);
+    finish_pending_work(stacked.context);
     for (int w = 0; w < world_; ++w)
       self_->request(session.worker(w), options_.step_timeout, actors::prepare_atom::value,
                      asyncdiff_ ? both : w < world_ / 2 ? uncond : cond)
@@ -353,6 +370,7 @@ class parallel_driver {
     std::vector<step_reply_ptr> replies(world_);
     using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, actors::step_request_ptr()));
     std::vector<std::pair<int, handle_type>> pending;
+    finish_pending_work(latents_);
     for (const auto& [w, work] : requests)
       pending.emplace_back(w, self_->request(session_.worker(w), options_.step_timeout, atom, actors::step_request_ptr(work)));
     for (auto& [w, handle] : pending) {
@@ -376,6 +394,22 @@ class parallel_driver {
   std::vector<targeted> to_each(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {
     std::vector<targeted> requests;
     for (int w : workers) requests.push_back({w, work});
+    return requests;
+  }
+  // A copy of `work` carrying the entries of `peers` that worker w's component computes on (`inputs`).
+  static std::shared_ptr<step_request> with_peers(const std::shared_ptr<step_request>& work,
+                                                  const runtime::activation_cache& peers,
+                                                  const std::set<std::string>& inputs) {
+    auto own = std::make_shared<step_request>(*work);
+    auto needed = std::make_shared<runtime::activation_cache>();
+    for (const auto& [module, value] : peers)
+      if (inputs.count(module)) needed->emplace(module, value);
+    own->peers = std::move(needed);
+    return own;
+  }
+  std::vector<targeted> window_requests(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {
+    std::vector<targeted> requests;
+    for (int w : workers) requests.push_back({w, with_peers(work, *window_peers_, session_.window_inputs[w])});
     return requests;
   }
   std::vector<int> everyone() const {
@@ -418,11 +452,7 @@ class parallel_driver {
     }
     row.mode = "cfg-pipeline";
     std::vector<targeted> requests;
-    for (int w = 0; w < world_; ++w) {
-      auto own = std::make_shared<step_request>(*work);
-      own->peers = std::make_shared<const runtime::activation_cache>(branch_peers_[w / 2]);
-      requests.push_back({w, own});
-    }
+    for (int w = 0; w < world_; ++w) requests.push_back({w, with_peers(work, branch_peers_[w / 2], session_.branch_inputs[w])});
     auto replies = ask(actors::stage_atom::value, requests, row);
     for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
     return guided(output_of(replies, 1), output_of(replies, 3), row);
@@ -449,12 +479,11 @@ class parallel_driver {
   at::Tensor pipeline_step(std::int64_t i, step_trace& row) {
     const int shift = options_.time_shift ? 1 : 0;  // AsyncDiff App. A: the previous step's timestep
     auto work = work_for(i, asyncdiff_);
-    work->peers = window_peers_;
     std::vector<step_reply_ptr> replies;
     at::Tensor output;
     if (options_.stride == 1) {
       work->timestep = timestep(i - shift);
-      replies = ask(actors::stage_atom::value, to_each(everyone(), work), row);
+      replies = ask(actors::stage_atom::value, window_requests(everyone(), work), row);
       output = output_of(replies, session_.output_worker);
     } else if ((i - window_begin_ - 1) % 2 == 0) {
       // Stride 2, a compute round: components 0 .. n−1 run on x_i at the next step's timestep (their output is
@@ -462,8 +491,8 @@ class parallel_driver {
       auto ahead = std::make_shared<step_request>(*work);
       ahead->timestep = timestep(i + 1 - shift);
       work->timestep = timestep(i - shift);
-      auto requests = to_each(stage_workers(), ahead);
-      requests.push_back({session_.n, work});
+      auto requests = window_requests(stage_workers(), ahead);
+      requests.push_back(window_requests({session_.n}, work).front());
       replies = ask(actors::stage_atom::value, requests, row);
       output = output_of(replies, session_.n);
       held_ = output_of(replies, session_.output_worker);
@@ -540,15 +569,22 @@ parallel_session::parallel_session(caf::actor_system& system,
   session.exchange_blocks =
       !(family == schedule::denoiser_family::sd3_transformer && options.conditioning == pp_conditioning::reference);
   auto names = [](const schedule::component& c) { return std::vector<std::string>(c.modules.begin(), c.modules.end()); };
+  auto set_of = [](const std::vector<std::string>& modules) { return std::set<std::string>(modules.begin(), modules.end()); };
   for (std::size_t w = 0; w < session.replicas.size(); ++w)
     session.workers.push_back(
         actors::spawn_worker(system, std::make_shared<runtime::stage_worker>(session.replicas[w], static_cast<int>(w))));
   if (cluster)
     for (const auto& proxy : cluster->workers()) session.workers.push_back(proxy);
   for (int w = 0; w < options.workers; ++w) {
-    auto branch_modules = options.branch_stages == 2 ? names(branch.components[w % 2]) : std::vector<std::string>{};
+    const int window_component = window.component_of(w), branch_component = w % 2;
+    const bool split_branches = options.branch_stages == 2;
+    session.window_inputs.push_back(set_of(window.inputs_of(window_component)));
+    session.branch_inputs.push_back(split_branches ? set_of(branch.inputs_of(branch_component)) : std::set<std::string>{});
     session.self->request(session.worker(w), options.step_timeout, actors::assign_atom::value,
-                          names(window.components[window.component_of(w)]), branch_modules, options.cuda_graphs)
+                          names(window.components[window_component]), window.read_by_others(window_component),
+                          split_branches ? names(branch.components[branch_component]) : std::vector<std::string>{},
+                          split_branches ? branch.read_by_others(branch_component) : std::vector<std::string>{},
+                          options.cuda_graphs)
         .receive([](bool) {},
                  [&](caf::error& problem) { throw error("worker " + std::to_string(w) + ": " + actors::describe_error(system, problem)); });
   }

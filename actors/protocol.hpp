@@ -43,13 +43,14 @@ enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
 /// guidance branch split as a pipeline over several workers); `pipeline_stage` answers fill and stage with its
 /// window component. A request the current behaviour does not serve is answered with an error naming both.
 /// reconfigure replies with the new role. assign sets the modules the worker owns in pipelined steps (window
-/// split, branch split) and whether full passes replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
+/// split, branch split: owned modules, then those whose outputs it hands on) and whether full passes and stale steps replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
 using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>,
-                                      caf::replies_to<assign_atom, std::vector<std::string>,
-                                                      std::vector<std::string>, bool>::with<bool>,
+                                      caf::replies_to<assign_atom, std::vector<std::string>, std::vector<std::string>,
+                                                      std::vector<std::string>, std::vector<std::string>,
+                                                      bool>::with<bool>,
                                       caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the

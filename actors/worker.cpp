@@ -1,9 +1,11 @@
 #include "actors/worker.hpp"
 
 #include <chrono>
+#include <optional>
 
 #include <c10/util/Exception.h>
 #ifdef HYBRIDIFF_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 #include <torch/torch.h>
@@ -15,9 +17,43 @@ namespace {
 
 struct worker_state {
   std::shared_ptr<runtime::stage_worker> worker;
+#ifdef HYBRIDIFF_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream;  // on a CUDA device: the worker's own
+#endif
   static inline const char* name = "hybridiff.worker";
 };
 using worker_pointer = worker_actor::stateful_pointer<worker_state>;
+
+// A worker computes on a CUDA stream of its own: on the device's default stream its step would hold back what the
+// process's other actors enqueue there after it (rank 0's link transfers to the other ranks start once that stream
+// reaches them: they would wait for worker 0's whole step). A request's tensors are ready when it arrives (the
+// driver and the links synchronise before handing them over); `finish` waits for the worker's work, so that its
+// outputs are ready when the reply leaves. Not on the device: the device-wide synchronisation would fail another
+// worker's CUDA-graph capture on the same device ("operation not permitted when stream is capturing").
+class on_own_stream {
+ public:
+  explicit on_own_stream(worker_state& state) {
+#ifdef HYBRIDIFF_WITH_CUDA
+    const auto& device = state.worker->pipeline().placement().device;
+    if (device.is_cuda()) {
+      if (!state.stream) state.stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
+      guard_.emplace(*state.stream);
+    }
+#else
+    (void)state;
+#endif
+  }
+  void finish() {
+#ifdef HYBRIDIFF_WITH_CUDA
+    if (guard_) guard_->current_stream().synchronize();
+#endif
+  }
+
+ private:
+#ifdef HYBRIDIFF_WITH_CUDA
+  std::optional<c10::cuda::CUDAStreamGuard> guard_;
+#endif
+};
 
 // Runs `compute` and packs its result; any exception becomes an error reply (the request never hangs).
 template <class Compute>
@@ -25,13 +61,11 @@ caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Comput
   auto& worker = *self->state.worker;
   try {
     auto started = std::chrono::steady_clock::now();
+    on_own_stream stream(self->state);
     auto reply = std::make_shared<step_reply>();
     reply->worker = worker.rank();
     reply->prediction = compute(worker, *reply);
-    // Compute time includes the wait for the device, so that per-worker times in the trace are real. The worker's
-    // stream, not the device: another worker of this process may be capturing a CUDA graph on the same device,
-    // and a device-wide synchronisation then fails both ("operation not permitted when stream is capturing").
-    if (reply->prediction.is_cuda()) c10::cuda::getCurrentCUDAStream(reply->prediction.device().index()).synchronize();
+    stream.finish();  // compute time includes the wait for the device: per-worker times in the trace are real
     reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
     return step_reply_ptr(std::move(reply));
   } catch (const c10::Error& failure) {
@@ -52,11 +86,15 @@ caf::error wrong_behaviour(worker_pointer self, const char* request, const char*
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
 worker_actor::behavior_type cfg_branch(worker_pointer self);
 
-caf::result<bool> assign(worker_pointer self, const std::vector<std::string>& window,
-                         const std::vector<std::string>& branch, bool cuda_graphs) {
+using names = std::vector<std::string>;
+
+caf::result<bool> assign(worker_pointer self, const names& window, const names& window_handed_on, const names& branch,
+                         const names& branch_handed_on, bool cuda_graphs) {
   auto& worker = *self->state.worker;
-  worker.set_component(runtime::split_scope::window, {window.begin(), window.end()});
-  worker.set_component(runtime::split_scope::branch, {branch.begin(), branch.end()});
+  worker.set_component(runtime::split_scope::window, {window.begin(), window.end()},
+                       {window_handed_on.begin(), window_handed_on.end()});
+  worker.set_component(runtime::split_scope::branch, {branch.begin(), branch.end()},
+                       {branch_handed_on.begin(), branch_handed_on.end()});
   try {
     worker.use_cuda_graphs(cuda_graphs);
   } catch (const std::exception& failure) {
@@ -68,9 +106,11 @@ caf::result<bool> assign(worker_pointer self, const std::vector<std::string>& wi
 caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
   auto& worker = *self->state.worker;
   try {
+    on_own_stream stream(self->state);
     worker.clear_cache();
     worker.set_conditioning(setup->conditioning);
     worker.set_window_conditioning(setup->window);
+    stream.finish();
   } catch (const std::exception& failure) {
     return caf::make_error(caf::sec::runtime_error,
                            "worker " + std::to_string(worker.rank()) + " (prepare): " + failure.what());
@@ -111,8 +151,10 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
         return role;
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
-          bool cuda_graphs) { return assign(self, window, branch, cuda_graphs); },
+      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
+          const names& branch_handed_on, bool cuda_graphs) {
+        return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
+      },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }
@@ -132,8 +174,10 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         }
         return role;
       },
-      [=](assign_atom, const std::vector<std::string>& window, const std::vector<std::string>& branch,
-          bool cuda_graphs) { return assign(self, window, branch, cuda_graphs); },
+      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
+          const names& branch_handed_on, bool cuda_graphs) {
+        return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
+      },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
   };
 }

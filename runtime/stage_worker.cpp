@@ -122,7 +122,7 @@ at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tens
 
 activation_cache stage_worker::owned_outputs(split_scope scope) const {
   activation_cache outputs;
-  for (const auto& module : component(scope))
+  for (const auto& module : handed_on_[index(scope)])
     if (auto found = cache_.find(module); found != cache_.end()) outputs.emplace(module, found->second);
   return outputs;
 }

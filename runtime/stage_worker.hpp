@@ -37,8 +37,12 @@ class stage_worker {
   /// Full forward passes (predict) and stale-activation steps (pipeline_step) replayed from CUDA graphs (on), or
   /// eager (off, the default). Fill steps stay eager (one per pipelined run).
   void use_cuda_graphs(bool on);
-  /// The modules this worker owns in pipelined steps of `scope` (its AsyncDiff component there).
-  void set_component(split_scope scope, std::set<std::string> modules) { owned_[index(scope)] = std::move(modules); }
+  /// The modules this worker owns in pipelined steps of `scope` (its AsyncDiff component there), and those of them
+  /// whose outputs other workers compute on (owned_outputs hands on only these).
+  void set_component(split_scope scope, std::set<std::string> modules, std::set<std::string> handed_on) {
+    owned_[index(scope)] = std::move(modules);
+    handed_on_[index(scope)] = std::move(handed_on);
+  }
   const std::set<std::string>& component(split_scope scope) const { return owned_[index(scope)]; }
 
   /// A full forward pass (a CFG branch or the batched model): latents [B, C, h, w] -> prediction. `conditioning`
@@ -55,7 +59,7 @@ class stage_worker {
                            split_scope scope = split_scope::window);
   /// This worker's cache: every module after `fill`, then its owned modules' latest outputs.
   const activation_cache& cache() const { return cache_; }
-  /// The entries of the modules owned in `scope`, for the other workers' next step.
+  /// The entries of the owned modules of `scope` that other workers compute on, for their next step.
   activation_cache owned_outputs(split_scope scope = split_scope::window) const;
   void clear_cache() { cache_.clear(); }
 
@@ -69,7 +73,7 @@ class stage_worker {
     return scope == split_scope::window && window_conditioning_.context.defined() ? window_conditioning_ : conditioning_;
   }
   static int index(split_scope scope) { return scope == split_scope::branch ? 0 : 1; }
-  std::set<std::string> owned_[2];
+  std::set<std::string> owned_[2], handed_on_[2];
   activation_cache cache_;
   std::unique_ptr<graphed_denoiser> graphed_;
   std::unique_ptr<graphed_stage> graphed_stages_;

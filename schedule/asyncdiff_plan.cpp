@@ -1,5 +1,7 @@
 #include "schedule/asyncdiff_plan.hpp"
 
+#include <algorithm>
+#include <set>
 #include <stdexcept>
 
 namespace hybridiff::schedule {
@@ -55,6 +57,47 @@ asyncdiff_plan make_plan(denoiser_family family, int n, int stride, int blocks) 
     }
   }
   return plan;
+}
+
+std::vector<std::string> asyncdiff_plan::module_order() const {
+  if (family == denoiser_family::sd3_transformer) {  // contiguous block groups, in order
+    std::vector<std::string> order;
+    for (const auto& c : components) order.insert(order.end(), c.modules.begin(), c.modules.end());
+    return order;
+  }
+  return {"conv_in", "down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0.resnets.0",
+          "up_blocks.0.attentions.0", "up_blocks.0.resnets.1", "up_blocks.0.attentions.1", "up_blocks.0.resnets.2",
+          "up_blocks.0.attentions.2", "up_blocks.0.upsamplers", "up_blocks.1", "up_blocks.2", "conv_norm_out",
+          "conv_out"};
+}
+
+std::vector<std::string> asyncdiff_plan::inputs_of(int c) const {
+  const auto order = module_order();
+  const auto& own = components.at(c).modules;
+  auto owned = [&](const std::string& module) { return std::find(own.begin(), own.end(), module) != own.end(); };
+  std::vector<std::string> inputs;
+  if (family == denoiser_family::sd3_transformer) {
+    for (std::size_t i = 1; i < order.size(); ++i)
+      if (owned(order[i]) && !owned(order[i - 1])) inputs.push_back(order[i - 1]);
+    return inputs;
+  }
+  std::size_t last = 0;
+  for (std::size_t i = 0; i < order.size(); ++i)
+    if (owned(order[i])) last = i;
+  for (std::size_t i = 0; i < last; ++i)
+    if (!owned(order[i])) inputs.push_back(order[i]);
+  return inputs;
+}
+
+std::vector<std::string> asyncdiff_plan::read_by_others(int c) const {
+  std::set<std::string> read;
+  for (int other = 0; other < n; ++other)
+    if (other != c)
+      for (auto& module : inputs_of(other)) read.insert(std::move(module));
+  std::vector<std::string> outputs;
+  for (const auto& module : components.at(c).modules)
+    if (read.count(module)) outputs.push_back(module);
+  return outputs;
 }
 
 void check_world_size(const asyncdiff_plan& plan, int workers) {

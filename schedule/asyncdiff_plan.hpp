@@ -30,6 +30,15 @@ struct asyncdiff_plan {
   int component_of(int worker) const { return worker < n ? worker : n - 1; }
   /// The component whose output is the denoiser's prediction (the one holding conv_out / proj_out).
   int output_component() const { return n - 1; }
+
+  /// Every module of the split in forward order.
+  std::vector<std::string> module_order() const;
+  /// The modules of other components whose (stale) outputs component `c` computes on: those before one of its
+  /// modules in forward order (a module after its last one cannot reach it) — SDXL: all of them (skip connections
+  /// carry any earlier output); SD3, a chain of blocks: only the module right before each of its modules.
+  std::vector<std::string> inputs_of(int c) const;
+  /// The modules of component `c` that another component computes on: what a worker of `c` must hand on.
+  std::vector<std::string> read_by_others(int c) const;
 };
 
 /// The reference's SDXL split tables (§5.1, n = 2, 3, 4; n = 4 is Hybridiff's variant) and SD3's contiguous block

@@ -55,6 +55,31 @@ TEST(AsyncDiffPlan, Sd3GroupsAreContiguous) {
   EXPECT_THROW(make_plan(denoiser_family::sd3_transformer, 3, 1, 2), std::invalid_argument);
 }
 
+// What each component computes on, from the models' structure (reference §5: SDXL's up blocks read the down blocks'
+// skips; SD3's blocks each read the previous block's output).
+TEST(AsyncDiffPlan, InputsAreWhatAComponentComputesOnAndNothingAfterIt) {
+  auto two = make_plan(denoiser_family::sdxl_unet, 2, 1);
+  EXPECT_EQ(two.module_order().size(), sdxl_modules.size());
+  // The core (down_blocks.2 … up_blocks.0.attentions.1) reads the shell's modules before it, not its later ones.
+  EXPECT_EQ(two.inputs_of(0), (std::vector<std::string>{"conv_in", "down_blocks.0", "down_blocks.1"}));
+  EXPECT_EQ(two.inputs_of(1), two.components[0].modules);  // the shell's up blocks read the whole core
+  EXPECT_EQ(two.read_by_others(1), (std::vector<std::string>{"conv_in", "down_blocks.0", "down_blocks.1"}));
+  EXPECT_EQ(two.read_by_others(0), two.components[0].modules);
+  // n = 4: C0 (down_blocks.1, down_blocks.2) reads conv_in and down_blocks.0 of the shell; nobody reads conv_out.
+  auto four = make_plan(denoiser_family::sdxl_unet, 4, 1);
+  EXPECT_EQ(four.inputs_of(0), (std::vector<std::string>{"conv_in", "down_blocks.0"}));
+  const auto shell_out = four.read_by_others(3);
+  EXPECT_EQ(std::find(shell_out.begin(), shell_out.end(), "conv_out"), shell_out.end());
+  EXPECT_NE(std::find(shell_out.begin(), shell_out.end(), "down_blocks.0"), shell_out.end());
+
+  auto sd3 = make_plan(denoiser_family::sd3_transformer, 3, 1, 24);
+  EXPECT_TRUE(sd3.inputs_of(0).empty());
+  EXPECT_EQ(sd3.inputs_of(1), (std::vector<std::string>{"transformer_blocks.7"}));
+  EXPECT_EQ(sd3.inputs_of(2), (std::vector<std::string>{"transformer_blocks.15"}));
+  EXPECT_EQ(sd3.read_by_others(0), (std::vector<std::string>{"transformer_blocks.7"}));
+  EXPECT_TRUE(sd3.read_by_others(2).empty());  // the output component hands nothing on
+}
+
 TEST(AsyncDiffPlan, WorldSizeIsNPlusStrideMinusOne) {
   auto stride1 = make_plan(denoiser_family::sdxl_unet, 2, 1);
   EXPECT_EQ(stride1.world_size(), 2);
