@@ -31,13 +31,14 @@ std::vector<schedule_case> schedules() {
     asyncdiff.stride = 2;
     apply_worker_defaults(asyncdiff, std::nullopt, 2);
     cases.push_back({model, "asyncdiff n=2 stride 2", asyncdiff});
+    // SDXL: 4 workers, split branches in CFG steps, n = 4 in the window; tiny-sd3 has 2 blocks: 2 workers, n = 2.
     parallel_options hybrid;
     hybrid.mode = parallel_mode::hybrid;
-    apply_worker_defaults(hybrid, 4, std::nullopt);  // split branches in CFG steps, n = 4 in the window
+    apply_worker_defaults(hybrid, model == "tiny-sdxl" ? 4 : 2, std::nullopt);
     hybrid.warmup = 1;
     hybrid.tau1 = 3;
     hybrid.tau2 = 5;
-    cases.push_back({model, "hybrid 4 workers, split branches, window 3-5", hybrid});
+    cases.push_back({model, "hybrid, window 3-5, " + std::to_string(hybrid.workers) + " workers", hybrid});
   }
   return cases;
 }
