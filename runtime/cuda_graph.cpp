@@ -166,7 +166,8 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
 
 at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& timestep,
                                const models::branch_conditioning& cond, const std::set<std::string>& owned,
-                               const reuse_function& reuse, std::map<std::string, models::activation>& computed) {
+                               const reuse_function& reuse, const std::set<std::string>& kept,
+                               std::map<std::string, models::activation>& computed) {
 #ifdef HYBRIDIFF_WITH_CUDA
   if (!latents.is_cuda()) throw error("CUDA graphs need a CUDA device; the latents are on " + latents.device().str());
   torch::NoGradGuard no_grad;
@@ -210,7 +211,8 @@ at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& time
   }
   g.replay.replay();
   computed.clear();
-  for (const auto& [module, value] : g.computed) computed.emplace(module, copy_of(value));
+  for (const auto& [module, value] : g.computed)
+    if (kept.count(module)) computed.emplace(module, copy_of(value));
   return g.output.clone();
 #else
   throw error("CUDA graphs: this build has no CUDA");

@@ -39,8 +39,8 @@ class graphed_denoiser {
 /// value it is given) from CUDA graphs, one per input shape and owned set. The first call of a shape asks `reuse`
 /// for each module it does not own, copies the values into buffers of its own and runs the step three times on a
 /// side stream, then captures it reading those buffers; every call copies the inputs and `reuse`'s current values
-/// into them, replays, and returns copies of the output and of the owned modules' outputs (the caller may hand them
-/// to other workers while the next step replays). The modules a step reuses, and their shapes, must be the same on
+/// into them, replays, and returns copies of the output and of the owned modules' outputs it is asked for (the
+/// caller may hand them to other workers while the next step replays). The modules a step reuses, and their shapes, must be the same on
 /// every call of a shape (they are: a model's control flow does not depend on values); a different shape is an
 /// error naming the module. Throws hybridiff::error on the CPU or in a build without CUDA. Not thread-safe: one per
 /// worker.
@@ -52,9 +52,9 @@ class graphed_stage {
   graphed_stage(const graphed_stage&) = delete;
   graphed_stage& operator=(const graphed_stage&) = delete;
 
-  /// The step's output; `computed` receives each owned module's output.
+  /// The step's output; `computed` receives the outputs of the owned modules named in `kept`.
   at::Tensor step(const at::Tensor& latents, const at::Tensor& timestep, const models::branch_conditioning& cond,
-                  const std::set<std::string>& owned, const reuse_function& reuse,
+                  const std::set<std::string>& owned, const reuse_function& reuse, const std::set<std::string>& kept,
                   std::map<std::string, models::activation>& computed);
   std::size_t graphs() const { return graphs_.size(); }
 

@@ -112,7 +112,7 @@ at::Tensor stage_worker::pipeline_step(const at::Tensor& latents, const at::Tens
   if (graphed_stages_) {
     activation_cache computed;
     auto out = graphed_stages_->step(latents.to(device), timestep.to(device), conditioning_of(scope), component(scope),
-                                     reuse, computed);
+                                     reuse, handed_on_[index(scope)], computed);
     for (auto& [module, value] : computed) cache_[module] = std::move(value);
     return out;
   }
