@@ -14,16 +14,44 @@
 
 namespace hybridiff::runtime {
 
-#ifdef HYBRIDIFF_WITH_CUDA
-struct graphed_denoiser::graph {
-  at::cuda::CUDAGraph replay;
-  at::Tensor latents, timestep, output;
+namespace {
+
+at::Tensor copy_of(const at::Tensor& tensor) { return tensor.defined() ? tensor.clone() : tensor; }
+
+void copy_into(at::Tensor& target, const at::Tensor& source) {
+  if (target.defined()) target.copy_(source, /*non_blocking=*/true);
+}
+
+}  // namespace
+
+// What a captured forward pass reads: copies of the first call's inputs, refilled before every replay.
+struct captured_inputs {
+  at::Tensor latents, timestep;
   models::branch_conditioning cond;
+
+  captured_inputs(const at::Tensor& first_latents, const at::Tensor& first_timestep,
+                  const models::branch_conditioning& first_cond)
+      : latents(first_latents.clone()), timestep(first_timestep.clone()),
+        cond{copy_of(first_cond.context), copy_of(first_cond.pooled), copy_of(first_cond.time_ids)} {}
+  void refill(const at::Tensor& new_latents, const at::Tensor& new_timestep, const models::branch_conditioning& new_cond) {
+    copy_into(latents, new_latents);
+    copy_into(timestep, new_timestep);
+    copy_into(cond.context, new_cond.context);
+    copy_into(cond.pooled, new_cond.pooled);
+    copy_into(cond.time_ids, new_cond.time_ids);
+  }
 };
-struct graphed_stage::graph {
+
+#ifdef HYBRIDIFF_WITH_CUDA
+struct graphed_denoiser::graph : captured_inputs {
+  using captured_inputs::captured_inputs;
   at::cuda::CUDAGraph replay;
-  at::Tensor latents, timestep, output;
-  models::branch_conditioning cond;
+  at::Tensor output;
+};
+struct graphed_stage::graph : captured_inputs {
+  using captured_inputs::captured_inputs;
+  at::cuda::CUDAGraph replay;
+  at::Tensor output;
   std::map<std::string, models::activation> reused;    // the values of the modules not owned (inputs)
   std::map<std::string, models::activation> computed;  // the owned modules' outputs, in the graph's memory
 };
@@ -53,16 +81,10 @@ std::string key_of(const at::Tensor& latents, const at::Tensor& timestep, const 
   return key.str();
 }
 
-at::Tensor copy_of(const at::Tensor& tensor) { return tensor.defined() ? tensor.clone() : tensor; }
-
 models::activation copy_of(const models::activation& value) {
   models::activation copy;
   for (const auto& tensor : value) copy.push_back(copy_of(tensor));
   return copy;
-}
-
-void copy_into(at::Tensor& target, const at::Tensor& source) {
-  if (target.defined()) target.copy_(source, /*non_blocking=*/true);
 }
 
 #ifdef HYBRIDIFF_WITH_CUDA
@@ -137,10 +159,7 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
   const auto key = key_of(latents, timestep, cond);
   auto& slot = graphs_[key];
   if (!slot) {
-    auto made = std::make_unique<graph>();
-    made->latents = latents.clone();
-    made->timestep = timestep.clone();
-    made->cond = {copy_of(cond.context), copy_of(cond.pooled), copy_of(cond.time_ids)};
+    auto made = std::make_unique<graph>(latents, timestep, cond);
     try {
       warm_up_and_capture(made->replay, latents.device().index(), [&](bool) {
         made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
@@ -152,11 +171,7 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
     slot = std::move(made);
   }
   auto& g = *slot;
-  copy_into(g.latents, latents);
-  copy_into(g.timestep, timestep);
-  copy_into(g.cond.context, cond.context);
-  copy_into(g.cond.pooled, cond.pooled);
-  copy_into(g.cond.time_ids, cond.time_ids);
+  g.refill(latents, timestep, cond);
   g.replay.replay();
   return g.output.clone();
 #else
@@ -175,10 +190,7 @@ at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& time
   for (const auto& module : owned) key += module + ",";
   auto& slot = graphs_[key];
   if (!slot) {
-    auto made = std::make_unique<graph>();
-    made->latents = latents.clone();
-    made->timestep = timestep.clone();
-    made->cond = {copy_of(cond.context), copy_of(cond.pooled), copy_of(cond.time_ids)};
+    auto made = std::make_unique<graph>(latents, timestep, cond);
     try {
       warm_up_and_capture(made->replay, latents.device().index(), [&](bool capturing) {
         buffered_runner runner(owned, reuse, made->reused, made->computed, capturing);
@@ -191,11 +203,7 @@ at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& time
     slot = std::move(made);
   }
   auto& g = *slot;
-  copy_into(g.latents, latents);
-  copy_into(g.timestep, timestep);
-  copy_into(g.cond.context, cond.context);
-  copy_into(g.cond.pooled, cond.pooled);
-  copy_into(g.cond.time_ids, cond.time_ids);
+  g.refill(latents, timestep, cond);
   for (auto& [module, buffers] : g.reused) {
     const auto value = reuse(module);
     if (value.size() != buffers.size())
