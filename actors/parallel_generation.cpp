@@ -259,6 +259,7 @@ class parallel_driver {
     sampler_->set_timesteps(plan.steps);
     latents_ = models::initial_latents(request, lead.latent_shape(plan.height, plan.width), sampler_->init_noise_sigma(),
                                        lead.placement());
+    timesteps_ = sampler_->timesteps().to(latents_.device());  // once: a copy per step would synchronise the host
   }
 
   parallel_result run(const models::step_observer& observe) {
@@ -321,7 +322,7 @@ class parallel_driver {
   exit_on_scope_end<actors::tau_controller_actor> controller_;
   std::shared_ptr<const models::branch_conditioning> both_branches_;
   std::unique_ptr<models::sampler> sampler_;
-  at::Tensor latents_;
+  at::Tensor latents_, timesteps_;
 
   int cfg_run_ = 0;            // steps since the current run of CFG steps began (split branches warm up)
   runtime::activation_cache branch_peers_[2];  // split branches: each branch's owned outputs of the last step
@@ -331,9 +332,8 @@ class parallel_driver {
   std::optional<int> survivor_;
 
   at::Tensor timestep(std::int64_t index) const {
-    const auto& all = sampler_->timesteps();
-    index = std::clamp<std::int64_t>(index, 0, all.size(0) - 1);
-    return all[index].to(latents_.device());
+    index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
+    return timesteps_[index];
   }
   std::shared_ptr<step_request> work_for(std::int64_t i, bool batched) const {
     auto work = std::make_shared<step_request>();

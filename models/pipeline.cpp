@@ -92,11 +92,13 @@ at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_reque
                                  pipeline.placement());
   const auto batched = plan.classifier_free ? branch_conditioning::stack(conditioning.negative, conditioning.positive)
                                             : conditioning.positive;
-  const auto& timesteps = sampler->timesteps();
+  // On the device once: a CPU→GPU copy of each step's timestep would synchronise the host with the GPU every step
+  // (ATen waits for a copy from pageable memory), leaving the GPU idle while the next step's work is enqueued.
+  const auto timesteps = sampler->timesteps().to(latents.device());
   for (std::int64_t i = 0; i < plan.steps; ++i) {
     auto model_input = plan.classifier_free ? torch::cat({latents, latents}, 0) : latents;
     model_input = sampler->scale_model_input(model_input, i);
-    auto t = timesteps[i].to(latents.device());
+    auto t = timesteps[i];
     auto prediction = denoise ? denoise(model_input, t, batched) : pipeline.predict(model_input, t, batched);
     if (plan.classifier_free) {
       auto branches = prediction.chunk(2, 0);
