@@ -46,7 +46,6 @@ struct exit_on_scope_end {
   }
 };
 
-// One read-back per step (both means at once): the driver needs the value before it can plan the next step.
 // Waits for this thread's pending work on the device of `tensor`: tensors handed to workers must be complete, as
 // workers compute on CUDA streams of their own (actors/worker.cpp).
 void finish_pending_work(const at::Tensor& tensor) {
@@ -57,6 +56,7 @@ void finish_pending_work(const at::Tensor& tensor) {
 #endif
 }
 
+// One read-back per step (both means at once): the driver needs the value before it can plan the next step.
 double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
   auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
   return schedule::relative_mae(means[0].item<double>(), means[1].item<double>());
