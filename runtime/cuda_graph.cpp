@@ -124,6 +124,13 @@ void warm_up_and_capture(at::cuda::CUDAGraph& replay, c10::DeviceIndex device,
   captured.block(current);
 }
 
+// The graph stored under `key`, made (and captured) by `make` at the first call; nothing is stored when that throws.
+template <class Graph, class Make>
+Graph& graph_for(std::map<std::string, std::unique_ptr<Graph>>& graphs, const std::string& key, const Make& make) {
+  if (auto found = graphs.find(key); found != graphs.end()) return *found->second;
+  return *graphs.emplace(key, make()).first->second;
+}
+
 // A stale-activation step inside a graph: owned modules compute (their outputs kept), every other module returns
 // the graph's buffer for it, which the first warm-up run fills from `reuse`.
 class buffered_runner : public models::module_runner {
@@ -156,21 +163,13 @@ at::Tensor graphed_denoiser::predict(const at::Tensor& latents, const at::Tensor
 #ifdef HYBRIDIFF_WITH_CUDA
   if (!latents.is_cuda()) throw error("CUDA graphs need a CUDA device; the latents are on " + latents.device().str());
   torch::NoGradGuard no_grad;
-  const auto key = key_of(latents, timestep, cond);
-  auto& slot = graphs_[key];
-  if (!slot) {
+  auto& g = graph_for(graphs_, key_of(latents, timestep, cond), [&] {
     auto made = std::make_unique<graph>(latents, timestep, cond);
-    try {
-      warm_up_and_capture(made->replay, latents.device().index(), [&](bool) {
-        made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
-      }, "the denoiser's forward pass");
-    } catch (...) {
-      graphs_.erase(key);
-      throw;
-    }
-    slot = std::move(made);
-  }
-  auto& g = *slot;
+    warm_up_and_capture(made->replay, latents.device().index(), [&](bool) {
+      made->output = pipeline_.predict(made->latents, made->timestep, made->cond);
+    }, "the denoiser's forward pass");
+    return made;
+  });
   g.refill(latents, timestep, cond);
   g.replay.replay();
   return g.output.clone();
@@ -188,21 +187,14 @@ at::Tensor graphed_stage::step(const at::Tensor& latents, const at::Tensor& time
   torch::NoGradGuard no_grad;
   std::string key = key_of(latents, timestep, cond);
   for (const auto& module : owned) key += module + ",";
-  auto& slot = graphs_[key];
-  if (!slot) {
+  auto& g = graph_for(graphs_, key, [&] {
     auto made = std::make_unique<graph>(latents, timestep, cond);
-    try {
-      warm_up_and_capture(made->replay, latents.device().index(), [&](bool capturing) {
-        buffered_runner runner(owned, reuse, made->reused, made->computed, capturing);
-        made->output = pipeline_.predict(made->latents, made->timestep, made->cond, &runner);
-      }, "a stale-activation step");
-    } catch (...) {
-      graphs_.erase(key);
-      throw;
-    }
-    slot = std::move(made);
-  }
-  auto& g = *slot;
+    warm_up_and_capture(made->replay, latents.device().index(), [&](bool capturing) {
+      buffered_runner runner(owned, reuse, made->reused, made->computed, capturing);
+      made->output = pipeline_.predict(made->latents, made->timestep, made->cond, &runner);
+    }, "a stale-activation step");
+    return made;
+  });
   g.refill(latents, timestep, cond);
   for (auto& [module, buffers] : g.reused) {
     const auto value = reuse(module);
