@@ -197,6 +197,7 @@ caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::v
   auto promise = self->make_response_promise<Answer>();
   try {
     self->state.link->send(tensors);
+    if (!tensors.empty()) spdlog::trace("rank {}: {} tensor(s) sent", self->state.rank, tensors.size());
   } catch (const std::exception& problem) {
     promise.deliver(failure(rank_prefix(self) + problem.what()));
     return promise;
@@ -232,8 +233,10 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
   bundle.add("timestep", request->timestep);
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
-  auto read = [self](std::int32_t worker, double compute_ms, const tensor_metas& metas) {
+  auto read = [self, step = request->step](std::int32_t worker, double compute_ms, const tensor_metas& metas) {
+    spdlog::trace("step {}: rank {} answered", step, self->state.rank);
     received_bundle received(metas, self->state.link->receive(metas, self->state.device));
+    spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, metas.size());
     auto reply = std::make_shared<step_reply>();
     reply->worker = worker;
     reply->compute_ms = compute_ms;
@@ -334,8 +337,10 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         auto promise = self->make_response_promise();
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto request = std::make_shared<step_request>();
+        spdlog::trace("step {}: request in", step);
         try {
           received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          spdlog::trace("step {}: {} tensor(s) in", step, metas.size());
           request->step = step;
           request->latents = received.get("latents");
           request->timestep = received.get("timestep");
@@ -353,6 +358,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
             bundle.add("owned", reply->owned);
             self->state.link.get()->send(bundle.tensors);
             promise.deliver(reply->worker, reply->compute_ms, bundle.metas);
+            spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
           } catch (const std::exception& problem) {
             promise.deliver(failure(problem.what()));
           }

@@ -371,6 +371,7 @@ class parallel_driver {
     using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, actors::step_request_ptr()));
     std::vector<std::pair<int, handle_type>> pending;
     finish_pending_work(latents_);
+    spdlog::trace("step {}: {} request(s) out", requests.front().work->step, requests.size());
     for (const auto& [w, work] : requests)
       pending.emplace_back(w, self_->request(session_.worker(w), options_.step_timeout, atom, actors::step_request_ptr(work)));
     for (auto& [w, handle] : pending) {
@@ -389,6 +390,7 @@ class parallel_driver {
     }
     for (const auto& reply : replies)
       if (reply) row.worker_ms[reply->worker] = reply->compute_ms;
+    spdlog::trace("step {}: every reply in", requests.front().work->step);
     return replies;
   }
   std::vector<targeted> to_each(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {

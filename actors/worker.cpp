@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include "actors/messages.hpp"
@@ -67,6 +68,7 @@ caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Comput
     reply->prediction = compute(worker, *reply);
     stream.finish();  // compute time includes the wait for the device: per-worker times in the trace are real
     reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    spdlog::trace("worker {}: {} computed in {:.3f} ms", worker.rank(), what, reply->compute_ms);
     return step_reply_ptr(std::move(reply));
   } catch (const c10::Error& failure) {
     return caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(worker.rank()) + " (" + what +

@@ -11,7 +11,9 @@ void configure_logging(const std::string& level) {
   for (const char* name : names) {
     if (level == name) {
       spdlog::set_level(spdlog::level::from_str(level));
-      spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+      // trace and debug: microseconds, to follow one step's messages across actors and the processes of a host.
+      const bool fine = level == "trace" || level == "debug";
+      spdlog::set_pattern(fine ? "[%H:%M:%S.%f] [%^%l%$] %v" : "[%H:%M:%S.%e] [%^%l%$] %v");
       return;
     }
   }
