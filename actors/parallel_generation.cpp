@@ -292,6 +292,7 @@ class parallel_driver {
         continue;
       }
       latents_ = sampler_->step(prediction, i, latents_);
+      spdlog::trace("step {}: sampler stepped", i);
       if (!survivor_) {
         actors::step_decision decision;
         self_->request(controller_.actor, options_.step_timeout, actors::metric_atom::value, static_cast<std::int32_t>(i),
@@ -352,6 +353,7 @@ class parallel_driver {
   }
   at::Tensor guided(at::Tensor uncond, at::Tensor cond, step_trace& row) const {
     row.metric = relative_mae_of(cond, uncond);
+    spdlog::trace("step {}: metric read", row.step);
     return models::guide(uncond, cond, plan_.guidance);
   }
 
@@ -372,8 +374,10 @@ class parallel_driver {
     std::vector<std::pair<int, handle_type>> pending;
     finish_pending_work(latents_);
     spdlog::trace("step {}: {} request(s) out", requests.front().work->step, requests.size());
-    for (const auto& [w, work] : requests)
-      pending.emplace_back(w, self_->request(session_.worker(w), options_.step_timeout, atom, actors::step_request_ptr(work)));
+    // The highest workers first: they are the remote ones, whose requests take longest to reach their worker.
+    for (auto request = requests.rbegin(); request != requests.rend(); ++request)
+      pending.emplace_back(request->worker, self_->request(session_.worker(request->worker), options_.step_timeout,
+                                                           atom, actors::step_request_ptr(request->work)));
     for (auto& [w, handle] : pending) {
       std::string failure;
       bool lost = false;

@@ -1,6 +1,7 @@
 // The NCCL transport: one two-rank communicator per link (rank 0 and one other rank), created from an
 // ncclUniqueId that rank 0 sends in a CAF message. Transfers run on the link's own stream, after the work that
 // produced the tensors; every wait polls with a deadline, so a dead peer becomes an error, not a hang.
+#include <future>
 #include <thread>
 
 #include <ATen/cuda/CUDAEvent.h>
@@ -37,32 +38,63 @@ class nccl_link : public tensor_link {
     // Non-blocking initialisation: a peer that never joins is a timeout, not a hang.
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    check(ncclCommInitRankConfig(&comm_, 2, id, self == 0 ? 0 : 1, &config), describe() + ": ncclCommInitRank");
+    check(ncclCommInitRankConfig(&setup_, 2, id, self == 0 ? 0 : 1, &config), describe() + ": ncclCommInitRank");
     try {
+      await_comm(setup_, "joining");
+      split_for_transfers();
       connect();
     } catch (...) {
-      ncclCommAbort(comm_);  // the destructor does not run for a constructor that throws
+      abort();  // the destructor does not run for a constructor that throws
       throw;
     }
   }
 
-  ~nccl_link() override {
-    // Abort, not destroy: destroy waits for transfers that a dead peer would never complete.
-    if (comm_ != nullptr) ncclCommAbort(comm_);
-  }
+  ~nccl_link() override { abort(); }
 
  private:
+  // Abort, not destroy: destroy waits for transfers that a dead peer would never complete.
+  void abort() {
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    if (setup_ != nullptr) ncclCommAbort(setup_);
+    comm_ = setup_ = nullptr;
+  }
+
+  // A non-blocking communicator hands every group of transfers to a thread that NCCL starts for it (NCCL
+  // src/group.cc); on 2 × H100 each transfer of a step took 0.3–0.9 ms. Transfers therefore go over a blocking
+  // child, which enqueues them on the caller's thread. The split itself is non-blocking (it follows the parent,
+  // NCCL docs "Creating more communicators"), so a peer that stops here is a timeout as well.
+  void split_for_transfers() {
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 1;
+    check(ncclCommSplit(setup_, 0, rank_in_pair(), &comm_, &config), describe() + ": ncclCommSplit");
+    await_comm(setup_, "splitting");
+    if (comm_ == nullptr) throw error(describe() + ": ncclCommSplit gave no communicator");
+  }
+
+  // NCCL connects a pair at its first transfer, which needs both sides inside NCCL. Both are here now (open is
+  // collective): one byte each way, so that later sends are enqueued without waiting for the peer. On the blocking
+  // communicator this first group waits for the peer, so it runs on a helper thread that a peer stopped at this
+  // moment would leave behind: the caller gets the timeout as an error (and the process ends with it).
   void connect() {
-    await_comm("joining");
-    // NCCL connects a pair at its first transfer, which needs both sides inside NCCL. Both are here now (open is
-    // collective): one byte each way, so that later sends are enqueued without waiting for the peer.
     auto probe = torch::zeros({1}, torch::TensorOptions().dtype(torch::kUInt8).device(device_));
     auto echo = torch::empty_like(probe);
-    check(ncclGroupStart(), describe() + ": ncclGroupStart");
-    check(ncclSend(probe.data_ptr(), 1, ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()), describe() + ": ncclSend");
-    check(ncclRecv(echo.data_ptr(), 1, ncclUint8, 1 - rank_in_pair(), comm_, stream_.stream()), describe() + ": ncclRecv");
-    check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
-    await_comm("connecting");
+    auto done = std::make_shared<std::promise<ncclResult_t>>();
+    auto connected = done->get_future();
+    std::thread([done, comm = comm_, stream = stream_.stream(), peer = 1 - rank_in_pair(), device = device_.index(),
+                 probe, echo] {
+      cudaSetDevice(device);
+      ncclResult_t result = ncclGroupStart();
+      if (result == ncclSuccess) result = ncclSend(probe.data_ptr(), 1, ncclUint8, peer, comm, stream);
+      if (result == ncclSuccess) result = ncclRecv(echo.data_ptr(), 1, ncclUint8, peer, comm, stream);
+      const ncclResult_t ended = ncclGroupEnd();
+      done->set_value(result == ncclSuccess ? ended : result);
+    }).detach();
+    if (connected.wait_for(timeout_) != std::future_status::ready) {
+      comm_ = setup_ = nullptr;  // the helper still uses both: leave them to the ending process
+      throw error(describe() + ": connecting did not finish within " + std::to_string(timeout_.count()) +
+                  " ms (did rank " + std::to_string(peer_) + " stop?)");
+    }
+    check(connected.get(), describe() + ": connecting");
     await_stream("connecting");
   }
 
@@ -81,7 +113,7 @@ class nccl_link : public tensor_link {
             describe() + ": ncclSend");
     }
     check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
-    await_comm("sending");
+    await_comm(comm_, "sending");
   }
 
   std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) override {
@@ -102,7 +134,7 @@ class nccl_link : public tensor_link {
             describe() + ": ncclRecv");
     }
     check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
-    await_comm("receiving");
+    await_comm(comm_, "receiving");
     // Wait (with the deadline) until the data is there: the caller's next use may be on any stream or the CPU.
     await_stream("tensors (first '" + (metas.empty() ? std::string("?") : metas.front().name) + "')");
     for (auto& tensor : tensors)
@@ -139,11 +171,11 @@ class nccl_link : public tensor_link {
   }
 
   // Non-blocking communicators return ncclInProgress until an operation is queued; wait for that, bounded.
-  void await_comm(const char* what) {
+  void await_comm(ncclComm_t comm, const char* what) {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
     ncclResult_t state = ncclInProgress;
     while (true) {
-      check(ncclCommGetAsyncError(comm_, &state), describe() + ": " + what);
+      check(ncclCommGetAsyncError(comm, &state), describe() + ": " + what);
       if (state != ncclInProgress) break;
       if (std::chrono::steady_clock::now() > deadline)
         throw error(describe() + ": " + what + " did not finish within " + std::to_string(timeout_.count()) +
@@ -157,7 +189,8 @@ class nccl_link : public tensor_link {
   c10::Device device_;
   std::chrono::milliseconds timeout_;
   c10::cuda::CUDAStream stream_;
-  ncclComm_t comm_ = nullptr;
+  ncclComm_t setup_ = nullptr;  // non-blocking: joining and splitting
+  ncclComm_t comm_ = nullptr;   // blocking: the transfers
 };
 
 class nccl_link_factory : public link_factory {
