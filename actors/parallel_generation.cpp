@@ -449,10 +449,12 @@ class parallel_driver {
       return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
     }
     // Each branch split over its two workers (0, 1: unconditional; 2, 3: conditional) as a 2-stage AsyncDiff
-    // pipeline. The first `warmup` steps of a CFG run are full passes on each branch's first worker, recording
-    // its activations; the later ones are stale-activation steps on all four.
+    // pipeline. The first `warmup` steps of a CFG run are full passes, recording the activations; the later ones
+    // are stale-activation steps. Every worker runs the full passes (in parallel, as in the window's fill step):
+    // a stale step visits modules of the other component whose outputs it does not use (SD3: the blocks before the
+    // last one ahead of its own), which only the other worker would otherwise hold.
     if (cfg_run_++ < options_.warmup) {
-      auto replies = ask(actors::fill_atom::value, to_each({0, cond_worker}, work), row);
+      auto replies = ask(actors::fill_atom::value, to_each(everyone(), work), row);
       for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b}, false);
       return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
     }

@@ -2,13 +2,19 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
 #include "models/errors.hpp"
+#include "models/random_pipeline.hpp"
 #include "schedule/asyncdiff_plan.hpp"
 #include "test_support.hpp"
 
@@ -227,7 +233,10 @@ at::Tensor split_branches_by_hand(models::diffusion_pipeline& pipeline, const mo
                                   int warmup) {
   torch::NoGradGuard no_grad;
   auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
-  const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
+  const auto blocks = pipeline.transformer_blocks();
+  const auto split = schedule::make_plan(blocks > 0 ? schedule::denoiser_family::sd3_transformer
+                                                    : schedule::denoiser_family::sdxl_unet,
+                                         2, 1, static_cast<int>(blocks));
   const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
   module_map previous[2];  // per branch
   for (int i = 0; i < plan.steps; ++i) {
@@ -259,9 +268,8 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
   std::string modes;
   for (const auto& row : result.trace) modes += row.mode == "cfg-pipeline" ? "p" : row.mode.substr(0, 1);
   EXPECT_EQ(modes, "ccpppppp");
-  EXPECT_GT(result.trace[0].worker_ms[0], 0);
-  EXPECT_EQ(result.trace[0].worker_ms[1], 0);  // warm-up: each branch whole on its first worker
-  for (double ms : result.trace[2].worker_ms) EXPECT_GT(ms, 0);  // then all four compute, none twice
+  for (double ms : result.trace[0].worker_ms) EXPECT_GT(ms, 0);  // warm-up: each branch whole on both its workers
+  for (double ms : result.trace[2].worker_ms) EXPECT_GT(ms, 0);  // then all four compute their component
   EXPECT_LT(test::relative_error(result.latents, split_branches_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2)),
             same_computation_tolerance);
   EXPECT_GT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), 1e-4);  // stale, not exact CFG
@@ -280,6 +288,29 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
   for (const auto& row : mixed.trace) modes += row.mode == "cfg-pipeline" ? "P" : row.mode.substr(0, 1);
   EXPECT_EQ(modes, "cPPfppcPP");
   EXPECT_TRUE(torch::isfinite(mixed.latents).all().item<bool>());
+}
+
+// SD3 with 4 blocks, 2 per component: the second component's stale step visits block 0, whose output it does
+// not use and is not sent (only block 1's is). tiny-sd3 has 2 blocks, so the test builds a deeper one from its
+// config with random weights.
+TEST_F(ParallelGeneration, FourWorkerCfgSplitsADeeperSd3) {
+  const auto folder = std::filesystem::temp_directory_path() / ("hybridiff-sd3-4-blocks-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(folder);
+  auto config = nlohmann::json::parse(std::ifstream(test::fixtures_dir() / "tiny-sd3" / "transformer" / "config.json"));
+  config["num_layers"] = 4;
+  std::ofstream(folder / "config.json") << config.dump();
+  std::shared_ptr<models::diffusion_pipeline> deeper =
+      models::make_random_pipeline(folder, test::fixtures_dir() / "tiny-sd3" / "scheduler", {}, 7);
+  std::filesystem::remove_all(folder);
+  ASSERT_EQ(deeper->transformer_blocks(), 4);
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  apply_worker_defaults(cfg, 4, std::nullopt);
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(4, deeper);
+  auto result = generate_parallel(system_, replicas, tiny_request(4), cfg);
+  EXPECT_EQ(result.trace[1].mode, "cfg-pipeline");
+  EXPECT_LT(test::relative_error(result.latents, split_branches_by_hand(*deeper, tiny_request(4), cfg.warmup)),
+            same_computation_tolerance);
 }
 
 // AsyncDiff with stride 2 (n = 2, 3 workers, both branches batched): after the warm-up, a compute round every
