@@ -19,7 +19,6 @@ namespace hybridiff::actors {
 
 using runtime::tensor_meta;
 using tensor_metas = std::vector<tensor_meta>;
-using names = std::vector<std::string>;  // module names
 
 void configure_cluster(caf::actor_system_config& config) {
   config.load<caf::io::middleman>();
@@ -282,8 +281,8 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](reconfigure_atom, std::int32_t role) {
         return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
       },
-      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
-          const names& branch_handed_on, bool cuda_graphs) {
+      [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
+          const module_names& branch_handed_on, bool cuda_graphs) {
         return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window,
                                  window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
@@ -389,8 +388,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return relay<bool>(self, prepare_atom::value, image_setup_ptr(setup));
       },
       [=](reconfigure_atom, std::int32_t role) { return relay<std::int32_t>(self, reconfigure_atom::value, role); },
-      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
-          const names& branch_handed_on, bool cuda_graphs) {
+      [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
+          const module_names& branch_handed_on, bool cuda_graphs) {
         return relay<bool>(self, assign_atom::value, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
       [=](done_atom) {

@@ -39,6 +39,8 @@ inline std::string describe_error(caf::actor_system& system, const caf::error& f
 /// A worker's behaviour, switched with `become` when the tau controller says so.
 enum class worker_role : std::int32_t { cfg_branch = 0, pipeline_stage = 1 };
 
+using module_names = std::vector<std::string>;  ///< a component's modules, as in assign messages
+
 /// A worker. `cfg_branch` answers predict (a full forward pass), and fill and stage with its branch component (a
 /// guidance branch split as a pipeline over several workers); `pipeline_stage` answers fill and stage with its
 /// window component. A request the current behaviour does not serve is answered with an error naming both.
@@ -48,9 +50,8 @@ using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request
                                       caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
                                       caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>,
-                                      caf::replies_to<assign_atom, std::vector<std::string>, std::vector<std::string>,
-                                                      std::vector<std::string>, std::vector<std::string>,
-                                                      bool>::with<bool>,
+                                      caf::replies_to<assign_atom, module_names, module_names, module_names,
+                                                      module_names, bool>::with<bool>,
                                       caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the

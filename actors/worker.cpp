@@ -88,10 +88,8 @@ caf::error wrong_behaviour(worker_pointer self, const char* request, const char*
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
 worker_actor::behavior_type cfg_branch(worker_pointer self);
 
-using names = std::vector<std::string>;
-
-caf::result<bool> assign(worker_pointer self, const names& window, const names& window_handed_on, const names& branch,
-                         const names& branch_handed_on, bool cuda_graphs) {
+caf::result<bool> assign(worker_pointer self, const module_names& window, const module_names& window_handed_on,
+                         const module_names& branch, const module_names& branch_handed_on, bool cuda_graphs) {
   auto& worker = *self->state.worker;
   worker.set_component(runtime::split_scope::window, {window.begin(), window.end()},
                        {window_handed_on.begin(), window_handed_on.end()});
@@ -153,8 +151,8 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
         return role;
       },
-      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
-          const names& branch_handed_on, bool cuda_graphs) {
+      [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
+          const module_names& branch_handed_on, bool cuda_graphs) {
         return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
@@ -176,8 +174,8 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         }
         return role;
       },
-      [=](assign_atom, const names& window, const names& window_handed_on, const names& branch,
-          const names& branch_handed_on, bool cuda_graphs) {
+      [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
+          const module_names& branch_handed_on, bool cuda_graphs) {
         return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },

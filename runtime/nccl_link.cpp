@@ -1,5 +1,5 @@
-// The NCCL transport: one two-rank communicator per link (rank 0 and one other rank), created from an
-// ncclUniqueId that rank 0 sends in a CAF message. Transfers run on the link's own stream, after the work that
+// The NCCL transport: per link (rank 0 and one other rank) a two-rank communicator created from an ncclUniqueId
+// that rank 0 sends in a CAF message, and a blocking one split off it for the transfers. Transfers run on the link's own stream, after the work that
 // produced the tensors; every wait polls with a deadline, so a dead peer becomes an error, not a hang.
 #include <future>
 #include <thread>
@@ -90,7 +90,7 @@ class nccl_link : public tensor_link {
       done->set_value(result == ncclSuccess ? ended : result);
     }).detach();
     if (connected.wait_for(timeout_) != std::future_status::ready) {
-      comm_ = setup_ = nullptr;  // the helper still uses both: leave them to the ending process
+      comm_ = setup_ = nullptr;  // the helper may still be inside NCCL: leave both to the ending process
       throw error(describe() + ": connecting did not finish within " + std::to_string(timeout_.count()) +
                   " ms (did rank " + std::to_string(peer_) + " stop?)");
     }

@@ -85,6 +85,17 @@ at::Tensor golden(const std::string& file, const std::string& key) {
   return models::safetensors_file::open(fixtures_dir() / file)->tensor(key).clone();
 }
 
+models::generation_request tiny_request(int steps) {
+  models::generation_request request;
+  request.prompt = "astronaut in a jungle, cold color palette, muted colors, detailed, 8k";
+  request.steps = steps;
+  request.guidance = 5.0;
+  request.height = request.width = 32;
+  request.max_sequence_length = 16;
+  request.seed = 3;
+  return request;
+}
+
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   if (actual.sizes() != expected.sizes())
     throw std::runtime_error("shape mismatch: " + c10::str(actual.sizes()) + " vs " + c10::str(expected.sizes()));

@@ -38,7 +38,12 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 
 #include <ATen/core/Tensor.h>
 
+#include "models/pipeline.hpp"
+
 namespace hybridiff::test {
+
+/// The parallel tests' small request: the reference prompt, 32 × 32 pixels, guidance 5, seed 3, `steps` steps.
+models::generation_request tiny_request(int steps);
 
 /// The tensor `key` of the fixture file `file` (e.g. "tiny-sdxl-golden.safetensors"), as a CPU tensor.
 at::Tensor golden(const std::string& file, const std::string& key);

@@ -2,12 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 #include <torch/torch.h>
 
 #include <caf/all.hpp>
@@ -30,16 +28,7 @@ std::shared_ptr<models::diffusion_pipeline> tiny(const std::string& name) {
   return pipeline;
 }
 
-models::generation_request tiny_request(int steps) {
-  models::generation_request request;
-  request.prompt = "astronaut in a jungle, cold color palette, muted colors, detailed, 8k";
-  request.steps = steps;
-  request.guidance = 5.0;
-  request.height = request.width = 32;
-  request.max_sequence_length = 16;
-  request.seed = 3;
-  return request;
-}
+using test::tiny_request;
 
 class ParallelGeneration : public ::testing::Test {
  protected:
@@ -294,14 +283,12 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
 // not use and is not sent (only block 1's is). tiny-sd3 has 2 blocks, so the test builds a deeper one from its
 // config with random weights.
 TEST_F(ParallelGeneration, FourWorkerCfgSplitsADeeperSd3) {
-  const auto folder = std::filesystem::temp_directory_path() / ("hybridiff-sd3-4-blocks-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(folder);
+  test::temp_dir folder;
   auto config = nlohmann::json::parse(std::ifstream(test::fixtures_dir() / "tiny-sd3" / "transformer" / "config.json"));
   config["num_layers"] = 4;
   std::ofstream(folder / "config.json") << config.dump();
   std::shared_ptr<models::diffusion_pipeline> deeper =
-      models::make_random_pipeline(folder, test::fixtures_dir() / "tiny-sd3" / "scheduler", {}, 7);
-  std::filesystem::remove_all(folder);
+      models::make_random_pipeline(folder.path(), test::fixtures_dir() / "tiny-sd3" / "scheduler", {}, 7);
   ASSERT_EQ(deeper->transformer_blocks(), 4);
   parallel_options cfg;
   cfg.mode = parallel_mode::cfg;

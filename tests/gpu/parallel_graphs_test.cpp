@@ -48,13 +48,7 @@ TEST(ParallelCudaGraphs, StaleActivationStepsReplayedEqualEagerOnes) {
   caf::actor_system_config config;
   caf::actor_system system{config};
   const c10::Device cuda(c10::kCUDA, 0);
-  models::generation_request request;
-  request.prompt = "astronaut in a jungle, cold color palette, muted colors, detailed, 8k";
-  request.steps = 8;
-  request.guidance = 5.0;
-  request.height = request.width = 32;
-  request.max_sequence_length = 16;
-  request.seed = 3;
+  const auto request = test::tiny_request(8);
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> loaded;
   for (const auto& [model, name, options] : schedules()) {
     auto& pipeline = loaded[model];
