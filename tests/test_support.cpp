@@ -77,6 +77,9 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
+#include "models/random_pipeline.hpp"
 #include "models/safetensors.hpp"
 
 namespace hybridiff::test {
@@ -94,6 +97,14 @@ models::generation_request tiny_request(int steps) {
   request.max_sequence_length = 16;
   request.seed = 3;
   return request;
+}
+
+std::shared_ptr<models::diffusion_pipeline> deeper_tiny_sd3(int blocks, const models::load_options& options) {
+  temp_dir folder;
+  auto config = nlohmann::json::parse(std::ifstream(fixtures_dir() / "tiny-sd3" / "transformer" / "config.json"));
+  config["num_layers"] = blocks;
+  std::ofstream(folder / "config.json") << config.dump();
+  return models::make_random_pipeline(folder.path(), fixtures_dir() / "tiny-sd3" / "scheduler", options, 7);
 }
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {

@@ -45,6 +45,10 @@ namespace hybridiff::test {
 /// The parallel tests' small request: the reference prompt, 32 × 32 pixels, guidance 5, seed 3, `steps` steps.
 models::generation_request tiny_request(int steps);
 
+/// tiny-sd3's transformer config with `blocks` blocks (tiny-sd3 has 2) and random weights (seed 7), its
+/// scheduler: SD3 splits whose components hold several blocks.
+std::shared_ptr<models::diffusion_pipeline> deeper_tiny_sd3(int blocks, const models::load_options& options);
+
 /// The tensor `key` of the fixture file `file` (e.g. "tiny-sdxl-golden.safetensors"), as a CPU tensor.
 at::Tensor golden(const std::string& file, const std::string& key);
 

@@ -2,17 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <fstream>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
 #include "models/errors.hpp"
-#include "models/random_pipeline.hpp"
 #include "schedule/asyncdiff_plan.hpp"
 #include "test_support.hpp"
 
@@ -283,12 +279,7 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
 // not use and is not sent (only block 1's is). tiny-sd3 has 2 blocks, so the test builds a deeper one from its
 // config with random weights.
 TEST_F(ParallelGeneration, FourWorkerCfgSplitsADeeperSd3) {
-  test::temp_dir folder;
-  auto config = nlohmann::json::parse(std::ifstream(test::fixtures_dir() / "tiny-sd3" / "transformer" / "config.json"));
-  config["num_layers"] = 4;
-  std::ofstream(folder / "config.json") << config.dump();
-  std::shared_ptr<models::diffusion_pipeline> deeper =
-      models::make_random_pipeline(folder.path(), test::fixtures_dir() / "tiny-sd3" / "scheduler", {}, 7);
+  const auto deeper = test::deeper_tiny_sd3(4, {});
   ASSERT_EQ(deeper->transformer_blocks(), 4);
   parallel_options cfg;
   cfg.mode = parallel_mode::cfg;

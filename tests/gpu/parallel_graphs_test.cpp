@@ -40,6 +40,15 @@ std::vector<schedule_case> schedules() {
     hybrid.tau2 = 5;
     cases.push_back({model, "hybrid, window 3-5, " + std::to_string(hybrid.workers) + " workers", hybrid});
   }
+  // SD3 with 4 blocks (test::deeper_tiny_sd3): split branches of 2 blocks per component (the second passes through
+  // block 0, which it does not receive) and a 4-stage window of one block each.
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  apply_worker_defaults(hybrid, 4, std::nullopt);
+  hybrid.warmup = 1;
+  hybrid.tau1 = 3;
+  hybrid.tau2 = 5;
+  cases.push_back({"sd3, 4 blocks", "hybrid, window 3-5, 4 workers", hybrid});
   return cases;
 }
 
@@ -52,7 +61,9 @@ TEST(ParallelCudaGraphs, StaleActivationStepsReplayedEqualEagerOnes) {
   std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> loaded;
   for (const auto& [model, name, options] : schedules()) {
     auto& pipeline = loaded[model];
-    if (!pipeline) pipeline = models::load_pipeline(test::fixtures_dir() / model, {cuda, at::kFloat, ""});
+    if (!pipeline)
+      pipeline = model == "sd3, 4 blocks" ? test::deeper_tiny_sd3(4, {cuda, at::kFloat, ""})
+                                          : models::load_pipeline(test::fixtures_dir() / model, {cuda, at::kFloat, ""});
     std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(options.workers, pipeline);
     auto eager = generate_parallel(system, replicas, request, options);
     auto graphed_options = options;
