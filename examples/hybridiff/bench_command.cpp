@@ -302,7 +302,7 @@ int run_bench(const std::vector<std::string>& args) {
        "time whole generations of one schedule instead (repeatable; the first run is the baseline of the ratios): "
        "\"MODE [--workers N] [--model_n N] [--stride S] [--branch-stages N] [--devices LIST] [--pipeline-warmup W] "
        "[--tau1 A --tau2 B] [--cuda-graphs]\" with MODE none, cfg, asyncdiff or hybrid and generate's meanings; "
-       "needs --scheduler-config")
+       "with --model-config it needs --scheduler-config")
       ("cuda-graphs", po::bool_switch(), "per-step timing: replay the denoiser from a CUDA graph (captured after the "
        "warm-up steps)")
       ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
@@ -341,7 +341,7 @@ int run_bench(const std::vector<std::string>& args) {
       model.folder = values["model"].as<std::string>();
       if (values.count("scheduler-config")) throw usage_error("--model brings its scheduler: drop --scheduler-config");
     } else {
-      if (!values.count("scheduler-config")) throw usage_error("--run needs --scheduler-config DIR");
+      if (!values.count("scheduler-config")) throw usage_error("--run with --model-config needs --scheduler-config DIR");
       model.denoiser_config = values["model-config"].as<std::string>();
       model.scheduler_config = values["scheduler-config"].as<std::string>();
     }

@@ -27,7 +27,8 @@ const subcommand subcommands[] = {
      hybridiff::cli::run_coco},
     {"schedule", "schedule tools: 'schedule simulate' replays the tau detection on a metric file",
      hybridiff::cli::run_schedule},
-    {"bench", "time denoiser steps of a model built from a config with random weights (JSON)", hybridiff::cli::run_bench},
+    {"bench", "time denoiser steps (a config, random weights) or whole generations per schedule (JSON)",
+     hybridiff::cli::run_bench},
     {"launch", "start N local processes of a subcommand with the torchrun-style environment", hybridiff::cli::run_launch},
     {"metrics", "image quality: classifier accuracy and feature FID, PSNR / LPIPS / FID against a reference", hybridiff::cli::run_metrics},
 };

@@ -70,6 +70,10 @@ TEST(BenchWholePipeline, ModelSourcesAreExclusiveAndNeedRuns) {
   auto no_runs = run_hybridiff("bench --model " + tiny + " --device cpu");
   EXPECT_EQ(no_runs.exit_code, 2);
   EXPECT_NE(no_runs.output.find("--model times whole generations: add --run"), std::string::npos) << no_runs.output;
+  auto no_scheduler = run_hybridiff("bench --model-config " + tiny + "/unet --device cpu --run none");
+  EXPECT_EQ(no_scheduler.exit_code, 2);
+  EXPECT_NE(no_scheduler.output.find("--run with --model-config needs --scheduler-config DIR"), std::string::npos)
+      << no_scheduler.output;
   auto missing = run_hybridiff("bench --model /nonexistent/model --device cpu --run none");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find("/nonexistent/model"), std::string::npos) << missing.output;
