@@ -15,6 +15,10 @@
 #include "models/errors.hpp"
 #include "runtime/tensor_link.hpp"
 
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
+#error "hybridiff's NCCL links need NCCL 2.18 or newer (ncclCommSplit with a configuration)"
+#endif
+
 namespace hybridiff::runtime {
 namespace {
 
