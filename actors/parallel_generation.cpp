@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iomanip>
 #include <numeric>
+#include <optional>
 #include <stdexcept>
 
 #include <spdlog/spdlog.h>
@@ -291,22 +292,25 @@ class parallel_driver {
         --i;  // redo this step degraded
         continue;
       }
-      if (!survivor_) {
-        // The controller decides while the sampler steps: its answer is needed only for the next step.
-        auto answer = self_->request(controller_.actor, options_.step_timeout, actors::metric_atom::value,
-                                     static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value());
-        latents_ = sampler_->step(prediction, i, latents_);
-        spdlog::trace("step {}: sampler stepped", i);
+      // The controller (asked unless a survivor finishes the image) decides while the sampler steps: its answer
+      // is needed only for the next step.
+      using decision_handle = decltype(self_->request(controller_.actor, options_.step_timeout,
+                                                      actors::metric_atom::value, std::int32_t{}, double{}, bool{}));
+      std::optional<decision_handle> answer;
+      if (!survivor_)
+        answer.emplace(self_->request(controller_.actor, options_.step_timeout, actors::metric_atom::value,
+                                      static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value()));
+      latents_ = sampler_->step(prediction, i, latents_);
+      spdlog::trace("step {}: sampler stepped", i);
+      if (answer) {
         actors::step_decision decision;
-        answer.receive(
+        answer->receive(
             [&](const actors::step_decision& d) { decision = d; },
             [&](caf::error& problem) { throw error("tau controller: " + actors::describe_error(system_, problem)); });
         phase_number = decision.next_phase;
         if (!std::isnan(decision.slope)) row.slope = decision.slope;
         if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
         if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
-      } else {
-        latents_ = sampler_->step(prediction, i, latents_);
       }
       spdlog::debug("step {} {} metric {}", i, row.mode, row.metric.value_or(-1));
       result.trace.push_back(std::move(row));

@@ -40,10 +40,10 @@ class graphed_denoiser {
 /// for each module it does not own, copies the values into buffers of its own and runs the step three times on a
 /// side stream, then captures it reading those buffers; every call copies the inputs and `reuse`'s current values
 /// into them, replays, and returns copies of the output and of the owned modules' outputs it is asked for (the
-/// caller may hand them to other workers while the next step replays). The modules a step reuses, and their shapes, must be the same on
-/// every call of a shape (they are: a model's control flow does not depend on values); a different shape is an
-/// error naming the module. Throws hybridiff::error on the CPU or in a build without CUDA. Not thread-safe: one per
-/// worker.
+/// caller may hand them to other workers while the next step replays). The modules a step reuses, and their
+/// shapes, must be the same on every call of a shape (they are: a model's control flow does not depend on values);
+/// a different shape is an error naming the module. Throws hybridiff::error on the CPU or in a build without CUDA.
+/// Not thread-safe: one per worker.
 class graphed_stage {
  public:
   using reuse_function = std::function<models::activation(const std::string& module)>;

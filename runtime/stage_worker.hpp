@@ -54,9 +54,9 @@ class stage_worker {
   at::Tensor fill(const at::Tensor& latents, const at::Tensor& timestep, split_scope scope = split_scope::window);
   /// A stale-activation step: owned modules compute (on whatever reaches them) and refresh the cache (replayed
   /// from a CUDA graph: the entries handed on); every other module returns `peers`' entry (the owners' outputs of
-  /// the previous step), or this worker's own cache entry when `peers` lacks it (a module after the component's
-  /// last one, which cannot reach it). Returns the forward pass's output (meaningful on the output component's
-  /// worker).
+  /// the previous step), or this worker's own cache entry when `peers` lacks it (a module whose output cannot reach
+  /// the component: after its last module, or an SD3 block before the one just ahead of its first). Returns the
+  /// forward pass's output (meaningful on the output component's worker).
   at::Tensor pipeline_step(const at::Tensor& latents, const at::Tensor& timestep, const activation_cache& peers,
                            split_scope scope = split_scope::window);
   /// This worker's cache: every module after `fill`, then its owned modules' latest outputs.
