@@ -23,7 +23,7 @@ class diffusion_pipeline;
 namespace hybridiff::runtime {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, tensor_meta& x) {
-  return f(caf::meta::type_name("tensor_meta"), x.name, x.dtype, x.shape);
+  return f(caf::meta::type_name("tensor_meta"), x.name, x.dtype, x.shape, x.channels_last);
 }
 }  // namespace hybridiff::runtime
 

@@ -2,6 +2,13 @@
 
 #include "models/errors.hpp"
 
+#ifdef HYBRIDIFF_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "models/group_norm_nhwc.hpp"
+#endif
+
 namespace hybridiff::models {
 
 at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, bool causal) {
@@ -88,6 +95,68 @@ torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, doub
   return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps));
 }
 
+namespace {
+
+#ifdef HYBRIDIFF_WITH_CUDA
+std::optional<cuda_kernels::element_type> kernel_element_type(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return cuda_kernels::element_type::float32;
+    case at::kHalf: return cuda_kernels::element_type::float16;
+    case at::kBFloat16: return cuda_kernels::element_type::bfloat16;
+    default: return std::nullopt;
+  }
+}
+
+/// The NHWC kernels' result, or an undefined tensor when they do not take this input.
+at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tensor& x, bool then_silu) {
+  if (!x.is_cuda() || x.dim() != 4 || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {};
+  const auto type = kernel_element_type(x.scalar_type());
+  const auto& options = norm.options;
+  const cuda_kernels::group_norm_nhwc_shape shape{x.size(0), x.size(2) * x.size(3), x.size(1), options.num_groups()};
+  if (!type || !cuda_kernels::group_norm_nhwc_supported(shape, *type)) return {};
+  const auto affine_ok = [&](const at::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == x.scalar_type() && p.device() == x.device() && p.is_contiguous());
+  };
+  if (!affine_ok(norm.weight) || !affine_ok(norm.bias)) return {};
+  const auto aligned = [](const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; };
+  if (!aligned(x.data_ptr())) return {};
+  TORCH_CHECK(x.size(1) == options.num_channels(), "GroupNorm: expected ", options.num_channels(),
+              " channels, got input ", x.sizes());
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto workspace = at::empty({static_cast<std::int64_t>(cuda_kernels::group_norm_nhwc_workspace(shape, *type))},
+                             x.options().dtype(at::kFloat));
+  const auto status = cuda_kernels::group_norm_nhwc(
+      x.data_ptr(), norm.weight.defined() ? norm.weight.data_ptr() : nullptr,
+      norm.bias.defined() ? norm.bias.data_ptr() : nullptr, y.data_ptr(), workspace.data_ptr<float>(), shape, *type,
+      static_cast<float>(options.eps()), then_silu, at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  if (status != cudaSuccess)
+    throw error(std::string("GroupNorm (NHWC kernels) failed to launch: ") + cudaGetErrorString(status));
+  return y;
+}
+#endif
+
+}  // namespace
+
+at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& x, bool then_silu) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (auto y = group_norm_nhwc(*norm, x, then_silu); y.defined()) return y;
+#endif
+  auto y = norm.ptr()->forward(x);
+  return then_silu ? at::silu_(y) : y;
+}
+
+void store_channels_last(torch::nn::Module& module, const std::string& owner) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) {
+    if (parameter.dim() != 4) continue;
+    if (!parameter.is_cuda())
+      throw error(owner + ": channels-last is for CUDA weights (these are on " + parameter.device().str() + ")");
+    parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+  }
+}
+
 torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps).elementwise_affine(affine));
 }
@@ -104,9 +173,9 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(std::int64_t in_channels, std::int64_t out_
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
-  auto h = conv1(torch::silu(norm1(x)));  // [B, out, H, W]
+  auto h = conv1(apply_group_norm(norm1, x, true));  // [B, out, H, W]
   if (time_emb_proj && temb.defined()) h = h + time_emb_proj(torch::silu(temb)).unsqueeze(-1).unsqueeze(-1);
-  h = conv2(torch::silu(norm2(h)));
+  h = conv2(apply_group_norm(norm2, h, true));
   auto shortcut = conv_shortcut ? conv_shortcut(x) : x;
   return output_scale_factor_ == 1.0 ? shortcut + h : (shortcut + h) / output_scale_factor_;
 }
@@ -153,12 +222,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
   if (group_norm) {
     // Spatial self-attention: [B, C, H, W] -> [B, HW, C] tokens, residual added back.
     auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-    // Contiguous once: at::linear computes a transposed view as a copy, a matmul and a separate bias add.
-    auto tokens = group_norm(x).view({batch, channels, height * width}).transpose(1, 2).contiguous();  // [B, HW, C]
+    // Contiguous once: at::linear computes a transposed view as a copy, a matmul and a separate bias add (a
+    // channels-last x needs no copy: its [B, H, W, C] memory is the tokens).
+    auto tokens = apply_group_norm(group_norm, x).permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
     auto q = split_heads(to_q(tokens), heads_), k = split_heads(to_k(tokens), heads_), v = split_heads(to_v(tokens), heads_);
     auto out = to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, HW, C]
-    // x first: the sum takes x's [B, C, H, W] layout, so the transposed view needs no copy of its own.
-    return x + out.transpose(1, 2).view({batch, channels, height, width});
+    // x first: the sum takes x's layout, so the permuted view needs no copy of its own.
+    return x + out.view({batch, height, width, channels}).permute({0, 3, 1, 2});
   }
   const auto& source = context.defined() ? context : x;
   auto q = split_heads(to_q(x), heads_), k = split_heads(to_k(source), heads_), v = split_heads(to_v(source), heads_);

@@ -61,6 +61,15 @@ at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x);
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
                          std::int64_t padding = 0);
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);
+/// `norm`(x), then SiLU when `then_silu`: x [B, C, H, W] -> same. A CUDA tensor stored channels-last (fp32, fp16
+/// or bf16 like the norm's parameters; C a multiple of 8 and at most 8192, in fp32 of 4 and at most 4096) goes
+/// through our NHWC kernels (models/group_norm_nhwc.cu) and stays channels-last, the SiLU folded into the
+/// normalizing pass; anything else through ATen's group_norm, whose CUDA kernel makes its input and output NCHW.
+at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& x, bool then_silu = false);
+/// Stores every 4-D parameter of `module` (its conv weights) channels-last, in place (names and values stay): cuDNN
+/// then runs channels-last inputs without converting weights or activations. CUDA parameters only, else
+/// hybridiff::error naming `owner`.
+void store_channels_last(torch::nn::Module& module, const std::string& owner);
 torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine = true);
 
 /// diffusers' `ResnetBlock2D` (time_scale_shift "default"): GroupNorm, SiLU, conv, + projected time embedding,

@@ -21,6 +21,7 @@ class random_pipeline : public diffusion_pipeline {
     if (class_name_ == "UNet2DConditionModel") {
       unet_ = UNet2DConditionModel(unet_config::from(values));
       place_module(*unet_, options);
+      if (options.device.is_cuda()) unet_->use_channels_last();  // as load_unet
       unet_->eval();
     } else if (class_name_ == "SD3Transformer2DModel") {
       transformer_ = SD3Transformer2DModel(sd3_transformer_config::from(values));

@@ -81,14 +81,15 @@ Transformer2DModelImpl::Transformer2DModelImpl(std::int64_t channels, std::int64
 
 at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   const auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  auto h = norm(x);
+  auto h = apply_group_norm(norm, x);
   if (!linear_projection_) h = run_projection(proj_in, h);
   h = h.permute({0, 2, 3, 1}).reshape({batch, height * width, channels});  // [B, HW, C]
   if (linear_projection_) h = run_projection(proj_in, h);
   for (const auto& block : *transformer_blocks) h = block->as<BasicTransformerBlock>()->forward(h, context);
   // x first: the residual sum takes x's [B, C, H, W] layout, so a permuted view needs no copy of its own.
   if (linear_projection_) return x + run_projection(proj_out, h).view({batch, height, width, channels}).permute({0, 3, 1, 2});
-  h = h.reshape({batch, height, width, channels}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
+  // [B, C, H, W] in x's layout (a channels-last x makes this a view).
+  h = h.reshape({batch, height, width, channels}).permute({0, 3, 1, 2}).contiguous(x.suggest_memory_format());
   return x + run_projection(proj_out, h);
 }
 
@@ -382,7 +383,8 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
               config_.in_channels, ", H, W], got ", sample.sizes());
   const auto batch = sample.size(0);
   auto emb = time_embedding(timestep, batch, sample.scalar_type(), cond);
-  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample)}; })[0];  // [B, C0, H, W]
+  const auto layout = channels_last_ ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample.contiguous(layout))}; })[0];  // [B, C0, H, W]
   if (record) record("conv_in", h);
   std::vector<at::Tensor> skips{h};
   for (std::size_t i = 0; i < down_blocks->size(); ++i) {
@@ -422,13 +424,20 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
     }
     if (record) record(name, h);
   }
-  h = run_module(runner, "conv_norm_out", [&] { return activation{conv_norm_out(h)}; })[0];
-  return run_module(runner, "conv_out", [&] { return activation{conv_out(torch::silu(h))}; })[0];  // [B, out, H, W]
+  h = run_module(runner, "conv_norm_out", [&] { return activation{apply_group_norm(conv_norm_out, h)}; })[0];
+  // ε in the standard layout whatever the UNet's (4 channels: a small copy).
+  return run_module(runner, "conv_out", [&] { return activation{conv_out(torch::silu(h)).contiguous()}; })[0];  // [B, out, H, W]
+}
+
+void UNet2DConditionModelImpl::use_channels_last() {
+  store_channels_last(*this, "UNet");
+  channels_last_ = true;
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const load_options& options) {
   UNet2DConditionModel model(unet_config::from(read_config(dir / "config.json", "UNet2DConditionModel")));
   load_state_dict(*model, checkpoint::open(find_component_weights(dir)), options);
+  if (options.device.is_cuda()) model->use_channels_last();
   model->eval();
   return model;
 }

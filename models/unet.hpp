@@ -116,6 +116,12 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   at::Tensor time_embedding(const at::Tensor& timestep, std::int64_t batch, at::ScalarType dtype, const conditioning& cond);
 
   const unet_config& config() const { return config_; }
+  /// Stores the conv weights channels-last and runs the activations channels-last from conv_in on (cuDNN's
+  /// native NHWC convolutions; GroupNorm through `apply_group_norm`'s NHWC kernels): no layout conversions around
+  /// every convolution and norm. ε comes back in the standard layout. CUDA weights only (else hybridiff::error);
+  /// `load_unet` calls it for CUDA.
+  void use_channels_last();
+  bool channels_last() const { return channels_last_; }
 
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
@@ -129,6 +135,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
                              const recorder& record, module_runner* runner);
 
   unet_config config_;
+  bool channels_last_ = false;
 };
 TORCH_MODULE(UNet2DConditionModel);
 

@@ -108,7 +108,7 @@ at::Tensor VAECoderImpl::forward(const at::Tensor& x) {
     for (const auto& block : *blocks) h = block->as<VAEBlock>()->forward(h);
     h = mid_block(h);
   }
-  return conv_out(torch::silu(conv_norm_out(h)));
+  return conv_out(apply_group_norm(conv_norm_out, h, true));
 }
 
 AutoencoderKLImpl::AutoencoderKLImpl(const vae_config& config) : config_(config) {
@@ -123,7 +123,8 @@ AutoencoderKLImpl::AutoencoderKLImpl(const vae_config& config) : config_(config)
 at::Tensor AutoencoderKLImpl::decode(const at::Tensor& z) {
   TORCH_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels, "VAE decode: latents must be [B, ",
               config_.latent_channels, ", h, w], got ", z.sizes());
-  return decoder(post_quant_conv ? post_quant_conv(z) : z);
+  const auto input = z.contiguous(layout());
+  return decoder(post_quant_conv ? post_quant_conv(input) : input).contiguous();
 }
 
 at::Tensor AutoencoderKLImpl::decode_to_image(const at::Tensor& latents) {
@@ -136,14 +137,20 @@ at::Tensor AutoencoderKLImpl::decode_to_image(const at::Tensor& latents) {
 at::Tensor AutoencoderKLImpl::encode_mean(const at::Tensor& image) {
   TORCH_CHECK(image.dim() == 4 && image.size(1) == config_.in_channels, "VAE encode: image must be [B, ",
               config_.in_channels, ", H, W], got ", image.sizes());
-  auto moments = encoder(image);
+  auto moments = encoder(image.contiguous(layout()));
   if (quant_conv) moments = quant_conv(moments);
-  return moments.chunk(2, 1)[0];  // mean; the second half is the log-variance
+  return moments.chunk(2, 1)[0].contiguous();  // mean; the second half is the log-variance
+}
+
+void AutoencoderKLImpl::use_channels_last() {
+  store_channels_last(*this, "VAE");
+  channels_last_ = true;
 }
 
 AutoencoderKL load_vae(const std::filesystem::path& dir, const load_options& options) {
   AutoencoderKL model(vae_config::from(read_config(dir / "config.json", "AutoencoderKL")));
   load_state_dict(*model, checkpoint::open(find_component_weights(dir)), options);
+  if (options.device.is_cuda()) model->use_channels_last();
   model->eval();
   return model;
 }

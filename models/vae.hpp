@@ -64,12 +64,22 @@ class AutoencoderKLImpl : public torch::nn::Module {
   /// image [B, in, H, W] in [−1, 1] -> the latent distribution's mean [B, latent, H/f, W/f] (unscaled)
   at::Tensor encode_mean(const at::Tensor& image);
   const vae_config& config() const { return config_; }
+  /// As the UNet's: conv weights and activations channels-last (images and latents come back in the standard
+  /// layout). CUDA weights only (else hybridiff::error); `load_vae` calls it for CUDA.
+  void use_channels_last();
+  bool channels_last() const { return channels_last_; }
 
   VAECoder encoder{nullptr}, decoder{nullptr};
   torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
 
  private:
+  /// The layout the coders run in.
+  at::MemoryFormat layout() const {
+    return channels_last_ ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  }
+
   vae_config config_;
+  bool channels_last_ = false;
 };
 TORCH_MODULE(AutoencoderKL);
 

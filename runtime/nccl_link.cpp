@@ -108,7 +108,7 @@ class nccl_link : public tensor_link {
     auto ready = after_current_work();
     std::vector<at::Tensor> staged;
     for (const auto& tensor : tensors)
-      if (tensor.defined()) staged.push_back(tensor.to(device_).contiguous());
+      if (tensor.defined()) staged.push_back(tensor.to(device_).contiguous(wire_layout(tensor)));
     ready.block(stream_);
     check(ncclGroupStart(), describe() + ": ncclGroupStart");
     for (const auto& tensor : staged) {
@@ -125,9 +125,12 @@ class nccl_link : public tensor_link {
     std::vector<at::Tensor> tensors;
     for (const auto& meta : metas)
       tensors.push_back(meta.dtype < 0 ? at::Tensor()
-                                       : torch::empty(meta.shape, torch::TensorOptions()
-                                                                      .dtype(static_cast<c10::ScalarType>(meta.dtype))
-                                                                      .device(device_)));
+                                       : torch::empty(meta.shape,
+                                                      torch::TensorOptions()
+                                                          .dtype(static_cast<c10::ScalarType>(meta.dtype))
+                                                          .device(device_),
+                                                      meta.channels_last ? at::MemoryFormat::ChannelsLast
+                                                                         : at::MemoryFormat::Contiguous));
     auto ready = after_current_work();  // the allocations are ordered on the current stream
     ready.block(stream_);
     check(ncclGroupStart(), describe() + ": ncclGroupStart");

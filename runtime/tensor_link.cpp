@@ -15,7 +15,14 @@ tensor_meta describe_tensor(const std::string& name, const at::Tensor& tensor) {
   if (!tensor.defined()) return meta;
   meta.dtype = static_cast<std::int32_t>(tensor.scalar_type());
   meta.shape = tensor.sizes().vec();
+  meta.channels_last = wire_layout(tensor) == at::MemoryFormat::ChannelsLast;
   return meta;
+}
+
+at::MemoryFormat wire_layout(const at::Tensor& tensor) {
+  return tensor.dim() == 4 && tensor.is_contiguous(at::MemoryFormat::ChannelsLast) && !tensor.is_contiguous()
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
 }
 
 transport_kind parse_transport(const std::string& name, const c10::Device& device) {
@@ -48,7 +55,7 @@ class store_link : public tensor_link {
   void send(const std::vector<at::Tensor>& tensors) override {
     for (const auto& tensor : tensors) {
       if (!tensor.defined()) continue;
-      auto host = tensor.to(torch::kCPU).contiguous();
+      auto host = tensor.to(torch::kCPU).contiguous(wire_layout(tensor));
       const auto* bytes = static_cast<const std::uint8_t*>(host.data_ptr());
       try {
         store_->queuePush(outgoing_, std::vector<std::uint8_t>(bytes, bytes + host.nbytes()));
@@ -73,7 +80,8 @@ class store_link : public tensor_link {
         throw error(describe() + ": tensor '" + meta.name + "' did not arrive within " +
                     std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
       }
-      auto tensor = torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)));
+      auto tensor = torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)),
+                                 meta.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
       if (bytes.size() != tensor.nbytes())
         throw error(describe() + ": tensor '" + meta.name + "' arrived with " + std::to_string(bytes.size()) +
                     " bytes, its description needs " + std::to_string(tensor.nbytes()));

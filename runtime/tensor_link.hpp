@@ -17,13 +17,18 @@
 namespace hybridiff::runtime {
 
 /// What a receiver needs to allocate a tensor: a name (for errors), the dtype (c10::ScalarType as a number; −1:
-/// an undefined tensor, for which nothing travels) and the shape.
+/// an undefined tensor, for which nothing travels), the shape and the layout the bytes travel in.
 struct tensor_meta {
   std::string name;
   std::int32_t dtype = -1;
   std::vector<std::int64_t> shape;
+  /// The bytes are [N, H, W, C] (a channels-last UNet's activations travel as they are, no layout copy either side).
+  bool channels_last = false;
 };
 tensor_meta describe_tensor(const std::string& name, const at::Tensor& tensor);
+/// The layout `tensor` travels in: channels-last when it is stored so (4-D, and not also standard-contiguous),
+/// else the standard one. Senders make tensors contiguous in this layout; `describe_tensor` records it.
+at::MemoryFormat wire_layout(const at::Tensor& tensor);
 
 class tensor_link {
  public:

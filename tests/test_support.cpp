@@ -114,4 +114,10 @@ double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item<double>();
 }
 
+full_float32_convolutions::full_float32_convolutions() : tf32_(at::globalContext().allowTF32CuDNN()) {
+  at::globalContext().setAllowTF32CuDNN(false);
+}
+
+full_float32_convolutions::~full_float32_convolutions() { at::globalContext().setAllowTF32CuDNN(tf32_); }
+
 }  // namespace hybridiff::test

@@ -55,4 +55,18 @@ at::Tensor golden(const std::string& file, const std::string& key);
 /// max|actual − expected| / max|expected|: the fixtures' relative error measure.
 double relative_error(const at::Tensor& actual, const at::Tensor& expected);
 
+/// Full float32 cuDNN convolutions while it lives (restores the setting after). cuDNN runs float32 convolutions
+/// in TF32 by default, and two runs of one model may pick different algorithms (a channels-last tiny-sdxl: eager
+/// and its CUDA graph capture ended ~8e-4 apart on an H100), so float32 comparisons at 1e-5 turn TF32 off.
+class full_float32_convolutions {
+ public:
+  full_float32_convolutions();
+  ~full_float32_convolutions();
+  full_float32_convolutions(const full_float32_convolutions&) = delete;
+  full_float32_convolutions& operator=(const full_float32_convolutions&) = delete;
+
+ private:
+  bool tf32_;
+};
+
 }  // namespace hybridiff::test

@@ -306,6 +306,8 @@ int run_bench(const std::vector<std::string>& args) {
       ("cuda-graphs", po::bool_switch(), "per-step timing: replay the denoiser from a CUDA graph (captured after the "
        "warm-up steps)")
       ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
+      ("nchw", po::bool_switch(), "per-step timing of a UNet on CUDA: keep its activations and conv weights in the "
+       "standard NCHW layout (generate runs them channels-last), to compare the two")
       ("profile", po::value<std::int64_t>()->implicit_value(10)->value_name("N"), "per-step timing: then profile N "
        "more steps (default 10) with PyTorch's profiler and report the GPU time per step by kernel class (gemm, "
        "attention, convolution, normalization, elementwise, reduction, copy, other) and the top kernels")
@@ -335,6 +337,8 @@ int run_bench(const std::vector<std::string>& args) {
   const auto dtype_text = values["dtype"].as<std::string>();
   const auto dtype = parse_dtype(dtype_text);
 
+  if (values["nchw"].as<bool>() && values.count("run"))
+    throw usage_error("--nchw is for per-step timing (generations with --run always run a CUDA UNet channels-last)");
   if (values.count("run")) {
     bench_model model;
     if (values.count("model")) {
@@ -360,6 +364,7 @@ int run_bench(const std::vector<std::string>& args) {
   // One denoiser call on random inputs of batch B, for the config's class (random weights, torch's default init).
   std::function<void(std::int64_t)> prepare;
   std::function<void()> step;
+  std::function<void()> placed;  // what generate's loaders do once the weights are on the device
   std::shared_ptr<torch::nn::Module> module;
   at::Tensor sample, timestep = torch::tensor(500.0f, torch::TensorOptions().device(device));
   if (class_name == "UNet2DConditionModel") {
@@ -376,6 +381,9 @@ int run_bench(const std::vector<std::string>& args) {
       }
     };
     step = [&sample, &timestep, unet, cond]() mutable { unet->forward(sample, timestep, *cond); };
+    placed = [unet, device, nchw = values["nchw"].as<bool>()]() mutable {
+      if (device.is_cuda() && !nchw) unet->use_channels_last();
+    };
   } else if (class_name == "SD3Transformer2DModel") {
     models::SD3Transformer2DModel transformer(models::sd3_transformer_config::from(config));
     module = transformer.ptr();
@@ -387,11 +395,13 @@ int run_bench(const std::vector<std::string>& args) {
       *pooled = torch::randn({batch, c.pooled_projection_dim}, options);
     };
     step = [&sample, &timestep, transformer, context, pooled]() mutable { transformer->forward(sample, timestep, *context, *pooled); };
+    placed = [transformer]() mutable { transformer->join_projections(); };
   } else {
     throw error((config_dir / "config.json").string() + ": bench supports UNet2DConditionModel and SD3Transformer2DModel, not '" +
                 class_name + "'");
   }
   models::place_module(*module, placement);
+  placed();
   module->eval();
 
   std::int64_t parameters = 0;
@@ -400,6 +410,7 @@ int run_bench(const std::vector<std::string>& args) {
                            {"device", device.str()}, {"dtype", dtype_text},  {"warmup", warmup},
                            {"iters", iters},         {"parameters", parameters},
                            {"cudnn_benchmark", at::globalContext().benchmarkCuDNN()}};
+  if (class_name == "UNet2DConditionModel") report["channels_last"] = device.is_cuda() && !values["nchw"].as<bool>();
 #ifdef HYBRIDIFF_WITH_CUDA
   const c10::DeviceIndex gpu = device.index() < 0 ? 0 : device.index();
   if (device.is_cuda()) {

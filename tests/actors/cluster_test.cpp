@@ -38,7 +38,7 @@ caf::message round_trip(caf::actor_system& system, const caf::message& message) 
 }
 
 bool same(const tensor_meta& a, const tensor_meta& b) {
-  return a.name == b.name && a.dtype == b.dtype && a.shape == b.shape;
+  return a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.channels_last == b.channels_last;
 }
 
 TEST(ClusterMessages, EveryMessageThatCrossesProcessesSurvivesSerialisation) {
@@ -46,7 +46,7 @@ TEST(ClusterMessages, EveryMessageThatCrossesProcessesSurvivesSerialisation) {
   auto& system = *cluster.system;
   const std::vector<tensor_meta> metas = {
       {"latents", static_cast<std::int32_t>(torch::kHalf), {2, 4, 128, 128}},
-      {"peer:down_blocks.1:0", static_cast<std::int32_t>(torch::kFloat), {1, 640, 64, 64}},
+      {"peer:down_blocks.1:0", static_cast<std::int32_t>(torch::kFloat), {1, 640, 64, 64}, true},
       {"conditioning.pooled", -1, {}}};
   auto step = round_trip(system, caf::make_message(call_atom::value, std::int32_t{2}, std::int32_t{17}, metas));
   ASSERT_TRUE((step.match_elements<call_atom, std::int32_t, std::int32_t, std::vector<tensor_meta>>()));
@@ -113,17 +113,23 @@ TEST(CpuTensorLink, CarriesTensorsInOrderByteForByte) {
   store_pair pair(std::chrono::seconds(10));
   torch::manual_seed(0);
   std::vector<at::Tensor> sent = {torch::randn({2, 4, 8, 8}), at::Tensor(), torch::randn({3}).to(torch::kHalf),
-                                  torch::arange(5, torch::kLong), torch::randn({4, 6}).t()};  // the last: not contiguous
+                                  torch::arange(5, torch::kLong), torch::randn({4, 6}).t(),  // not contiguous
+                                  torch::randn({2, 16, 3, 5}).contiguous(at::MemoryFormat::ChannelsLast)};
   std::vector<tensor_meta> metas;
   for (std::size_t i = 0; i < sent.size(); ++i) metas.push_back(runtime::describe_tensor("t" + std::to_string(i), sent[i]));
   pair.zero_to_one->send(sent);
   auto received = pair.one_to_zero->receive(metas, c10::kCPU);
   ASSERT_EQ(received.size(), sent.size());
   EXPECT_FALSE(received[1].defined());
-  for (std::size_t i : {0u, 2u, 3u, 4u}) {
+  for (std::size_t i : {0u, 2u, 3u, 4u, 5u}) {
     EXPECT_EQ(received[i].scalar_type(), sent[i].scalar_type()) << i;
     EXPECT_TRUE(torch::equal(received[i], sent[i])) << i;
   }
+  // A channels-last tensor travels and arrives in its own layout (a channels-last UNet's activations).
+  EXPECT_TRUE(metas[5].channels_last);
+  EXPECT_FALSE(metas[0].channels_last);
+  EXPECT_TRUE(received[5].is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(received[0].is_contiguous());
   // The other direction, twice in a row: a link is a queue.
   pair.one_to_zero->send({torch::ones({2})});
   pair.one_to_zero->send({torch::full({2}, 2.0)});

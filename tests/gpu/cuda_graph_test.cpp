@@ -23,6 +23,7 @@ class CudaGraphs : public ::testing::TestWithParam<std::string> {
 
 TEST_P(CudaGraphs, ReplaysEqualEagerCallsForEveryShapeAndInput) {
   torch::NoGradGuard no_grad;
+  const test::full_float32_convolutions float32;
   const c10::Device cuda(c10::kCUDA, 0);
   auto pipeline = models::load_pipeline(test::fixtures_dir() / GetParam(), {cuda, at::kFloat, ""});
   models::generation_request request;

@@ -29,17 +29,19 @@ TEST(NcclLink, CarriesTensorsBetweenTwoGpusInOrder) {
 
   torch::manual_seed(0);
   std::vector<at::Tensor> sent = {torch::randn({2, 4, 128, 128}, gpu0).to(torch::kHalf), at::Tensor(),
-                                  torch::randn({1, 640, 64, 64}, gpu0), torch::randn({3, 5}, gpu0).t()};
+                                  torch::randn({1, 640, 64, 64}, gpu0), torch::randn({3, 5}, gpu0).t(),
+                                  torch::randn({2, 320, 16, 16}, gpu0).contiguous(at::MemoryFormat::ChannelsLast)};
   std::vector<tensor_meta> metas;
   for (std::size_t i = 0; i < sent.size(); ++i) metas.push_back(describe_tensor("t" + std::to_string(i), sent[i]));
   zero_to_one->send(sent);
   auto received = one_to_zero->receive(metas, gpu1);
   ASSERT_EQ(received.size(), sent.size());
   EXPECT_FALSE(received[1].defined());
-  for (std::size_t i : {0u, 2u, 3u}) {
+  for (std::size_t i : {0u, 2u, 3u, 4u}) {
     EXPECT_EQ(received[i].device(), gpu1);
     EXPECT_TRUE(torch::equal(received[i].cpu(), sent[i].cpu())) << i;
   }
+  EXPECT_TRUE(received[4].is_contiguous(at::MemoryFormat::ChannelsLast));
   // Back, and a receive that lands on the CPU.
   one_to_zero->send({received[2] * 2});
   auto back = zero_to_one->receive({metas[2]}, c10::kCPU);

@@ -54,6 +54,7 @@ std::vector<schedule_case> schedules() {
 
 TEST(ParallelCudaGraphs, StaleActivationStepsReplayedEqualEagerOnes) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const test::full_float32_convolutions float32;
   caf::actor_system_config config;
   caf::actor_system system{config};
   const c10::Device cuda(c10::kCUDA, 0);

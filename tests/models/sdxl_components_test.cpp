@@ -158,5 +158,23 @@ TEST(Vae, DecodeMatchesDiffusers) {
   EXPECT_EQ(latents.sizes(), (c10::IntArrayRef{1, 4, 16, 16}));
 }
 
+TEST(ChannelsLast, IsForCudaWeightsOnly) {
+  // load_* turn it on for CUDA; asked for on the CPU it is an error that names the model, and nothing changes.
+  auto unet = load_unet(sdxl() / "unet");
+  auto vae = load_vae(sdxl() / "vae");
+  EXPECT_FALSE(unet->channels_last());
+  EXPECT_FALSE(vae->channels_last());
+  try {
+    unet->use_channels_last();
+    FAIL() << "no error";
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("UNet: channels-last is for CUDA weights"), std::string::npos)
+        << failure.what();
+  }
+  EXPECT_THROW(vae->use_channels_last(), error);
+  EXPECT_FALSE(unet->channels_last());
+  EXPECT_TRUE(unet->conv_in->weight.is_contiguous());
+}
+
 }  // namespace
 }  // namespace hybridiff::models
