@@ -70,11 +70,15 @@ bool joined_linears::joined() const {
   return true;
 }
 
-at::Tensor joined_linears::forward(const at::Tensor& x) const {
-  if (joined()) return at::linear(x, weight_, bias_);
+std::vector<at::Tensor> joined_linears::forward_each(const at::Tensor& x) const {
+  if (joined()) {
+    std::vector<std::int64_t> sizes;
+    for (const auto& layer : layers_) sizes.push_back(layer->weight.size(0));
+    return at::linear(x, weight_, bias_).split_with_sizes(sizes, -1);
+  }
   std::vector<at::Tensor> outputs;
   for (const auto& layer : layers_) outputs.push_back(layer->forward(x));
-  return torch::cat(outputs, -1);
+  return outputs;
 }
 
 at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {

@@ -46,8 +46,9 @@ class joined_linears {
   /// and input size, else hybridiff::error). Not thread-safe: call before the model runs.
   void join();
   bool joined() const;
-  /// x [..., in] -> [..., Σ out]: the layers' outputs side by side, in order.
-  at::Tensor forward(const at::Tensor& x) const;
+  /// x [..., in] -> each layer's output [..., out_i], in order: views of one GEMM's output once joined, else each
+  /// layer's own (contiguous) output.
+  std::vector<at::Tensor> forward_each(const at::Tensor& x) const;
 
  private:
   std::vector<Linear> layers_;

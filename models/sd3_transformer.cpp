@@ -106,8 +106,8 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
   // split_heads view is the layout SDPA reads natively. (SDPA on strided views of one [B, N + S, 3, heads, d]
   // buffer instead cost 1.4 ms more of copies per batch-2 step on an H100.)
   const auto image_tokens = hidden.size(1);
-  auto image_qkv = image_qkv_.forward(norm_hidden).chunk(3, -1);        // [B, N, inner] × 3
-  auto context_qkv = context_qkv_.forward(norm_context).chunk(3, -1);  // [B, S, inner] × 3
+  auto image_qkv = image_qkv_.forward_each(norm_hidden);        // [B, N, inner] × 3
+  auto context_qkv = context_qkv_.forward_each(norm_context);  // [B, S, inner] × 3
   auto joined = [&](int which) { return split_heads(torch::cat({image_qkv[which], context_qkv[which]}, 1), heads_); };
   auto q = joined(0), k = joined(1), v = joined(2);  // [B, heads, N + S, d]
   auto joint = merge_heads(attention(q, k, v));  // [B, N + S, inner]
