@@ -79,5 +79,21 @@ TEST(BenchWholePipeline, ModelSourcesAreExclusiveAndNeedRuns) {
   EXPECT_NE(missing.output.find("/nonexistent/model"), std::string::npos) << missing.output;
 }
 
+TEST(BenchPerStep, ReportsTheUnetLayoutAndKeepsNchwForPerStepTiming) {
+  const auto unet = quoted(test::fixtures_dir() / "tiny-sdxl" / "unet");
+  // On the CPU a UNet keeps the standard layout (channels-last is for CUDA weights).
+  const auto run = run_hybridiff("bench --model-config " + unet +
+                                 " --device cpu --dtype fp32 --size 64 --batch 1 --iters 1 --warmup 0");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto report = report_of(run);
+  EXPECT_EQ(report.at("channels_last"), false);
+  EXPECT_EQ(report.at("batches").size(), 1u);
+  const auto runs = run_hybridiff("bench --model-config " + unet + " --scheduler-config " +
+                                  quoted(test::fixtures_dir() / "tiny-sdxl" / "scheduler") +
+                                  " --device cpu --nchw --run none");
+  EXPECT_EQ(runs.exit_code, 2);
+  EXPECT_NE(runs.output.find("--nchw is for per-step timing"), std::string::npos) << runs.output;
+}
+
 }  // namespace
 }  // namespace hybridiff
