@@ -1,8 +1,9 @@
 #pragma once
-// GroupNorm (optionally followed by SiLU) over channels-last activations on CUDA, as three kernels: per-chunk partial
-// sums, per-image statistics (one small block each), then normalize + affine (+ SiLU) in one pass. PyTorch's CUDA group_norm makes its input NCHW-contiguous first,
-// so a channels-last UNet would pay two layout copies per norm; this keeps the layout and folds the SiLU pass of
-// ResnetBlock2D into the norm. Plain C++ (no torch): the kernels are compiled by nvcc without the ATen headers.
+// GroupNorm (optionally followed by SiLU) over channels-last activations on CUDA, as three kernels: per-chunk
+// partial sums, the statistics (one small block per group and image), then normalize + affine (+ SiLU) in one pass.
+// PyTorch's CUDA group_norm makes its input NCHW-contiguous first, so a channels-last UNet would pay two layout
+// copies per norm; this keeps the layout and folds the SiLU pass of ResnetBlock2D into the norm. Plain C++ (no
+// torch): the kernels are compiled by nvcc without the ATen headers.
 
 #include <cstddef>
 #include <cstdint>

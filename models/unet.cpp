@@ -384,7 +384,8 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
   const auto batch = sample.size(0);
   auto emb = time_embedding(timestep, batch, sample.scalar_type(), cond);
   const auto layout = channels_last_ ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample.contiguous(layout))}; })[0];  // [B, C0, H, W]
+  // [B, C0, H, W]
+  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample.contiguous(layout))}; })[0];
   if (record) record("conv_in", h);
   std::vector<at::Tensor> skips{h};
   for (std::size_t i = 0; i < down_blocks->size(); ++i) {
@@ -425,8 +426,8 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
     if (record) record(name, h);
   }
   h = run_module(runner, "conv_norm_out", [&] { return activation{apply_group_norm(conv_norm_out, h)}; })[0];
-  // ε in the standard layout whatever the UNet's (4 channels: a small copy).
-  return run_module(runner, "conv_out", [&] { return activation{conv_out(torch::silu(h)).contiguous()}; })[0];  // [B, out, H, W]
+  // ε [B, out, H, W] in the standard layout whatever the UNet's (4 channels: a small copy).
+  return run_module(runner, "conv_out", [&] { return activation{conv_out(torch::silu(h)).contiguous()}; })[0];
 }
 
 void UNet2DConditionModelImpl::use_channels_last() {
