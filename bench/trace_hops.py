@@ -7,8 +7,8 @@
 The trace lines of every process of one host ([HH:MM:SS.micro] [trace] ...; the processes share the clock) are
 put in time order and cut into steps at the driver's "step N: ... request(s) out" line. For each pair of
 consecutive lines within a step (text with step numbers and durations masked) the script prints the median gap
-in ms and how many steps had it, as JSON, in the order the pairs first appear, with the median step time. Give each log one `--run`: pairs
-of different schedules would mix. The first --skip-steps steps (the untimed warm-up image's first steps and
+in ms and how many steps had it, as JSON, in the order the pairs first appear, with the median step time. Give
+each log one `--run`: pairs of different schedules would mix. The first --skip-steps steps (the untimed warm-up image's first steps and
 CUDA-graph captures) are left out.
 """
 import argparse

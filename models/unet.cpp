@@ -383,9 +383,8 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
               config_.in_channels, ", H, W], got ", sample.sizes());
   const auto batch = sample.size(0);
   auto emb = time_embedding(timestep, batch, sample.scalar_type(), cond);
-  const auto layout = channels_last_ ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // [B, C0, H, W]
-  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample.contiguous(layout))}; })[0];
+  auto h = run_module(runner, "conv_in", [&] { return activation{conv_in(sample.contiguous(layout_))}; })[0];
   if (record) record("conv_in", h);
   std::vector<at::Tensor> skips{h};
   for (std::size_t i = 0; i < down_blocks->size(); ++i) {
@@ -432,7 +431,7 @@ at::Tensor UNet2DConditionModelImpl::forward_modules(const at::Tensor& sample, c
 
 void UNet2DConditionModelImpl::use_channels_last() {
   store_channels_last(*this, "UNet");
-  channels_last_ = true;
+  layout_ = at::MemoryFormat::ChannelsLast;
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const load_options& options) {

@@ -121,7 +121,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   /// every convolution and norm. ε comes back in the standard layout. CUDA weights only (else hybridiff::error);
   /// `load_unet` calls it for CUDA.
   void use_channels_last();
-  bool channels_last() const { return channels_last_; }
+  bool channels_last() const { return layout_ == at::MemoryFormat::ChannelsLast; }
 
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
@@ -135,7 +135,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
                              const recorder& record, module_runner* runner);
 
   unet_config config_;
-  bool channels_last_ = false;
+  at::MemoryFormat layout_ = at::MemoryFormat::Contiguous;  ///< the activations' layout from conv_in on
 };
 TORCH_MODULE(UNet2DConditionModel);
 

@@ -123,7 +123,7 @@ AutoencoderKLImpl::AutoencoderKLImpl(const vae_config& config) : config_(config)
 at::Tensor AutoencoderKLImpl::decode(const at::Tensor& z) {
   TORCH_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels, "VAE decode: latents must be [B, ",
               config_.latent_channels, ", h, w], got ", z.sizes());
-  const auto input = z.contiguous(layout());
+  const auto input = z.contiguous(layout_);
   return decoder(post_quant_conv ? post_quant_conv(input) : input).contiguous();
 }
 
@@ -137,14 +137,14 @@ at::Tensor AutoencoderKLImpl::decode_to_image(const at::Tensor& latents) {
 at::Tensor AutoencoderKLImpl::encode_mean(const at::Tensor& image) {
   TORCH_CHECK(image.dim() == 4 && image.size(1) == config_.in_channels, "VAE encode: image must be [B, ",
               config_.in_channels, ", H, W], got ", image.sizes());
-  auto moments = encoder(image.contiguous(layout()));
+  auto moments = encoder(image.contiguous(layout_));
   if (quant_conv) moments = quant_conv(moments);
   return moments.chunk(2, 1)[0].contiguous();  // mean; the second half is the log-variance
 }
 
 void AutoencoderKLImpl::use_channels_last() {
   store_channels_last(*this, "VAE");
-  channels_last_ = true;
+  layout_ = at::MemoryFormat::ChannelsLast;
 }
 
 AutoencoderKL load_vae(const std::filesystem::path& dir, const load_options& options) {

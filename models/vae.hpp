@@ -67,19 +67,14 @@ class AutoencoderKLImpl : public torch::nn::Module {
   /// As the UNet's: conv weights and activations channels-last (images and latents come back in the standard
   /// layout). CUDA weights only (else hybridiff::error); `load_vae` calls it for CUDA.
   void use_channels_last();
-  bool channels_last() const { return channels_last_; }
+  bool channels_last() const { return layout_ == at::MemoryFormat::ChannelsLast; }
 
   VAECoder encoder{nullptr}, decoder{nullptr};
   torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
 
  private:
-  /// The layout the coders run in.
-  at::MemoryFormat layout() const {
-    return channels_last_ ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  }
-
   vae_config config_;
-  bool channels_last_ = false;
+  at::MemoryFormat layout_ = at::MemoryFormat::Contiguous;  ///< the layout the coders run in
 };
 TORCH_MODULE(AutoencoderKL);
 

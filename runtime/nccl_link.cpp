@@ -1,6 +1,7 @@
 // The NCCL transport: per link (rank 0 and one other rank) a two-rank communicator created from an ncclUniqueId
-// that rank 0 sends in a CAF message, and a blocking one split off it for the transfers. Transfers run on the link's own stream, after the work that
-// produced the tensors; every wait polls with a deadline, so a dead peer becomes an error, not a hang.
+// that rank 0 sends in a CAF message, and a blocking one split off it for the transfers. Transfers run on the
+// link's own stream, after the work that produced the tensors; every wait polls with a deadline, so a dead peer
+// becomes an error, not a hang.
 #include <future>
 #include <thread>
 
@@ -129,8 +130,7 @@ class nccl_link : public tensor_link {
                                                       torch::TensorOptions()
                                                           .dtype(static_cast<c10::ScalarType>(meta.dtype))
                                                           .device(device_),
-                                                      meta.channels_last ? at::MemoryFormat::ChannelsLast
-                                                                         : at::MemoryFormat::Contiguous));
+                                                      wire_layout(meta)));
     auto ready = after_current_work();  // the allocations are ordered on the current stream
     ready.block(stream_);
     check(ncclGroupStart(), describe() + ": ncclGroupStart");

@@ -25,6 +25,10 @@ at::MemoryFormat wire_layout(const at::Tensor& tensor) {
              : at::MemoryFormat::Contiguous;
 }
 
+at::MemoryFormat wire_layout(const tensor_meta& meta) {
+  return meta.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 transport_kind parse_transport(const std::string& name, const c10::Device& device) {
   if (name == "cpu") return transport_kind::cpu;
   if (name == "auto") return device.is_cuda() ? transport_kind::nccl : transport_kind::cpu;
@@ -81,7 +85,7 @@ class store_link : public tensor_link {
                     std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
       }
       auto tensor = torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)),
-                                 meta.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+                                 wire_layout(meta));
       if (bytes.size() != tensor.nbytes())
         throw error(describe() + ": tensor '" + meta.name + "' arrived with " + std::to_string(bytes.size()) +
                     " bytes, its description needs " + std::to_string(tensor.nbytes()));

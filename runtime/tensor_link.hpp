@@ -29,6 +29,8 @@ tensor_meta describe_tensor(const std::string& name, const at::Tensor& tensor);
 /// The layout `tensor` travels in: channels-last when it is stored so (4-D, and not also standard-contiguous),
 /// else the standard one. Senders make tensors contiguous in this layout; `describe_tensor` records it.
 at::MemoryFormat wire_layout(const at::Tensor& tensor);
+/// The layout a described tensor's bytes travel in, for the receiver's allocation.
+at::MemoryFormat wire_layout(const tensor_meta& meta);
 
 class tensor_link {
  public:

@@ -365,6 +365,7 @@ int run_bench(const std::vector<std::string>& args) {
   std::function<void(std::int64_t)> prepare;
   std::function<void()> step;
   std::function<void()> placed;  // what generate's loaders do once the weights are on the device
+  const bool channels_last = class_name == "UNet2DConditionModel" && device.is_cuda() && !values["nchw"].as<bool>();
   std::shared_ptr<torch::nn::Module> module;
   at::Tensor sample, timestep = torch::tensor(500.0f, torch::TensorOptions().device(device));
   if (class_name == "UNet2DConditionModel") {
@@ -381,8 +382,8 @@ int run_bench(const std::vector<std::string>& args) {
       }
     };
     step = [&sample, &timestep, unet, cond]() mutable { unet->forward(sample, timestep, *cond); };
-    placed = [unet, device, nchw = values["nchw"].as<bool>()]() mutable {
-      if (device.is_cuda() && !nchw) unet->use_channels_last();
+    placed = [unet, channels_last]() mutable {
+      if (channels_last) unet->use_channels_last();
     };
   } else if (class_name == "SD3Transformer2DModel") {
     models::SD3Transformer2DModel transformer(models::sd3_transformer_config::from(config));
@@ -410,7 +411,7 @@ int run_bench(const std::vector<std::string>& args) {
                            {"device", device.str()}, {"dtype", dtype_text},  {"warmup", warmup},
                            {"iters", iters},         {"parameters", parameters},
                            {"cudnn_benchmark", at::globalContext().benchmarkCuDNN()}};
-  if (class_name == "UNet2DConditionModel") report["channels_last"] = device.is_cuda() && !values["nchw"].as<bool>();
+  if (class_name == "UNet2DConditionModel") report["channels_last"] = channels_last;
 #ifdef HYBRIDIFF_WITH_CUDA
   const c10::DeviceIndex gpu = device.index() < 0 ? 0 : device.index();
   if (device.is_cuda()) {
