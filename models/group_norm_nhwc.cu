@@ -1,9 +1,7 @@
-#include "models/group_norm_nhwc.hpp"
-
 #include <algorithm>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "models/cuda_elements.cuh"
+#include "models/cuda_kernels.hpp"
 
 namespace hybridiff::models::cuda_kernels {
 namespace {
@@ -32,28 +30,6 @@ launch_plan plan_for(const group_norm_nhwc_shape& shape, int vector) {
   plan.chunks = (shape.pixels + plan.pixels_per_chunk - 1) / plan.pixels_per_chunk;
   return plan;
 }
-
-template <typename T> struct element;
-template <> struct element<float> {
-  static constexpr int vector = 4;
-  __device__ static float load(float v) { return v; }
-  __device__ static float store(float v) { return v; }
-};
-template <> struct element<__half> {
-  static constexpr int vector = 8;
-  __device__ static float load(__half v) { return __half2float(v); }
-  __device__ static __half store(float v) { return __float2half(v); }
-};
-template <> struct element<__nv_bfloat16> {
-  static constexpr int vector = 8;
-  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16(v); }
-};
-
-// One 16-byte vector of T.
-template <typename T> struct alignas(16) pack {
-  T values[element<T>::vector];
-};
 
 // The value each group's sums are taken relative to: its first element in this image.
 template <typename T>
@@ -217,9 +193,7 @@ cudaError_t launch(const void* x, const void* gamma, const void* beta, void* y, 
 
 }  // namespace
 
-int group_norm_nhwc_vector(element_type type) {
-  return type == element_type::float32 ? element<float>::vector : element<__half>::vector;
-}
+int group_norm_nhwc_vector(element_type type) { return vector_of(type); }
 
 bool group_norm_nhwc_supported(const group_norm_nhwc_shape& shape, element_type type) {
   const int vector = group_norm_nhwc_vector(type);
@@ -235,12 +209,9 @@ std::size_t group_norm_nhwc_workspace(const group_norm_nhwc_shape& shape, elemen
 cudaError_t group_norm_nhwc(const void* x, const void* gamma, const void* beta, void* y, float* workspace,
                             const group_norm_nhwc_shape& shape, element_type type, float eps, bool silu,
                             cudaStream_t stream) {
-  switch (type) {
-    case element_type::float32: return launch<float>(x, gamma, beta, y, workspace, shape, eps, silu, stream);
-    case element_type::float16: return launch<__half>(x, gamma, beta, y, workspace, shape, eps, silu, stream);
-    case element_type::bfloat16: return launch<__nv_bfloat16>(x, gamma, beta, y, workspace, shape, eps, silu, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(type, [&](auto tag) {
+    return launch<decltype(tag)>(x, gamma, beta, y, workspace, shape, eps, silu, stream);
+  });
 }
 
 }  // namespace hybridiff::models::cuda_kernels

@@ -6,7 +6,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "models/group_norm_nhwc.hpp"
+#include "models/cuda_kernels.hpp"
 #endif
 
 namespace hybridiff::models {
@@ -38,47 +38,30 @@ Linear linear(std::int64_t in, std::int64_t out, bool bias) {
   return Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
-void joined_linears::join() {
-  if (layers_.empty() || joined()) return;
-  const bool biased = layers_.front()->bias.defined();
-  std::vector<at::Tensor> weights, biases;
-  for (const auto& layer : layers_) {
-    if (layer->bias.defined() != biased) throw error("joined_linears: some layers have a bias and some do not");
-    const auto& first = layers_.front()->weight;
-    if (layer->weight.size(1) != first.size(1) || layer->weight.options().dtype() != first.options().dtype() ||
-        layer->weight.device() != first.device())
-      throw error("joined_linears: the layers differ in input size, dtype or device");
-    weights.push_back(layer->weight);
-    if (biased) biases.push_back(layer->bias);
+void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer) {
+  const auto& weight = layer->weight;
+  const auto& bias = layer->bias;
+  TORCH_CHECK(x.dim() == 3 && out.dim() == 3 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
+                  x.size(2) == weight.size(1) && out.size(2) == weight.size(0),
+              "linear_into: x ", x.sizes(), " and out ", out.sizes(), " do not fit a weight ", weight.sizes());
+  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
+    out.copy_(at::linear(x, weight, bias));
+    return;
   }
-  torch::NoGradGuard no_grad;
-  weight_ = torch::cat(weights, 0);
-  bias_ = biased ? torch::cat(biases, 0) : at::Tensor();
-  std::int64_t row = 0;
-  for (auto& layer : layers_) {
-    const auto rows = layer->weight.size(0);
-    layer->weight.set_data(weight_.narrow(0, row, rows));
-    if (biased) layer->bias.set_data(bias_.narrow(0, row, rows));
-    row += rows;
+  const auto weight_t = weight.t();  // [in, out]
+  for (std::int64_t image = 0; image < x.size(0); ++image) {
+    auto rows = out.select(0, image);  // [M, out]
+    if (bias.defined())
+      at::addmm_out(rows, bias, x.select(0, image), weight_t);  // the bias in cuBLASLt's epilogue on CUDA
+    else
+      at::mm_out(rows, x.select(0, image), weight_t);
   }
 }
 
-bool joined_linears::joined() const {
-  if (!weight_.defined()) return false;
-  for (const auto& layer : layers_)
-    if (!layer->weight.is_alias_of(weight_) || (bias_.defined() && !layer->bias.is_alias_of(bias_))) return false;
-  return true;
-}
-
-std::vector<at::Tensor> joined_linears::forward_each(const at::Tensor& x) const {
-  if (joined()) {
-    std::vector<std::int64_t> sizes;
-    for (const auto& layer : layers_) sizes.push_back(layer->weight.size(0));
-    return at::linear(x, weight_, bias_).split_with_sizes(sizes, -1);
-  }
-  std::vector<at::Tensor> outputs;
-  for (const auto& layer : layers_) outputs.push_back(layer->forward(x));
-  return outputs;
+at::Tensor linear_rows(const at::Tensor& x, const Linear& layer) {
+  auto out = at::empty({x.size(0), x.size(1), layer->weight.size(0)}, x.options());
+  linear_into(out, x, layer);
+  return out;
 }
 
 at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
@@ -139,6 +122,49 @@ at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tenso
     throw error(std::string("GroupNorm (NHWC kernels) failed to launch: ") + cudaGetErrorString(status));
   return y;
 }
+
+/// The element type for `layer_norm_modulate` when its kernel takes these operands — CUDA, one dtype and device,
+/// `rows` [B, L, D] contiguous, `vectors` [B, D] with contiguous rows, all 16-byte aligned, no autograd to record —
+/// else nothing.
+std::optional<cuda_kernels::element_type> layer_norm_modulate_type(std::initializer_list<at::Tensor> rows,
+                                                                    std::initializer_list<at::Tensor> vectors) {
+  const auto& x = *rows.begin();
+  if (!x.is_cuda() || x.dim() != 3) return std::nullopt;
+  const auto type = kernel_element_type(x.scalar_type());
+  if (!type || !cuda_kernels::layer_norm_modulate_supported(x.size(2), *type)) return std::nullopt;
+  const auto element_size = static_cast<std::int64_t>(x.element_size());
+  const auto fits = [&](const at::Tensor& t) {
+    return t.scalar_type() == x.scalar_type() && t.device() == x.device() &&
+           reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 &&
+           !(at::GradMode::is_enabled() && t.requires_grad());
+  };
+  for (const auto& t : rows)
+    if (!fits(t) || t.sizes() != x.sizes() || !t.is_contiguous()) return std::nullopt;
+  for (const auto& t : vectors)
+    if (!fits(t) || t.dim() != 2 || t.size(0) != x.size(0) || t.size(1) != x.size(2) || t.stride(1) != 1 ||
+        t.stride(0) * element_size % 16 != 0)
+      return std::nullopt;
+  return type;
+}
+
+void launch_layer_norm_modulate(cuda_kernels::layer_norm_modulate_args args, const at::Tensor& x,
+                                cuda_kernels::element_type type, const at::Tensor& shift, const at::Tensor& scale,
+                                double eps) {
+  args.x = x.data_ptr();
+  args.shift = shift.data_ptr();
+  args.scale = scale.data_ptr();
+  args.shift_stride = shift.stride(0);
+  args.scale_stride = scale.stride(0);
+  args.batch = x.size(0);
+  args.tokens = x.size(1);
+  args.channels = x.size(2);
+  args.eps = static_cast<float>(eps);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto status =
+      cuda_kernels::layer_norm_modulate(args, type, at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  if (status != cudaSuccess)
+    throw error(std::string("LayerNorm + modulation kernel failed to launch: ") + cudaGetErrorString(status));
+}
 #endif
 
 }  // namespace
@@ -149,6 +175,42 @@ at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& 
 #endif
   auto y = norm.ptr()->forward(x);
   return then_silu ? at::silu_(y) : y;
+}
+
+at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (x.numel() > 0)
+    if (const auto type = layer_norm_modulate_type({x}, {shift, scale})) {
+      cuda_kernels::layer_norm_modulate_args args;
+      auto out = at::empty_like(x);
+      args.out = out.data_ptr();
+      launch_layer_norm_modulate(args, x, *type, shift, scale, eps);
+      return out;
+    }
+#endif
+  auto normed = at::layer_norm(x, {x.size(-1)}, {}, {}, eps);
+  return at::addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1));
+}
+
+std::pair<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate(const at::Tensor& x, const at::Tensor& gate,
+                                                                      const at::Tensor& y, const at::Tensor& shift,
+                                                                      const at::Tensor& scale, double eps) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (x.numel() > 0)
+    if (const auto type = layer_norm_modulate_type({x, y}, {gate, shift, scale})) {
+      cuda_kernels::layer_norm_modulate_args args;
+      auto sum = at::empty_like(x), out = at::empty_like(x);
+      args.gate = gate.data_ptr();
+      args.gate_stride = gate.stride(0);
+      args.y = y.data_ptr();
+      args.sum = sum.data_ptr();
+      args.out = out.data_ptr();
+      launch_layer_norm_modulate(args, x, *type, shift, scale, eps);
+      return {sum, out};
+    }
+#endif
+  auto sum = at::addcmul(x, gate.unsqueeze(1), y);
+  return {sum, layer_norm_modulate(sum, shift, scale, eps)};
 }
 
 void store_channels_last(torch::nn::Module& module, const std::string& owner) {

@@ -34,26 +34,15 @@ TORCH_MODULE(Linear);
 
 Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
 
-/// Linear layers that read one input (q, k, v of an attention), computed as one GEMM once `join` has made their
-/// parameters views of one joined weight [Σ out, in] (and bias [Σ out]): names, shapes and values stay, memory does
-/// not grow, and the GEMM reads the input once (SD3-medium at batch 1: 2 GEMMs per block instead of 6). Until then,
-/// or once anything replaced a parameter's storage (a later load, `Module::to`), each layer runs on its own.
-class joined_linears {
- public:
-  joined_linears() = default;
-  explicit joined_linears(std::vector<Linear> layers) : layers_(std::move(layers)) {}
-  /// Makes the parameters views of one weight and one bias (all layers have a bias, or none; same dtype, device
-  /// and input size, else hybridiff::error). Not thread-safe: call before the model runs.
-  void join();
-  bool joined() const;
-  /// x [..., in] -> each layer's output [..., out_i], in order: views of one GEMM's output once joined, else each
-  /// layer's own (contiguous) output.
-  std::vector<at::Tensor> forward_each(const at::Tensor& x) const;
-
- private:
-  std::vector<Linear> layers_;
-  at::Tensor weight_, bias_;
-};
+/// layer(x) written into `out` [B, M, out] from x [B, M, in]: one GEMM per image, each writing its image's rows
+/// in place. For a row block of a bigger buffer (`buffer.narrow(1, first, M)` of a contiguous [B, L, out]) each
+/// image's rows are contiguous but a batch's are not, and at::linear would compute into a temporary and copy it
+/// (SD3 writes each stream's q, k, v into the joint [B, N + S, inner] buffers this way instead of a cat of them).
+/// x's rows should be contiguous per image too (a row block of a contiguous tensor), else ATen copies them first.
+/// With autograd recording (grad mode on and an input requiring grad) it computes at::linear and copies.
+void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer);
+/// layer(x) for x [B, M, in] whose rows are contiguous per image (a row block): [B, M, out], contiguous.
+at::Tensor linear_rows(const at::Tensor& x, const Linear& layer);
 
 /// gelu(layer(x), "tanh"), x [..., in] -> [..., out]. On CUDA one GEMM with the bias and the GELU in its cuBLASLt
 /// epilogue (ATen's `_addmm_activation`, whose CUDA GELU is the tanh approximation) instead of a GEMM and a GELU pass
@@ -72,6 +61,15 @@ at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& 
 /// hybridiff::error naming `owner`.
 void store_channels_last(torch::nn::Module& module, const std::string& owner);
 torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine = true);
+/// adaLN modulation after a LayerNorm without affine parameters: LN(x)·(1 + scale) + shift, x [B, L, D], shift and
+/// scale [B, D]. On CUDA (x contiguous, D a multiple of the 16-byte vector and at most 1024 of them) one kernel of
+/// ours (models/layer_norm_modulate.cu, no autograd); elsewhere ATen's layer_norm and one addcmul.
+at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+/// The gated residual h = x + gate·y (y [B, L, D], gate [B, D]) and layer_norm_modulate(h, shift, scale, eps):
+/// {h, modulated}. One kernel on CUDA where layer_norm_modulate takes x (and y is contiguous).
+std::pair<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate(const at::Tensor& x, const at::Tensor& gate,
+                                                                      const at::Tensor& y, const at::Tensor& shift,
+                                                                      const at::Tensor& scale, double eps);
 
 /// diffusers' `ResnetBlock2D` (time_scale_shift "default"): GroupNorm, SiLU, conv, + projected time embedding,
 /// GroupNorm, SiLU, conv, 1x1 shortcut when the channel count changes; output = (x + h) / output_scale_factor.

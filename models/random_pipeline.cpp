@@ -26,7 +26,6 @@ class random_pipeline : public diffusion_pipeline {
     } else if (class_name_ == "SD3Transformer2DModel") {
       transformer_ = SD3Transformer2DModel(sd3_transformer_config::from(values));
       place_module(*transformer_, options);
-      transformer_->join_projections();
       transformer_->eval();
     } else {
       throw error((denoiser_dir / "config.json").string() + ": random pipelines support UNet2DConditionModel and "

@@ -10,11 +10,12 @@ std::shared_ptr<torch::nn::Module> container(torch::nn::Module& parent, const st
   return parent.register_module(name, std::make_shared<torch::nn::Module>());
 }
 
-// LayerNorm without affine parameters (eps 1e-6), then adaLN modulation x·(1 + scale) + shift as one addcmul (one
-// pass over [B, L, D] instead of a multiply and an add). shift, scale: [B, D].
+constexpr double norm_eps = 1e-6;  // SD3's LayerNorms (no affine parameters)
+
+// LayerNorm, then adaLN modulation x·(1 + scale) + shift: one kernel on CUDA (models::layer_norm_modulate).
+// shift, scale: [B, D].
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  auto normed = torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6);
-  return torch::addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1));
+  return layer_norm_modulate(x, shift, scale, norm_eps);
 }
 
 // The gated residual x + gate·y as one addcmul. x, y: [B, L, D]; gate: [B, D].
@@ -78,8 +79,6 @@ JointTransformerBlockImpl::JointTransformerBlockImpl(std::int64_t dim, std::int6
   to_out_0 = linear(inner, dim);
   to_out->push_back(to_out_0);
   if (!context_pre_only) to_add_out = attn->register_module("to_add_out", linear(inner, dim));
-  image_qkv_ = joined_linears({to_q, to_k, to_v});
-  context_qkv_ = joined_linears({add_q_proj, add_k_proj, add_v_proj});
   std::tie(ff_in, ff_out) = feed_forward(*this, "ff", dim);
   if (!context_pre_only) std::tie(ff_context_in, ff_context_out) = feed_forward(*this, "ff_context", dim);
 }
@@ -100,29 +99,30 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
     context_mod = norm1_context_linear(conditioning).chunk(6, 1);
     norm_context = modulate(context, context_mod[0], context_mod[1]);
   }
-  // Joint attention over [image; context] tokens: q, k and v of each stream as one GEMM (once joined), then each
-  // of them joined along the token axis into a contiguous [B, N + S, inner] (a cat of row blocks; a cat of
-  // head-split views is a strided gather: 6.1 ms of cat kernels per batch-2 step on an H100 before), whose
-  // split_heads view is the layout SDPA reads natively. (SDPA on strided views of one [B, N + S, 3, heads, d]
-  // buffer instead cost 1.4 ms more of copies per batch-2 step on an H100.)
-  const auto image_tokens = hidden.size(1);
-  auto image_qkv = image_qkv_.forward_each(norm_hidden);        // [B, N, inner] × 3
-  auto context_qkv = context_qkv_.forward_each(norm_context);  // [B, S, inner] × 3
-  auto joined = [&](int which) { return split_heads(torch::cat({image_qkv[which], context_qkv[which]}, 1), heads_); };
-  auto q = joined(0), k = joined(1), v = joined(2);  // [B, heads, N + S, d]
-  auto joint = merge_heads(attention(q, k, v));  // [B, N + S, inner]
-  // to_out over all N + S rows, then the image rows as a view: the image rows of a batch > 1 are not one contiguous
-  // block, and at::linear computes such a view as a copy, a matmul and a separate bias add; the S extra rows cost
-  // less (S ≈ N / 12 for SD3 at 1024²).
-  auto image_attention = to_out_0(joint).narrow(1, 0, image_tokens);
-  auto out_hidden = gated_residual(hidden, image_mod[2], image_attention);
-  auto mlp_in = modulate(out_hidden, image_mod[3], image_mod[4]);
+  // Joint attention over [image; context] tokens: each stream's q, k and v GEMMs write their rows straight into
+  // contiguous joint [B, N + S, inner] buffers, whose split_heads view is the layout SDPA reads natively. (Cat-ing
+  // the streams' outputs along the tokens instead cost 2.4 ms of copies per batch-1 SD3-medium step on an H100, 4.8
+  // at batch 2; SDPA on strided views of one [B, N + S, 3, heads, d] buffer made copies of its own.)
+  const auto image_tokens = hidden.size(1), context_tokens = context.size(1);
+  auto joint_heads = [&](const Linear& image_layer, const Linear& context_layer) {
+    auto joint = at::empty({hidden.size(0), image_tokens + context_tokens, image_layer->weight.size(0)},
+                           norm_hidden.options());
+    linear_into(joint.narrow(1, 0, image_tokens), norm_hidden, image_layer);
+    linear_into(joint.narrow(1, image_tokens, context_tokens), norm_context, context_layer);
+    return split_heads(joint, heads_);  // [B, heads, N + S, d]
+  };
+  auto q = joint_heads(to_q, add_q_proj), k = joint_heads(to_k, add_k_proj), v = joint_heads(to_v, add_v_proj);
+  auto joint = merge_heads(attention(q, k, v));  // [B, N + S, inner], contiguous
+  auto image_attention = linear_rows(joint.narrow(1, 0, image_tokens), to_out_0);
+  // The gated residual and the feed-forward's modulation in one pass (one kernel on CUDA).
+  auto [out_hidden, mlp_in] =
+      gated_residual_layer_norm_modulate(hidden, image_mod[2], image_attention, image_mod[3], image_mod[4], norm_eps);
   out_hidden = gated_residual(out_hidden, image_mod[5], ff_out(linear_gelu_tanh(ff_in, mlp_in)));
   if (context_pre_only_) return {at::Tensor(), out_hidden};
 
-  auto context_attention = to_add_out(joint.narrow(1, image_tokens, joint.size(1) - image_tokens).contiguous());
-  auto out_context = gated_residual(context, context_mod[2], context_attention);
-  auto context_mlp_in = modulate(out_context, context_mod[3], context_mod[4]);
+  auto context_attention = linear_rows(joint.narrow(1, image_tokens, context_tokens), to_add_out);
+  auto [out_context, context_mlp_in] = gated_residual_layer_norm_modulate(context, context_mod[2], context_attention,
+                                                                          context_mod[3], context_mod[4], norm_eps);
   out_context = gated_residual(out_context, context_mod[5], ff_context_out(linear_gelu_tanh(ff_context_in, context_mlp_in)));
   return {out_context, out_hidden};
 }
@@ -184,15 +184,6 @@ SD3Transformer2DModelImpl::state SD3Transformer2DModelImpl::embed(const at::Tens
   s.context = context_embedder(context);  // [B, S, D]
   if (record) record("context_embedder", s.context);
   return s;
-}
-
-void JointTransformerBlockImpl::join_projections() {
-  image_qkv_.join();
-  context_qkv_.join();
-}
-
-void SD3Transformer2DModelImpl::join_projections() {
-  for (const auto& block : *transformer_blocks) block->as<JointTransformerBlock>()->join_projections();
 }
 
 void SD3Transformer2DModelImpl::run_blocks(state& s, std::int64_t begin, std::int64_t end, const recorder& record) {
@@ -257,7 +248,6 @@ at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const a
 SD3Transformer2DModel load_sd3_transformer(const std::filesystem::path& dir, const load_options& options) {
   SD3Transformer2DModel model(sd3_transformer_config::from(read_config(dir / "config.json", "SD3Transformer2DModel")));
   load_state_dict(*model, checkpoint::open(find_component_weights(dir)), options);
-  model->join_projections();
   model->eval();
   return model;
 }

@@ -26,8 +26,6 @@ class JointTransformerBlockImpl : public torch::nn::Module {
   std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& hidden, const at::Tensor& context, const at::Tensor& temb);
 
   bool context_pre_only() const { return context_pre_only_; }
-  /// q, k, v of each stream as one GEMM from now on (joined_linears; call once the weights are in place).
-  void join_projections();
 
  private:
   bool context_pre_only_;
@@ -36,7 +34,6 @@ class JointTransformerBlockImpl : public torch::nn::Module {
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
       add_v_proj{nullptr}, to_out_0{nullptr}, to_add_out{nullptr};
   Linear ff_in{nullptr}, ff_out{nullptr}, ff_context_in{nullptr}, ff_context_out{nullptr};
-  joined_linears image_qkv_, context_qkv_;  // to_q/k/v, add_q/k/v_proj
 };
 TORCH_MODULE(JointTransformerBlock);
 
@@ -70,10 +67,6 @@ class SD3Transformer2DModelImpl : public torch::nn::Module {
   /// through `runner`; the embeddings and the unpatchify are computed on every call, as the reference.
   at::Tensor forward(const at::Tensor& latents, const at::Tensor& timestep, const at::Tensor& context,
                      const at::Tensor& pooled, module_runner& runner);
-
-  /// Every block's q, k, v projections as one GEMM per stream (parameters become views of joined tensors; a later
-  /// load or `to` undoes it safely). load_sd3_transformer calls it.
-  void join_projections();
 
   const sd3_transformer_config& config() const { return config_; }
   std::int64_t num_blocks() const { return static_cast<std::int64_t>(transformer_blocks->size()); }

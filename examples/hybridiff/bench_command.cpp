@@ -396,13 +396,12 @@ int run_bench(const std::vector<std::string>& args) {
       *pooled = torch::randn({batch, c.pooled_projection_dim}, options);
     };
     step = [&sample, &timestep, transformer, context, pooled]() mutable { transformer->forward(sample, timestep, *context, *pooled); };
-    placed = [transformer]() mutable { transformer->join_projections(); };
   } else {
     throw error((config_dir / "config.json").string() + ": bench supports UNet2DConditionModel and SD3Transformer2DModel, not '" +
                 class_name + "'");
   }
   models::place_module(*module, placement);
-  placed();
+  if (placed) placed();
   module->eval();
 
   std::int64_t parameters = 0;

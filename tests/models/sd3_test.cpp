@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/nn.hpp"
 #include "models/pipeline.hpp"
 #include "models/safetensors.hpp"
 #include "models/sd3_transformer.hpp"
@@ -52,24 +53,33 @@ TEST(Sd3Transformer, BlockGroupsComposeToTheWholeModel) {
   EXPECT_THROW(transformer->run_blocks(state, 1, 3), c10::Error);
 }
 
-// load_sd3_transformer joins each stream's q, k, v into one GEMM: the checkpoint's parameters stay (same names and
-// values, now views of the joined weights), and a later `to` (new storage) falls back to separate GEMMs, still
-// matching diffusers.
-TEST(Sd3Transformer, JoinedProjectionsKeepTheCheckpointsParametersAndASafeFallback) {
-  torch::NoGradGuard no_grad;
-  auto transformer = load_sd3_transformer(sd3() / "transformer");
-  auto weights = checkpoint::open(find_component_weights(sd3() / "transformer"));
-  auto parameters = transformer->named_parameters();
-  auto to_q = parameters["transformer_blocks.0.attn.to_q.weight"], to_k = parameters["transformer_blocks.0.attn.to_k.weight"];
-  EXPECT_TRUE(torch::equal(to_k, weights.tensor("transformer_blocks.0.attn.to_k.weight")));
-  EXPECT_TRUE(to_q.is_alias_of(to_k));  // rows of one joined weight
-  auto x = test::golden(golden_file, "tr_in_x"), t = test::golden(golden_file, "tr_in_t");
-  auto ctx = test::golden(golden_file, "tr_in_ctx"), pooled = test::golden(golden_file, "tr_in_pooled");
-  const auto expected = test::golden(golden_file, "tr_out");
-  EXPECT_LT(test::relative_error(transformer->forward(x, t, ctx, pooled), expected), component_tolerance);
-  transformer->to(at::kDouble);  // new storage for every parameter: the joined weights are stale now
-  auto separate = transformer->forward(x.to(at::kDouble), t.to(at::kDouble), ctx.to(at::kDouble), pooled.to(at::kDouble));
-  EXPECT_LT(test::relative_error(separate.to(at::kFloat), expected), component_tolerance);
+// linear_into writes each image's rows of a row block in place (the SD3 block's q, k, v into the joint buffers),
+// leaves the buffer's other rows alone, and equals at::linear (ATen's one-GEMM linear) within float32 rounding.
+TEST(LinearInto, WritesARowBlockInPlaceAsAtLinear) {
+  torch::manual_seed(3);
+  for (bool biased : {true, false}) {
+    auto layer = linear(5, 3, biased);
+    auto x = torch::randn({2, 7, 5}).narrow(1, 2, 4);  // a row block: rows contiguous per image only
+    auto buffer = torch::full({2, 9, 3}, -1.0);
+    const auto storage = buffer.data_ptr();
+    {
+      torch::NoGradGuard no_grad;
+      linear_into(buffer.narrow(1, 3, 4), x, layer);
+      EXPECT_TRUE(torch::allclose(buffer.narrow(1, 3, 4), at::linear(x, layer->weight, layer->bias), 1e-6, 1e-6));
+    }
+    EXPECT_EQ(buffer.data_ptr(), storage);
+    EXPECT_TRUE(torch::equal(buffer.narrow(1, 0, 3), torch::full({2, 3, 3}, -1.0)));
+    EXPECT_TRUE(torch::equal(buffer.narrow(1, 7, 2), torch::full({2, 2, 3}, -1.0)));
+    EXPECT_THROW(linear_into(buffer.narrow(1, 0, 3), x, layer), c10::Error);  // 3 rows for 4
+  }
+  // Recording autograd (the parameters require grad): the same values, and gradients reach the weight.
+  auto layer = linear(5, 3);
+  auto x = torch::randn({2, 4, 5});
+  auto y = linear_rows(x, layer);
+  EXPECT_TRUE(torch::allclose(y, at::linear(x, layer->weight, layer->bias), 1e-6, 1e-6));
+  y.sum().backward();
+  ASSERT_TRUE(layer->weight.grad().defined());
+  EXPECT_GT(layer->weight.grad().abs().sum().item<double>(), 0.0);
 }
 
 TEST(T5Encoder, MatchesTransformers) {
