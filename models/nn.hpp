@@ -63,7 +63,8 @@ void store_channels_last(torch::nn::Module& module, const std::string& owner);
 torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine = true);
 /// adaLN modulation after a LayerNorm without affine parameters: LN(x)·(1 + scale) + shift, x [B, L, D], shift and
 /// scale [B, D]. On CUDA (x contiguous, D a multiple of the 16-byte vector and at most 1024 of them) one kernel of
-/// ours (models/layer_norm_modulate.cu, no autograd); elsewhere ATen's layer_norm and one addcmul.
+/// ours (models/layer_norm_modulate.cu; taken only when no autograd is recording); elsewhere ATen's layer_norm and
+/// one addcmul.
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 /// The gated residual h = x + gate·y (y [B, L, D], gate [B, D]) and layer_norm_modulate(h, shift, scale, eps):
 /// {h, modulated}. One kernel on CUDA where layer_norm_modulate takes x (and y is contiguous).

@@ -114,6 +114,14 @@ double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item<double>();
 }
 
+double rounding_tolerance(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return 1e-5;
+    case at::kHalf: return 2e-3;
+    default: return 1.6e-2;
+  }
+}
+
 full_float32_convolutions::full_float32_convolutions() : tf32_(at::globalContext().allowTF32CuDNN()) {
   at::globalContext().setAllowTF32CuDNN(false);
 }

@@ -55,6 +55,10 @@ at::Tensor golden(const std::string& file, const std::string& key);
 /// max|actual − expected| / max|expected|: the fixtures' relative error measure.
 double relative_error(const at::Tensor& actual, const at::Tensor& expected);
 
+/// relative_error's bound for a normalization kernel's output in `type` against a float32-or-better reference:
+/// 1e-5 for float32 (its float32 statistics), 2e-3 for half and 1.6e-2 for bfloat16 (the output rounded once).
+double rounding_tolerance(at::ScalarType type);
+
 /// Full float32 cuDNN convolutions while it lives (restores the setting after). cuDNN runs float32 convolutions
 /// in TF32 by default, and two runs of one model may pick different algorithms (a channels-last tiny-sdxl: eager
 /// and its CUDA graph capture ended ~8e-4 apart on an H100), so float32 comparisons at 1e-5 turn TF32 off.

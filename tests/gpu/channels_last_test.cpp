@@ -31,14 +31,8 @@ class GroupNormNhwc : public ::testing::TestWithParam<at::ScalarType> {
   void SetUp() override {
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   }
-  // Relative to max|reference|: float32 sums over up to 16384·10 elements; fp16/bf16 round the output once.
-  double tolerance() const {
-    switch (GetParam()) {
-      case at::kFloat: return 1e-5;
-      case at::kHalf: return 2e-3;
-      default: return 1.6e-2;
-    }
-  }
+  // float32 sums over up to 16384·10 elements; fp16/bf16 round the output once.
+  double tolerance() const { return test::rounding_tolerance(GetParam()); }
 };
 
 TEST_P(GroupNormNhwc, MatchesAtenForEveryShape) {
