@@ -94,6 +94,14 @@ std::optional<cuda_kernels::element_type> kernel_element_type(at::ScalarType typ
   }
 }
 
+bool aligned_to_16_bytes(const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+cudaStream_t current_stream(const at::Tensor& x) { return at::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+
+void check_launch(cudaError_t status, const std::string& kernels) {
+  if (status != cudaSuccess) throw error(kernels + " failed to launch: " + cudaGetErrorString(status));
+}
+
 /// The NHWC kernels' result, or an undefined tensor when they do not take this input.
 at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tensor& x, bool then_silu) {
   if (!x.is_cuda() || x.dim() != 4 || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {};
@@ -105,8 +113,7 @@ at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tenso
     return !p.defined() || (p.scalar_type() == x.scalar_type() && p.device() == x.device() && p.is_contiguous());
   };
   if (!affine_ok(norm.weight) || !affine_ok(norm.bias)) return {};
-  const auto aligned = [](const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; };
-  if (!aligned(x.data_ptr())) return {};
+  if (!aligned_to_16_bytes(x)) return {};
   TORCH_CHECK(x.size(1) == options.num_channels(), "GroupNorm: expected ", options.num_channels(),
               " channels, got input ", x.sizes());
 
@@ -114,56 +121,58 @@ at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tenso
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto workspace = at::empty({static_cast<std::int64_t>(cuda_kernels::group_norm_nhwc_workspace(shape, *type))},
                              x.options().dtype(at::kFloat));
-  const auto status = cuda_kernels::group_norm_nhwc(
-      x.data_ptr(), norm.weight.defined() ? norm.weight.data_ptr() : nullptr,
-      norm.bias.defined() ? norm.bias.data_ptr() : nullptr, y.data_ptr(), workspace.data_ptr<float>(), shape, *type,
-      static_cast<float>(options.eps()), then_silu, at::cuda::getCurrentCUDAStream(x.device().index()).stream());
-  if (status != cudaSuccess)
-    throw error(std::string("GroupNorm (NHWC kernels) failed to launch: ") + cudaGetErrorString(status));
+  check_launch(cuda_kernels::group_norm_nhwc(x.data_ptr(), norm.weight.defined() ? norm.weight.data_ptr() : nullptr,
+                                             norm.bias.defined() ? norm.bias.data_ptr() : nullptr, y.data_ptr(),
+                                             workspace.data_ptr<float>(), shape, *type,
+                                             static_cast<float>(options.eps()), then_silu, current_stream(x)),
+               "GroupNorm (NHWC kernels)");
   return y;
 }
 
-/// The element type for `layer_norm_modulate` when its kernel takes these operands — CUDA, one dtype and device,
-/// `rows` [B, L, D] contiguous, `vectors` [B, D] with contiguous rows, all 16-byte aligned, no autograd to record —
-/// else nothing.
-std::optional<cuda_kernels::element_type> layer_norm_modulate_type(std::initializer_list<at::Tensor> rows,
-                                                                    std::initializer_list<at::Tensor> vectors) {
-  const auto& x = *rows.begin();
-  if (!x.is_cuda() || x.dim() != 3) return std::nullopt;
+/// The LayerNorm + modulation kernel's {x + gate·y, modulated} (the first undefined without a gate), or nothing
+/// when it does not take these operands: it needs CUDA, one dtype and device, x (and y) [B, L, D] contiguous, the
+/// per-image vectors [B, D] with contiguous rows, all 16-byte aligned, and no autograd to record.
+std::optional<std::pair<at::Tensor, at::Tensor>> fused_layer_norm_modulate(const at::Tensor& x, const at::Tensor& gate,
+                                                                           const at::Tensor& y, const at::Tensor& shift,
+                                                                           const at::Tensor& scale, double eps) {
+  if (!x.is_cuda() || x.dim() != 3 || x.numel() == 0) return std::nullopt;
   const auto type = kernel_element_type(x.scalar_type());
   if (!type || !cuda_kernels::layer_norm_modulate_supported(x.size(2), *type)) return std::nullopt;
-  const auto element_size = static_cast<std::int64_t>(x.element_size());
   const auto fits = [&](const at::Tensor& t) {
-    return t.scalar_type() == x.scalar_type() && t.device() == x.device() &&
-           reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 &&
+    return t.scalar_type() == x.scalar_type() && t.device() == x.device() && aligned_to_16_bytes(t) &&
            !(at::GradMode::is_enabled() && t.requires_grad());
   };
-  for (const auto& t : rows)
-    if (!fits(t) || t.sizes() != x.sizes() || !t.is_contiguous()) return std::nullopt;
-  for (const auto& t : vectors)
-    if (!fits(t) || t.dim() != 2 || t.size(0) != x.size(0) || t.size(1) != x.size(2) || t.stride(1) != 1 ||
-        t.stride(0) * element_size % 16 != 0)
-      return std::nullopt;
-  return type;
-}
+  const auto fits_rows = [&](const at::Tensor& t) { return fits(t) && t.sizes() == x.sizes() && t.is_contiguous(); };
+  const auto fits_vector = [&](const at::Tensor& t) {
+    return fits(t) && t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2) && t.stride(1) == 1 &&
+           t.stride(0) * static_cast<std::int64_t>(x.element_size()) % 16 == 0;
+  };
+  const bool residual = gate.defined();
+  if (!fits_rows(x) || !fits_vector(shift) || !fits_vector(scale) ||
+      (residual && (!fits_rows(y) || !fits_vector(gate))))
+    return std::nullopt;
 
-void launch_layer_norm_modulate(cuda_kernels::layer_norm_modulate_args args, const at::Tensor& x,
-                                cuda_kernels::element_type type, const at::Tensor& shift, const at::Tensor& scale,
-                                double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty_like(x), sum = residual ? at::empty_like(x) : at::Tensor();
+  cuda_kernels::layer_norm_modulate_args args;
   args.x = x.data_ptr();
+  if (residual) {
+    args.gate = gate.data_ptr();
+    args.gate_stride = gate.stride(0);
+    args.y = y.data_ptr();
+    args.sum = sum.data_ptr();
+  }
   args.shift = shift.data_ptr();
   args.scale = scale.data_ptr();
   args.shift_stride = shift.stride(0);
   args.scale_stride = scale.stride(0);
+  args.out = out.data_ptr();
   args.batch = x.size(0);
   args.tokens = x.size(1);
   args.channels = x.size(2);
   args.eps = static_cast<float>(eps);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto status =
-      cuda_kernels::layer_norm_modulate(args, type, at::cuda::getCurrentCUDAStream(x.device().index()).stream());
-  if (status != cudaSuccess)
-    throw error(std::string("LayerNorm + modulation kernel failed to launch: ") + cudaGetErrorString(status));
+  check_launch(cuda_kernels::layer_norm_modulate(args, *type, current_stream(x)), "LayerNorm + modulation kernel");
+  return std::pair{sum, out};
 }
 #endif
 
@@ -179,14 +188,7 @@ at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& 
 
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
 #ifdef HYBRIDIFF_WITH_CUDA
-  if (x.numel() > 0)
-    if (const auto type = layer_norm_modulate_type({x}, {shift, scale})) {
-      cuda_kernels::layer_norm_modulate_args args;
-      auto out = at::empty_like(x);
-      args.out = out.data_ptr();
-      launch_layer_norm_modulate(args, x, *type, shift, scale, eps);
-      return out;
-    }
+  if (auto fused = fused_layer_norm_modulate(x, {}, {}, shift, scale, eps)) return fused->second;
 #endif
   auto normed = at::layer_norm(x, {x.size(-1)}, {}, {}, eps);
   return at::addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1));
@@ -196,18 +198,7 @@ std::pair<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate(const at::T
                                                                       const at::Tensor& y, const at::Tensor& shift,
                                                                       const at::Tensor& scale, double eps) {
 #ifdef HYBRIDIFF_WITH_CUDA
-  if (x.numel() > 0)
-    if (const auto type = layer_norm_modulate_type({x, y}, {gate, shift, scale})) {
-      cuda_kernels::layer_norm_modulate_args args;
-      auto sum = at::empty_like(x), out = at::empty_like(x);
-      args.gate = gate.data_ptr();
-      args.gate_stride = gate.stride(0);
-      args.y = y.data_ptr();
-      args.sum = sum.data_ptr();
-      args.out = out.data_ptr();
-      launch_layer_norm_modulate(args, x, *type, shift, scale, eps);
-      return {sum, out};
-    }
+  if (auto fused = fused_layer_norm_modulate(x, gate, y, shift, scale, eps)) return *fused;
 #endif
   auto sum = at::addcmul(x, gate.unsqueeze(1), y);
   return {sum, layer_norm_modulate(sum, shift, scale, eps)};

@@ -38,6 +38,10 @@ class LayerNormModulate : public ::testing::TestWithParam<at::ScalarType> {
   // float32 statistics over up to 4096 elements; fp16/bf16 round the output once.
   double tolerance() const { return test::rounding_tolerance(GetParam()); }
   at::TensorOptions options() const { return at::TensorOptions(torch::kCUDA).dtype(GetParam()); }
+  // x [B, L, D] of the case, drawn in float32 (the mean added there) and rounded to the dtype.
+  at::Tensor rows(const modulation_case& c) const {
+    return (torch::randn({c.batch, c.tokens, c.channels}, options().dtype(at::kFloat)) + c.mean).to(options());
+  }
 };
 
 // SD3-medium's width, tiny-sd3's (64), widths that are not a multiple of 32 vectors (24 and 40 channels: the
@@ -51,7 +55,7 @@ TEST_P(LayerNormModulate, MatchesFloat64) {
   torch::manual_seed(11);
   for (const auto& c : cases) {
     SCOPED_TRACE(::testing::Message() << c.batch << "×" << c.tokens << "×" << c.channels);
-    auto x = (torch::randn({c.batch, c.tokens, c.channels}, options().dtype(at::kFloat)) + c.mean).to(options());
+    auto x = rows(c);
     auto mod = modulation_vectors(c, options());
     auto out = layer_norm_modulate(x, mod[0], mod[1], eps);
     EXPECT_EQ(out.scalar_type(), GetParam());
@@ -64,7 +68,7 @@ TEST_P(LayerNormModulate, GatedResidualFirstMatchesFloat64) {
   torch::manual_seed(12);
   for (const auto& c : cases) {
     SCOPED_TRACE(::testing::Message() << c.batch << "×" << c.tokens << "×" << c.channels);
-    auto x = (torch::randn({c.batch, c.tokens, c.channels}, options().dtype(at::kFloat)) + c.mean).to(options());
+    auto x = rows(c);
     auto y = torch::randn({c.batch, c.tokens, c.channels}, options());
     auto mod = modulation_vectors(c, options());
     auto [sum, out] = gated_residual_layer_norm_modulate(x, mod[2], y, mod[3], mod[4], eps);
