@@ -1,6 +1,8 @@
 #pragma once
-// hybridiff's public C++ API for parallel generation: compose workers, a tau controller, a supervisor and a driver
-// (CAF actors) over model replicas, and run one image with a schedule. See examples/compose_pipeline.cpp.
+// hybridiff's public C++ API, in one header: load a pipeline (models::load_pipeline), compose workers, a tau
+// controller, a supervisor and a driver (CAF actors) over its replicas, run images with a schedule, save them
+// (models::save_png). Every error is a hybridiff::error; impossible options are its subclass invalid_options.
+// See examples/compose_pipeline.cpp.
 
 #include <chrono>
 #include <functional>
@@ -10,19 +12,23 @@
 #include <vector>
 
 #include "caf/fwd.hpp"
-#include "models/pipeline.hpp"
+#include "models/errors.hpp"
+#include "models/io/image_io.hpp"
+#include "models/pipelines/pipeline.hpp"
 #include "schedule/tau_controller.hpp"
 
 namespace hybridiff {
 
 namespace actors {
 class cluster_host;
+struct session_state;
 }
 
 /// none: one worker, CFG batched. cfg: one worker per guidance branch. asyncdiff: AsyncDiff model parallelism
 /// with CFG batched inside every component, after `warmup` steps. hybrid: CFG data parallelism, AsyncDiff in the
 /// window [tau1, tau2] (detected online unless tau1/tau2 are given), CFG again.
 enum class parallel_mode { none, cfg, asyncdiff, hybrid };
+/// Throws invalid_options listing the modes.
 parallel_mode parse_parallel_mode(const std::string& name);
 std::string to_string(parallel_mode mode);
 
@@ -35,6 +41,7 @@ std::string to_string(parallel_mode mode);
 ///    dropped), SD3's boundary activations are never exchanged.
 ///  cond: every stage on the prompt's conditioning (the window's steps are unguided conditional predictions).
 enum class pp_conditioning { fixed, reference, cond };
+/// Throws invalid_options listing the choices.
 pp_conditioning parse_pp_conditioning(const std::string& name);
 
 struct parallel_options {
@@ -66,9 +73,15 @@ struct parallel_options {
 void apply_worker_defaults(parallel_options& options, std::optional<int> workers, std::optional<int> model_n,
                            std::optional<int> branch_stages = std::nullopt);
 
-/// Checks the options against each other and the request's step count; throws std::invalid_argument naming the
-/// flag (world size vs n + stride − 1, tau_cap + k < steps, L_slope < tau_cap, stride, ...).
+/// Checks the options against each other (world size vs n + stride − 1, stride, branch stages, ...); throws
+/// invalid_options naming the flag.
+void validate(const parallel_options& options);
+/// validate(options), then the checks that need the request's step count (tau_cap + k < steps, L_slope < tau_cap, ...).
 void validate(const parallel_options& options, int steps);
+
+/// The tau detector's defaults for `pipeline`: the folder's own (the built-in model's model_index.json), else the
+/// reference scripts' for its family (SDXL's for a UNet, SD3's for a transformer).
+schedule::tau_settings default_tau_settings(const models::diffusion_pipeline& pipeline);
 
 /// One row of the schedule trace.
 struct step_trace {
@@ -105,10 +118,8 @@ class parallel_session {
   parallel_result generate(const models::generation_request& request, const models::step_observer& observe = nullptr);
   const parallel_options& options() const;
 
-  struct state;
-
  private:
-  std::unique_ptr<state> state_;
+  std::unique_ptr<actors::session_state> state_;
 };
 
 /// Generates one image's latents with `options.workers` worker actors, a tau controller, a supervisor and a driver

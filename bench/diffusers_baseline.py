@@ -5,11 +5,12 @@ Runs, in one invocation on one device: diffusers eager, diffusers torch.compile 
 does), `hybridiff bench` eager and `hybridiff bench --cuda-graphs`; prints one JSON object with the medians
 and the ratios (diffusers time / hybridiff time: > 1 means hybridiff is faster).
 
-    python3 bench/diffusers_baseline.py --hybridiff build-gpu/hybridiff \\
+    python3 bench/diffusers_baseline.py --hybridiff build/hybridiff \\
         --config ../shared/fixtures/configs/sdxl-unet [--batch 1,2] [--size 1024] [--dtype fp16]
 
-diffusers is imported from the environment or from --diffusers-path (e.g. an unpacked wheel or a checkout's
-src/ folder carried to the GPU machine in an ignored folder; never committed). Inputs match `hybridiff bench`:
+(../shared/fixtures: the fixtures folder beside the checkout.) diffusers is imported from the environment or from
+--diffusers-path (e.g. an unpacked wheel or a checkout's src/ folder; never committed). Results:
+docs/benchmarks.md. Inputs match `hybridiff bench`:
 SDXL latents [B, 4, S/8, S/8], 77 context tokens, text_embeds and time_ids; SD3 latents [B, 16, S/8, S/8],
 77 + 256 context tokens and pooled projections; timestep 500.
 """

@@ -7,6 +7,7 @@
 # A folder given as - skips that model. PROCESS_COUNTS: "2 4" (default; 4 only where 4 GPUs are visible), or one of
 # them.
 # The folders: bench/random_model.py writes full-size ones with random weights (speed does not depend on them).
+# Inside --run the schedule flags are spelled as in generate. Results: docs/benchmarks.md.
 set -euo pipefail
 binary=$1 sdxl=$2 sd3=$3 steps=${4:-50} counts=${5:-2 4}
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
@@ -25,16 +26,16 @@ bench() {  # processes folder runs...
 # The reference scripts' windows: SDXL detects around steps 13-17, SD3 (tau_cap 40) around 40-45.
 if [[ " $counts " == *" 2 "* ]]; then
   bench 2 "$sdxl" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 13 --tau2 17 --cuda-graphs" \
-    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
+    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --warmup 5 --cuda-graphs"
   bench 2 "$sd3" "none --cuda-graphs" none "cfg --cuda-graphs" "hybrid --tau1 40 --tau2 45 --cuda-graphs" \
-    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --pipeline-warmup 5 --cuda-graphs"
+    "hybrid --cuda-graphs" "asyncdiff --model_n 2 --warmup 5 --cuda-graphs"
 fi
 if [[ " $counts " == *" 4 "* ]] && [ "$gpus" -ge 4 ]; then
   bench 4 "$sdxl" "none --cuda-graphs" "cfg --workers 4 --cuda-graphs" "hybrid --workers 4 --tau1 13 --tau2 17 --cuda-graphs" \
     "hybrid --workers 4 --cuda-graphs" "hybrid --workers 4 --branch-stages 1 --tau1 13 --tau2 17 --cuda-graphs" \
-    "asyncdiff --model_n 3 --stride 2 --pipeline-warmup 5 --cuda-graphs" \
-    "asyncdiff --model_n 4 --pipeline-warmup 5 --cuda-graphs"
+    "asyncdiff --model_n 3 --stride 2 --warmup 5 --cuda-graphs" \
+    "asyncdiff --model_n 4 --warmup 5 --cuda-graphs"
   bench 4 "$sd3" "none --cuda-graphs" "cfg --workers 4 --cuda-graphs" "hybrid --workers 4 --tau1 40 --tau2 45 --cuda-graphs" \
-    "hybrid --workers 4 --cuda-graphs" "asyncdiff --model_n 3 --stride 2 --pipeline-warmup 5 --cuda-graphs" \
-    "asyncdiff --model_n 4 --pipeline-warmup 5 --cuda-graphs"
+    "hybrid --workers 4 --cuda-graphs" "asyncdiff --model_n 3 --stride 2 --warmup 5 --cuda-graphs" \
+    "asyncdiff --model_n 4 --warmup 5 --cuda-graphs"
 fi

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Writes a full-size diffusers folder with random weights: SDXL-base or SD3-medium, every component.
 
-End-to-end timings (text encoders, denoiser, VAE) need a whole pipeline folder; the public checkpoints cannot be
-downloaded on the GPU machine, and speed does not depend on the weights' values. The components are built by
-diffusers and transformers from the configs in ../shared/fixtures/configs (torch's default initialisation, seed 0)
-and saved in fp16 safetensors with `save_pretrained`, so hybridiff, diffusers and the reference implementation
-load the same folder:
+End-to-end timings (text encoders, denoiser, VAE) need a whole pipeline folder; speed does not depend on the
+weights' values, so no public checkpoint has to be downloaded. The components are built by diffusers and
+transformers from the full-size configs of the fixtures folder beside the checkout (../shared/fixtures/configs;
+torch's default initialisation, seed 0) and saved in fp16 safetensors with `save_pretrained`, so hybridiff,
+diffusers and the reference implementation load the same folder:
 
     python3 bench/random_model.py --family sdxl --configs ../shared/fixtures/configs \\
         --tokenizers ../shared/fixtures/tiny-sdxl --out /tmp/sdxl-random [--device cuda]

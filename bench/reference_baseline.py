@@ -10,12 +10,12 @@ examples/run_{sdxl,sd3}_hybridiff.py do: same tau defaults, seeds, guidance, res
 (warm-up images with warm_up 15 for SDXL and 1 for SD3, timed ones with 1). Rank 0 prints one JSON object on stdout;
 everything else (the reference prints every step) goes to stderr.
 
-On the GPU machine, with the reference's pinned packages (.deps/refwheels: diffusers 0.29.2, transformers 4.42.4,
-...; torch, numpy and Pillow are the machine's) and the reference source (.deps/refwheels/hybridiff-src):
+With the reference's pinned packages (diffusers 0.29.2, transformers 4.42.4, ...; torch, numpy and Pillow are the
+environment's) installed in a folder of their own, and a checkout of the reference source:
 
-    pip install -q --no-index --no-deps --target /tmp/refdeps .deps/refwheels/*.whl
+    pip install -q --no-deps --target /tmp/refdeps diffusers==0.29.2 transformers==4.42.4 ...
     export PYTHONPATH=/tmp/refdeps
-    torchrun --nproc_per_node 2 bench/reference_baseline.py --reference .deps/refwheels/hybridiff-src \\
+    torchrun --nproc_per_node 2 bench/reference_baseline.py --reference path/to/reference-checkout \\
         --model /tmp/sdxl-random --model_n 2 --stride 1 --steps 50 --size 1024
     python3 bench/reference_baseline.py --single --model /tmp/sdxl-random     # 1 GPU, diffusers 0.29.2, CFG batch 2
 
@@ -27,8 +27,8 @@ What the driver does around the reference (its files are not modified):
 - Model split: HybridDiff picks the split by pipeline.config._name_or_path (pipe_config.py:1-445: Hub ids only),
   and from_pretrained stores the local folder there; the driver registers the Hub id of the family
   (stabilityai/stable-diffusion-xl-base-1.0, stabilityai/stable-diffusion-3-medium-diffusers) before wrapping.
-- numpy: transformers 4.42.4 refuses numpy >= 2 when imported (its dependency check); the GPU machine has numpy 2
-  and a numpy 1.26 wheel is 18 MB, so the driver reports numpy as 1.26.4 to that check only (--strict-numpy: off).
+- numpy: transformers 4.42.4 refuses numpy >= 2 when imported (its dependency check); with numpy 2 installed
+  (a numpy 1.26 wheel is 18 MB more), the driver reports numpy as 1.26.4 to that check only (--strict-numpy: off).
 - Null components of model_index.json (SD3 without T5) are passed as None: the reference's SD3 class lists no
   optional components (pipeline_stable_diffusion_3.py:167).
 - The pipelines' __call__ returns None when return_dict=True (pipeline_stable_diffusion_xl.py:1486-1490,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch alone at SD3-medium's 1024² shapes: what each SDPA backend and FP8 GEMMs would give (the README's
-"SD3-medium at batch 2 and its 30 ms target").
+"""PyTorch alone at SD3-medium's 1024² shapes: what each SDPA backend and FP8 GEMMs would give (docs/benchmarks.md,
+"Where the time goes": SD3-medium's batch-2 step is bound by its GEMMs and attention).
 
 Times, on the current CUDA device, scaled_dot_product_attention on [B, 24, 4429, 64] fp16 (4096 image + 333 context
 tokens) with the default, cuDNN, flash and memory-efficient backends (head-split views and contiguous tensors), and

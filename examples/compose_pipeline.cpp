@@ -7,8 +7,6 @@
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
-#include "models/errors.hpp"
-#include "models/image_io.hpp"
 
 int main(int argc, char** argv) {
   if (argc != 4) {

@@ -15,12 +15,12 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "models/class_conditional_pipeline.hpp"
+#include "models/pipelines/class_conditional_pipeline.hpp"
 #include "models/errors.hpp"
-#include "models/fashion_mnist.hpp"
-#include "models/image_io.hpp"
-#include "models/safetensors.hpp"
-#include "models/sampler.hpp"
+#include "models/eval/fashion_mnist.hpp"
+#include "models/io/image_io.hpp"
+#include "models/io/safetensors.hpp"
+#include "models/pipelines/sampler.hpp"
 #include "schedule/tau_controller.hpp"
 
 namespace po = boost::program_options;

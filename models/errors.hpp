@@ -12,4 +12,12 @@ class error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Options that contradict each other or the request (a schedule that cannot run, a name that means nothing):
+/// the caller asked for something impossible, nothing was loaded or run. The command line reports it as a usage
+/// error (exit code 2).
+class invalid_options : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace hybridiff

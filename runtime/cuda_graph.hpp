@@ -1,6 +1,6 @@
 #pragma once
 // CUDA graphs for a denoiser's full forward pass and for a worker's stale-activation steps: one launch per step
-// instead of thousands (SDXL's UNet is launch-bound at batch 1: 33.6 ms alone, ~55 ms with two worker threads
+// instead of thousands (SDXL's UNet at batch 1 is bound by kernel launches, the more so with several worker threads
 // launching at once).
 
 #include <functional>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "models/pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
 
 namespace hybridiff::runtime {
 

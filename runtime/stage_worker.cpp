@@ -127,4 +127,10 @@ activation_cache stage_worker::owned_outputs(split_scope scope) const {
   return outputs;
 }
 
+schedule::asyncdiff_plan split_plan(const models::diffusion_pipeline& pipeline, int n, int stride) {
+  const auto family = pipeline.family() == models::denoiser_family::transformer ? schedule::denoiser_family::sd3_transformer
+                                                                                 : schedule::denoiser_family::sdxl_unet;
+  return schedule::make_plan(family, n, stride, static_cast<int>(pipeline.transformer_blocks()));
+}
+
 }  // namespace hybridiff::runtime

@@ -7,8 +7,9 @@
 #include <set>
 #include <string>
 
-#include "models/pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
 #include "runtime/cuda_graph.hpp"
+#include "schedule/asyncdiff_plan.hpp"
 
 namespace hybridiff::runtime {
 
@@ -80,5 +81,9 @@ class stage_worker {
   std::unique_ptr<graphed_denoiser> graphed_;
   std::unique_ptr<graphed_stage> graphed_stages_;
 };
+
+/// The AsyncDiff split of `pipeline`'s denoiser into `n` components at `stride` (schedule::make_plan for its family
+/// and, for a transformer, its block count).
+schedule::asyncdiff_plan split_plan(const models::diffusion_pipeline& pipeline, int n, int stride);
 
 }  // namespace hybridiff::runtime

@@ -1,6 +1,7 @@
 #pragma once
 // AsyncDiff model parallelism: how a denoiser splits into n components, which worker runs which, and what each
-// consumes. Ref: ../shared/reference/hybridiff-reference.md §5.
+// consumes. Ref: the AsyncDiff paper (Chen et al., 2024) §3 and the Hybridiff reference scripts' split tables
+// (docs/schedules.md).
 
 #include <cstdint>
 #include <string>

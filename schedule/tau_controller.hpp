@@ -1,7 +1,7 @@
 #pragma once
 // The Hybridiff phase schedule: which phase every denoising step runs in, decided online from the divergence of
 // the two guidance branches. Pure logic (standard library only), shared by the runtime's tau-controller actor and
-// the what-if simulator. Ref: ../shared/reference/hybridiff-reference.md §4 and §6.
+// the what-if simulator. Ref: the Hybridiff reference scripts' schedule (docs/schedules.md).
 
 #include <cstdint>
 #include <optional>

@@ -2,11 +2,11 @@
 # Builds the libFuzzer targets of tests/fuzz with clang (ASan + UBSan) into build-fuzz/ and runs each one on a
 # working copy of its seed corpus (tests/fuzz/corpus/<target>, plus what earlier runs found).
 #   scripts/fuzz.sh                 smoke run: 20,000 runs per target from a fixed seed (what CI runs)
-#   scripts/fuzz.sh -runs=1000000   each target for a million executions (the issue's bar)
+#   scripts/fuzz.sh -runs=1000000   each target for a million executions (the long run, before a release)
 #   scripts/fuzz.sh -max_total_time=600 ...   any libFuzzer flags
 #   FUZZ_TARGETS="config model_index" scripts/fuzz.sh ...   some of the targets
-# A finding (crash, sanitizer report, an exception other than hybridiff::error, a leak) stops with a non-zero
-# exit; the reproducer lands in build-fuzz/artifacts/.
+# A finding (crash, sanitizer report, an exception other than hybridiff::error) stops with a non-zero exit; the
+# reproducer lands in build-fuzz/artifacts/. Leak checking is off (see below). Results: docs/hardening.md.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${FUZZ_BUILD_DIR:-$root/build-fuzz}

@@ -3,7 +3,7 @@
 #   scripts/sanitize.sh address   ASan + UBSan, the whole suite except the gpu label (build-asan/)
 #   scripts/sanitize.sh thread    TSan, the actor/runtime tests and the CLI's parallel modes (build-tsan/)
 #   CAF_PREFIX=DIR scripts/sanitize.sh thread   ... against a CAF 0.17.6 built with -fsanitize=thread and
-#                                                installed in DIR (libcaf_core only; see README "Hardening")
+#                                                installed in DIR (libcaf_core only; see docs/hardening.md)
 # Exits non-zero on any report. The libraries from Debian and the torch wheel are not instrumented: ASan still
 # checks every access made by our code. TSan cannot see the synchronisation inside an uninstrumented CAF (its
 # mailboxes and work-stealing queues use atomics), so against Debian's CAF every message hand-over is reported as

@@ -6,7 +6,7 @@
 
 namespace hybridiff::test {
 
-// The lpips package's keys for net='alex' (see README): the trunk's convs at torchvision's indices in
+// The lpips package's keys for net='alex' (see docs/models.md): the trunk's convs at torchvision's indices in
 // alexnet().features and the 1×1 linear layers.
 named_tensors random_lpips_weights() {
   torch::manual_seed(11);

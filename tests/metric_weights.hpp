@@ -1,5 +1,5 @@
 #pragma once
-// Random weights under the key names README documents for `hybridiff metrics`' networks (the Python packages'
+// Random weights under the key names docs/models.md documents for `hybridiff metrics`' networks (the Python packages'
 // names), for tests that write them to a safetensors file and load it by path as a user would.
 
 #include <string>

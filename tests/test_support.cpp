@@ -79,8 +79,8 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 
 #include <nlohmann/json.hpp>
 
-#include "models/random_pipeline.hpp"
-#include "models/safetensors.hpp"
+#include "models/pipelines/random_pipeline.hpp"
+#include "models/io/safetensors.hpp"
 
 namespace hybridiff::test {
 

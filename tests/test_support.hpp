@@ -38,7 +38,7 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 
 #include <ATen/core/Tensor.h>
 
-#include "models/pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
 
 namespace hybridiff::test {
 

@@ -91,4 +91,8 @@ void use_cudnn_benchmark(bool on, const c10::Device& device) {
   at::globalContext().setBenchmarkCuDNN(true);
 }
 
+void check_cuda_graphs(bool on, const c10::Device& device) {
+  if (on && !device.is_cuda()) throw usage_error("--cuda-graphs needs a CUDA --device, not " + device.str());
+}
+
 }  // namespace hybridiff::cli

@@ -23,7 +23,7 @@ struct command_line {
 
 /// Parses `args` (the words after the subcommand) against `line`. Values given on the command line win over
 /// those in the `--config` INI file (keys are the long option names, e.g. `steps = 20`). Prints help and returns
-/// nullopt for --help; throws `hybridiff::error` (exit code 2 in main) for a bad command line; sets the log level.
+/// nullopt for --help; throws `usage_error` (exit code 2 in main) for a bad command line; sets the log level.
 std::optional<po::variables_map> parse(command_line& line, const std::vector<std::string>& args);
 
 /// Thrown for a malformed command line: main prints it with the usage hint and exits 2.
@@ -40,6 +40,8 @@ at::ScalarType parse_dtype(const std::string& text);
 /// --cudnn-benchmark: cuDNN times its convolution algorithms for each input shape at the first call and keeps the
 /// fastest (ATen's benchmark mode, process-wide). A usage error on a device other than CUDA.
 void use_cudnn_benchmark(bool on, const c10::Device& device);
+/// --cuda-graphs: a usage error on a device other than CUDA.
+void check_cuda_graphs(bool on, const c10::Device& device);
 inline constexpr const char* cudnn_benchmark_help =
     "cuDNN benchmark mode: time the convolution algorithms of each input shape at its first call and keep the "
     "fastest (that call is slower); CUDA only";

@@ -9,9 +9,9 @@
 #include <torch/torch.h>
 
 #include "generation_setup.hpp"
-#include "models/config.hpp"
+#include "models/io/config.hpp"
 #include "models/errors.hpp"
-#include "models/image_io.hpp"
+#include "models/io/image_io.hpp"
 #include "progress.hpp"
 
 namespace hybridiff::cli {

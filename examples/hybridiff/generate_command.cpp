@@ -4,10 +4,10 @@
 #include <torch/torch.h>
 
 #include "generation_setup.hpp"
-#include "models/class_conditional_pipeline.hpp"
+#include "models/pipelines/class_conditional_pipeline.hpp"
 #include "models/errors.hpp"
-#include "models/image_io.hpp"
-#include "models/safetensors.hpp"
+#include "models/io/image_io.hpp"
+#include "models/io/safetensors.hpp"
 #include "progress.hpp"
 #include "schedule_plot.hpp"
 

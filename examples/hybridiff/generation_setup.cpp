@@ -7,10 +7,9 @@
 #include <torch/torch.h>
 
 #include "actors/cluster.hpp"
-#include "models/builtin.hpp"
-#include "models/class_conditional_pipeline.hpp"
+#include "models/io/builtin.hpp"
 #include "models/errors.hpp"
-#include "models/safetensors.hpp"
+#include "models/io/safetensors.hpp"
 #include "processes.hpp"
 
 namespace hybridiff::cli {
@@ -42,7 +41,16 @@ std::vector<po::options_description> generation_options() {
       ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), "fp32, fp16 or bf16")
       ("progress", po::value<std::string>()->default_value("auto")->value_name("WHEN"),
        "progress bar on stderr: auto (when stderr is a terminal), always or never");
-  po::options_description parallel("Parallel schedule (workers in this process, or one per process under launch; see README 'Schedules')");
+  // clang-format on
+  auto parallel = schedule_options();
+  parallel.add_options()("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help);
+  parallel.add(process_options());
+  return {model, parallel};
+}
+
+po::options_description schedule_options() {
+  // clang-format off
+  po::options_description parallel("Parallel schedule (workers in this process, or one per process under launch; see docs/schedules.md)");
   parallel.add_options()
       ("parallel", po::value<std::string>()->value_name("MODE"),
        "none (1 worker, CFG batched), cfg (the guidance branches on separate workers), asyncdiff (AsyncDiff model "
@@ -68,7 +76,6 @@ std::vector<po::options_description> generation_options() {
       ("cuda-graphs", po::bool_switch(),
        "replay every full forward pass (CFG branches, batched steps) and every stale-activation step (pipeline "
        "steps) from a CUDA graph captured at its first use; needs a CUDA device (fill steps stay eager)")
-      ("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)
       ("L_slope", po::value<int>()->value_name("L"), "hybrid: slope window (SDXL 12, SD3 15, built-in 8)")
       ("eps_slope", po::value<double>()->value_name("E"), "hybrid: slope threshold (SDXL 4e-4, SD3 5e-4, built-in 4e-4)")
       ("k", po::value<int>()->value_name("K"), "hybrid: window length after detection (5)")
@@ -79,8 +86,52 @@ std::vector<po::options_description> generation_options() {
        "hybrid window: fixed (reference semantics, bugs repaired), reference (as the reference code), cond "
        "(every stage on the prompt)");
   // clang-format on
-  parallel.add(process_options());
-  return {model, parallel};
+  return parallel;
+}
+
+parallel_options parallel_options_from(const po::variables_map& values, const std::string& mode,
+                                       std::optional<int> world, const c10::Device& device) {
+  parallel_options parallel;
+  try {
+    parallel.mode = parse_parallel_mode(mode);
+    parallel.conditioning = parse_pp_conditioning(values["pp-conditioning"].as<std::string>());
+  } catch (const invalid_options& bad) {
+    throw usage_error(bad.what());
+  }
+  parallel.stride = values["stride"].as<int>();
+  parallel.warmup = values["warmup"].as<int>();
+  parallel.time_shift = values["time_shift"].as<bool>();
+  parallel.cuda_graphs = values["cuda-graphs"].as<bool>();
+  check_cuda_graphs(parallel.cuda_graphs, device);
+  auto optional_int = [&](const char* name) {
+    return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
+  };
+  apply_worker_defaults(parallel, world ? world : optional_int("workers"), optional_int("model_n"),
+                        optional_int("branch-stages"));
+  parallel.tau1 = optional_int("tau1");
+  parallel.tau2 = optional_int("tau2");
+  return parallel;
+}
+
+schedule::tau_settings tau_settings_from(const po::variables_map& values, const models::diffusion_pipeline& pipeline) {
+  auto tau = default_tau_settings(pipeline);
+  if (values.count("L_slope")) tau.L_slope = values["L_slope"].as<int>();
+  if (values.count("eps_slope")) tau.eps_slope = values["eps_slope"].as<double>();
+  if (values.count("k")) tau.k = values["k"].as<int>();
+  if (values.count("tau_cap")) tau.tau_cap = values["tau_cap"].as<int>();
+  return tau;
+}
+
+replica_pool::replica_pool(loader load) : load_(std::move(load)) {}
+
+std::vector<std::shared_ptr<models::diffusion_pipeline>> replica_pool::on(const std::vector<c10::Device>& devices) {
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+  for (const auto& device : devices) {
+    auto& replica = by_device_[device.str()];
+    if (!replica) replica = load_(device);
+    replicas.push_back(replica);
+  }
+  return replicas;
 }
 
 generation_setup settle_generation(const po::variables_map& values) {
@@ -135,28 +186,11 @@ generation_setup settle_generation(const po::variables_map& values) {
 
   setup.placement.device = parse_device(values["device"].as<std::string>());
   setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
-  auto& parallel = setup.parallel;
-  try {
-    parallel.mode = parse_parallel_mode(mode);
-    parallel.conditioning = parse_pp_conditioning(values["pp-conditioning"].as<std::string>());
-  } catch (const std::invalid_argument& bad) {
-    throw usage_error(bad.what());
-  }
-  parallel.stride = values["stride"].as<int>();
-  parallel.warmup = values["warmup"].as<int>();
-  parallel.time_shift = values["time_shift"].as<bool>();
-  parallel.cuda_graphs = values["cuda-graphs"].as<bool>();
-  if (parallel.cuda_graphs && !setup.placement.device.is_cuda())
-    throw usage_error("--cuda-graphs needs a CUDA --device, not " + setup.placement.device.str());
   use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);
-  auto optional_int = [&](const char* name) {
-    return values.count(name) ? std::optional<int>(values[name].as<int>()) : std::nullopt;
-  };
-  apply_worker_defaults(parallel, setup.distributed ? std::optional<int>(process.world_size) : optional_int("workers"),
-                        optional_int("model_n"), optional_int("branch-stages"));
+  auto& parallel = setup.parallel;
+  parallel = parallel_options_from(values, mode, setup.distributed ? std::optional<int>(process.world_size) : std::nullopt,
+                                   setup.placement.device);
   setup.cluster = cluster_options_from(values, setup.placement.device, parallel.step_timeout);
-  if (values.count("tau1")) parallel.tau1 = values["tau1"].as<int>();
-  if (values.count("tau2")) parallel.tau2 = values["tau2"].as<int>();
   // One device per worker of this process; workers on the same device share a replica.
   setup.devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
                                     setup.distributed ? 1 : parallel.workers, setup.placement.device);
@@ -173,34 +207,21 @@ std::string describe_run(const generation_setup& setup, const models::generation
 }
 
 double run_generation(generation_setup& setup, const models::generation_request& probe, const session_body& body) {
-  const auto& values = setup.values;
   const auto& process = setup.process;
   const auto started = std::chrono::steady_clock::now();
-  std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device;
-  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
-  for (const auto& device : setup.devices) {
-    auto& replica = by_device[device.str()];
-    // A worker rank needs the denoiser only: rank 0 encodes the prompt and decodes the image.
-    const auto parts = setup.distributed && process.rank != 0 ? models::pipeline_parts::denoiser : models::pipeline_parts::everything;
-    if (!replica) replica = models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, ""}, parts);
-    replicas.push_back(replica);
-  }
+  // A worker rank needs the denoiser only: rank 0 encodes the prompt and decodes the image.
+  const auto parts = setup.distributed && process.rank != 0 ? models::pipeline_parts::denoiser : models::pipeline_parts::everything;
+  replica_pool pool([&](const c10::Device& device) {
+    return models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, ""}, parts);
+  });
+  const auto replicas = pool.on(setup.devices);
   auto& pipeline = *replicas.front();  // worker 0's replica encodes the prompt and decodes the image
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  // The detector's defaults: the folder's own (the built-in model), else the reference scripts' for the family.
-  auto& tau = setup.parallel.tau;
-  tau = pipeline.transformer_blocks() > 0 ? schedule::tau_settings::sd3() : schedule::tau_settings::sdxl();
-  if (const auto* own = dynamic_cast<const models::class_conditional_pipeline*>(&pipeline); own && own->recommended_tau())
-    tau = {own->recommended_tau()->L_slope, own->recommended_tau()->eps_slope, own->recommended_tau()->k,
-           own->recommended_tau()->tau_cap};
-  if (values.count("L_slope")) tau.L_slope = values["L_slope"].as<int>();
-  if (values.count("eps_slope")) tau.eps_slope = values["eps_slope"].as<double>();
-  if (values.count("k")) tau.k = values["k"].as<int>();
-  if (values.count("tau_cap")) tau.tau_cap = values["tau_cap"].as<int>();
+  setup.parallel.tau = tau_settings_from(setup.values, pipeline);
   const auto settled = pipeline.plan(probe);  // steps and size after the model's defaults
   try {
     validate(setup.parallel, static_cast<int>(settled.steps));
-  } catch (const std::invalid_argument& bad) {
+  } catch (const invalid_options& bad) {
     throw usage_error(std::string(bad.what()) +
                       (setup.distributed ? " (WORLD_SIZE " + std::to_string(process.world_size) + ": one worker per process)" : ""));
   }

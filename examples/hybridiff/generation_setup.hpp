@@ -1,16 +1,20 @@
 #pragma once
-// What `generate` and `coco` share: the model, sampling, device and schedule options, and the run that loads the
-// replicas, starts the actors (and, under launch, the cluster) and hands a parallel session to the command.
+// The one path from command-line flags to a parallel session, shared by generate, coco and bench: the model,
+// sampling, device and schedule options, the replicas (one per device), the detector's defaults, and the run that
+// starts the actors (and, under launch, the cluster) and hands a parallel session to the command.
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "actors/cluster.hpp"
 #include "actors/hybridiff.hpp"
 #include "cli.hpp"
-#include "models/pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
 #include "runtime/bootstrap.hpp"
 
 namespace hybridiff::cli {
@@ -18,6 +22,34 @@ namespace hybridiff::cli {
 /// --model ... --dtype and the "Parallel schedule" group (with the process options). `--model` is optional: without
 /// it the built-in model runs (models/builtin/fashion-diffusion) and --parallel defaults to hybrid.
 std::vector<po::options_description> generation_options();
+
+/// The "Parallel schedule" flags: --parallel, --workers, --devices, --model_n, --stride, --branch-stages, --warmup,
+/// --time_shift, --cuda-graphs, the detector's --L_slope --eps_slope --k --tau_cap, --tau1 --tau2,
+/// --pp-conditioning. generate and coco take them on their command line, bench inside each --run.
+po::options_description schedule_options();
+
+/// parallel_options from the schedule flags, for mode `mode`: the worker defaults of the mode, or `world` workers
+/// (one per process of a multi-process run). The detector's settings stay at their defaults (they depend on the
+/// model: tau_settings_from). Usage errors for bad names and for --cuda-graphs on a device other than CUDA.
+parallel_options parallel_options_from(const po::variables_map& values, const std::string& mode,
+                                       std::optional<int> world, const c10::Device& device);
+
+/// The detector's settings for `pipeline` (default_tau_settings) with the flags --L_slope, --eps_slope, --k and
+/// --tau_cap applied.
+schedule::tau_settings tau_settings_from(const po::variables_map& values, const models::diffusion_pipeline& pipeline);
+
+/// Model replicas of this process, one per device, each loaded at its first use; workers on one device share it.
+class replica_pool {
+ public:
+  using loader = std::function<std::shared_ptr<models::diffusion_pipeline>(const c10::Device& device)>;
+  explicit replica_pool(loader load);
+  /// One replica per entry of `devices` (the same pointer for the same device).
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> on(const std::vector<c10::Device>& devices);
+
+ private:
+  loader load_;
+  std::map<std::string, std::shared_ptr<models::diffusion_pipeline>> by_device_;
+};
 
 /// The settled options of a run, before anything is loaded.
 struct generation_setup {

@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "cli.hpp"
-#include "models/inventory.hpp"
+#include "models/io/inventory.hpp"
 
 namespace hybridiff::cli {
 

@@ -15,12 +15,12 @@
 #include <torch/torch.h>
 
 #include "cli.hpp"
-#include "models/builtin.hpp"
-#include "models/class_conditional_pipeline.hpp"
+#include "models/io/builtin.hpp"
+#include "models/pipelines/class_conditional_pipeline.hpp"
 #include "models/errors.hpp"
-#include "models/fashion_mnist.hpp"
-#include "models/image_io.hpp"
-#include "models/image_metrics.hpp"
+#include "models/eval/fashion_mnist.hpp"
+#include "models/io/image_io.hpp"
+#include "models/eval/image_metrics.hpp"
 
 namespace hybridiff::cli {
 namespace {
@@ -112,7 +112,7 @@ int run_metrics(const std::vector<std::string>& args) {
       "bag, ankle-boot): the built-in classifier's accuracy w.r.t. the requested class (overall and per class) and\n"
       "the feature FID (Frechet distance of the classifier's 256-d features to the Fashion-MNIST test set's).\n"
       "With --reference DIR (PNGs of the same file names): mean PSNR; LPIPS (alex, v0.1) with --lpips-weights;\n"
-      "FID of the two folders with pytorch-fid's InceptionV3 with --inception-weights. See README for the weight files.";
+      "FID of the two folders with pytorch-fid's InceptionV3 with --inception-weights. See docs/models.md for the weight files.";
   // clang-format off
   line.options.add_options()
       ("generated", po::value<std::string>()->required()->value_name("DIR"), "folder of generated .png images")

@@ -10,7 +10,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
-#include "models/image_io.hpp"
+#include "models/io/image_io.hpp"
 
 namespace hybridiff::cli {
 namespace {

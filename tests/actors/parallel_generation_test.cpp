@@ -8,6 +8,7 @@
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
+#include "runtime/stage_worker.hpp"
 #include "models/errors.hpp"
 #include "schedule/asyncdiff_plan.hpp"
 #include "test_support.hpp"
@@ -218,10 +219,7 @@ at::Tensor split_branches_by_hand(models::diffusion_pipeline& pipeline, const mo
                                   int warmup) {
   torch::NoGradGuard no_grad;
   auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
-  const auto blocks = pipeline.transformer_blocks();
-  const auto split = schedule::make_plan(blocks > 0 ? schedule::denoiser_family::sd3_transformer
-                                                    : schedule::denoiser_family::sdxl_unet,
-                                         2, 1, static_cast<int>(blocks));
+  const auto split = runtime::split_plan(pipeline, 2, 1);
   const models::branch_conditioning* branch[2] = {&cond.negative, &cond.positive};
   module_map previous[2];  // per branch
   for (int i = 0; i < plan.steps; ++i) {
@@ -415,6 +413,7 @@ class failing_pipeline : public models::diffusion_pipeline {
     }
     return inner_->predict(x, t, c, runner);
   }
+  models::denoiser_family family() const override { return inner_->family(); }
   std::int64_t transformer_blocks() const override { return inner_->transformer_blocks(); }
   std::unique_ptr<models::sampler> make_sampler(const std::string& n) const override { return inner_->make_sampler(n); }
   at::Tensor decode(const at::Tensor& l) override { return inner_->decode(l); }

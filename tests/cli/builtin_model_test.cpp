@@ -14,9 +14,9 @@
 #include <torch/torch.h>
 
 #include "cli/run_binary.hpp"
-#include "models/class_conditional_pipeline.hpp"
-#include "models/fashion_mnist.hpp"
-#include "models/image_io.hpp"
+#include "models/pipelines/class_conditional_pipeline.hpp"
+#include "models/eval/fashion_mnist.hpp"
+#include "models/io/image_io.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff {
@@ -110,7 +110,7 @@ TEST(BuiltinModel, GridWritesOneRowPerClass) {
 }
 
 // 50 images, 5 per class, with the default hybrid schedule and guidance: at least 80 % must be classified as the
-// class they were asked for (measured: see README "Built-in model").
+// class they were asked for (measured: see docs/models.md, "Built-in model").
 TEST(BuiltinModel, FiftyGeneratedImagesAreMostlyTheRequestedClass) {
   test::temp_dir dir;
   {

@@ -10,8 +10,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/image_io.hpp"
-#include "models/safetensors.hpp"
+#include "models/io/image_io.hpp"
+#include "models/io/safetensors.hpp"
 #include "cli/run_binary.hpp"
 #include "test_support.hpp"
 

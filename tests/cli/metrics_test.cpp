@@ -9,10 +9,10 @@
 #include <torch/torch.h>
 
 #include "cli/run_binary.hpp"
-#include "models/fashion_mnist.hpp"
-#include "models/image_io.hpp"
-#include "models/image_metrics.hpp"
-#include "models/safetensors.hpp"
+#include "models/eval/fashion_mnist.hpp"
+#include "models/io/image_io.hpp"
+#include "models/eval/image_metrics.hpp"
+#include "models/io/safetensors.hpp"
 #include "metric_weights.hpp"
 #include "test_support.hpp"
 

@@ -10,7 +10,7 @@
 #include <torch/torch.h>
 
 #include "cli/run_binary.hpp"
-#include "models/image_io.hpp"
+#include "models/io/image_io.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff {

@@ -1,4 +1,4 @@
-// The schedule plot (examples/hybridiff/schedule_plot.cpp, compiled into this test): the PNG is read back and its
+// The schedule plot (examples/hybridiff/schedule_plot.cpp, in the CLI library): the PNG is read back and its
 // pixels checked where the layout constants say the mode strip, the window and the curves are.
 // HYBRIDIFF_PLOT_DIR=DIR keeps a copy of every plot drawn here, to look at.
 #include <cmath>
@@ -10,7 +10,7 @@
 
 #include "examples/hybridiff/schedule_plot.hpp"
 #include "models/errors.hpp"
-#include "models/image_io.hpp"
+#include "models/io/image_io.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff {

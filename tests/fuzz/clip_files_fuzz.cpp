@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "models/clip_tokenizer.hpp"
+#include "models/text/clip_tokenizer.hpp"
 #include "models/errors.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <string>
 
-#include "models/clip_tokenizer.hpp"
+#include "models/text/clip_tokenizer.hpp"
 #include "models/errors.hpp"
 
 namespace {

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "models/errors.hpp"
-#include "models/model_folder.hpp"
+#include "models/io/model_folder.hpp"
 
 namespace {
 

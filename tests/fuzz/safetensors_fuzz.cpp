@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "models/errors.hpp"
-#include "models/safetensors.hpp"
+#include "models/io/safetensors.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {

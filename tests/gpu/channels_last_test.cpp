@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/nn.hpp"
-#include "models/unet.hpp"
-#include "models/vae.hpp"
+#include "models/nn/nn.hpp"
+#include "models/networks/unet.hpp"
+#include "models/networks/vae.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff::models {

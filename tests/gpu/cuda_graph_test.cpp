@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
 #include "runtime/cuda_graph.hpp"
 #include "test_support.hpp"
 

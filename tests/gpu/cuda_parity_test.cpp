@@ -3,10 +3,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/nn.hpp"
-#include "models/pipeline.hpp"
-#include "models/sd3_transformer.hpp"
-#include "models/unet.hpp"
+#include "models/nn/nn.hpp"
+#include "models/pipelines/pipeline.hpp"
+#include "models/networks/sd3_transformer.hpp"
+#include "models/networks/unet.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff::models {

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/nn.hpp"
+#include "models/nn/nn.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff::models {

@@ -37,9 +37,7 @@ class StageWorker : public ::testing::TestWithParam<std::string> {};
 TEST_P(StageWorker, ComputesTheSameFromItsInputsAloneAndHandsOnOnlyWhatOthersRead) {
   torch::NoGradGuard no_grad;
   std::shared_ptr<models::diffusion_pipeline> pipeline = models::load_pipeline(test::fixtures_dir() / GetParam(), {});
-  const bool sd3 = pipeline->transformer_blocks() > 0;
-  const auto split = schedule::make_plan(sd3 ? schedule::denoiser_family::sd3_transformer : schedule::denoiser_family::sdxl_unet,
-                                         2, 1, static_cast<int>(pipeline->transformer_blocks()));
+  const auto split = runtime::split_plan(*pipeline, 2, 1);
   models::generation_request request;
   request.prompt = "a red fox";
   request.height = request.width = 32;

@@ -1,4 +1,4 @@
-// AsyncDiff split tables against the reference (../shared/reference/hybridiff-reference.md §5.1, §5.3).
+// AsyncDiff split tables against the reference (the reference scripts' SDXL split tables and SD3 block groups).
 #include "schedule/asyncdiff_plan.hpp"
 
 #include <gtest/gtest.h>

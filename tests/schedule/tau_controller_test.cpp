@@ -1,4 +1,4 @@
-// The phase schedule against the reference's tables (../shared/reference/hybridiff-reference.md §4.2, §6).
+// The phase schedule against the reference's tables (the reference scripts' phase timing).
 #include "schedule/tau_controller.hpp"
 
 #include <gtest/gtest.h>

@@ -1,0 +1,410 @@
+// The driver of one parallel image (a blocking actor on the caller's thread): the step loop.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#ifdef HYBRIDIFF_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "actors/messages.hpp"
+#include "actors/parallel_driver.hpp"
+#include "actors/tau_controller.hpp"
+#include "models/errors.hpp"
+
+namespace hybridiff::actors {
+namespace {
+
+// A worker's actor is gone (not merely a failed request).
+struct worker_lost {
+  int worker;
+};
+
+// Ends an actor however its owner leaves.
+template <class Handle>
+struct exit_on_scope_end {
+  Handle actor;
+  exit_on_scope_end() = default;
+  exit_on_scope_end(const exit_on_scope_end&) = delete;
+  exit_on_scope_end& operator=(const exit_on_scope_end&) = delete;
+  ~exit_on_scope_end() {
+    if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  }
+};
+
+// Waits for this thread's pending work on the device of `tensor`: tensors handed to workers must be complete, as
+// workers compute on CUDA streams of their own (actors/worker.cpp).
+void finish_pending_work(const at::Tensor& tensor) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (tensor.defined() && tensor.is_cuda()) c10::cuda::getCurrentCUDAStream(tensor.device().index()).synchronize();
+#else
+  (void)tensor;
+#endif
+}
+
+// One read-back per step (both means at once): the driver needs the value before it can plan the next step.
+double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
+  auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
+  return schedule::relative_mae(means[0].item<double>(), means[1].item<double>());
+}
+
+// One request of a step, to one worker.
+struct targeted {
+  int worker;
+  std::shared_ptr<step_request> work;
+};
+
+// The driver of one parallel image: owns latents, sampler and conditioning, runs the step loop and asks the
+// workers for what the tau controller's current phase needs. Workers w < W/2 hold the unconditional branch (cfg,
+// hybrid); asyncdiff batches both branches in every worker.
+class parallel_driver {
+ public:
+  parallel_driver(session_state& session, const models::generation_request& request,
+                  const models::generation_plan& plan)
+      : session_(session),
+        system_(session.system),
+        self_(session.self),
+        options_(session.options),
+        plan_(plan),
+        world_(options_.workers),
+        asyncdiff_(options_.mode == parallel_mode::asyncdiff) {
+    auto& lead = *session.replicas.front();
+    const auto conditioning = lead.encode_prompt(request, plan);
+    const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
+    both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
+    // Every worker starts the image as a CFG branch with empty caches and this image's conditioning.
+    // asyncdiff: both branches stacked on every worker; cfg and hybrid: workers w < W/2 the unconditional branch.
+    const auto window = options_.conditioning == pp_conditioning::cond && !asyncdiff_ ? conditioning.positive
+                                                                                      : models::branch_conditioning{};
+    auto setup_of = [&](const models::branch_conditioning& branch) {
+      return std::make_shared<const image_setup>(image_setup{branch, window});
+    };
+    const image_setup_ptr both = setup_of(stacked), uncond = setup_of(conditioning.negative),
+                          cond = setup_of(conditioning.positive);
+    finish_pending_work(stacked.context);
+    for (int w = 0; w < world_; ++w)
+      self_
+          ->request(session.worker(w), options_.step_timeout, prepare_atom::value,
+                    asyncdiff_       ? both
+                    : w < world_ / 2 ? uncond
+                                     : cond)
+          .receive([](bool) {},
+                   [&](caf::error& problem) {
+                     throw error("worker " + std::to_string(w) + ": " + describe_error(system_, problem));
+                   });
+    controller_.actor =
+        spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
+
+    sampler_ = lead.make_sampler(request.sampler);
+    sampler_->set_timesteps(plan.steps);
+    latents_ = models::initial_latents(request, lead.latent_shape(plan.height, plan.width),
+                                       sampler_->init_noise_sigma(), lead.placement());
+    timesteps_ = sampler_->timesteps().to(latents_.device());  // once: a copy per step would synchronise the host
+  }
+
+  parallel_result run(const models::step_observer& observe) {
+    parallel_result result;
+    std::int32_t phase_number = 0;
+    self_->request(controller_.actor, options_.step_timeout, phase_atom::value, std::int32_t{0})
+        .receive([&](std::int32_t p) { phase_number = p; },
+                 [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
+    for (std::int64_t i = 0; i < plan_.steps; ++i) {
+      step_trace row;
+      row.step = static_cast<int>(i);
+      row.worker_ms.assign(world_, 0.0);
+      at::Tensor prediction;
+      try {
+        if (survivor_) {
+          row.mode = "cfg-degraded";
+          prediction = degraded_step(i, row);
+        } else {
+          const auto phase = static_cast<schedule::phase>(phase_number);
+          row.mode = schedule::to_string(phase);
+          switch (phase) {
+            case schedule::phase::cfg: prediction = cfg_step(i, row); break;
+            case schedule::phase::fill: prediction = fill_step(i, row); break;
+            case schedule::phase::pipeline: prediction = pipeline_step(i, row); break;
+          }
+        }
+      } catch (const worker_lost& gone) {
+        take_over(i, gone.worker);
+        --i;  // redo this step degraded
+        continue;
+      }
+      // The controller (asked unless a survivor finishes the image) decides while the sampler steps: its answer
+      // is needed only for the next step.
+      using decision_handle = decltype(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
+                                                      std::int32_t{}, double{}, bool{}));
+      std::optional<decision_handle> answer;
+      if (!survivor_)
+        answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
+                                      static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value()));
+      latents_ = sampler_->step(prediction, i, latents_);
+      spdlog::trace("step {}: sampler stepped", i);
+      if (answer) {
+        step_decision decision;
+        answer->receive(
+            [&](const step_decision& d) { decision = d; },
+            [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
+        phase_number = decision.next_phase;
+        if (!std::isnan(decision.slope)) row.slope = decision.slope;
+        if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
+        if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
+      }
+      spdlog::debug("step {} {} metric {}", i, row.mode, row.metric.value_or(-1));
+      result.trace.push_back(std::move(row));
+      if (observe) observe(i, plan_.steps, latents_);
+    }
+    result.latents = latents_;
+    return result;
+  }
+
+ private:
+  session_state& session_;
+  caf::actor_system& system_;
+  caf::scoped_actor& self_;
+  const parallel_options& options_;
+  const models::generation_plan& plan_;
+  const int world_;
+  const bool asyncdiff_;
+  exit_on_scope_end<tau_controller_actor> controller_;
+  std::shared_ptr<const models::branch_conditioning> both_branches_;
+  std::unique_ptr<models::sampler> sampler_;
+  at::Tensor latents_, timesteps_;
+
+  int cfg_run_ = 0;  // steps since the current run of CFG steps began (split branches warm up)
+  runtime::activation_cache branch_peers_[2];  // split branches: each branch's owned outputs of the last step
+  std::shared_ptr<runtime::activation_cache> window_peers_;  // the window's owned outputs of the last step
+  int window_begin_ = 0;                                     // the window's fill step
+  at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
+  std::optional<int> survivor_;
+
+  at::Tensor timestep(std::int64_t index) const {
+    index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
+    return timesteps_[index];
+  }
+  std::shared_ptr<step_request> work_for(std::int64_t i, bool batched) const {
+    auto work = std::make_shared<step_request>();
+    work->step = static_cast<std::int32_t>(i);
+    auto model_input = sampler_->scale_model_input(latents_, i);
+    work->latents = batched ? torch::cat({model_input, model_input}, 0) : model_input;
+    work->timestep = timestep(i);
+    return work;
+  }
+  at::Tensor output_of(const std::vector<step_reply_ptr>& replies, int worker) const {
+    return replies[worker]->prediction.to(latents_.device());
+  }
+  at::Tensor guided_batch(const at::Tensor& both) const {
+    auto halves = both.chunk(2, 0);
+    return models::guide(halves[0], halves[1], plan_.guidance);
+  }
+  at::Tensor guided(at::Tensor uncond, at::Tensor cond, step_trace& row) const {
+    row.metric = relative_mae_of(cond, uncond);
+    spdlog::trace("step {}: metric read", row.step);
+    return models::guide(uncond, cond, plan_.guidance);
+  }
+
+  // Whether a worker whose request failed has died (the supervisor waits a moment for the down message).
+  bool has_died(int w) {
+    bool lost = false;
+    self_->request(session_.supervisor, options_.step_timeout, lost_atom::value, static_cast<std::int32_t>(w))
+        .receive([&](bool gone) { lost = gone; }, [&](caf::error&) { lost = false; });
+    return lost;
+  }
+
+  // Sends each request to its worker at once, then collects the replies (the workers run in parallel) into `row`.
+  // A worker whose actor is gone is reported as `worker_lost`; any other failure as hybridiff::error.
+  template <class Atom>
+  std::vector<step_reply_ptr> ask(Atom atom, const std::vector<targeted>& requests, step_trace& row) {
+    std::vector<step_reply_ptr> replies(world_);
+    using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, step_request_ptr()));
+    std::vector<std::pair<int, handle_type>> pending;
+    finish_pending_work(latents_);
+    spdlog::trace("step {}: {} request(s) out", requests.front().work->step, requests.size());
+    // The highest workers first: they are the remote ones, whose requests take longest to reach their worker.
+    for (auto request = requests.rbegin(); request != requests.rend(); ++request)
+      pending.emplace_back(request->worker, self_->request(session_.worker(request->worker), options_.step_timeout,
+                                                           atom, step_request_ptr(request->work)));
+    for (auto& [w, handle] : pending) {
+      std::string failure;
+      bool lost = false;
+      handle.receive([&, w = w](const step_reply_ptr& reply) { replies[w] = reply; },
+                     [&, w = w](caf::error& problem) {
+                       const bool timed_out = problem == caf::sec::request_timeout;
+                       lost = !timed_out && has_died(w);
+                       failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
+                                                 std::to_string(options_.step_timeout.count()) + " ms"
+                                           : describe_error(system_, problem);
+                     });
+      if (lost) throw worker_lost{w};
+      if (!failure.empty()) throw error("step " + std::to_string(requests.front().work->step) + ": " + failure);
+    }
+    for (const auto& reply : replies)
+      if (reply) row.worker_ms[reply->worker] = reply->compute_ms;
+    spdlog::trace("step {}: every reply in", requests.front().work->step);
+    return replies;
+  }
+  std::vector<targeted> to_each(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {
+    std::vector<targeted> requests;
+    for (int w : workers) requests.push_back({w, work});
+    return requests;
+  }
+  // A copy of `work` carrying the entries of `peers` that worker w's component computes on (`inputs`).
+  static std::shared_ptr<step_request> with_peers(const std::shared_ptr<step_request>& work,
+                                                  const runtime::activation_cache& peers,
+                                                  const std::set<std::string>& inputs) {
+    auto own = std::make_shared<step_request>(*work);
+    auto needed = std::make_shared<runtime::activation_cache>();
+    for (const auto& [module, value] : peers)
+      if (inputs.count(module)) needed->emplace(module, value);
+    own->peers = std::move(needed);
+    return own;
+  }
+  std::vector<targeted> window_requests(const std::vector<int>& workers,
+                                        const std::shared_ptr<step_request>& work) const {
+    std::vector<targeted> requests;
+    for (int w : workers) requests.push_back({w, with_peers(work, *window_peers_, session_.window_inputs[w])});
+    return requests;
+  }
+  std::vector<int> everyone() const {
+    std::vector<int> all(world_);
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+
+  // The owned outputs of `workers`' replies (window scope: SD3's reference conditioning exchanges no block).
+  runtime::activation_cache merge_owned(const std::vector<step_reply_ptr>& replies, const std::vector<int>& workers,
+                                        bool window) const {
+    runtime::activation_cache merged;
+    for (int w : workers) {
+      if (!replies[w]) continue;
+      for (const auto& [module, value] : replies[w]->owned)
+        if (!window || session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0) merged[module] = value;
+    }
+    return merged;
+  }
+
+  at::Tensor cfg_step(std::int64_t i, step_trace& row) {
+    auto work = work_for(i, asyncdiff_);
+    if (asyncdiff_) {  // warm-up: the whole batched model on one worker
+      auto replies = ask(predict_atom::value, to_each({0}, work), row);
+      auto halves = output_of(replies, 0).chunk(2, 0);
+      return guided(halves[0], halves[1], row);
+    }
+    const int cond_worker = world_ / 2;
+    if (options_.branch_stages == 1) {
+      auto replies = ask(predict_atom::value, to_each({0, cond_worker}, work), row);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+    }
+    // Each branch split over its two workers (0, 1: unconditional; 2, 3: conditional) as a 2-stage AsyncDiff
+    // pipeline. The first `warmup` steps of a CFG run are full passes, recording the activations; the later ones
+    // are stale-activation steps. Every worker runs the full passes (in parallel, as in the window's fill step):
+    // a stale step visits modules of the other component whose outputs it does not use (SD3: the blocks before the
+    // last one ahead of its own), which only the other worker would otherwise hold.
+    if (cfg_run_++ < options_.warmup) {
+      auto replies = ask(fill_atom::value, to_each(everyone(), work), row);
+      for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b}, false);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+    }
+    row.mode = "cfg-pipeline";
+    std::vector<targeted> requests;
+    for (int w = 0; w < world_; ++w)
+      requests.push_back({w, with_peers(work, branch_peers_[w / 2], session_.branch_inputs[w])});
+    auto replies = ask(stage_atom::value, requests, row);
+    for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
+    return guided(output_of(replies, 1), output_of(replies, 3), row);
+  }
+
+  at::Tensor fill_step(std::int64_t i, step_trace& row) {
+    cfg_run_ = 0;  // the CFG run after the window starts over
+    window_begin_ = static_cast<int>(i);
+    auto replies = ask(fill_atom::value, to_each(everyone(), work_for(i, asyncdiff_)), row);
+    window_peers_ = std::make_shared<runtime::activation_cache>(merge_owned(replies, stage_workers(), true));
+    const auto output = output_of(replies, session_.output_worker);
+    if (asyncdiff_) return guided_batch(output);
+    if (options_.conditioning == pp_conditioning::fixed)
+      return models::guide(output_of(replies, 0), output, plan_.guidance);
+    return output;  // the reference: the conditional branch, unguided
+  }
+
+  // Workers 0 .. n−1 (not the stride-2 extra worker, whose outputs duplicate worker n−1's modules).
+  std::vector<int> stage_workers() const {
+    std::vector<int> stages(session_.n);
+    std::iota(stages.begin(), stages.end(), 0);
+    return stages;
+  }
+
+  at::Tensor pipeline_step(std::int64_t i, step_trace& row) {
+    const int shift = options_.time_shift ? 1 : 0;  // AsyncDiff App. A: the previous step's timestep
+    auto work = work_for(i, asyncdiff_);
+    std::vector<step_reply_ptr> replies;
+    at::Tensor output;
+    if (options_.stride == 1) {
+      work->timestep = timestep(i - shift);
+      replies = ask(stage_atom::value, window_requests(everyone(), work), row);
+      output = output_of(replies, session_.output_worker);
+    } else if ((i - window_begin_ - 1) % 2 == 0) {
+      // Stride 2, a compute round: components 0 .. n−1 run on x_i at the next step's timestep (their output is
+      // the next step's prediction); the extra worker runs the last component at this step's timestep.
+      auto ahead = std::make_shared<step_request>(*work);
+      ahead->timestep = timestep(i + 1 - shift);
+      work->timestep = timestep(i - shift);
+      auto requests = window_requests(stage_workers(), ahead);
+      requests.push_back(window_requests({session_.n}, work).front());
+      replies = ask(stage_atom::value, requests, row);
+      output = output_of(replies, session_.n);
+      held_ = output_of(replies, session_.output_worker);
+    } else {
+      output = held_;  // stride 2, the step between rounds: computed ahead, nobody computes
+    }
+    if (!replies.empty())
+      window_peers_ = std::make_shared<runtime::activation_cache>(merge_owned(replies, stage_workers(), true));
+    spdlog::trace("step {}: activations kept", i);
+    return asyncdiff_ ? guided_batch(output) : output;
+  }
+
+  // Supervision: after a worker's actor died, a surviving worker finishes the image in sequential CFG (both
+  // branches batched, the numerics of mode none) from the step that failed; the window is given up.
+  at::Tensor degraded_step(std::int64_t i, step_trace& row) {
+    auto work = work_for(i, true);
+    work->conditioning = both_branches_;
+    std::vector<step_reply_ptr> replies;
+    try {
+      replies = ask(predict_atom::value, to_each({*survivor_}, work), row);
+    } catch (const worker_lost& gone) {
+      throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) +
+                  " was lost too; no worker is left to finish the image");
+    }
+    return guided_batch(output_of(replies, *survivor_));
+  }
+
+  void take_over(std::int64_t i, int lost) {
+    session_.lost = lost;
+    for (int w = 0; w < world_ && !survivor_; ++w)
+      if (w != lost && !has_died(w)) survivor_ = w;
+    if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");
+    // The survivor may be a pipeline stage (a loss inside the window): it becomes a CFG branch again.
+    self_
+        ->request(session_.worker(*survivor_), options_.step_timeout, reconfigure_atom::value,
+                  static_cast<std::int32_t>(worker_role::cfg_branch))
+        .receive([](std::int32_t) {},
+                 [&](caf::error& problem) {
+                   throw error("step " + std::to_string(i) + ": " + describe_error(system_, problem));
+                 });
+    spdlog::error("step {}: worker {} was lost; finishing the image on worker {} in sequential CFG", i, lost,
+                  *survivor_);
+  }
+};
+
+}  // namespace
+
+parallel_result drive_image(session_state& session, const models::generation_request& request,
+                            const models::generation_plan& plan, const models::step_observer& observe) {
+  parallel_driver driver(session, request, plan);
+  return driver.run(observe);
+}
+
+}  // namespace hybridiff::actors

@@ -1,0 +1,54 @@
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "models/io/config.hpp"
+
+namespace hybridiff::models {
+
+/// One entry of a diffusers folder: `model_index.json` names it `[library, class]`; it lives in `dir`.
+struct component {
+  std::string name;        ///< "unet", "text_encoder_2", ...
+  std::string library;     ///< "diffusers" or "transformers"
+  std::string class_name;  ///< "UNet2DConditionModel", "CLIPTokenizer", ...
+  std::filesystem::path dir;
+
+  /// True for components that carry weights (everything but tokenizers and schedulers).
+  bool has_weights() const;
+};
+
+/// A diffusers pipeline folder (`model_index.json` + one folder per component) or a single component folder
+/// (`config.json` or `scheduler_config.json`), validated on open: every non-null component of the index must have
+/// its folder and its config.
+class model_folder {
+ public:
+  static model_folder open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  /// The pipeline class ("StableDiffusionXLPipeline"), or empty for a single component folder.
+  const std::string& pipeline_class() const { return pipeline_class_; }
+  /// `model_index.json` (empty object for a single component folder).
+  const nlohmann::json& index() const { return index_; }
+  const std::vector<component>& components() const { return components_; }
+  bool has(const std::string& name) const;
+  /// Throws naming the folder when the component is absent.
+  const component& get(const std::string& name) const;
+  /// The component's config with its class defaults filled in.
+  config component_config(const std::string& name) const;
+
+ private:
+  std::filesystem::path dir_;
+  std::string pipeline_class_;
+  nlohmann::json index_ = nlohmann::json::object();
+  std::vector<component> components_;
+};
+
+/// The config file of a component folder: `config.json`, or `scheduler_config.json` for schedulers,
+/// or `tokenizer_config.json` for tokenizers.
+std::filesystem::path component_config_path(const component& part);
+
+}  // namespace hybridiff::models

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <filesystem>
+#include <optional>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include "models/io/safetensors.hpp"
+
+namespace torch::nn {
+class Module;
+}
+
+namespace hybridiff::models {
+
+/// Where and how the weights land.
+struct load_options {
+  c10::Device device = c10::kCPU;
+  /// Floating-point weights are cast to this dtype; integer and bool tensors keep theirs.
+  std::optional<at::ScalarType> dtype;
+  /// A prefix of the module's keys that a checkpoint may leave out: transformers saves a base model's weights
+  /// with or without it (`text_model.embeddings...` or `embeddings...`). Used only when no checkpoint key has it.
+  std::string optional_prefix;
+};
+
+/// Loads `weights` into `module` by exact name: every parameter and buffer of the module must be in the checkpoint
+/// with the same shape, and the checkpoint must hold nothing else. A floating-point parameter accepts any
+/// floating-point tensor (cast on load); integer and bool tensors must match exactly. On failure nothing is changed
+/// and the error lists the missing, unexpected and mismatched keys (each list capped) and names the files.
+void load_state_dict(torch::nn::Module& module, const checkpoint& weights, const load_options& options = {});
+
+/// Every parameter and buffer of `module` in place (for modules built with random weights): casts floating-point
+/// tensors to `options.dtype` and moves everything to `options.device`.
+void place_module(torch::nn::Module& module, const load_options& options);
+
+}  // namespace hybridiff::models

@@ -1,0 +1,68 @@
+#pragma once
+// Our CUDA kernels, where ATen's would cost passes over the activations. Plain C++ (no torch): the kernels are
+// compiled by nvcc without the ATen headers; models/nn/nn.cpp calls them on tensors they take and ATen otherwise.
+//
+// GroupNorm (optionally followed by SiLU) over channels-last activations (group_norm_nhwc.cu), as three kernels:
+// per-chunk partial sums, the statistics (one small block per group and image), then normalize + affine (+ SiLU)
+// in one pass. PyTorch's CUDA group_norm makes its input NCHW-contiguous first, so a channels-last UNet would pay
+// two layout copies per norm; this keeps the layout and folds the SiLU pass of ResnetBlock2D into the norm.
+//
+// LayerNorm + adaLN modulation (layer_norm_modulate.cu), optionally after a gated residual: one pass where ATen
+// takes a LayerNorm and an addcmul (and another addcmul before them for the residual).
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace hybridiff::models::cuda_kernels {
+
+enum class element_type { float32, float16, bfloat16 };
+
+struct group_norm_nhwc_shape {
+  std::int64_t batch = 0, pixels = 0, channels = 0, groups = 0;  ///< x is [batch, pixels, channels] in memory
+};
+
+/// Elements per 16-byte vector: the kernels load whole vectors, so `channels` must be a multiple of it.
+int group_norm_nhwc_vector(element_type type);
+
+/// Whether the kernels take this shape (channels a multiple of the vector, groups dividing channels, at most 1024
+/// vectors per pixel, at most 1024 groups); callers fall back to ATen otherwise.
+bool group_norm_nhwc_supported(const group_norm_nhwc_shape& shape, element_type type);
+
+/// Floats of the workspace that `group_norm_nhwc` needs (the per-chunk partial sums and the statistics).
+std::size_t group_norm_nhwc_workspace(const group_norm_nhwc_shape& shape, element_type type);
+
+/// y = (x - mean_g) / sqrt(var_g + eps) * gamma_c + beta_c over each image's groups of `channels / groups`
+/// consecutive channels and all pixels, then y = y·sigmoid(y) when `silu`. x, y: [batch, pixels, channels] of
+/// `type`, 16-byte aligned; gamma, beta: [channels] of `type` or null (1 and 0). Statistics in float32, each
+/// group's sums shifted by its first element (keeps E[x²] - E[x]² accurate when a group's mean is large).
+/// Enqueued on `stream`; returns the launch error, if any.
+cudaError_t group_norm_nhwc(const void* x, const void* gamma, const void* beta, void* y, float* workspace,
+                            const group_norm_nhwc_shape& shape, element_type type, float eps, bool silu,
+                            cudaStream_t stream);
+
+/// The operands of `layer_norm_modulate`: rows of `channels` elements, `tokens` rows per image; every pointer
+/// 16-byte aligned, per-image vectors ([batch, channels], rows `..._stride` elements apart) too.
+struct layer_norm_modulate_args {
+  const void* x = nullptr;     ///< [batch · tokens, channels]
+  const void* gate = nullptr;  ///< per-image vectors, or null: no residual (then y and sum are unused)
+  const void* y = nullptr;     ///< [batch · tokens, channels]
+  void* sum = nullptr;         ///< out: x + gate·y, [batch · tokens, channels]
+  const void* shift = nullptr;
+  const void* scale = nullptr;  ///< per-image vectors
+  void* out = nullptr;          ///< [batch · tokens, channels]
+  std::int64_t gate_stride = 0, shift_stride = 0, scale_stride = 0;
+  std::int64_t batch = 0, tokens = 0, channels = 0;
+  float eps = 1e-6f;
+};
+
+/// Whether `layer_norm_modulate` takes rows of `channels` (a multiple of the 16-byte vector, at most 1024 vectors).
+bool layer_norm_modulate_supported(std::int64_t channels, element_type type);
+
+/// h = x + gate·y (rounded to the element type, as ATen's addcmul; h = x without a gate), then
+/// out = (h - mean) / sqrt(var + eps) · (1 + scale) + shift over each row (biased variance, float32, two passes
+/// over the row held in registers: one block per row). Enqueued on `stream`; returns the launch error, if any.
+cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_type type, cudaStream_t stream);
+
+}  // namespace hybridiff::models::cuda_kernels

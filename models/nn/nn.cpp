@@ -1,0 +1,295 @@
+#include "models/nn/nn.hpp"
+
+#include "models/errors.hpp"
+
+#ifdef HYBRIDIFF_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "models/nn/cuda_kernels.hpp"
+#endif
+
+namespace hybridiff::models {
+
+at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, bool causal) {
+  return at::scaled_dot_product_attention(query, key, value, /*attn_mask=*/{}, /*dropout_p=*/0.0, causal);
+}
+
+at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
+  auto batch = x.size(0), length = x.size(1);
+  return x.view({batch, length, heads, x.size(2) / heads}).transpose(1, 2);
+}
+
+at::Tensor merge_heads(const at::Tensor& x) {
+  auto batch = x.size(0), heads = x.size(1), length = x.size(2), dim = x.size(3);
+  return x.transpose(1, 2).reshape({batch, length, heads * dim});
+}
+
+at::Tensor activate(const at::Tensor& x, const std::string& name, const std::string& source) {
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return torch::gelu(x, "tanh");
+  if (name == "quick_gelu") return x * torch::sigmoid(1.702 * x);
+  if (name == "relu") return torch::relu(x);
+  throw error(source + ": unsupported activation '" + name + "' (supported: silu, gelu, gelu_new, quick_gelu, relu)");
+}
+
+Linear linear(std::int64_t in, std::int64_t out, bool bias) {
+  return Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer) {
+  const auto& weight = layer->weight;
+  const auto& bias = layer->bias;
+  TORCH_CHECK(x.dim() == 3 && out.dim() == 3 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
+                  x.size(2) == weight.size(1) && out.size(2) == weight.size(0),
+              "linear_into: x ", x.sizes(), " and out ", out.sizes(), " do not fit a weight ", weight.sizes());
+  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
+    out.copy_(at::linear(x, weight, bias));
+    return;
+  }
+  const auto weight_t = weight.t();  // [in, out]
+  for (std::int64_t image = 0; image < x.size(0); ++image) {
+    auto rows = out.select(0, image);  // [M, out]
+    if (bias.defined())
+      at::addmm_out(rows, bias, x.select(0, image), weight_t);  // the bias in cuBLASLt's epilogue on CUDA
+    else
+      at::mm_out(rows, x.select(0, image), weight_t);
+  }
+}
+
+at::Tensor linear_rows(const at::Tensor& x, const Linear& layer) {
+  auto out = at::empty({x.size(0), x.size(1), layer->weight.size(0)}, x.options());
+  linear_into(out, x, layer);
+  return out;
+}
+
+at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
+  if (!x.is_cuda() || !layer->bias.defined()) return torch::gelu(layer->forward(x), "tanh");
+  auto rows = x.reshape({-1, x.size(-1)});  // [R, in]
+  auto out = at::_addmm_activation(layer->bias, rows, layer->weight.t(), 1, 1, /*use_gelu=*/true);  // [R, out]
+  auto sizes = x.sizes().vec();
+  sizes.back() = out.size(1);
+  return out.view(sizes);
+}
+
+torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
+                         std::int64_t padding) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
+}
+
+torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps));
+}
+
+namespace {
+
+#ifdef HYBRIDIFF_WITH_CUDA
+std::optional<cuda_kernels::element_type> kernel_element_type(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return cuda_kernels::element_type::float32;
+    case at::kHalf: return cuda_kernels::element_type::float16;
+    case at::kBFloat16: return cuda_kernels::element_type::bfloat16;
+    default: return std::nullopt;
+  }
+}
+
+bool aligned_to_16_bytes(const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+cudaStream_t current_stream(const at::Tensor& x) { return at::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+
+void check_launch(cudaError_t status, const std::string& kernels) {
+  if (status != cudaSuccess) throw error(kernels + " failed to launch: " + cudaGetErrorString(status));
+}
+
+/// The NHWC kernels' result, or an undefined tensor when they do not take this input.
+at::Tensor group_norm_nhwc(const torch::nn::GroupNormImpl& norm, const at::Tensor& x, bool then_silu) {
+  if (!x.is_cuda() || x.dim() != 4 || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {};
+  const auto type = kernel_element_type(x.scalar_type());
+  const auto& options = norm.options;
+  const cuda_kernels::group_norm_nhwc_shape shape{x.size(0), x.size(2) * x.size(3), x.size(1), options.num_groups()};
+  if (!type || !cuda_kernels::group_norm_nhwc_supported(shape, *type)) return {};
+  const auto affine_ok = [&](const at::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == x.scalar_type() && p.device() == x.device() && p.is_contiguous());
+  };
+  if (!affine_ok(norm.weight) || !affine_ok(norm.bias)) return {};
+  if (!aligned_to_16_bytes(x)) return {};
+  TORCH_CHECK(x.size(1) == options.num_channels(), "GroupNorm: expected ", options.num_channels(),
+              " channels, got input ", x.sizes());
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto workspace = at::empty({static_cast<std::int64_t>(cuda_kernels::group_norm_nhwc_workspace(shape, *type))},
+                             x.options().dtype(at::kFloat));
+  check_launch(cuda_kernels::group_norm_nhwc(x.data_ptr(), norm.weight.defined() ? norm.weight.data_ptr() : nullptr,
+                                             norm.bias.defined() ? norm.bias.data_ptr() : nullptr, y.data_ptr(),
+                                             workspace.data_ptr<float>(), shape, *type,
+                                             static_cast<float>(options.eps()), then_silu, current_stream(x)),
+               "GroupNorm (NHWC kernels)");
+  return y;
+}
+
+/// The LayerNorm + modulation kernel's {x + gate·y, modulated} (the first undefined without a gate), or nothing
+/// when it does not take these operands: it needs CUDA, one dtype and device, x (and y) [B, L, D] contiguous, the
+/// per-image vectors [B, D] with contiguous rows, all 16-byte aligned, and no autograd to record.
+std::optional<std::pair<at::Tensor, at::Tensor>> fused_layer_norm_modulate(const at::Tensor& x, const at::Tensor& gate,
+                                                                           const at::Tensor& y, const at::Tensor& shift,
+                                                                           const at::Tensor& scale, double eps) {
+  if (!x.is_cuda() || x.dim() != 3 || x.numel() == 0) return std::nullopt;
+  const auto type = kernel_element_type(x.scalar_type());
+  if (!type || !cuda_kernels::layer_norm_modulate_supported(x.size(2), *type)) return std::nullopt;
+  const auto fits = [&](const at::Tensor& t) {
+    return t.scalar_type() == x.scalar_type() && t.device() == x.device() && aligned_to_16_bytes(t) &&
+           !(at::GradMode::is_enabled() && t.requires_grad());
+  };
+  const auto fits_rows = [&](const at::Tensor& t) { return fits(t) && t.sizes() == x.sizes() && t.is_contiguous(); };
+  const auto fits_vector = [&](const at::Tensor& t) {
+    return fits(t) && t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2) && t.stride(1) == 1 &&
+           t.stride(0) * static_cast<std::int64_t>(x.element_size()) % 16 == 0;
+  };
+  const bool residual = gate.defined();
+  if (!fits_rows(x) || !fits_vector(shift) || !fits_vector(scale) ||
+      (residual && (!fits_rows(y) || !fits_vector(gate))))
+    return std::nullopt;
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty_like(x), sum = residual ? at::empty_like(x) : at::Tensor();
+  cuda_kernels::layer_norm_modulate_args args;
+  args.x = x.data_ptr();
+  if (residual) {
+    args.gate = gate.data_ptr();
+    args.gate_stride = gate.stride(0);
+    args.y = y.data_ptr();
+    args.sum = sum.data_ptr();
+  }
+  args.shift = shift.data_ptr();
+  args.scale = scale.data_ptr();
+  args.shift_stride = shift.stride(0);
+  args.scale_stride = scale.stride(0);
+  args.out = out.data_ptr();
+  args.batch = x.size(0);
+  args.tokens = x.size(1);
+  args.channels = x.size(2);
+  args.eps = static_cast<float>(eps);
+  check_launch(cuda_kernels::layer_norm_modulate(args, *type, current_stream(x)), "LayerNorm + modulation kernel");
+  return std::pair{sum, out};
+}
+#endif
+
+}  // namespace
+
+at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& x, bool then_silu) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (auto y = group_norm_nhwc(*norm, x, then_silu); y.defined()) return y;
+#endif
+  auto y = norm.ptr()->forward(x);
+  return then_silu ? at::silu_(y) : y;
+}
+
+at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (auto fused = fused_layer_norm_modulate(x, {}, {}, shift, scale, eps)) return fused->second;
+#endif
+  auto normed = at::layer_norm(x, {x.size(-1)}, {}, {}, eps);
+  return at::addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1));
+}
+
+std::pair<at::Tensor, at::Tensor> gated_residual_layer_norm_modulate(const at::Tensor& x, const at::Tensor& gate,
+                                                                      const at::Tensor& y, const at::Tensor& shift,
+                                                                      const at::Tensor& scale, double eps) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (auto fused = fused_layer_norm_modulate(x, gate, y, shift, scale, eps)) return *fused;
+#endif
+  auto sum = at::addcmul(x, gate.unsqueeze(1), y);
+  return {sum, layer_norm_modulate(sum, shift, scale, eps)};
+}
+
+void store_channels_last(torch::nn::Module& module, const std::string& owner) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) {
+    if (parameter.dim() != 4) continue;
+    if (!parameter.is_cuda())
+      throw error(owner + ": channels-last is for CUDA weights (these are on " + parameter.device().str() + ")");
+    parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+  }
+}
+
+torch::nn::LayerNorm layer_norm(std::int64_t dim, double eps, bool affine) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps).elementwise_affine(affine));
+}
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(std::int64_t in_channels, std::int64_t out_channels, std::int64_t temb_channels,
+                                     std::int64_t groups, double eps, double output_scale_factor)
+    : output_scale_factor_(output_scale_factor) {
+  norm1 = register_module("norm1", group_norm(groups, in_channels, eps));
+  conv1 = register_module("conv1", conv2d(in_channels, out_channels, 3, 1, 1));
+  if (temb_channels > 0) time_emb_proj = register_module("time_emb_proj", linear(temb_channels, out_channels));
+  norm2 = register_module("norm2", group_norm(groups, out_channels, eps));
+  conv2 = register_module("conv2", conv2d(out_channels, out_channels, 3, 1, 1));
+  if (in_channels != out_channels) conv_shortcut = register_module("conv_shortcut", conv2d(in_channels, out_channels, 1));
+}
+
+at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
+  auto h = conv1(apply_group_norm(norm1, x, true));  // [B, out, H, W]
+  if (time_emb_proj && temb.defined()) h = h + time_emb_proj(torch::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+  h = conv2(apply_group_norm(norm2, h, true));
+  auto shortcut = conv_shortcut ? conv_shortcut(x) : x;
+  return output_scale_factor_ == 1.0 ? shortcut + h : (shortcut + h) / output_scale_factor_;
+}
+
+Downsample2DImpl::Downsample2DImpl(std::int64_t channels, std::int64_t padding) : padding_(padding) {
+  conv = register_module("conv", conv2d(channels, channels, 3, 2, padding));
+}
+
+at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
+  if (padding_ == 0) return conv(torch::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+  return conv(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(std::int64_t channels) {
+  conv = register_module("conv", conv2d(channels, channels, 3, 1, 1));
+}
+
+at::Tensor Upsample2DImpl::forward(const at::Tensor& x, c10::IntArrayRef size) {
+  namespace F = torch::nn::functional;
+  auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
+  if (size.empty())
+    options.scale_factor(std::vector<double>{2.0, 2.0});
+  else
+    options.size(size.vec());
+  // Nearest upsampling has no bf16 kernel on some builds; diffusers upcasts the same way.
+  auto input = x.scalar_type() == at::kBFloat16 ? x.to(at::kFloat) : x;
+  auto up = F::interpolate(input, options).to(x.scalar_type());
+  return conv(up);
+}
+
+AttentionImpl::AttentionImpl(std::int64_t query_dim, std::int64_t context_dim, std::int64_t heads,
+                             std::int64_t head_dim, bool qkv_bias, std::int64_t group_norm_groups,
+                             double group_norm_eps)
+    : heads_(heads) {
+  const auto inner = heads * head_dim;
+  if (group_norm_groups > 0) group_norm = register_module("group_norm", models::group_norm(group_norm_groups, query_dim, group_norm_eps));
+  to_q = register_module("to_q", linear(query_dim, inner, qkv_bias));
+  to_k = register_module("to_k", linear(context_dim, inner, qkv_bias));
+  to_v = register_module("to_v", linear(context_dim, inner, qkv_bias));
+  to_out = register_module("to_out", torch::nn::ModuleList(linear(inner, query_dim, true)));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
+  if (group_norm) {
+    // Spatial self-attention: [B, C, H, W] -> [B, HW, C] tokens, residual added back.
+    auto batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+    // Contiguous once: at::linear computes a transposed view as a copy, a matmul and a separate bias add (a
+    // channels-last x needs no copy: its [B, H, W, C] memory is the tokens).
+    auto tokens = apply_group_norm(group_norm, x).permute({0, 2, 3, 1}).reshape({batch, height * width, channels});
+    auto q = split_heads(to_q(tokens), heads_), k = split_heads(to_k(tokens), heads_), v = split_heads(to_v(tokens), heads_);
+    auto out = to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, HW, C]
+    // x first: the sum takes x's layout, so the permuted view needs no copy of its own.
+    return x + out.view({batch, height, width, channels}).permute({0, 3, 1, 2});
+  }
+  const auto& source = context.defined() ? context : x;
+  auto q = split_heads(to_q(x), heads_), k = split_heads(to_k(source), heads_), v = split_heads(to_v(source), heads_);
+  return to_out[0]->as<Linear>()->forward(merge_heads(attention(q, k, v)));  // [B, L, query_dim]
+}
+
+}  // namespace hybridiff::models

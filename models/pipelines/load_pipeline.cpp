@@ -1,0 +1,28 @@
+// The factory: which pipeline class a diffusers folder's model_index.json names. Kept apart from the interface
+// (pipeline.cpp) so that the interface does not know every concrete pipeline.
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+#include "models/io/model_folder.hpp"
+#include "models/pipelines/class_conditional_pipeline.hpp"
+#include "models/pipelines/pipeline.hpp"
+#include "models/pipelines/sd3_pipeline.hpp"
+#include "models/pipelines/sdxl_pipeline.hpp"
+
+namespace hybridiff::models {
+
+std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& dir, const load_options& options,
+                                                  pipeline_parts parts) {
+  auto folder = model_folder::open(dir);
+  const auto& name = folder.pipeline_class();
+  if (name == "StableDiffusionXLPipeline") return sdxl_pipeline::load(folder, options, parts);
+  if (name == "StableDiffusion3Pipeline") return sd3_pipeline::load(folder, options, parts);
+  // Small enough to load whole on every rank.
+  if (name == class_conditional_pipeline::class_name_text) return class_conditional_pipeline::load(folder, options);
+  throw error(dir.string() + ": pipeline class '" +
+              (name.empty() ? std::string("(none: not a pipeline folder)") : name) +
+              "' is not supported (StableDiffusionXLPipeline, StableDiffusion3Pipeline, " +
+              std::string(class_conditional_pipeline::class_name_text) + ")");
+}
+
+}  // namespace hybridiff::models

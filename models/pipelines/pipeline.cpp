@@ -1,0 +1,118 @@
+#include "models/pipelines/pipeline.hpp"
+
+#include <torch/torch.h>
+
+#include "models/errors.hpp"
+
+namespace hybridiff::models {
+
+branch_conditioning branch_conditioning::stack(const branch_conditioning& negative, const branch_conditioning& positive) {
+  auto cat = [](const at::Tensor& a, const at::Tensor& b) { return a.defined() ? torch::cat({a, b}, 0) : at::Tensor(); };
+  return {cat(negative.context, positive.context), cat(negative.pooled, positive.pooled),
+          cat(negative.time_ids, positive.time_ids)};
+}
+
+void denoiser_only(const std::string& what) {
+  throw error("this pipeline was loaded with its denoiser only (a worker rank): it cannot " + what);
+}
+
+generation_plan settle_plan(const generation_request& request, std::int64_t default_steps, std::int64_t default_size,
+                            double default_guidance, std::int64_t size_factor, const std::string& size_factor_name,
+                            std::int64_t max_size) {
+  generation_plan plan;
+  plan.steps = request.steps.value_or(default_steps);
+  plan.height = request.height.value_or(default_size);
+  plan.width = request.width.value_or(default_size);
+  plan.guidance = request.guidance.value_or(default_guidance);
+  plan.classifier_free = plan.guidance > 1.0;
+  if (plan.steps < 1 || plan.steps > 1000) throw error("--steps " + std::to_string(plan.steps) + " is outside [1, 1000]");
+  for (auto [name, value] : {std::pair{"--height", plan.height}, std::pair{"--width", plan.width}}) {
+    if (value < size_factor || value % size_factor != 0)
+      throw error(std::string(name) + " " + std::to_string(value) + " is not a positive multiple of " +
+                  size_factor_name + " " + std::to_string(size_factor));
+    if (value > max_size)
+      throw error(std::string(name) + " " + std::to_string(value) + " exceeds the limit of " + std::to_string(max_size));
+  }
+  return plan;
+}
+
+load_options vae_placement(bool force_upcast, const load_options& options) {
+  auto placement = options;
+  if (force_upcast && options.dtype == at::kHalf) placement.dtype = at::kFloat;
+  return placement;
+}
+
+at::Tensor guide(const at::Tensor& uncond, const at::Tensor& cond, double guidance) {
+  return uncond + guidance * (cond - uncond);
+}
+
+at::Tensor initial_latents(const generation_request& request, const std::vector<std::int64_t>& shape,
+                           double init_noise_sigma, const load_options& placement) {
+  at::Tensor noise;
+  if (request.initial_latents.defined()) {
+    if (request.initial_latents.sizes() != c10::IntArrayRef(shape))
+      throw error("initial latents have shape " + c10::str(request.initial_latents.sizes()) + ", the requested size needs " +
+                  c10::str(c10::IntArrayRef(shape)));
+    noise = request.initial_latents.to(torch::kFloat32);
+  } else {
+    // Seeded on the CPU as diffusers' torch.Generator("cpu").manual_seed(seed), so a seed means the same noise
+    // on every device.
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(request.seed);
+    noise = torch::randn(shape, generator, torch::kFloat32);
+  }
+  auto dtype = placement.dtype.value_or(at::kFloat);
+  return (noise * init_noise_sigma).to(placement.device, dtype);
+}
+
+at::Tensor generate_latents(diffusion_pipeline& pipeline, const generation_request& request,
+                            const step_observer& observe, const denoise_function& denoise) {
+  torch::NoGradGuard no_grad;
+  const auto plan = pipeline.plan(request);
+  const auto conditioning = pipeline.encode_prompt(request, plan);
+  auto sampler = pipeline.make_sampler(request.sampler);
+  sampler->set_timesteps(plan.steps);
+  auto latents = initial_latents(request, pipeline.latent_shape(plan.height, plan.width), sampler->init_noise_sigma(),
+                                 pipeline.placement());
+  const auto batched = plan.classifier_free ? branch_conditioning::stack(conditioning.negative, conditioning.positive)
+                                            : conditioning.positive;
+  // On the device once: a CPU→GPU copy of each step's timestep would synchronise the host with the GPU every step
+  // (ATen waits for a copy from pageable memory), leaving the GPU idle while the next step's work is enqueued.
+  const auto timesteps = sampler->timesteps().to(latents.device());
+  for (std::int64_t i = 0; i < plan.steps; ++i) {
+    auto model_input = plan.classifier_free ? torch::cat({latents, latents}, 0) : latents;
+    model_input = sampler->scale_model_input(model_input, i);
+    auto t = timesteps[i];
+    auto prediction = denoise ? denoise(model_input, t, batched) : pipeline.predict(model_input, t, batched);
+    if (plan.classifier_free) {
+      auto branches = prediction.chunk(2, 0);
+      prediction = guide(branches[0], branches[1], plan.guidance);
+    }
+    latents = sampler->step(prediction, i, latents);
+    if (observe) observe(i, plan.steps, latents);
+  }
+  return latents;
+}
+
+void with_memory_context(const std::string& what, const std::function<void()>& work) {
+  auto fail = [&](std::string message) {
+    if (auto end = message.find('\n'); end != std::string::npos) message.resize(end);  // the first line is the news
+    throw error("out of memory while " + what + ": " + message +
+                " (try a smaller image, --dtype fp16 or bf16, or fewer workers per device)");
+  };
+  // CUDA reports "CUDA out of memory" (c10::OutOfMemoryError), the CPU allocator "can't allocate memory"; a
+  // worker actor reports either as text (a CAF error crosses the actor boundary as a string).
+  auto exhausted = [](const std::string& message) {
+    return message.find("out of memory") != std::string::npos || message.find("can't allocate memory") != std::string::npos;
+  };
+  try {
+    work();
+  } catch (const c10::Error& failure) {
+    if (!exhausted(failure.what_without_backtrace())) throw;
+    fail(failure.what_without_backtrace());
+  } catch (const error& failure) {
+    if (!exhausted(failure.what())) throw;
+    fail(failure.what());
+  }
+}
+
+}  // namespace hybridiff::models
