@@ -17,7 +17,13 @@ class error : public std::runtime_error {
 /// error (exit code 2).
 class invalid_options : public error {
  public:
-  using error::error;
+  /// `field`: the option or request field that is wrong ("steps", "size", ...), when one is.
+  explicit invalid_options(const std::string& message, std::string field = "")
+      : error(message), field_(std::move(field)) {}
+  const std::string& field() const { return field_; }
+
+ private:
+  std::string field_;
 };
 
 }  // namespace hybridiff

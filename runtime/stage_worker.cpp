@@ -130,7 +130,11 @@ activation_cache stage_worker::owned_outputs(split_scope scope) const {
 schedule::asyncdiff_plan split_plan(const models::diffusion_pipeline& pipeline, int n, int stride) {
   const auto family = pipeline.family() == models::denoiser_family::transformer ? schedule::denoiser_family::sd3_transformer
                                                                                  : schedule::denoiser_family::sdxl_unet;
-  return schedule::make_plan(family, n, stride, static_cast<int>(pipeline.transformer_blocks()));
+  try {
+    return schedule::make_plan(family, n, stride, static_cast<int>(pipeline.transformer_blocks()));
+  } catch (const std::invalid_argument& bad) {  // the schedule layer is standard C++ only
+    throw invalid_options(pipeline.class_name() + ": " + bad.what());
+  }
 }
 
 }  // namespace hybridiff::runtime

@@ -83,7 +83,7 @@ class stage_worker {
 };
 
 /// The AsyncDiff split of `pipeline`'s denoiser into `n` components at `stride` (schedule::make_plan for its family
-/// and, for a transformer, its block count).
+/// and, for a transformer, its block count). Throws hybridiff::invalid_options for a split the model cannot take.
 schedule::asyncdiff_plan split_plan(const models::diffusion_pipeline& pipeline, int n, int stride);
 
 }  // namespace hybridiff::runtime

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what hybridiff builds against, on Debian 12 as root (or with sudo). Idempotent: skips what is present.
 #   Debian packages: CAF 0.17.6, spdlog, Boost.Program_options, GoogleTest, nlohmann-json, libpng, SentencePiece,
+#                    cpp-httplib (serve),
 #                    ccache, clang with its sanitizer/libFuzzer runtime (scripts/fuzz.sh), clang-format
 #                    (scripts/check-format.sh), the Fashion-MNIST data set (the built-in model's tests).
 #   PyPI: torch==2.11.0, whose bundled LibTorch is the C++ library we link (the version the CUDA builds use too).
 set -euo pipefail
 
 debian_packages=(cmake g++ make ccache libcaf-dev libspdlog-dev libboost-program-options-dev
-  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev zlib1g-dev libsentencepiece-dev clang clang-format libclang-rt-14-dev
-  dataset-fashion-mnist)
+  libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev zlib1g-dev libcpp-httplib-dev pkg-config
+  libsentencepiece-dev clang clang-format libclang-rt-14-dev dataset-fashion-mnist)
 torch_version=2.11.0
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -53,5 +53,6 @@ int run_schedule(const std::vector<std::string>& args);
 int run_launch(const std::vector<std::string>& args);
 int run_metrics(const std::vector<std::string>& args);
 int run_coco(const std::vector<std::string>& args);
+int run_serve(const std::vector<std::string>& args);
 
 }  // namespace hybridiff::cli

@@ -19,8 +19,7 @@ struct subcommand {
 };
 
 const subcommand subcommands[] = {
-    {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts",
-     hybridiff::cli::run_info},
+    {"info", "list a diffusers folder's components: class, dtypes, exact parameter counts", hybridiff::cli::run_info},
     {"generate", "generate an image from a prompt (the built-in model, or an SDXL or SD3 diffusers folder)",
      hybridiff::cli::run_generate},
     {"coco", "generate one image per prompt of a captions file (COCO JSON or lines); resumable",
@@ -29,8 +28,12 @@ const subcommand subcommands[] = {
      hybridiff::cli::run_schedule},
     {"bench", "time denoiser steps (a config, random weights) or whole generations per schedule (JSON)",
      hybridiff::cli::run_bench},
-    {"launch", "start N local processes of a subcommand with the torchrun-style environment", hybridiff::cli::run_launch},
-    {"metrics", "image quality: classifier accuracy and feature FID, PSNR / LPIPS / FID against a reference", hybridiff::cli::run_metrics},
+    {"serve", "serve images over HTTP (OpenAI's Images API, jobs, metrics) from one warm pool of workers",
+     hybridiff::cli::run_serve},
+    {"launch", "start N local processes of a subcommand with the torchrun-style environment",
+     hybridiff::cli::run_launch},
+    {"metrics", "image quality: classifier accuracy and feature FID, PSNR / LPIPS / FID against a reference",
+     hybridiff::cli::run_metrics},
 };
 
 void print_overview(std::ostream& out) {

@@ -177,6 +177,11 @@ at::Tensor class_conditional_pipeline::context_of(std::int64_t label) {
   return class_embedder_->forward(labels);  // [1, tokens, dim]
 }
 
+void class_conditional_pipeline::check_prompt(const generation_request& request) const {
+  label_of(request.prompt);
+  if (request.negative_prompt && !normalised(*request.negative_prompt).empty()) label_of(*request.negative_prompt);
+}
+
 prompt_conditioning class_conditional_pipeline::encode_prompt(const generation_request& request, const generation_plan&) {
   const auto null_class = static_cast<std::int64_t>(class_names_.size());
   const auto negative = request.negative_prompt && !normalised(*request.negative_prompt).empty()

@@ -73,6 +73,7 @@ class class_conditional_pipeline : public diffusion_pipeline {
 
   std::string class_name() const override { return class_name_text; }
   generation_plan plan(const generation_request& request) const override;
+  void check_prompt(const generation_request& request) const override;
   prompt_conditioning encode_prompt(const generation_request& request, const generation_plan& plan) override;
   at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep, const branch_conditioning& cond,
                      module_runner* runner = nullptr) override;

@@ -71,6 +71,9 @@ class diffusion_pipeline {
   virtual std::string class_name() const = 0;
   /// Validates `request` (sizes, steps, guidance) and fills in the folder's defaults; throws `hybridiff::error`.
   virtual generation_plan plan(const generation_request& request) const = 0;
+  /// Throws hybridiff::error when the model cannot take the request's prompts (a class-conditional model: a prompt
+  /// that names none of its classes), without encoding them: a service checks requests before queueing them.
+  virtual void check_prompt(const generation_request& request) const {}
   /// Encodes the prompt and the negative prompt for both guidance branches.
   virtual prompt_conditioning encode_prompt(const generation_request& request, const generation_plan& plan) = 0;
   /// One denoiser call: latents [B, C, h, w] (already scaled by the sampler), timestep (scalar tensor),

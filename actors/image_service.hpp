@@ -1,0 +1,124 @@
+#pragma once
+// An image service over one pool of workers: a request queue (a CAF actor) with admission control, a placement
+// policy that decides per request how many workers it gets, warm parallel sessions for every group of workers the
+// policy may pick, and the records of the requests and the service's metrics. No HTTP here: the `serve` command
+// (examples/hybridiff/serve_command.cpp) puts it behind an OpenAI-compatible HTTP API.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "actors/hybridiff.hpp"
+
+namespace hybridiff {
+
+/// What a placement policy sees of the request at the head of the queue.
+struct placement_view {
+  int free_workers = 0;    ///< idle workers now
+  int waiting = 0;         ///< requests waiting, this one included
+  int total_workers = 0;   ///< the pool
+  std::vector<int> sizes;  ///< the group sizes this request may run on, largest first (never empty)
+};
+
+/// Decides how many workers the request at the head of the queue gets: one of `view.sizes` (at most
+/// `view.free_workers`: the service then takes a free group of that size, or the next smaller one), or 0 to wait
+/// until workers finish. Called on the queue actor: it must not block.
+class placement_policy {
+ public:
+  virtual ~placement_policy() = default;
+  virtual std::string name() const = 0;
+  virtual int workers_for(const placement_view& view) const = 0;
+};
+
+/// The built-in policies by name. "adaptive": the idle workers are shared among the waiting requests, so an idle
+/// service spreads one image over every worker (lowest latency) and a queue runs requests side by side on smaller
+/// groups (highest throughput). "all": every request on all workers (it waits for them). "one": every request on
+/// one worker. Throws invalid_options for another name.
+std::unique_ptr<placement_policy> make_placement_policy(const std::string& name);
+
+struct service_options {
+  /// The schedule of the group of all workers (mode, tau settings, CUDA graphs, ...); `workers` is the pool's
+  /// size. Smaller groups run cfg on 2 workers (when the pool has 4) and none on 1.
+  parallel_options parallel;
+  std::size_t max_queue = 32;  ///< requests waiting beyond this many are refused (service_full)
+  std::chrono::milliseconds request_timeout{std::chrono::minutes(10)};  ///< from submission to the last step
+  int max_images = 8;                                                   ///< images per request (n)
+};
+
+enum class job_status { queued, running, succeeded, failed, cancelled };
+std::string to_string(job_status status);
+
+/// A snapshot of one request.
+struct job_record {
+  std::string id;
+  job_status status = job_status::queued;
+  models::generation_request request;  ///< as submitted (image i uses seed + i)
+  int images = 1;                      ///< n
+  int images_done = 0;
+  std::int64_t step = 0, steps = 0;  ///< progress of the image in work
+  int workers = 0;                   ///< the placement decision (0 while queued)
+  std::string mode;                  ///< the group's parallel mode ("" while queued)
+  std::vector<step_trace> trace;     ///< the last finished image's schedule trace
+  std::optional<int> tau1, tau2;
+  std::string error;                           ///< failed or cancelled: why
+  bool workers_lost = false;                   ///< failed because a worker was lost (the service rebuilt the group)
+  std::vector<std::vector<std::uint8_t>> png;  ///< succeeded: one PNG per image
+  std::chrono::system_clock::time_point created;
+  double queued_seconds = 0, run_seconds = 0;
+
+  bool ended() const { return status != job_status::queued && status != job_status::running; }
+};
+
+/// The queue is full: try again later (HTTP 429 with Retry-After).
+class service_full : public error {
+ public:
+  using error::error;
+};
+/// The service is draining (shutting down) and takes no new requests (HTTP 503).
+class service_draining : public error {
+ public:
+  using error::error;
+};
+
+/// The service. Thread-safe: any thread may submit, look up, wait for and cancel requests.
+class image_service {
+ public:
+  /// `replicas`: one pipeline per worker of the pool (options.parallel.workers of them; a worker uses its replica
+  /// exclusively while it runs a request). Builds the warm sessions of every group; throws invalid_options when
+  /// the schedule does not fit the pool.
+  image_service(caf::actor_system& system, std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
+                service_options options, std::unique_ptr<placement_policy> policy);
+  ~image_service();
+  image_service(const image_service&) = delete;
+  image_service& operator=(const image_service&) = delete;
+
+  /// Checks a request of `images` images and queues it; returns its id. Throws invalid_options naming what is
+  /// wrong (prompt, size, steps, guidance, n), service_full or service_draining.
+  std::string submit(const models::generation_request& request, int images = 1);
+  /// The request's record; nullopt for an unknown id.
+  std::optional<job_record> job(const std::string& id) const;
+  /// Waits until the request has ended, at most `timeout`, and returns its record (nullopt: unknown id).
+  std::optional<job_record> wait(const std::string& id, std::chrono::milliseconds timeout) const;
+  /// Stops a queued request, or a running one at its next step boundary. False for an unknown or ended one.
+  bool cancel(const std::string& id);
+  /// Stops taking requests, cancels the queued ones and waits for the running ones to end. Idempotent.
+  void drain();
+
+  /// The metrics in Prometheus' text format: queue depth, requests by status, placements, image and step
+  /// latency histograms, per-worker busy time.
+  std::string metrics() const;
+  int workers() const;
+  std::size_t queue_depth() const;
+  const placement_policy& policy() const;
+  /// The pool's lead pipeline (worker 0's replica): its class and defaults.
+  const models::diffusion_pipeline& pipeline() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace hybridiff

@@ -1,0 +1,402 @@
+// hybridiff serve: the image service (actors/image_service.hpp) behind an HTTP API shaped as OpenAI's Images API,
+// with an asynchronous job API, health and readiness probes and Prometheus metrics (cpp-httplib).
+#include <openssl/evp.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "actors/image_service.hpp"
+#include "cli.hpp"
+#include "generation_setup.hpp"
+
+namespace hybridiff::cli {
+namespace {
+
+using json = nlohmann::json;
+
+std::atomic<bool> stop_requested{false};
+extern "C" void stop_serving(int) { stop_requested = true; }
+
+std::string base64(const std::vector<std::uint8_t>& bytes) {
+  std::string text(4 * ((bytes.size() + 2) / 3), '\0');
+  const int written =
+      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(text.data()), bytes.data(), static_cast<int>(bytes.size()));
+  text.resize(static_cast<std::size_t>(written));
+  return text;
+}
+
+// An error body as OpenAI's API writes it.
+void reply_error(httplib::Response& response, int status, const std::string& message, const std::string& field = "",
+                 const std::string& type = "invalid_request_error") {
+  response.status = status;
+  json body = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}};
+  if (!field.empty()) body["error"]["param"] = field;
+  response.set_content(body.dump(), "application/json");
+}
+
+void reply_json(httplib::Response& response, int status, const json& body) {
+  response.status = status;
+  response.set_content(body.dump(), "application/json");
+}
+
+// A request body that is not what the API takes; `field` names the offending field.
+struct bad_request {
+  std::string message, field;
+};
+
+// POST /v1/images/generations and /v1/jobs: OpenAI's fields (prompt, n, size, response_format, model, user) and
+// ours (negative_prompt, steps, guidance, seed, scheduler), over `defaults` (the command line's sampling options).
+// Anything else is refused by name.
+std::pair<models::generation_request, int> parse_generation(const std::string& body,
+                                                            const models::generation_request& defaults) {
+  json values;
+  try {
+    values = json::parse(body);
+  } catch (const json::parse_error& bad) {
+    throw bad_request{std::string("the body is not valid JSON: ") + bad.what(), ""};
+  }
+  if (!values.is_object()) throw bad_request{"the body must be a JSON object", ""};
+  auto request = defaults;
+  int images = 1;
+  auto need = [](bool ok, const std::string& field, const std::string& what) {
+    if (!ok) throw bad_request{"'" + field + "' must be " + what, field};
+  };
+  if (!values.contains("prompt")) throw bad_request{"'prompt' is required", "prompt"};
+  for (const auto& [field, value] : values.items()) {
+    if (field == "prompt") {
+      need(value.is_string() && !value.get<std::string>().empty(), field, "a non-empty string");
+      request.prompt = value.get<std::string>();
+    } else if (field == "negative_prompt") {
+      need(value.is_string(), field, "a string");
+      request.negative_prompt = value.get<std::string>();
+    } else if (field == "n") {
+      need(value.is_number_integer(), field, "an integer");
+      images = static_cast<int>(std::clamp<std::int64_t>(value.get<std::int64_t>(), -1, 1 << 20));
+    } else if (field == "size") {
+      need(value.is_string(), field, "a string \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
+      const auto text = value.get<std::string>();
+      const auto x = text.find('x');
+      std::size_t used_width = 0, used_height = 0;
+      std::int64_t width = 0, height = 0;
+      try {
+        if (x == std::string::npos) throw std::invalid_argument(text);
+        width = std::stoll(text.substr(0, x), &used_width);
+        height = std::stoll(text.substr(x + 1), &used_height);
+      } catch (const std::exception&) {
+        used_width = 0;
+      }
+      need(used_width == x && used_height == text.size() - x - 1 && width > 0 && height > 0, field,
+           "\"WIDTHxHEIGHT\" with positive integers, e.g. \"1024x1024\", not \"" + text + "\"");
+      request.width = width;
+      request.height = height;
+    } else if (field == "response_format") {
+      need(value.is_string() && value.get<std::string>() == "b64_json", field,
+           "\"b64_json\" (images are returned inline; no URLs are served)");
+    } else if (field == "model" || field == "user") {
+      need(value.is_string(), field, "a string");  // accepted for OpenAI clients; the service runs one model
+    } else if (field == "steps") {
+      need(value.is_number_integer(), field, "an integer");
+      request.steps = value.get<std::int64_t>();
+    } else if (field == "guidance") {
+      need(value.is_number(), field, "a number");
+      request.guidance = value.get<double>();
+    } else if (field == "seed") {
+      need(value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0), field,
+           "a non-negative integer");
+      request.seed = value.get<std::uint64_t>();
+    } else if (field == "scheduler") {
+      const auto names = models::sampler_names();
+      need(value.is_string() && std::find(names.begin(), names.end(), value.get<std::string>()) != names.end(), field,
+           "one of euler, ddim, dpm++2m, flow-euler");
+      request.sampler = value.get<std::string>();
+    } else {
+      throw bad_request{"unknown field '" + field +
+                            "' (fields: prompt, n, size, response_format, model, user, negative_prompt, steps, "
+                            "guidance, seed, scheduler)",
+                        field};
+    }
+  }
+  return {request, images};
+}
+
+json trace_json(const std::vector<step_trace>& trace) {
+  json rows = json::array();
+  for (const auto& row : trace) {
+    json entry = {{"step", row.step}, {"mode", row.mode}, {"worker_ms", row.worker_ms}};
+    if (row.metric) entry["rel_mae"] = *row.metric;
+    if (row.slope) entry["slope"] = *row.slope;
+    rows.push_back(entry);
+  }
+  return rows;
+}
+
+json images_json(const job_record& record) {
+  json data = json::array();
+  for (const auto& png : record.png) data.push_back({{"b64_json", base64(png)}});
+  return data;
+}
+
+// What a job's record says about its schedule: placement, taus, timing.
+json placement_json(const job_record& record) {
+  json about = {{"id", record.id},
+                {"workers", record.workers},
+                {"mode", record.mode},
+                {"queued_seconds", record.queued_seconds},
+                {"run_seconds", record.run_seconds}};
+  if (record.tau1) about["tau1"] = *record.tau1;
+  if (record.tau2) about["tau2"] = *record.tau2;
+  return about;
+}
+
+json job_json(const job_record& record) {
+  json body = {
+      {"id", record.id},
+      {"object", "image.job"},
+      {"status", to_string(record.status)},
+      {"created", std::chrono::duration_cast<std::chrono::seconds>(record.created.time_since_epoch()).count()},
+      {"progress",
+       {{"image", record.images_done}, {"images", record.images}, {"step", record.step}, {"steps", record.steps}}},
+      {"placement", placement_json(record)},
+      {"trace", trace_json(record.trace)}};
+  if (!record.error.empty()) body["error"] = {{"message", record.error}};
+  if (record.status == job_status::succeeded) body["data"] = images_json(record);
+  return body;
+}
+
+// The HTTP status of a request that ended without images.
+int status_of_failure(const job_record& record) {
+  if (record.workers_lost) return 503;
+  if (record.error.rfind("timed out", 0) == 0) return 504;
+  if (record.status == job_status::cancelled) return record.error == "the service is shutting down" ? 503 : 409;
+  return 500;
+}
+
+}  // namespace
+
+int run_serve(const std::vector<std::string>& args) {
+  command_line line;
+  line.name = "serve";
+  line.usage = "hybridiff serve [--model DIR] [--host H] [--port P] [options]";
+  line.summary =
+      "Serves images over HTTP: OpenAI's POST /v1/images/generations (b64_json), an asynchronous job API (POST\n"
+      "/v1/jobs, GET and DELETE /v1/jobs/ID), GET /healthz, GET /readyz (ready once the model is loaded) and GET\n"
+      "/metrics (Prometheus). The model is loaded once, with one replica per worker; requests wait in a bounded\n"
+      "queue (full: 429 with Retry-After) and a placement policy gives each request a group of workers: alone it\n"
+      "runs on all of them with --parallel's schedule, side by side with others on fewer (cfg on 2, none on 1).\n"
+      "The options of generate (model, sampling, schedule) set the defaults of every request. SIGTERM or SIGINT\n"
+      "drains: no new requests, the queued ones are cancelled, the running ones finish, then exit 0.";
+  po::options_description service_flags("Service");
+  // clang-format off
+  service_flags.add_options()
+      ("host", po::value<std::string>()->default_value("127.0.0.1")->value_name("H"), "address to listen on")
+      ("port", po::value<int>()->default_value(8080)->value_name("P"), "port to listen on (0: any free port; the "
+       "first line on stdout names it)")
+      ("placement", po::value<std::string>()->default_value("adaptive")->value_name("POLICY"),
+       "how many workers a request gets: adaptive (the idle workers shared among the waiting requests), all "
+       "(every request on all workers) or one (every request on one worker)")
+      ("max-queue", po::value<int>()->default_value(32)->value_name("N"), "requests that may wait; more get 429")
+      ("request-timeout", po::value<double>()->default_value(600)->value_name("S"),
+       "seconds from submission to the last step; later requests fail (504)")
+      ("max-images", po::value<int>()->default_value(8)->value_name("N"), "the largest n of a request")
+      ("http-threads", po::value<int>()->default_value(16)->value_name("N"), "threads answering HTTP requests "
+       "(clients served at once; a synchronous generation holds one until its image is done)");
+  // clang-format on
+  line.options.add(service_flags);
+  for (const auto& group : generation_options()) line.options.add(group);
+  auto parsed = parse(line, args);
+  if (!parsed) return 0;
+  const auto& values = *parsed;
+  auto setup = settle_generation(values);
+  if (setup.distributed)
+    throw usage_error("serve runs its workers in one process (--workers with --devices); it was started as rank " +
+                      std::to_string(setup.process.rank) + " of WORLD_SIZE " +
+                      std::to_string(setup.process.world_size));
+  const int port = values["port"].as<int>();
+  if (port < 0 || port > 65535) throw usage_error("--port " + std::to_string(port) + " is outside [0, 65535]");
+  const int max_queue = values["max-queue"].as<int>(), max_images = values["max-images"].as<int>();
+  const int http_threads = values["http-threads"].as<int>();
+  if (max_queue < 1 || max_images < 1 || http_threads < 1)
+    throw usage_error("--max-queue, --max-images and --http-threads must be at least 1");
+  const double timeout_seconds = values["request-timeout"].as<double>();
+  if (!(timeout_seconds > 0)) throw usage_error("--request-timeout must be positive");
+  std::unique_ptr<placement_policy> policy;
+  try {
+    policy = make_placement_policy(values["placement"].as<std::string>());
+  } catch (const invalid_options& bad) {
+    throw usage_error(bad.what());
+  }
+  const auto request_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_seconds * 1000));
+
+  // Declared before the service, which its destruction must precede.
+  caf::actor_system_config config;
+  caf::actor_system system(config);
+  // The HTTP server answers from the start (healthz; readyz says "loading") and reaches the service once it exists.
+  std::shared_ptr<image_service> service;
+  std::mutex service_mutex;
+  auto current = [&]() {
+    std::lock_guard lock(service_mutex);
+    return service;
+  };
+  std::atomic<int> in_flight{0};
+  struct counted {
+    std::atomic<int>& count;
+    explicit counted(std::atomic<int>& c) : count(c) { ++count; }
+    ~counted() { --count; }
+  };
+  httplib::Server server;
+  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(http_threads)); };
+  server.set_payload_max_length(1 << 20);
+  server.Get("/healthz", [](const httplib::Request&, httplib::Response& response) {
+    reply_json(response, 200, {{"status", "ok"}});
+  });
+  server.Get("/readyz", [&](const httplib::Request&, httplib::Response& response) {
+    auto running = current();
+    if (!running) return reply_json(response, 503, {{"status", "loading"}});
+    if (stop_requested) return reply_json(response, 503, {{"status", "draining"}});
+    reply_json(response, 200,
+               {{"status", "ready"},
+                {"model", running->pipeline().class_name()},
+                {"workers", running->workers()},
+                {"placement", running->policy().name()}});
+  });
+  server.Get("/metrics", [&](const httplib::Request&, httplib::Response& response) {
+    auto running = current();
+    response.set_content(running ? running->metrics() : "# the model is loading\n", "text/plain; version=0.0.4");
+  });
+  // Submits the body's request; on failure answers and returns "".
+  auto submit = [&](const httplib::Request& http, httplib::Response& response) -> std::string {
+    auto running = current();
+    if (!running) {
+      reply_error(response, 503, "the model is still loading", "", "service_unavailable");
+      return "";
+    }
+    try {
+      auto [request, images] = parse_generation(http.body, setup.request);
+      return running->submit(request, images);
+    } catch (const bad_request& bad) {
+      reply_error(response, 400, bad.message, bad.field);
+    } catch (const invalid_options& bad) {
+      reply_error(response, 400, bad.what(), bad.field());
+    } catch (const service_full& full) {
+      response.set_header("Retry-After", "1");
+      reply_error(response, 429, full.what(), "", "rate_limit_error");
+    } catch (const service_draining& draining) {
+      reply_error(response, 503, draining.what(), "", "service_unavailable");
+    }
+    return "";
+  };
+  server.Post("/v1/images/generations", [&](const httplib::Request& http, httplib::Response& response) {
+    counted busy(in_flight);
+    const auto id = submit(http, response);
+    if (id.empty()) return;
+    auto running = current();
+    auto record = running->wait(id, request_timeout + std::chrono::seconds(5));
+    if (!record->ended()) {  // the runner's own deadline did not fire in time: give up on it
+      running->cancel(id);
+      return reply_error(response, 504, "request " + id + " timed out", "", "timeout");
+    }
+    if (record->status != job_status::succeeded)
+      return reply_error(response, status_of_failure(*record), "request " + id + ": " + record->error, "",
+                         status_of_failure(*record) == 500 ? "server_error" : "service_unavailable");
+    reply_json(
+        response, 200,
+        {{"created", std::chrono::duration_cast<std::chrono::seconds>(record->created.time_since_epoch()).count()},
+         {"data", images_json(*record)},
+         {"hybridiff", placement_json(*record)}});
+  });
+  server.Post("/v1/jobs", [&](const httplib::Request& http, httplib::Response& response) {
+    const auto id = submit(http, response);
+    if (id.empty()) return;
+    reply_json(response, 202, {{"id", id}, {"object", "image.job"}, {"status", "queued"}});
+  });
+  server.Get(R"(/v1/jobs/([^/]+))", [&](const httplib::Request& http, httplib::Response& response) {
+    auto running = current();
+    auto record = running ? running->job(http.matches[1]) : std::nullopt;
+    if (!record) return reply_error(response, 404, "no job '" + std::string(http.matches[1]) + "'", "id");
+    reply_json(response, 200, job_json(*record));
+  });
+  server.Delete(R"(/v1/jobs/([^/]+))", [&](const httplib::Request& http, httplib::Response& response) {
+    auto running = current();
+    const std::string id = http.matches[1];
+    auto record = running ? running->job(id) : std::nullopt;
+    if (!record) return reply_error(response, 404, "no job '" + id + "'", "id");
+    if (!running->cancel(id))
+      return reply_error(response, 409, "job '" + id + "' has already ended (" + to_string(record->status) + ")", "id");
+    reply_json(response, 200, {{"id", id}, {"object", "image.job"}, {"status", "cancelling"}});
+  });
+  server.set_error_handler([](const httplib::Request& http, httplib::Response& response) {
+    if (response.status == 404 && response.body.empty())  // a route's own 404 keeps its body
+      reply_error(response, 404, "no route " + http.method + " " + http.path, "", "not_found");
+  });
+  server.set_exception_handler([](const httplib::Request&, httplib::Response& response, std::exception_ptr failure) {
+    std::string what = "unknown error";
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& caught) {
+      what = caught.what();
+    } catch (...) {}
+    reply_error(response, 500, what, "", "server_error");
+  });
+
+  const auto host = values["host"].as<std::string>();
+  const int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
+  if (bound < 0)
+    throw error("cannot listen on " + host + ":" + std::to_string(port) + " (in use, or not an address here)");
+  std::cout << "listening on http://" << host << ":" << bound << std::endl;
+  std::thread http([&] { server.listen_after_bind(); });
+  auto stop_http = [&] {
+    server.stop();
+    http.join();
+  };
+  stop_requested = false;
+  auto previous_term = std::signal(SIGTERM, stop_serving);
+  auto previous_int = std::signal(SIGINT, stop_serving);
+  auto restore_signals = [&] {
+    std::signal(SIGTERM, previous_term);
+    std::signal(SIGINT, previous_int);
+  };
+
+  try {
+    // One replica per worker: a worker uses its replica alone while it runs a request.
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+    for (const auto& device : setup.devices)
+      replicas.push_back(models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, ""}));
+    setup.parallel.tau = tau_settings_from(values, *replicas.front());
+    service_options options{setup.parallel, static_cast<std::size_t>(max_queue), request_timeout, max_images};
+    {
+      auto started = std::make_shared<image_service>(system, replicas, options, std::move(policy));
+      std::lock_guard lock(service_mutex);
+      service = started;
+    }
+    spdlog::info("serving {} on {} worker(s), placement {}", replicas.front()->class_name(), setup.parallel.workers,
+                 service->policy().name());
+    while (!stop_requested) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    spdlog::info("draining: no new requests; the queued ones are cancelled, the running ones finish");
+    current()->drain();
+    // The answers of the requests that just finished are still being written.
+    for (int wait = 0; wait < 200 && in_flight > 0; ++wait) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    stop_http();
+    {
+      std::lock_guard lock(service_mutex);
+      service.reset();
+    }
+  } catch (...) {
+    if (http.joinable()) stop_http();
+    restore_signals();
+    throw;
+  }
+  restore_signals();
+  spdlog::info("drained; exiting");
+  return 0;
+}
+
+}  // namespace hybridiff::cli
