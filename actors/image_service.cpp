@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <iomanip>
@@ -37,6 +38,8 @@ using job_ptr = std::shared_ptr<job_state>;
 struct queue_state {
   std::deque<job_ptr> waiting;
   std::vector<bool> busy;
+  int running = 0;      // requests running
+  double demand = 1.0;  // placement_view::demand
   bool accepting = true;
   static inline const char* name = "hybridiff.service_queue";
 };
@@ -100,10 +103,14 @@ namespace {
 class adaptive_policy : public placement_policy {
  public:
   std::string name() const override { return "adaptive"; }
-  // The idle workers shared evenly among the waiting requests: alone, a request takes them all.
+  // The pool shared among the recent demand, and the idle workers among the waiting requests: alone, a request
+  // takes them all. The demand remembers concurrency: under load, the request that finds the service idle for a
+  // moment still takes a share, instead of the whole pool that the next arrival would then wait for.
   int workers_for(const placement_view& view) const override {
     if (view.free_workers == 0) return 0;
-    const int share = std::max(1, view.free_workers / std::max(1, view.waiting));
+    const int by_demand =
+        static_cast<int>(std::lround(static_cast<double>(view.total_workers) / std::max(1.0, view.demand)));
+    const int share = std::max(1, std::min(view.free_workers / std::max(1, view.waiting), by_demand));
     for (int size : view.sizes)
       if (size <= share) return size;
     return 0;
@@ -227,7 +234,9 @@ struct image_service::impl {
     return -1;
   }
 
-  void dispatch(std::deque<job_ptr>& waiting, std::vector<bool>& busy) {
+  void dispatch(queue_state& state) {
+    auto& waiting = state.waiting;
+    auto& busy = state.busy;
     // Cancelled and timed-out requests leave the queue wherever they stand.
     for (auto it = waiting.begin(); it != waiting.end();) {
       const auto& job = *it;
@@ -246,6 +255,8 @@ struct image_service::impl {
       placement_view view;
       view.free_workers = static_cast<int>(std::count(busy.begin(), busy.end(), false));
       view.waiting = static_cast<int>(waiting.size());
+      view.running = state.running;
+      view.demand = state.demand;
       view.total_workers = static_cast<int>(busy.size());
       view.sizes = job->sizes;
       const int size = policy->workers_for(view);
@@ -259,6 +270,7 @@ struct image_service::impl {
         ++running;
       }
       tasks_changed.notify_one();
+      ++state.running;
       waiting.pop_front();
     }
     depth = waiting.size();
@@ -415,15 +427,18 @@ struct image_service::impl {
           if (!state.accepting) return 2;
           if (state.waiting.size() >= limit) return 1;
           state.waiting.push_back(job);
-          service->dispatch(state.waiting, state.busy);
+          const double in_service = static_cast<double>(state.waiting.size()) + state.running;
+          state.demand = 0.25 * in_service + 0.75 * state.demand;
+          service->dispatch(state);
           return 0;
         },
         [=](finished_atom, std::int32_t group) {
           for (int w : service->groups[static_cast<std::size_t>(group)].workers)
             self->state.busy[static_cast<std::size_t>(w)] = false;
-          service->dispatch(self->state.waiting, self->state.busy);
+          --self->state.running;
+          service->dispatch(self->state);
         },
-        [=](dispatch_atom) { service->dispatch(self->state.waiting, self->state.busy); },
+        [=](dispatch_atom) { service->dispatch(self->state); },
         [=](drain_atom) -> std::int32_t {
           auto& state = self->state;
           state.accepting = false;

@@ -17,9 +17,13 @@ namespace hybridiff {
 
 /// What a placement policy sees of the request at the head of the queue.
 struct placement_view {
-  int free_workers = 0;    ///< idle workers now
-  int waiting = 0;         ///< requests waiting, this one included
-  int total_workers = 0;   ///< the pool
+  int free_workers = 0;   ///< idle workers now
+  int waiting = 0;        ///< requests waiting, this one included
+  int running = 0;        ///< requests running now
+  int total_workers = 0;  ///< the pool
+  /// The recent demand: requests in the service (waiting and running) as arrivals saw them, averaged
+  /// exponentially (weight 1/4 for the newest); 1 while requests come one at a time.
+  double demand = 1;
   std::vector<int> sizes;  ///< the group sizes this request may run on, largest first (never empty)
 };
 
@@ -33,9 +37,10 @@ class placement_policy {
   virtual int workers_for(const placement_view& view) const = 0;
 };
 
-/// The built-in policies by name. "adaptive": the idle workers are shared among the waiting requests, so an idle
-/// service spreads one image over every worker (lowest latency) and a queue runs requests side by side on smaller
-/// groups (highest throughput). "all": every request on all workers (it waits for them). "one": every request on
+/// The built-in policies by name. "adaptive": the workers are shared among the requests of the recent demand, and
+/// the idle ones among the waiting requests, so a service that gets one request at a time spreads each image over
+/// every worker (lowest latency) and a loaded one runs requests side by side on smaller groups (highest
+/// throughput). "all": every request on all workers (it waits for them). "one": every request on
 /// one worker. Throws invalid_options for another name.
 std::unique_ptr<placement_policy> make_placement_policy(const std::string& name);
 

@@ -28,7 +28,8 @@ class Server:
     """One `hybridiff serve` process on 127.0.0.1 and a free port."""
 
     def __init__(self, *flags, log_level="warn"):
-        self.process = subprocess.Popen([BINARY, "serve", "--port", "0", "--log-level", log_level, *flags],
+        self.process = subprocess.Popen([BINARY, "serve", "--port", "0", "--log-level", log_level,
+                                         "--threads-per-worker", "1", *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output = []  # every line it printed (the log goes to stdout), read as it comes: the pipe never fills
         self.port = None
@@ -107,11 +108,13 @@ class Server:
 
 
 def generate_png(*flags):
-    """`hybridiff generate` into a temporary PNG; its bytes."""
+    """`hybridiff generate` into a temporary PNG; its bytes. One intra-op thread, as the servers here run each
+    worker with (--threads-per-worker 1): the same reductions in the same order, so the same pixels."""
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "image.png")
         done = subprocess.run([BINARY, "generate", "--output", output, "--progress", "never", "--log-level", "warn",
-                               *flags], capture_output=True, text=True, timeout=600)
+                               *flags], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert done.returncode == 0, done.stderr
         with open(output, "rb") as png:
             return png.read()

@@ -1,0 +1,52 @@
+// The service's placement policies: how many workers the request at the head of the queue gets.
+#include <gtest/gtest.h>
+
+#include "actors/image_service.hpp"
+
+namespace hybridiff {
+namespace {
+
+placement_view view(int free, int waiting, double demand, std::vector<int> sizes, int total = 2, int running = 0) {
+  placement_view v;
+  v.free_workers = free;
+  v.waiting = waiting;
+  v.running = running;
+  v.total_workers = total;
+  v.demand = demand;
+  v.sizes = std::move(sizes);
+  return v;
+}
+
+TEST(PlacementPolicy, AdaptiveSpreadsALoneRequestAndSharesUnderLoad) {
+  auto adaptive = make_placement_policy("adaptive");
+  EXPECT_EQ(adaptive->name(), "adaptive");
+  EXPECT_EQ(adaptive->workers_for(view(2, 1, 1.0, {2, 1})), 2);           // idle, one request at a time: all workers
+  EXPECT_EQ(adaptive->workers_for(view(2, 2, 1.0, {2, 1})), 1);           // two waiting: one each
+  EXPECT_EQ(adaptive->workers_for(view(2, 1, 2.0, {2, 1})), 1);           // recently two at a time: a share, not all
+  EXPECT_EQ(adaptive->workers_for(view(2, 1, 1.2, {2, 1})), 2);           // the demand has settled back
+  EXPECT_EQ(adaptive->workers_for(view(0, 1, 1.0, {2, 1})), 0);           // nobody idle: wait
+  EXPECT_EQ(adaptive->workers_for(view(2, 1, 1.0, {1})), 1);              // a request that only one worker can run
+  EXPECT_EQ(adaptive->workers_for(view(4, 1, 2.0, {4, 2, 1}, 4)), 2);     // 4 workers, demand 2: a CFG pair
+  EXPECT_EQ(adaptive->workers_for(view(3, 1, 1.0, {4, 2, 1}, 4, 1)), 2);  // 3 idle: the largest group that fits
+}
+
+TEST(PlacementPolicy, FixedPoliciesIgnoreTheLoad) {
+  auto all = make_placement_policy("all"), one = make_placement_policy("one");
+  EXPECT_EQ(all->workers_for(view(2, 5, 4.0, {2, 1})), 2);
+  EXPECT_EQ(all->workers_for(view(1, 1, 1.0, {2, 1})), 0);  // waits for every worker
+  EXPECT_EQ(all->workers_for(view(1, 1, 1.0, {1})), 1);     // its largest group is one worker
+  EXPECT_EQ(one->workers_for(view(2, 1, 1.0, {2, 1})), 1);
+  EXPECT_EQ(one->workers_for(view(0, 1, 1.0, {2, 1})), 0);
+}
+
+TEST(PlacementPolicy, AnUnknownNameIsAnInvalidOption) {
+  try {
+    make_placement_policy("fastest");
+    FAIL() << "no error";
+  } catch (const invalid_options& bad) {
+    EXPECT_NE(std::string(bad.what()).find("adaptive, all or one"), std::string::npos) << bad.what();
+  }
+}
+
+}  // namespace
+}  // namespace hybridiff
