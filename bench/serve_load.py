@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and latency of `hybridiff serve` under load, per placement policy, in one run.
 
-For each policy (adaptive, all, one) a server is started with the given serve flags; after one warm-up request,
+For each policy (adaptive, all, one) a server is started with the given serve flags; after warm-up requests,
 C clients (C in --clients) each send --requests synchronous POST /v1/images/generations requests back to back.
 Prints JSON: per policy and client count the throughput (images/s) and the p50/p95 latency (s), then per client
 count the ratio of the adaptive policy's throughput and p50 to the better fixed policy's.
@@ -104,7 +104,8 @@ def main():
     for policy in args.policies.split(","):
         process, port = start(args.binary, ["--placement", policy, "--max-queue", "1024", *args.serve_flags])
         try:
-            load(port, 1, 1, body)  # warm-up: first-use costs (allocator, CUDA graphs) stay out of the numbers
+            for clients in sorted({1, 2, max(counts)}):  # warm-up: every group a load places requests on has run
+                load(port, clients, 1, body)       # once, so first-use costs (allocator, CUDA graphs) stay out
             report["policies"][policy] = {str(c): load(port, c, args.requests, body) for c in counts}
         finally:
             process.terminate()

@@ -17,6 +17,11 @@ if [ ! -d "$prefix/usr/include/caf" ]; then
 fi
 export CMAKE_PREFIX_PATH="$prefix/usr"
 export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+# pkg-config (cpp-httplib's feature defines) from the unpacked packages, reading only their .pc files, whose
+# /usr paths the sysroot moves under the prefix.
+export PATH="$prefix/usr/bin:$PATH"
+export PKG_CONFIG_LIBDIR="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$prefix/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$prefix"
 export HYBRIDIFF_SHARED="$offline/shared"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DHYBRIDIFF_SHARED_DIR="$offline/shared" \
   -DTORCH_CUDA_ARCH_LIST=9.0 >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log"; exit 1; }
