@@ -641,7 +641,6 @@ std::string image_service::metrics() const {
 }
 
 int image_service::workers() const { return impl_->options.parallel.workers; }
-std::size_t image_service::queue_depth() const { return impl_->depth.load(); }
 const placement_policy& image_service::policy() const { return *impl_->policy; }
 const models::diffusion_pipeline& image_service::pipeline() const { return *impl_->replicas.front(); }
 

@@ -116,7 +116,6 @@ class image_service {
   /// latency histograms, per-worker busy time.
   std::string metrics() const;
   int workers() const;
-  std::size_t queue_depth() const;
   const placement_policy& policy() const;
   /// The pool's lead pipeline (worker 0's replica): its class and defaults.
   const models::diffusion_pipeline& pipeline() const;
