@@ -196,9 +196,7 @@ struct image_service::impl {
     if (!policy) throw invalid_options("image service: no placement policy");
     busy_seconds.assign(static_cast<std::size_t>(pool_size), 0.0);
     auto add_group = [&](std::vector<int> workers, parallel_options group_options) {
-      std::vector<std::shared_ptr<models::diffusion_pipeline>> own;
-      for (int w : workers) own.push_back(replicas[static_cast<std::size_t>(w)]);
-      auto session = std::make_unique<parallel_session>(system, own, group_options);
+      auto session = session_of(workers, group_options);
       groups.push_back({std::move(workers), std::move(group_options), std::move(session)});
     };
     std::vector<int> everyone(static_cast<std::size_t>(pool_size));
@@ -216,6 +214,13 @@ struct image_service::impl {
     apply_worker_defaults(single, 1, std::nullopt, 1);
     single.stride = 1;
     for (int w = 0; w < pool_size; ++w) add_group({w}, single);
+  }
+
+  // A session over `workers`' replicas.
+  std::unique_ptr<parallel_session> session_of(const std::vector<int>& workers, const parallel_options& group_options) {
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> own;
+    for (int w : workers) own.push_back(replicas[static_cast<std::size_t>(w)]);
+    return std::make_unique<parallel_session>(system, own, group_options);
   }
 
   // -- the queue actor's work ---------------------------------------------------------------------------------
@@ -407,9 +412,7 @@ struct image_service::impl {
     // A session that lost a worker serves no further image: a fresh one over the same replicas takes its place.
     if (rebuild) {
       try {
-        std::vector<std::shared_ptr<models::diffusion_pipeline>> own;
-        for (int w : group.workers) own.push_back(replicas[static_cast<std::size_t>(w)]);
-        group.session = std::make_unique<parallel_session>(system, own, group.options);
+        group.session = session_of(group.workers, group.options);
         spdlog::warn("workers {}: a worker was lost; their session was started anew", describe(group.workers));
       } catch (const std::exception& failure) {
         spdlog::error("workers {}: cannot start their session anew: {}", describe(group.workers), failure.what());

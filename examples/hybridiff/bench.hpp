@@ -14,6 +14,10 @@
 
 namespace hybridiff::cli {
 
+/// Waits for `device`'s queued work (a no-op on the CPU): what a timing around GPU work must do before reading
+/// the clock.
+void synchronize(const c10::Device& device);
+
 /// The q-quantile (0 <= fraction <= 1) of `samples`, linearly interpolated; `samples` must not be empty.
 double percentile(std::vector<double> samples, double fraction);
 

@@ -43,10 +43,6 @@ bench_run parse_run(const std::string& text, const c10::Device& device) {
   return run;
 }
 
-void synchronize(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
-}
-
 }  // namespace
 
 std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const bench_model& model,

@@ -17,10 +17,6 @@
 namespace hybridiff::cli {
 namespace {
 
-void synchronize(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
-}
-
 // A kernel profile of `steps` steps as JSON: GPU milliseconds per step in total, by kernel class (with its share)
 // and for the 15 longest kernels.
 nlohmann::json kernel_report(const std::vector<runtime::kernel_total>& kernels, std::int64_t steps) {
@@ -55,6 +51,10 @@ models::branch_conditioning repeated(const models::branch_conditioning& branch, 
 }
 
 }  // namespace
+
+void synchronize(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
 
 double percentile(std::vector<double> samples, double fraction) {
   std::sort(samples.begin(), samples.end());

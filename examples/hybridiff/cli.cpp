@@ -1,5 +1,7 @@
 #include "cli.hpp"
 
+#include <atomic>
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -90,6 +92,22 @@ void use_cudnn_benchmark(bool on, const c10::Device& device) {
   if (!device.is_cuda()) throw usage_error("--cudnn-benchmark needs a CUDA --device, not " + device.str());
   at::globalContext().setBenchmarkCuDNN(true);
 }
+
+namespace {
+std::atomic<bool> stop_asked{false};
+extern "C" void ask_to_stop(int) { stop_asked = true; }
+}  // namespace
+
+stop_signals::stop_signals()
+    : previous_int_((stop_asked = false, std::signal(SIGINT, ask_to_stop))),
+      previous_term_(std::signal(SIGTERM, ask_to_stop)) {}
+
+stop_signals::~stop_signals() {
+  std::signal(SIGINT, previous_int_);
+  std::signal(SIGTERM, previous_term_);
+}
+
+bool stop_signals::requested() const { return stop_asked; }
 
 void check_cuda_graphs(bool on, const c10::Device& device) {
   if (on && !device.is_cuda()) throw usage_error("--cuda-graphs needs a CUDA --device, not " + device.str());

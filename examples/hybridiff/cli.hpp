@@ -40,6 +40,21 @@ at::ScalarType parse_dtype(const std::string& text);
 /// --cudnn-benchmark: cuDNN times its convolution algorithms for each input shape at the first call and keeps the
 /// fastest (ATen's benchmark mode, process-wide). A usage error on a device other than CUDA.
 void use_cudnn_benchmark(bool on, const c10::Device& device);
+/// While it lives, SIGINT and SIGTERM ask the command to stop (`requested()`) instead of ending the process; the
+/// previous handlers come back when it is destroyed. One at a time.
+class stop_signals {
+ public:
+  stop_signals();
+  ~stop_signals();
+  stop_signals(const stop_signals&) = delete;
+  stop_signals& operator=(const stop_signals&) = delete;
+  bool requested() const;
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
 /// --cuda-graphs: a usage error on a device other than CUDA.
 void check_cuda_graphs(bool on, const c10::Device& device);
 inline constexpr const char* cudnn_benchmark_help =

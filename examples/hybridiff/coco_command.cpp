@@ -1,6 +1,4 @@
 // hybridiff coco: one image per prompt of a captions file, resumable, stoppable with Ctrl-C.
-#include <atomic>
-#include <csignal>
 #include <fstream>
 #include <iomanip>
 #include <sstream>
@@ -17,10 +15,6 @@
 namespace hybridiff::cli {
 
 namespace {
-
-std::atomic<bool> stop_requested{false};
-
-extern "C" void request_stop(int) { stop_requested = true; }
 
 struct interrupted : std::exception {};
 
@@ -113,9 +107,7 @@ int run_coco(const std::vector<std::string>& args) {
   auto setup = settle_generation(values);
   auto probe = setup.request;
   probe.prompt = todo.front().first.text;
-  stop_requested = false;
-  auto previous_int = std::signal(SIGINT, request_stop);
-  auto previous_term = std::signal(SIGTERM, request_stop);
+  const stop_signals signals;
   std::size_t written = 0;
   bool stopped = false;
   try {
@@ -126,7 +118,7 @@ int run_coco(const std::vector<std::string>& args) {
         request.prompt = prompt.text;
         request.seed = setup.request.seed + static_cast<std::uint64_t>(prompt.id);
         auto result = session.generate(request, [&](std::int64_t, std::int64_t, const at::Tensor&) {
-          if (stop_requested) throw interrupted();
+          if (signals.requested()) throw interrupted();
         });
         models::save_png(path, pipeline.decode(result.latents));
         // Where each image's pipeline window fell (empty: no window, e.g. --parallel cfg).
@@ -136,14 +128,12 @@ int run_coco(const std::vector<std::string>& args) {
         ++written;
         bar.update(static_cast<std::int64_t>(written));
         spdlog::debug("wrote {}", path.string());
-        if (stop_requested) throw interrupted();
+        if (signals.requested()) throw interrupted();
       }
     });
   } catch (const interrupted&) {
     stopped = true;
   }
-  std::signal(SIGINT, previous_int);
-  std::signal(SIGTERM, previous_term);
   if (stopped) {
     spdlog::warn("stopped: {} images written, {} left; run the same command again to resume", written, todo.size() - written);
     return 130;

@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -22,9 +21,6 @@ namespace hybridiff::cli {
 namespace {
 
 using json = nlohmann::json;
-
-std::atomic<bool> stop_requested{false};
-extern "C" void stop_serving(int) { stop_requested = true; }
 
 std::string base64(const std::vector<std::uint8_t>& bytes) {
   std::string text(4 * ((bytes.size() + 2) / 3), '\0');
@@ -249,6 +245,7 @@ int run_serve(const std::vector<std::string>& args) {
     std::lock_guard lock(service_mutex);
     return service;
   };
+  const stop_signals signals;  // SIGTERM and SIGINT drain (below) instead of ending the process
   std::atomic<int> in_flight{0};
   struct counted {
     std::atomic<int>& count;
@@ -264,7 +261,7 @@ int run_serve(const std::vector<std::string>& args) {
   server.Get("/readyz", [&](const httplib::Request&, httplib::Response& response) {
     auto running = current();
     if (!running) return reply_json(response, 503, {{"status", "loading"}});
-    if (stop_requested) return reply_json(response, 503, {{"status", "draining"}});
+    if (signals.requested()) return reply_json(response, 503, {{"status", "draining"}});
     reply_json(response, 200,
                {{"status", "ready"},
                 {"model", running->pipeline().class_name()},
@@ -307,9 +304,11 @@ int run_serve(const std::vector<std::string>& args) {
       running->cancel(id);
       return reply_error(response, 504, "request " + id + " timed out", "", "timeout");
     }
-    if (record->status != job_status::succeeded)
-      return reply_error(response, status_of_failure(*record), "request " + id + ": " + record->error, "",
-                         status_of_failure(*record) == 500 ? "server_error" : "service_unavailable");
+    if (record->status != job_status::succeeded) {
+      const int status = status_of_failure(*record);
+      return reply_error(response, status, "request " + id + ": " + record->error, "",
+                         status == 500 ? "server_error" : "service_unavailable");
+    }
     reply_json(
         response, 200,
         {{"created", std::chrono::duration_cast<std::chrono::seconds>(record->created.time_since_epoch()).count()},
@@ -360,13 +359,6 @@ int run_serve(const std::vector<std::string>& args) {
     server.stop();
     http.join();
   };
-  stop_requested = false;
-  auto previous_term = std::signal(SIGTERM, stop_serving);
-  auto previous_int = std::signal(SIGINT, stop_serving);
-  auto restore_signals = [&] {
-    std::signal(SIGTERM, previous_term);
-    std::signal(SIGINT, previous_int);
-  };
 
   try {
     // One replica per worker: a worker uses its replica alone while it runs a request.
@@ -392,7 +384,7 @@ int run_serve(const std::vector<std::string>& args) {
     }
     spdlog::info("serving {} on {} worker(s), placement {}", replicas.front()->class_name(), setup.parallel.workers,
                  service->policy().name());
-    while (!stop_requested) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    while (!signals.requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     spdlog::info("draining: no new requests; the queued ones are cancelled, the running ones finish");
     current()->drain();
     // The answers of the requests that just finished are still being written.
@@ -404,10 +396,8 @@ int run_serve(const std::vector<std::string>& args) {
     }
   } catch (...) {
     if (http.joinable()) stop_http();
-    restore_signals();
     throw;
   }
-  restore_signals();
   spdlog::info("drained; exiting");
   return 0;
 }
