@@ -20,13 +20,18 @@ namespace hybridiff::actors {
 using runtime::tensor_meta;
 using tensor_metas = std::vector<tensor_meta>;
 
-void configure_cluster(caf::actor_system_config& config) {
+void configure_cluster(caf::actor_system_config& config, const cluster_options& options) {
+  // One late heartbeat must not lose a peer: the timeout spans at least two intervals.
+  if (options.heartbeat_interval.count() <= 0 || options.connection_timeout < 2 * options.heartbeat_interval)
+    throw error("the connection timeout (" + std::to_string(options.connection_timeout.count()) +
+                " ms) must be at least twice the heartbeat interval (" +
+                std::to_string(options.heartbeat_interval.count()) + " ms), which must be positive");
   config.load<caf::io::middleman>();
   // A peer that stops answering without closing its connection (a network partition, a frozen host) is dropped
   // after connection_timeout without traffic — heartbeats keep healthy idle connections busy — and reported as
   // lost like a peer whose process died, instead of only when a request times out (minutes).
-  config.set("middleman.heartbeat-interval", caf::timespan{heartbeat_interval});
-  config.set("middleman.connection-timeout", caf::timespan{connection_timeout});
+  config.set("middleman.heartbeat-interval", caf::timespan{options.heartbeat_interval});
+  config.set("middleman.connection-timeout", caf::timespan{options.connection_timeout});
   config.add_message_type<tensor_meta>("hybridiff::tensor_meta");
   config.add_message_type<tensor_metas>("hybridiff::tensor_metas");
 }
@@ -460,14 +465,14 @@ cluster_host::~cluster_host() {
 }
 
 namespace {
-caf::actor_system_config& configured(caf::actor_system_config& config, bool cluster) {
-  if (cluster) configure_cluster(config);
+caf::actor_system_config& configured(caf::actor_system_config& config, bool cluster, const cluster_options& options) {
+  if (cluster) configure_cluster(config, options);
   return config;
 }
 }  // namespace
 
 process_run::process_run(const runtime::process_placement& placement, const cluster_options& options)
-    : placement_(placement), options_(options), system_(configured(config_, placement.world_size > 1)) {
+    : placement_(placement), options_(options), system_(configured(config_, placement.world_size > 1, options)) {
   if (placement.world_size > 1 && placement.rank == 0) cluster_ = std::make_unique<cluster_host>(system_, placement_, options_);
 }
 
@@ -519,9 +524,12 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
                runtime::to_string(options.transport));
   caf::error reason;
   self->receive([&](caf::down_msg& down) { reason = down.reason; });
-  if (reason && reason != caf::exit_reason::normal)
-    throw error("rank " + std::to_string(placement.rank) + ": rank 0 at " + rank_zero + " was lost (" +
-                system.render(reason) + ")");
+  if (reason && reason != caf::exit_reason::normal) {
+    // Logged as well as thrown: the log line carries the time the loss was noticed.
+    const auto lost = "rank 0 at " + rank_zero + " was lost (" + system.render(reason) + ")";
+    spdlog::error("{}", lost);
+    throw error("rank " + std::to_string(placement.rank) + ": " + lost);
+  }
 }
 
 }  // namespace hybridiff::actors

@@ -55,17 +55,19 @@ struct cluster_options {
   std::chrono::milliseconds rendezvous_timeout{std::chrono::seconds(60)};
   /// every remote request and every tensor transfer; never infinite.
   std::chrono::milliseconds request_timeout{std::chrono::minutes(10)};
+  /// How often connected processes exchange heartbeats, and how long a connection may stay silent before its peer
+  /// is lost (its actors then send down messages, as when its process dies): a peer that vanishes without closing
+  /// its connection (a pulled cable, a frozen host) is lost after connection_timeout to connection_timeout +
+  /// heartbeat_interval.
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds connection_timeout{4000};
   debug_fault fault;
 };
 
-/// How often connected processes exchange heartbeats, and how long a connection may stay silent before the peer is
-/// lost (its actors then send down messages, as when its process dies).
-inline constexpr std::chrono::milliseconds heartbeat_interval{1000};
-inline constexpr std::chrono::milliseconds connection_timeout{10000};
-
-/// Loads CAF's middleman with heartbeats and registers every type that crosses processes. Call on the configuration
-/// of every process of a multi-process run (CAF 0.17 turns unregistered types into empty messages across nodes).
-void configure_cluster(caf::actor_system_config& config);
+/// Loads CAF's middleman with `options`' heartbeats and registers every type that crosses processes. Call on the
+/// configuration of every process of a multi-process run (CAF 0.17 turns unregistered types into empty messages
+/// across nodes). Throws hybridiff::error unless 0 < 2 × heartbeat_interval <= connection_timeout.
+void configure_cluster(caf::actor_system_config& config, const cluster_options& options = {});
 
 /// Rank 0's side: publishes the registry on placement.master_port, waits for ranks 1 .. world_size − 1, opens a
 /// link to each and spawns one proxy worker per rank. Throws hybridiff::error when the port cannot be opened or a

@@ -1,5 +1,8 @@
 #include "processes.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include "models/errors.hpp"
 
 namespace hybridiff::cli {
@@ -16,12 +19,18 @@ po::options_description process_options() {
        "(nccl on a CUDA --device)")
       ("rendezvous-timeout", po::value<double>()->default_value(60)->value_name("S"),
        "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")
+      ("heartbeat-interval", po::value<double>()->default_value(0.5)->value_name("S"),
+       "seconds between the heartbeats that connected processes exchange")
+      ("connection-timeout", po::value<double>()->default_value(4)->value_name("S"),
+       "seconds a connection may stay silent (no heartbeat, no message) before its peer is lost: a rank that "
+       "vanishes without closing its connection (pulled cable, frozen host) is noticed after S to S + the "
+       "heartbeat interval; at least twice --heartbeat-interval")
       ("debug-kill-after", po::value<int>()->value_name("N"),
        "fault injection, for testing deployments: this process kills itself (SIGKILL) at its N-th step (rank 0) "
        "or N-th step request (other ranks)")
       ("debug-freeze-after", po::value<int>()->value_name("N"),
        "fault injection: this process stops (SIGSTOP) there instead, its connections open but silent as across a "
-       "network partition; the other ranks lose it after 10 s without heartbeats");
+       "network partition; the other ranks lose it after --connection-timeout");
   // clang-format on
   return processes;
 }
@@ -30,9 +39,17 @@ actors::cluster_options cluster_options_from(const po::variables_map& values, co
                                              std::chrono::milliseconds request_timeout) {
   actors::cluster_options options;
   options.device = device;
-  const double seconds = values["rendezvous-timeout"].as<double>();
-  if (!(seconds > 0)) throw usage_error("--rendezvous-timeout must be positive");
-  options.rendezvous_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(1000 * seconds));
+  const auto duration = [&](const char* flag) {
+    const double seconds = values[flag].as<double>();
+    if (!(seconds > 0) || seconds > 1e6) throw usage_error(std::string("--") + flag + " must be in (0, 1e6] seconds");
+    return std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(1000 * seconds)));
+  };
+  options.rendezvous_timeout = duration("rendezvous-timeout");
+  options.heartbeat_interval = duration("heartbeat-interval");
+  options.connection_timeout = duration("connection-timeout");
+  if (options.connection_timeout < 2 * options.heartbeat_interval)
+    throw usage_error("--connection-timeout must be at least twice --heartbeat-interval (one late heartbeat must "
+                      "not lose a peer)");
   options.request_timeout = request_timeout;
   for (const char* flag : {"debug-kill-after", "debug-freeze-after"}) {
     if (!values.count(flag)) continue;

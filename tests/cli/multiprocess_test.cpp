@@ -110,26 +110,6 @@ TEST(MultiProcessHosts, TwoNetworkNamespacesJoinedByAVethPair) {
             1e-5);
 }
 
-// Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
-// test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags;
-// `after_rank0` runs once rank 0 has exited, before waiting for rank 1.
-test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
-                               const std::string& after_rank0 = ":") {
-  const auto common = "generate --model " + model_folder("tiny-sdxl") +
-                      " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --trace " +
-                      quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
-  const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
-  // Each rank's `timeout` process id goes to rankR.pid (after_rank0 may signal its child, the rank itself).
-  const auto rank = [&](int r, const std::string& extra) {
-    const auto file = [&](const std::string& suffix) { return quoted(dir / ("rank" + std::to_string(r) + suffix)); };
-    return "(" + env + " RANK=" + std::to_string(r) + " timeout 120 " + test::hybridiff_binary() + " " + common + " " +
-           extra + " > " + file(".log") + " 2>&1 & echo $! > " + file(".pid") + "; wait $!; echo \"rank " +
-           std::to_string(r) + " exit $?\" >> " + file(".log") + ")";
-  };
-  return run_shell(rank(1, extra1) + " & " + rank(0, extra0) + "; " + after_rank0 + "; wait; cat " + quoted(dir / "rank0.log") + " " +
-                   quoted(dir / "rank1.log"));
-}
-
 // The time of day of the log line holding `text` ([HH:MM:SS.mmm] prefix), in seconds.
 double logged_at(const std::string& output, const std::string& text) {
   std::smatch match;
@@ -137,6 +117,51 @@ double logged_at(const std::string& output, const std::string& text) {
   if (!std::regex_search(output, match, line)) throw std::runtime_error("no log line with '" + text + "'");
   return std::stoi(match[1]) * 3600.0 + std::stoi(match[2]) * 60.0 + std::stod(match[3]);
 }
+
+TEST(MultiProcessHosts, ACutLinkIsNoticedWithinSecondsOnBothSides) {
+  // The veth pair goes down mid-image: no packet passes and no connection closes, so only the missing heartbeats
+  // tell the ranks (--connection-timeout, 4 s by default; the ranks' request timeout is 10 min).
+  test::temp_dir dir;
+  auto hosts = run_shell("CUT_AFTER='step 10: request in' " +
+                         quoted(std::filesystem::path(HYBRIDIFF_TESTS_DIR) / "cli/two_hosts.sh") + " " +
+                         test::hybridiff_binary() + " " + quoted(dir.path()) + " --model " + model_folder("tiny-sdxl") +
+                         " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --log-level trace");
+  if (hosts.exit_code == 77) GTEST_SKIP() << hosts.output;
+  ASSERT_NE(hosts.output.find("rank 0 exit 0, rank 1 exit 1"), std::string::npos) << hosts.output;
+  EXPECT_NE(hosts.output.find("finishing the image on worker 0 in sequential CFG"), std::string::npos) << hosts.output;
+  EXPECT_TRUE(std::regex_search(hosts.output, std::regex("rank 1: rank 0 at 127\\.100\\.[0-9]+\\.1:29500 was lost")))
+      << hosts.output;
+  const double cut = logged_at(hosts.output, "cut the link between the hosts");
+  const double rank_zero_noticed = logged_at(hosts.output, "rank 1 was lost") - cut;
+  const double rank_one_noticed = logged_at(hosts.output, "rank 0 at [0-9.:]+ was lost") - cut;
+  std::cout << "noticed " << rank_zero_noticed << " s (rank 0), " << rank_one_noticed << " s (rank 1) after the cut\n";
+  EXPECT_GT(rank_zero_noticed, 0.0) << hosts.output;
+  EXPECT_LT(rank_zero_noticed, 10.0) << hosts.output;
+  EXPECT_GT(rank_one_noticed, 0.0) << hosts.output;
+  EXPECT_LT(rank_one_noticed, 10.0) << hosts.output;
+}
+
+// Two ranks started by hand (as a cluster's own launcher would), each under `timeout` so that a hang fails the
+// test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
+// Rank `waited` runs in the foreground; `after` runs once it has exited, before waiting for the other rank (it may
+// signal a rank's process: rankR.pid in `dir` holds the id of rank R's `timeout`, whose child is the rank).
+test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
+                               const std::string& after = ":", int waited = 0) {
+  const auto common = "generate --model " + model_folder("tiny-sdxl") +
+                      " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --trace " +
+                      quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
+  const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
+  const auto rank = [&](int r, const std::string& extra) {
+    const auto file = [&](const std::string& suffix) { return quoted(dir / ("rank" + std::to_string(r) + suffix)); };
+    return "(" + env + " RANK=" + std::to_string(r) + " timeout 120 " + test::hybridiff_binary() + " " + common + " " +
+           extra + " > " + file(".log") + " 2>&1 & echo $! > " + file(".pid") + "; wait $!; echo \"rank " +
+           std::to_string(r) + " exit $?\" >> " + file(".log") + ")";
+  };
+  const int other = 1 - waited;
+  return run_shell(rank(other, other == 0 ? extra0 : extra1) + " & " + rank(waited, waited == 0 ? extra0 : extra1) +
+                   "; " + after + "; wait; cat " + quoted(dir / "rank0.log") + " " + quoted(dir / "rank1.log"));
+}
+
 
 TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded) {
   test::temp_dir dir;
@@ -159,16 +184,30 @@ TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded)
 
 TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFinishesDegraded) {
   // SIGSTOP leaves rank 1's connections open and silent, as a network partition or a hung host does: no connection
-  // closes, so only the missing heartbeats tell rank 0 (actors::connection_timeout, 10 s), not a request timeout
-  // (10 min, past the ranks' own 120 s limit).
+  // closes, so only the missing heartbeats tell rank 0 (--connection-timeout, 4 s by default), not a request
+  // timeout (10 min, past the ranks' own 120 s limit).
   test::temp_dir dir;
   auto result = run_two_ranks(dir, "", "--debug-freeze-after 5", "pkill -KILL -P $(cat " + quoted(dir / "rank1.pid") + ")");
   EXPECT_NE(result.output.find("rank 0 exit 0"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("rank 1 exit 137"), std::string::npos) << result.output;  // the test's SIGKILL
   EXPECT_NE(result.output.find("finishing the image on worker 0 in sequential CFG"), std::string::npos) << result.output;
   const double noticed = logged_at(result.output, "rank 1 was lost") - logged_at(result.output, "stopping this process");
-  EXPECT_GT(noticed, 5.0) << result.output;  // the connection stayed open: this was the heartbeat timeout
-  EXPECT_LT(noticed, 30.0) << result.output;
+  EXPECT_GT(noticed, 3.0) << result.output;  // the connection stayed open: this was the heartbeat timeout
+  EXPECT_LT(noticed, 10.0) << result.output;
+}
+
+TEST(MultiProcessFaults, AWorkerRankWhoseRankZeroFreezesExitsNamingIt) {
+  test::temp_dir dir;
+  auto result = run_two_ranks(dir, "--debug-freeze-after 5", "", "pkill -KILL -P $(cat " + quoted(dir / "rank0.pid") + ")",
+                              /*waited=*/1);
+  EXPECT_NE(result.output.find("rank 1 exit 1"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("rank 0 exit 137"), std::string::npos) << result.output;  // the test's SIGKILL
+  EXPECT_TRUE(std::regex_search(result.output, std::regex("rank 1: rank 0 at 127.0.0.1:[0-9]+ was lost")))
+      << result.output;
+  const double noticed = logged_at(result.output, "rank 0 at 127.0.0.1:[0-9]+ was lost") -
+                         logged_at(result.output, "stopping this process");
+  EXPECT_GT(noticed, 3.0) << result.output;
+  EXPECT_LT(noticed, 10.0) << result.output;
 }
 
 TEST(MultiProcessFaults, AKilledRankZeroEndsTheOtherRanks) {
@@ -214,6 +253,10 @@ TEST(MultiProcessFaults, ProcessFlagsThatCannotWorkAreUsageErrors) {
   EXPECT_EQ(transport.exit_code, 2) << transport.output;
   EXPECT_NE(transport.output.find("--transport 'carrier-pigeon': use auto, cpu or nccl"), std::string::npos)
       << transport.output;
+  auto heartbeats = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --heartbeat-interval 2 --connection-timeout 3");
+  EXPECT_EQ(heartbeats.exit_code, 2) << heartbeats.output;
+  EXPECT_NE(heartbeats.output.find("--connection-timeout must be at least twice --heartbeat-interval"), std::string::npos)
+      << heartbeats.output;
   auto faults = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --debug-kill-after 3 --debug-freeze-after 3");
   EXPECT_EQ(faults.exit_code, 2) << faults.output;
   EXPECT_NE(faults.output.find("--debug-kill-after and --debug-freeze-after exclude each other"), std::string::npos)
