@@ -48,8 +48,9 @@ actors::cluster_options cluster_options_from(const po::variables_map& values, co
   options.heartbeat_interval = duration("heartbeat-interval");
   options.connection_timeout = duration("connection-timeout");
   if (options.connection_timeout < 2 * options.heartbeat_interval)
-    throw usage_error("--connection-timeout must be at least twice --heartbeat-interval (one late heartbeat must "
-                      "not lose a peer)");
+    throw usage_error(
+        "--connection-timeout must be at least twice --heartbeat-interval (one late heartbeat must "
+        "not lose a peer)");
   options.request_timeout = request_timeout;
   for (const char* flag : {"debug-kill-after", "debug-freeze-after"}) {
     if (!values.count(flag)) continue;

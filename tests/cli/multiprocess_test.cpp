@@ -162,7 +162,6 @@ test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& ext
                    "; " + after + "; wait; cat " + quoted(dir / "rank0.log") + " " + quoted(dir / "rank1.log"));
 }
 
-
 TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded) {
   test::temp_dir dir;
   auto result = run_two_ranks(dir, "", "--debug-kill-after 5");
@@ -198,8 +197,9 @@ TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFini
 
 TEST(MultiProcessFaults, AWorkerRankWhoseRankZeroFreezesExitsNamingIt) {
   test::temp_dir dir;
-  auto result = run_two_ranks(dir, "--debug-freeze-after 5", "", "pkill -KILL -P $(cat " + quoted(dir / "rank0.pid") + ")",
-                              /*waited=*/1);
+  auto result =
+      run_two_ranks(dir, "--debug-freeze-after 5", "", "pkill -KILL -P $(cat " + quoted(dir / "rank0.pid") + ")",
+                    /*waited=*/1);
   EXPECT_NE(result.output.find("rank 1 exit 1"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("rank 0 exit 137"), std::string::npos) << result.output;  // the test's SIGKILL
   EXPECT_TRUE(std::regex_search(result.output, std::regex("rank 1: rank 0 at 127.0.0.1:[0-9]+ was lost")))
@@ -253,9 +253,11 @@ TEST(MultiProcessFaults, ProcessFlagsThatCannotWorkAreUsageErrors) {
   EXPECT_EQ(transport.exit_code, 2) << transport.output;
   EXPECT_NE(transport.output.find("--transport 'carrier-pigeon': use auto, cpu or nccl"), std::string::npos)
       << transport.output;
-  auto heartbeats = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --heartbeat-interval 2 --connection-timeout 3");
+  auto heartbeats =
+      run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --heartbeat-interval 2 --connection-timeout 3");
   EXPECT_EQ(heartbeats.exit_code, 2) << heartbeats.output;
-  EXPECT_NE(heartbeats.output.find("--connection-timeout must be at least twice --heartbeat-interval"), std::string::npos)
+  EXPECT_NE(heartbeats.output.find("--connection-timeout must be at least twice --heartbeat-interval"),
+            std::string::npos)
       << heartbeats.output;
   auto faults = run_shell("WORLD_SIZE=2 RANK=1" + request + " --parallel cfg --debug-kill-after 3 --debug-freeze-after 3");
   EXPECT_EQ(faults.exit_code, 2) << faults.output;
