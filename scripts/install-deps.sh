@@ -3,13 +3,14 @@
 #   Debian packages: CAF 0.17.6, spdlog, Boost.Program_options, GoogleTest, nlohmann-json, libpng, SentencePiece,
 #                    cpp-httplib (serve),
 #                    ccache, clang with its sanitizer/libFuzzer runtime (scripts/fuzz.sh), clang-format
-#                    (scripts/check-format.sh), the Fashion-MNIST data set (the built-in model's tests).
+#                    (scripts/check-format.sh), the Fashion-MNIST data set (the built-in model's tests), SLURM and
+#                    munge (deploy/slurm/local-cluster.sh: the SLURM recipe's test).
 #   PyPI: torch==2.11.0, whose bundled LibTorch is the C++ library we link (the version the CUDA builds use too).
 set -euo pipefail
 
 debian_packages=(cmake g++ make ccache libcaf-dev libspdlog-dev libboost-program-options-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev libpng-dev zlib1g-dev libcpp-httplib-dev pkg-config
-  libsentencepiece-dev clang clang-format libclang-rt-14-dev dataset-fashion-mnist)
+  libsentencepiece-dev clang clang-format libclang-rt-14-dev dataset-fashion-mnist munge slurmctld slurmd slurm-client)
 torch_version=2.11.0
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -92,6 +92,44 @@ TEST(MultiProcessSlurm, SlurmsVariablesAloneAreEnough) {
             1e-5);
 }
 
+TEST(MultiProcessSlurm, TheSbatchRecipeRunsOnALocalSlurmCluster) {
+  // deploy/slurm/hybridiff.sbatch as a user submits it, on a real slurmctld with two slurmd (nodes n1, n2) on this
+  // machine: 2 tasks on 2 nodes, the built-in model on CPUs.
+  test::temp_dir dir;
+  const auto deploy = std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "deploy/slurm";
+  int ports = free_port_pair();  // slurmctld, n1's and n2's slurmd: three consecutive free ports
+  for (int tries = 0; tries < 100; ++tries) {
+    const int next = free_port_pair();
+    if (next == ports + 2) break;
+    ports = next;
+  }
+  const auto cluster = "SLURM_BASE_PORT=" + std::to_string(ports) + " " + quoted(deploy / "local-cluster.sh");
+  auto started = run_shell("timeout 60 env " + cluster + " start " + quoted(dir / "cluster"));
+  if (started.exit_code == 77) GTEST_SKIP() << started.output;
+  struct stop_cluster {
+    std::string command;
+    ~stop_cluster() { run_shell(command); }
+  } stop{cluster + " stop " + quoted(dir / "cluster")};
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  auto job = run_shell("cd " + quoted(dir.path()) + " && SLURM_CONF=" + quoted(dir / "cluster/slurm.conf") +
+                       " HYBRIDIFF=" + test::hybridiff_binary() + " PROMPT=sneaker DEVICE=cpu DTYPE=fp32 MASTER_PORT=" +
+                       std::to_string(free_port_pair()) + " EXTRA_FLAGS='--seed 5 --save-latents " +
+                       (dir / "slurm.safetensors").string() +
+                       "' timeout 120 sbatch --wait --time=2 --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 "
+                       "--output=job.log " +
+                       quoted(deploy / "hybridiff.sbatch") + "; status=$?; cat job.log; exit $status");
+  ASSERT_EQ(job.exit_code, 0) << job.output;
+  EXPECT_TRUE(std::regex_search(job.output, std::regex("rank 1 of 2 \\(slurm\\), rank 0 at 127\\.0\\.0\\.1:[0-9]+")))
+      << job.output;
+  EXPECT_NE(job.output.find("1 remote worker(s) joined over the cpu transport"), std::string::npos) << job.output;
+  auto one = run_hybridiff("generate --prompt sneaker --seed 5 --parallel hybrid --workers 2 --output " +
+                           quoted(dir / "one.png") + " --save-latents " + quoted(dir / "one.safetensors"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "slurm.safetensors", "latents"),
+                                 models::load_named_tensor(dir / "one.safetensors", "latents")),
+            1e-5);
+}
+
 TEST(MultiProcessHosts, TwoNetworkNamespacesJoinedByAVethPair) {
   test::temp_dir dir;
   const auto request = " --model " + model_folder("tiny-sdxl") +
