@@ -112,9 +112,9 @@ TEST(MultiProcessSlurm, TheSbatchRecipeRunsOnALocalSlurmCluster) {
   } stop{cluster + " stop " + quoted(dir / "cluster")};
   ASSERT_EQ(started.exit_code, 0) << started.output;
   auto job = run_shell("cd " + quoted(dir.path()) + " && SLURM_CONF=" + quoted(dir / "cluster/slurm.conf") +
-                       " HYBRIDIFF=" + test::hybridiff_binary() + " PROMPT=sneaker DEVICE=cpu DTYPE=fp32 MASTER_PORT=" +
-                       std::to_string(free_port_pair()) + " EXTRA_FLAGS='--seed 5 --save-latents " +
-                       (dir / "slurm.safetensors").string() +
+                       " HYBRIDIFF=" + test::hybridiff_binary() +
+                       " PROMPT=sneaker DEVICE=cpu DTYPE=fp32 MASTER_PORT=" + std::to_string(free_port_pair()) +
+                       " EXTRA_FLAGS='--seed 5 --save-latents " + (dir / "slurm.safetensors").string() +
                        "' timeout 120 sbatch --wait --time=2 --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 "
                        "--output=job.log " +
                        quoted(deploy / "hybridiff.sbatch") + "; status=$?; cat job.log; exit $status");
