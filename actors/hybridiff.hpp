@@ -59,6 +59,9 @@ struct parallel_options {
   bool time_shift = false;  ///< pipeline steps (not the fill step) feed the model the previous step's timestep (AsyncDiff App. A)
   schedule::tau_settings tau = schedule::tau_settings::sdxl();
   std::optional<int> tau1, tau2;  ///< hybrid: a fixed window instead of detection
+  /// hybrid: a registered schedule policy by spec instead of detection or tau1/tau2 ("slope:L=8,eps=1e-4",
+  /// "fixed:tau1=10,tau2=20", or a user's own: schedule::register_policy); parameters it leaves out take `tau`.
+  std::string policy;
   pp_conditioning conditioning = pp_conditioning::fixed;
   std::chrono::milliseconds step_timeout{std::chrono::minutes(10)};  ///< per worker request; never infinite
   /// Full forward passes (CFG branches, the batched steps of none and of asyncdiff's warm-up) and stale-activation
@@ -89,7 +92,10 @@ struct step_trace {
   std::string mode;                 ///< cfg, cfg-pipeline (split branches), fill, pipeline or cfg-degraded
   std::optional<double> metric;     ///< rel-MAE of a CFG step
   std::optional<double> slope;      ///< the detector's slope after this step
+  double step_ms = 0;               ///< the step's wall time on the driver, up to the sampler step
   std::vector<double> worker_ms;    ///< per worker compute time (0 when idle)
+  /// per worker, request round trip minus compute: messages, tensor transfers, queueing (0 when idle)
+  std::vector<double> worker_overhead_ms;
   std::optional<int> tau1, tau2;    ///< once decided
 };
 
@@ -133,7 +139,10 @@ parallel_result generate_parallel(caf::actor_system& system,
                                   const models::generation_request& request, const parallel_options& options,
                                   const models::step_observer& observe = nullptr);
 
-/// Writes the trace as CSV: step,mode,rel_mae,slope,worker0_ms,...,tau1,tau2.
+/// Writes the trace as CSV: step,mode,rel_mae,slope,step_ms,worker0_ms,...,worker0_overhead_ms,...,tau1,tau2.
 void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace);
+/// Reads a trace written by write_trace_csv (older traces without step_ms and overhead columns too). Throws
+/// hybridiff::error naming the file, the line and the column of anything that does not fit.
+std::vector<step_trace> read_trace_csv(const std::string& path);
 
 }  // namespace hybridiff

@@ -1,5 +1,6 @@
 // The driver of one parallel image (a blocking actor on the caller's thread): the step loop.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <optional>
@@ -17,6 +18,10 @@
 
 namespace hybridiff::actors {
 namespace {
+
+double milliseconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
 
 // A worker's actor is gone (not merely a failed request).
 struct worker_lost {
@@ -115,6 +120,8 @@ class parallel_driver {
       step_trace row;
       row.step = static_cast<int>(i);
       row.worker_ms.assign(world_, 0.0);
+      row.worker_overhead_ms.assign(world_, 0.0);
+      const auto step_began = std::chrono::steady_clock::now();
       at::Tensor prediction;
       try {
         if (survivor_) {
@@ -137,11 +144,13 @@ class parallel_driver {
       // The controller (asked unless a survivor finishes the image) decides while the sampler steps: its answer
       // is needed only for the next step.
       using decision_handle = decltype(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
-                                                      std::int32_t{}, double{}, bool{}));
+                                                      std::int32_t{}, double{}, bool{}, double{}));
       std::optional<decision_handle> answer;
+      row.step_ms = milliseconds_since(step_began);  // the workers' part; the sampler step runs beside the decision
       if (!survivor_)
         answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
-                                      static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value()));
+                                      static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
+                                      row.step_ms));
       latents_ = sampler_->step(prediction, i, latents_);
       spdlog::trace("step {}: sampler stepped", i);
       if (answer) {
@@ -223,6 +232,8 @@ class parallel_driver {
     using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, step_request_ptr()));
     std::vector<std::pair<int, handle_type>> pending;
     finish_pending_work(latents_);
+    const auto sent = std::chrono::steady_clock::now();
+    std::vector<double> round_trip_ms(world_, 0.0);
     spdlog::trace("step {}: {} request(s) out", requests.front().work->step, requests.size());
     // The highest workers first: they are the remote ones, whose requests take longest to reach their worker.
     for (auto request = requests.rbegin(); request != requests.rend(); ++request)
@@ -231,19 +242,26 @@ class parallel_driver {
     for (auto& [w, handle] : pending) {
       std::string failure;
       bool lost = false;
-      handle.receive([&, w = w](const step_reply_ptr& reply) { replies[w] = reply; },
-                     [&, w = w](caf::error& problem) {
-                       const bool timed_out = problem == caf::sec::request_timeout;
-                       lost = !timed_out && has_died(w);
-                       failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
-                                                 std::to_string(options_.step_timeout.count()) + " ms"
-                                           : describe_error(system_, problem);
-                     });
+      handle.receive(
+          [&, w = w](const step_reply_ptr& reply) {
+            replies[w] = reply;
+            round_trip_ms[w] = milliseconds_since(sent);  // an upper bound: replies are collected in order
+          },
+          [&, w = w](caf::error& problem) {
+            const bool timed_out = problem == caf::sec::request_timeout;
+            lost = !timed_out && has_died(w);
+            failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
+                                      std::to_string(options_.step_timeout.count()) + " ms"
+                                : describe_error(system_, problem);
+          });
       if (lost) throw worker_lost{w};
       if (!failure.empty()) throw error("step " + std::to_string(requests.front().work->step) + ": " + failure);
     }
-    for (const auto& reply : replies)
-      if (reply) row.worker_ms[reply->worker] = reply->compute_ms;
+    for (std::size_t w = 0; w < replies.size(); ++w) {
+      if (!replies[w]) continue;
+      row.worker_ms[replies[w]->worker] = replies[w]->compute_ms;
+      row.worker_overhead_ms[replies[w]->worker] = std::max(0.0, round_trip_ms[w] - replies[w]->compute_ms);
+    }
     spdlog::trace("step {}: every reply in", requests.front().work->step);
     return replies;
   }

@@ -90,6 +90,10 @@ void validate(const parallel_options& options) {
                ": use 1 (one worker per branch in CFG steps) or " + std::to_string(options.workers / 2));
       break;
   }
+  if (!options.policy.empty() && options.mode != parallel_mode::hybrid)
+    reject("--policy applies to --parallel hybrid (" + to_string(options.mode) + " has a fixed schedule)");
+  if (!options.policy.empty() && (options.tau1 || options.tau2))
+    reject("--policy and --tau1/--tau2 exclude each other (a fixed window is --policy fixed:tau1=A,tau2=B)");
   if (options.branch_stages > 1 && options.warmup < 1)
     reject("--warmup " + std::to_string(options.warmup) +
            " must be at least 1 (a split branch starts with a full step)");
@@ -125,6 +129,7 @@ schedule::schedule_settings schedule_of(const parallel_options& options, int ste
       settings.policy = options.tau1 || options.tau2 ? schedule::tau_policy::fixed : schedule::tau_policy::slope;
       settings.tau1 = options.tau1;
       settings.tau2 = options.tau2;
+      settings.policy_spec = options.policy;
       break;
   }
   return settings;

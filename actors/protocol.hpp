@@ -23,7 +23,7 @@ using predict_atom = caf::atom_constant<caf::atom("predict")>;    ///< a full fo
 using fill_atom = caf::atom_constant<caf::atom("fill")>;          ///< first window step: full pass, fill caches
 using stage_atom = caf::atom_constant<caf::atom("stage")>;        ///< a pipeline step on stale activations
 using reconfigure_atom = caf::atom_constant<caf::atom("reconfig")>;  ///< switch behaviour
-using metric_atom = caf::atom_constant<caf::atom("metric")>;      ///< end of step: the step's rel-MAE
+using metric_atom = caf::atom_constant<caf::atom("metric")>;         ///< end of step: its rel-MAE and wall time
 using phase_atom = caf::atom_constant<caf::atom("phase")>;        ///< which phase a step runs in
 using lost_atom = caf::atom_constant<caf::atom("lost")>;          ///< is a worker's actor gone?
 using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the supervisor's wait for a down message ended
@@ -71,7 +71,7 @@ typename Inspector::result_type inspect(Inspector& f, step_decision& x) {
 /// reconfigure when the next step enters or leaves the pipeline window.
 using tau_controller_actor =
     caf::typed_actor<caf::replies_to<phase_atom, std::int32_t>::with<std::int32_t>,
-                     caf::replies_to<metric_atom, std::int32_t, double, bool>::with<step_decision>>;
+                     caf::replies_to<metric_atom, std::int32_t, double, bool, double>::with<step_decision>>;
 
 /// The supervisor monitors every worker. `lost` answers whether a worker's actor is gone (a failed request is
 /// followed closely by the down message: an undecided question waits a grace period for it). `grace` is its own

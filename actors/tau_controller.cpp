@@ -31,23 +31,36 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
                                                std::vector<worker_actor> workers) {
   self->state.controller = std::make_unique<schedule::tau_controller>(std::move(settings));
   self->state.workers = std::move(workers);
+  // A policy that breaks the rules (a window without a fill step) fails the image with its message.
+  auto refuse = [](const std::exception& problem) {
+    return caf::make_error(caf::sec::runtime_error, std::string(problem.what()));
+  };
   return {
-      [=](phase_atom, std::int32_t step) {
-        const auto p = self->state.controller->phase_of(step);
-        configure(self, role_of(p));
-        return static_cast<std::int32_t>(p);
+      [=](phase_atom, std::int32_t step) -> caf::result<std::int32_t> {
+        try {
+          const auto p = self->state.controller->phase_of(step);
+          configure(self, role_of(p));
+          return static_cast<std::int32_t>(p);
+        } catch (const std::exception& problem) {
+          return refuse(problem);
+        }
       },
-      [=](metric_atom, std::int32_t step, double metric, bool has_metric) {
-        auto& controller = *self->state.controller;
-        controller.end_step(step, has_metric ? std::optional<double>(metric) : std::nullopt);
-        const auto next = controller.phase_of(step + 1);
-        configure(self, role_of(next));
-        step_decision decision;
-        decision.next_phase = static_cast<std::int32_t>(next);
-        decision.slope = controller.last_slope().value_or(std::numeric_limits<double>::quiet_NaN());
-        decision.tau1 = controller.tau1().value_or(-1);
-        decision.tau2 = controller.tau2().value_or(-1);
-        return decision;
+      [=](metric_atom, std::int32_t step, double metric, bool has_metric,
+          double step_ms) -> caf::result<step_decision> {
+        try {
+          auto& controller = *self->state.controller;
+          controller.end_step(step, has_metric ? std::optional<double>(metric) : std::nullopt, step_ms);
+          const auto next = controller.phase_of(step + 1);
+          configure(self, role_of(next));
+          step_decision decision;
+          decision.next_phase = static_cast<std::int32_t>(next);
+          decision.slope = controller.last_slope().value_or(std::numeric_limits<double>::quiet_NaN());
+          decision.tau1 = controller.tau1().value_or(-1);
+          decision.tau2 = controller.tau2().value_or(-1);
+          return decision;
+        } catch (const std::exception& problem) {
+          return refuse(problem);
+        }
       },
   };
 }

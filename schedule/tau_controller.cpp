@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "schedule/builtin_policies.hpp"
+
 namespace hybridiff::schedule {
 namespace {
 
@@ -28,6 +30,10 @@ tau_policy parse_tau_policy(const std::string& name) {
 
 void validate(const schedule_settings& s) {
   if (s.steps < 1) reject("--steps " + std::to_string(s.steps) + " must be at least 1");
+  if (!s.policy_spec.empty()) {  // the spec's policy checks its own parameters
+    make_policy(s);
+    return;
+  }
   switch (s.policy) {
     case tau_policy::slope:
       if (s.tau.L_slope < 1) reject("--L_slope " + std::to_string(s.tau.L_slope) + " must be at least 1");
@@ -56,54 +62,63 @@ void validate(const schedule_settings& s) {
   }
 }
 
+std::unique_ptr<schedule_policy> make_policy(const schedule_settings& s) {
+  if (!s.policy_spec.empty())
+    return make_policy(s.policy_spec, {s.steps, s.tau.L_slope, s.tau.eps_slope, s.tau.k, s.tau.tau_cap, s.warmup});
+  switch (s.policy) {
+    case tau_policy::slope:
+      return std::make_unique<slope_policy>(s.tau.L_slope, s.tau.eps_slope, s.tau.k, s.tau.tau_cap);
+    case tau_policy::fixed: return std::make_unique<fixed_policy>(*s.tau1, *s.tau2);
+    case tau_policy::never: return std::make_unique<never_policy>();
+    case tau_policy::always: return std::make_unique<always_policy>(s.warmup, s.steps);
+  }
+  reject("unknown tau policy");
+}
+
 double relative_mae(double mean_abs_difference, double mean_abs_uncond) {
   return mean_abs_difference / (mean_abs_uncond + 1e-12);
 }
 
-tau_controller::tau_controller(schedule_settings settings) : settings_(std::move(settings)) {
-  validate(settings_);
-  if (settings_.policy == tau_policy::fixed) {
-    tau1_ = settings_.tau1;
-    tau2_ = settings_.tau2;
-    window_begin_ = tau1_;
-  } else if (settings_.policy == tau_policy::always) {
-    // Warm-up steps 0 .. W−2 are CFG, step W−1 fills the caches, pipeline to the end.
-    tau1_ = settings_.warmup - 1;
-    tau2_ = settings_.steps - 1;
-    window_begin_ = tau1_;
-  }
+tau_controller::tau_controller(schedule_settings settings)
+    : tau_controller((validate(settings), make_policy(settings)), settings.steps) {}
+
+tau_controller::tau_controller(std::unique_ptr<schedule_policy> policy, int steps)
+    : policy_(std::move(policy)), steps_(steps) {
+  if (!policy_) throw std::invalid_argument("tau_controller needs a policy");
 }
 
 phase tau_controller::phase_of(int step) const {
-  if (!window_begin_ || step < *window_begin_ || step > *tau2_) return phase::cfg;
-  return step == *window_begin_ ? phase::fill : phase::pipeline;
+  const phase p = policy_->phase_of(step);
+  // A window's stages need the activations its fill step caches.
+  const bool after_cfg = step == 0 || (last_step_ == step - 1 && last_ == phase::cfg);
+  if (p == phase::pipeline && after_cfg)
+    throw std::logic_error("schedule policy: step " + std::to_string(step) +
+                           " is a pipeline step right after a CFG step (a window starts with a fill step)");
+  return p;
 }
 
-bool tau_controller::end_step(int step, std::optional<double> metric) {
-  last_slope_.reset();
-  if (settings_.policy != tau_policy::slope) return false;
-  // Window steps log 0, as the reference (their two branches are one tensor); the value is never used.
-  metrics_.push_back(phase_of(step) == phase::cfg && metric ? *metric : 0.0);
-  bool decided = false;
-  const int L = settings_.tau.L_slope;
-  if (static_cast<int>(metrics_.size()) > L) {
-    // (M[i+1−L] − M[i]) / L: L−1 intervals divided by L, exactly as the reference.
-    const double slope = (metrics_[metrics_.size() - L] - metrics_.back()) / L;
-    last_slope_ = slope;
-    if (!tau1_ && slope >= 0 && slope < settings_.tau.eps_slope) {
-      tau1_ = step;
-      window_begin_ = step + 1;  // decided at the end of step i*, effective from i*+1
-      decided = true;
-    }
-  }
-  if (!tau1_ && step >= settings_.tau.tau_cap - 1) {
-    tau1_ = settings_.tau.tau_cap;
-    window_begin_ = tau1_;
-    fell_back_ = true;
-    decided = true;
-  }
-  if (tau1_ && !tau2_) tau2_ = *tau1_ + settings_.tau.k;
-  return decided;
+bool tau_controller::end_step(int step, std::optional<double> metric, double step_ms) {
+  const phase ran = policy_->phase_of(step);
+  const bool had_tau1 = tau1().has_value();
+  if (ran == phase::fill && !first_fill_) first_fill_ = step;
+  if (first_fill_ && !first_window_end_ && ran == phase::cfg) first_window_end_ = step - 1;
+  last_ = ran;
+  last_step_ = step;
+  policy_->end_step({step, ran, ran == phase::cfg ? metric : std::nullopt, step_ms});
+  if (first_fill_ && !first_window_end_ && step + 1 == steps_) first_window_end_ = step;
+  // A fill decided for the next step opens the first window now (tau1 is known a step ahead, as the detector's).
+  if (!first_fill_ && step + 1 < steps_ && policy_->phase_of(step + 1) == phase::fill) first_fill_ = step + 1;
+  return !had_tau1 && tau1().has_value();
+}
+
+std::optional<int> tau_controller::tau1() const {
+  if (const auto own = policy_->tau1()) return own;
+  return first_fill_;
+}
+
+std::optional<int> tau_controller::tau2() const {
+  if (const auto own = policy_->tau2()) return own;
+  return first_window_end_;
 }
 
 simulation simulate(const schedule_settings& settings, const std::vector<double>& metrics) {

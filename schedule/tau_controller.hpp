@@ -4,19 +4,15 @@
 // the what-if simulator. Ref: the Hybridiff reference scripts' schedule (docs/schedules.md).
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-namespace hybridiff::schedule {
+#include "schedule/phase.hpp"
+#include "schedule/policy.hpp"
 
-/// What a step computes.
-enum class phase : std::uint8_t {
-  cfg,       ///< classifier-free-guidance data parallel: each branch's full prediction, guided
-  fill,      ///< first step of a pipeline window: every worker runs its whole branch and caches its activations
-  pipeline,  ///< stale-activation step: each worker runs its component on the previous step's activations
-};
-const char* to_string(phase p);
+namespace hybridiff::schedule {
 
 /// How tau1 (start of the pipeline window) is chosen.
 enum class tau_policy : std::uint8_t {
@@ -46,45 +42,51 @@ struct schedule_settings {
   int steps = 50;
   std::optional<int> tau1, tau2;  ///< the fixed policy's window [tau1, tau2]
   int warmup = 1;                 ///< the always policy's warm-up steps (>= 1: the last one fills the caches)
+  /// A registered policy by spec ("slope:L=8,eps=1e-4", "fixed:tau1=10,tau2=20", a user's own): replaces `policy`
+  /// when set; the parameters it leaves out take `tau` and `warmup`.
+  std::string policy_spec;
 };
 
 /// Rejects impossible settings with std::invalid_argument naming the flag: steps >= 1; L_slope >= 1 and
 /// L_slope < tau_cap; tau_cap + k < steps; k >= 1; eps_slope > 0; fixed: 0 <= tau1 <= tau2 < steps;
-/// always: 1 <= warmup <= steps.
+/// always: 1 <= warmup <= steps; a policy_spec that names no registered policy or a bad parameter.
 void validate(const schedule_settings& settings);
+
+/// The policy `settings` describe (its spec, else the built-in one of `policy`), after validate(settings).
+std::unique_ptr<schedule_policy> make_policy(const schedule_settings& settings);
 
 /// rel-MAE of one CFG step: mean|ε_c − ε_u| / (mean|ε_u| + 1e-12), given the two means.
 double relative_mae(double mean_abs_difference, double mean_abs_uncond);
 
-/// The tau controller's state machine. Call `phase_of(i)` at the start of step i, and `end_step(i, metric)` at
-/// its end (`metric`: the step's rel-MAE; ignored for non-CFG steps). A decision made at the end of step i takes
-/// effect at step i + 1, as in the reference: detection at step i* gives the window i*+1 .. i*+k (k steps), the
-/// tau_cap fallback (taken at step tau_cap − 1) gives tau_cap .. tau_cap+k (k + 1 steps).
+/// Runs a schedule policy over one image and checks what it decides. Call `phase_of(i)` at the start of step i,
+/// and `end_step(i, metric, step_ms)` at its end (`metric`: the step's rel-MAE, absent for non-CFG steps). A
+/// decision made at the end of step i takes effect at step i + 1, as in the reference: the slope detector's
+/// detection at step i* gives the window i*+1 .. i*+k (k steps), its tau_cap fallback (taken at step tau_cap − 1)
+/// gives tau_cap .. tau_cap+k (k + 1 steps). A policy that starts a window without a fill step throws
+/// std::logic_error naming the step.
 class tau_controller {
  public:
   explicit tau_controller(schedule_settings settings);
+  tau_controller(std::unique_ptr<schedule_policy> policy, int steps);
 
   phase phase_of(int step) const;
-  /// Records the step's metric and decides tau1/tau2. Returns true when this call set tau1.
-  bool end_step(int step, std::optional<double> metric);
+  /// Records the step and lets the policy decide. Returns true when this call set tau1.
+  bool end_step(int step, std::optional<double> metric, double step_ms = 0);
 
-  std::optional<int> tau1() const { return tau1_; }
-  std::optional<int> tau2() const { return tau2_; }
-  /// The first step of the pipeline window (the fill step), once decided.
-  std::optional<int> window_begin() const { return window_begin_; }
-  /// The slope computed at the last `end_step`, when one was (i >= L_slope).
-  std::optional<double> last_slope() const { return last_slope_; }
-  /// Whether tau1 came from the tau_cap fallback.
-  bool fell_back() const { return fell_back_; }
-  const schedule_settings& settings() const { return settings_; }
+  /// The policy's tau1/tau2 where it reports them, else the first window's fill step and its last step.
+  std::optional<int> tau1() const;
+  std::optional<int> tau2() const;
+  /// The slope computed at the last `end_step`, when one was (the slope detector, i >= L_slope).
+  std::optional<double> last_slope() const { return policy_->last_slope(); }
+  /// Whether tau1 came from a fallback (the slope detector's tau_cap).
+  bool fell_back() const { return policy_->fell_back(); }
 
  private:
-  schedule_settings settings_;
-  std::vector<double> metrics_;
-  std::optional<int> tau1_, tau2_;
-  std::optional<int> window_begin_;  ///< the fill step: tau1 + 1 after detection, tau1 otherwise
-  std::optional<double> last_slope_;
-  bool fell_back_ = false;
+  std::unique_ptr<schedule_policy> policy_;
+  int steps_;
+  std::optional<phase> last_;  ///< the phase of the last recorded step, last_step_
+  int last_step_ = -1;
+  std::optional<int> first_fill_, first_window_end_;
 };
 
 /// The phase of every step for metrics given up front (one value per step; values of window steps are

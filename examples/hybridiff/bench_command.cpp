@@ -2,8 +2,11 @@
 #include <iostream>
 #include <sstream>
 
+#include <spdlog/spdlog.h>
+
 #include "bench.hpp"
 #include "processes.hpp"
+#include "schedule_lab.hpp"
 
 namespace hybridiff::cli {
 namespace {
@@ -65,7 +68,10 @@ int run_bench(const std::vector<std::string>& args) {
        "more steps (default 10) with PyTorch's profiler and report the GPU time per step by kernel class (gemm, "
        "attention, convolution, normalization, elementwise, reduction, copy, other) and the top kernels")
       ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
-      ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps");
+      ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps")
+      ("cost-profile", po::value<std::string>()->value_name("FILE"),
+       "--run: also write the median step time of every mode on every worker count the runs measured as a cost "
+       "profile for `hybridiff schedule simulate/sweep --cost` (include a \"none\" run: the sequential baseline)");
   // clang-format on
   line.options.add(process_options());
   auto parsed = parse(line, args);
@@ -74,6 +80,7 @@ int run_bench(const std::vector<std::string>& args) {
   if (values.count("model") == values.count("model-config"))
     throw usage_error("give one of --model-config DIR (random weights) and --model DIR (a diffusers folder)");
   if (values.count("model") && !values.count("run")) throw usage_error("--model times whole generations: add --run");
+  if (values.count("cost-profile") && !values.count("run")) throw usage_error("--cost-profile needs --run");
   const auto batches = parse_list(values["batch"].as<std::string>(), "--batch");
   const auto size = values["size"].as<std::int64_t>();
   const auto warmup = values["warmup"].as<std::int64_t>();
@@ -104,7 +111,14 @@ int run_bench(const std::vector<std::string>& args) {
     const bench_run_settings settings{values["steps"].as<std::int64_t>(), size, warmup, device, dtype,
                                       dtype_text};
     auto report = bench_runs(values["run"].as<std::vector<std::string>>(), model, settings, values);
-    if (report) std::cout << report->dump(2) << std::endl;
+    if (report) {
+      std::cout << report->dump(2) << std::endl;
+      if (values.count("cost-profile")) {
+        const auto path = values["cost-profile"].as<std::string>();
+        write_cost_profile(path, cost_profile_of_runs(*report));
+        spdlog::info("wrote the cost profile {}", path);
+      }
+    }
     return 0;
   }
   std::cout << bench_steps(values, batches).dump(2) << std::endl;

@@ -82,6 +82,10 @@ po::options_description schedule_options() {
       ("tau_cap", po::value<int>()->value_name("C"), "hybrid: fallback tau1 (SDXL 15, SD3 40, built-in 25)")
       ("tau1", po::value<int>()->value_name("A"), "hybrid: a fixed window [A, B] instead of detection (with --tau2)")
       ("tau2", po::value<int>()->value_name("B"), "hybrid: end of the fixed window")
+      ("policy", po::value<std::string>()->value_name("SPEC"),
+       "hybrid: the schedule policy by name and parameters instead of the flags above: slope:L=12,eps=4e-4,k=5,cap=15, "
+       "fixed:tau1=A,tau2=B, never, always:warmup=W, or one registered from C++ (`hybridiff schedule policies` "
+       "lists them); parameters left out take the model's defaults")
       ("pp-conditioning", po::value<std::string>()->default_value("fixed")->value_name("C"),
        "hybrid window: fixed (reference semantics, bugs repaired), reference (as the reference code), cond "
        "(every stage on the prompt)");
@@ -110,6 +114,7 @@ parallel_options parallel_options_from(const po::variables_map& values, const st
                         optional_int("branch-stages"));
   parallel.tau1 = optional_int("tau1");
   parallel.tau2 = optional_int("tau2");
+  if (values.count("policy")) parallel.policy = values["policy"].as<std::string>();
   return parallel;
 }
 

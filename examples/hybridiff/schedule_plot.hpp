@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "actors/hybridiff.hpp"
+#include "plot_canvas.hpp"
 
 namespace hybridiff::cli {
 
@@ -35,11 +36,7 @@ struct schedule_plot_layout {
   }
 };
 
-struct rgb8 {
-  std::uint8_t r, g, b;
-  friend constexpr bool operator==(const rgb8& a, const rgb8& b) { return a.r == b.r && a.g == b.g && a.b == b.b; }
-  friend constexpr bool operator!=(const rgb8& a, const rgb8& b) { return !(a == b); }
-};
+using plot::rgb8;
 
 /// The colour of a step's mode in the strip: cfg green, cfg-pipeline teal, fill yellow, pipeline purple,
 /// cfg-degraded red, anything else (none, unknown) grey.

@@ -138,8 +138,9 @@ hand_start start_by_hand(models::diffusion_pipeline& pipeline, const models::gen
 // steps where worker 1 (conditional, owns the outer shell) runs its modules and takes worker 0's from worker 0's
 // previous step, and worker 0 (unconditional, owns the core) likewise. With `time_shift`, pipeline steps feed the
 // model the previous step's timestep.
-at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
-                          int tau2, bool time_shift = false) {
+// `phases`: one letter per step, c (CFG), F (fill) or p (pipeline); several windows may follow each other.
+at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request,
+                          const std::string& phases, bool time_shift = false) {
   torch::NoGradGuard no_grad;
   auto [plan, cond, sampler, latents] = start_by_hand(pipeline, request);
   const auto split = schedule::make_plan(schedule::denoiser_family::sdxl_unet, 2, 1);
@@ -149,9 +150,9 @@ at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::ge
     auto x = sampler->scale_model_input(latents, i);
     auto t = sampler->timesteps()[i];
     at::Tensor prediction;
-    if (i < tau1 || i > tau2) {
+    if (phases.at(i) == 'c') {
       prediction = models::guide(pipeline.predict(x, t, cond.negative), pipeline.predict(x, t, cond.positive), plan.guidance);
-    } else if (i == tau1) {
+    } else if (phases.at(i) == 'F') {
       module_map records[2];
       at::Tensor out[2];
       for (int w = 0; w < 2; ++w) out[w] = record_all(pipeline, x, t, *branch[w], records[w]);
@@ -169,6 +170,15 @@ at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::ge
     latents = sampler->step(prediction, i, latents);
   }
   return latents;
+}
+
+// One window [tau1, tau2] (fill at tau1).
+at::Tensor hybrid_by_hand(models::diffusion_pipeline& pipeline, const models::generation_request& request, int tau1,
+                          int tau2, bool time_shift = false) {
+  std::string phases(static_cast<std::size_t>(pipeline.plan(request).steps), 'c');
+  phases[tau1] = 'F';
+  for (int i = tau1 + 1; i <= tau2; ++i) phases[i] = 'p';
+  return hybrid_by_hand(pipeline, request, phases, time_shift);
 }
 
 TEST_F(ParallelGeneration, HybridWithFixedTausEqualsTheHandComposition) {
@@ -192,6 +202,72 @@ TEST_F(ParallelGeneration, HybridWithFixedTausEqualsTheHandComposition) {
   EXPECT_LT(test::relative_error(shifted.latents, hybrid_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2, 5, true)),
             same_computation_tolerance);
   EXPECT_GT(test::relative_error(shifted.latents, result.latents), 1e-6);
+}
+
+// A user's policy: a window of k steps at each listed step (registered once for the whole test program).
+class windows_at : public schedule::schedule_policy {
+ public:
+  windows_at(std::vector<int> begins, int k) : begins_(std::move(begins)), k_(k) {}
+  schedule::phase phase_of(int step) const override {
+    for (int begin : begins_) {
+      if (step == begin) return schedule::phase::fill;
+      if (step > begin && step < begin + k_) return schedule::phase::pipeline;
+    }
+    return schedule::phase::cfg;
+  }
+  void end_step(const schedule::step_observation& finished) override { EXPECT_GT(finished.step_ms, 0); }
+
+ private:
+  std::vector<int> begins_;
+  int k_;
+};
+
+void register_windows_at() {
+  static const bool registered = [] {
+    schedule::register_policy("test-windows", "windows of k steps at a and b",
+                              [](schedule::policy_parameters& parameters,
+                                 const schedule::policy_context&) -> std::unique_ptr<schedule::schedule_policy> {
+                                const int a = parameters.integer("a", 2), b = parameters.integer("b", 8),
+                                          k = parameters.integer("k", 3);
+                                return std::make_unique<windows_at>(std::vector<int>{a, b}, k);
+                              });
+    return true;
+  }();
+  (void)registered;
+}
+
+TEST_F(ParallelGeneration, AUserPolicyRunsTwoWindowsInTheActors) {
+  register_windows_at();
+  parallel_options hybrid;
+  hybrid.mode = parallel_mode::hybrid;
+  hybrid.workers = 2;
+  hybrid.policy = "test-windows:a=2,b=8,k=3";
+  auto result = run("tiny-sdxl", hybrid, 12);
+  std::string modes;
+  for (const auto& row : result.trace) modes += row.mode.substr(0, 1);
+  EXPECT_EQ(modes, "ccfppcccfppc");
+  EXPECT_EQ(result.tau1, 2);  // the first window, as the controller observed it
+  EXPECT_EQ(result.tau2, 4);
+  for (const auto& row : result.trace) {
+    EXPECT_GT(row.step_ms, 0);
+    for (double ms : row.worker_overhead_ms) EXPECT_GE(ms, 0);
+  }
+  EXPECT_LT(test::relative_error(result.latents, hybrid_by_hand(*tiny("tiny-sdxl"), tiny_request(12), "ccFppcccFppc")),
+            same_computation_tolerance);
+  // The built-in fixed policy by spec is the --tau1/--tau2 schedule.
+  hybrid.policy = "fixed:tau1=2,tau2=5";
+  auto fixed = run("tiny-sdxl", hybrid);
+  EXPECT_LT(test::relative_error(fixed.latents, hybrid_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2, 5)),
+            same_computation_tolerance);
+  hybrid.policy = "test-windows:a=2,c=1";
+  try {
+    run("tiny-sdxl", hybrid);
+    ADD_FAILURE() << "no error";
+  } catch (const error& bad) {
+    EXPECT_NE(std::string(bad.what()).find("policy test-windows: unknown parameter 'c' (it takes a, b, k)"),
+              std::string::npos)
+        << bad.what();
+  }
 }
 
 TEST_F(ParallelGeneration, FourWorkersAndSd3Run) {
