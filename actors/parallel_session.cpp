@@ -88,13 +88,14 @@ parallel_result parallel_session::generate(const models::generation_request& req
         lead, request,
         [&](std::int64_t i, std::int64_t steps, const at::Tensor& x) {
           auto now = std::chrono::steady_clock::now();
-          result.trace.push_back({static_cast<int>(i),
-                                  "cfg",
-                                  {},
-                                  {},
-                                  {std::chrono::duration<double, std::milli>(now - last).count()},
-                                  {},
-                                  {}});
+          // The one worker is the driver: all of the step is its compute, none of it messaging.
+          step_trace row;
+          row.step = static_cast<int>(i);
+          row.mode = "cfg";
+          row.step_ms = std::chrono::duration<double, std::milli>(now - last).count();
+          row.worker_ms = {row.step_ms};
+          row.worker_overhead_ms = {0.0};
+          result.trace.push_back(std::move(row));
           last = now;
           if (observe) observe(i, steps, x);
         },

@@ -128,7 +128,7 @@ schedule::cost_profile profile_of_traces(const std::vector<std::vector<step_trac
   for (const auto& trace : traces)
     for (const auto& row : trace) {
       if (row.mode == "cfg-degraded" || !(row.step_ms > 0)) continue;
-      // A --parallel none trace has no worker columns: its one worker runs the sequential step.
+      // A trace without worker columns (none of an older version) ran on one worker.
       samples[row.mode][std::max(1, static_cast<int>(row.worker_ms.size()))].push_back(row.step_ms);
     }
   if (samples.empty())
@@ -142,9 +142,18 @@ schedule::cost_profile profile_of_traces(const std::vector<std::vector<step_trac
 schedule::cost_profile cost_profile_of_runs(const json& report) {
   schedule::cost_profile profile;
   profile.model = report.value("model", "");
+  // Where two runs measured the same mode on the same worker count, the one with more such steps speaks for it:
+  // asyncdiff's few warm-up steps (trace mode cfg, batched on one worker) must not replace a cfg run's CFG steps.
+  std::map<std::string, std::map<int, std::size_t>> steps_behind;
   for (const auto& run : report.at("runs"))
-    for (const auto& [mode, stats] : run.at("phases").items())
-      profile.step_ms[mode][run.at("workers").get<int>()] = stats.at("step_ms_median").get<double>();
+    for (const auto& [mode, stats] : run.at("phases").items()) {
+      const int workers = run.at("workers").get<int>();
+      const auto steps = stats.at("steps").get<std::size_t>();
+      auto& behind = steps_behind[mode][workers];
+      if (steps <= behind) continue;
+      behind = steps;
+      profile.step_ms[mode][workers] = stats.at("step_ms_median").get<double>();
+    }
   return profile;
 }
 
