@@ -73,6 +73,46 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return bytes + header + data;
 }
 
+std::filesystem::path make_hub_repository(const std::filesystem::path& source, const std::filesystem::path& cache,
+                                          const std::string& repo_id, const std::string& revision,
+                                          const std::string& variant) {
+  const auto slash = repo_id.find('/');
+  const auto repository = cache / ("models--" + repo_id.substr(0, slash) + "--" + repo_id.substr(slash + 1));
+  const auto snapshot = repository / "snapshots" / revision;
+  std::filesystem::create_directories(repository / "blobs");
+  std::filesystem::create_directories(repository / "refs");
+  write_file(repository / "refs" / "main", revision);
+  int blobs = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(source)) {
+    if (!entry.is_regular_file()) continue;
+    auto relative = std::filesystem::relative(entry.path(), source);
+    const auto name = relative.filename().string();
+    const auto suffix = std::string(".safetensors");
+    if (!variant.empty() && name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      relative.replace_filename(name.substr(0, name.size() - suffix.size()) + "." + variant + suffix);
+    // The cache names blobs by their hash; any unique name serves here.
+    const auto blob = repository / "blobs" / (revision + "-" + std::to_string(blobs++));
+    std::filesystem::copy_file(entry.path(), blob);
+    const auto link = snapshot / relative;
+    std::filesystem::create_directories(link.parent_path());
+    std::filesystem::create_symlink(std::filesystem::relative(blob, link.parent_path()), link);
+  }
+  return repository;
+}
+
+scoped_environment::scoped_environment(const std::string& name, const std::string& value) : name_(name) {
+  if (const char* earlier = std::getenv(name.c_str())) earlier_ = earlier;
+  ::setenv(name.c_str(), value.c_str(), 1);
+}
+
+scoped_environment::~scoped_environment() {
+  if (earlier_)
+    ::setenv(name_.c_str(), earlier_->c_str(), 1);
+  else
+    ::unsetenv(name_.c_str());
+}
+
 }  // namespace hybridiff::test
 
 #include <torch/torch.h>

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 
 namespace hybridiff::test {
@@ -33,6 +34,28 @@ void write_file(const std::filesystem::path& path, const std::string& bytes);
 
 /// A raw safetensors file: the 8-byte little-endian length of `header`, `header`, then `data`.
 std::string safetensors_bytes(const std::string& header, const std::string& data);
+
+/// A copy of the model folder `source` laid out as huggingface_hub's cache keeps a download of `repo_id`
+/// ("ORG/NAME"): CACHE/models--ORG--NAME/ with blobs/ (the files), snapshots/REVISION/ (relative links into blobs/)
+/// and refs/main naming REVISION. With `variant`, the weight files carry that variant's names, as diffusers'
+/// `save_pretrained(variant=...)` writes them (model.safetensors → model.fp16.safetensors). Returns the repository
+/// folder.
+std::filesystem::path make_hub_repository(const std::filesystem::path& source, const std::filesystem::path& cache,
+                                          const std::string& repo_id, const std::string& revision,
+                                          const std::string& variant = "");
+
+/// Sets an environment variable while it lives (restores the earlier value or its absence after).
+class scoped_environment {
+ public:
+  scoped_environment(const std::string& name, const std::string& value);
+  ~scoped_environment();
+  scoped_environment(const scoped_environment&) = delete;
+  scoped_environment& operator=(const scoped_environment&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> earlier_;
+};
 
 }  // namespace hybridiff::test
 

@@ -25,6 +25,7 @@ double percentile(std::vector<double> samples, double fraction);
 /// denoiser config and a scheduler config (random weights, random conditioning, no VAE: denoising times).
 struct bench_model {
   std::filesystem::path folder;
+  std::string variant;  ///< the folder's weight-file variant (empty: plain files, or its only variant)
   std::filesystem::path denoiser_config, scheduler_config;
 
   bool whole() const { return !folder.empty(); }

@@ -20,7 +20,11 @@ std::vector<po::options_description> generation_options() {
   model.add_options()
       ("model", po::value<std::string>()->value_name("DIR"),
        "diffusers pipeline folder (model_index.json); default: the built-in Fashion-MNIST model (prompts: its class "
-       "names), run with --parallel hybrid")
+       "names), run with --parallel hybrid; also a Hugging Face cache folder (models--ORG--NAME) or ORG/NAME found in "
+       "that cache")
+      ("variant", po::value<std::string>()->value_name("NAME"),
+       "load the weight files of this variant (fp16: diffusion_pytorch_model.fp16.safetensors); default: the plain "
+       "files, or the only variant a folder has")
       ("negative-prompt", po::value<std::string>()->value_name("TEXT"),
        "what to steer away from (unset: SDXL's zero conditioning, SD3's \"\", the built-in model's null class)")
       ("steps", po::value<std::int64_t>()->value_name("N"), "denoising steps (default: SDXL 50, SD3 28, built-in 50)")
@@ -191,6 +195,7 @@ generation_setup settle_generation(const po::variables_map& values) {
 
   setup.placement.device = parse_device(values["device"].as<std::string>());
   setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
+  if (values.count("variant")) setup.placement.variant = values["variant"].as<std::string>();
   use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);
   auto& parallel = setup.parallel;
   parallel = parallel_options_from(values, mode, setup.distributed ? std::optional<int>(process.world_size) : std::nullopt,
@@ -217,7 +222,7 @@ double run_generation(generation_setup& setup, const models::generation_request&
   // A worker rank needs the denoiser only: rank 0 encodes the prompt and decodes the image.
   const auto parts = setup.distributed && process.rank != 0 ? models::pipeline_parts::denoiser : models::pipeline_parts::everything;
   replica_pool pool([&](const c10::Device& device) {
-    return models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, ""}, parts);
+    return models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, "", setup.placement.variant}, parts);
   });
   const auto replicas = pool.on(setup.devices);
   auto& pipeline = *replicas.front();  // worker 0's replica encodes the prompt and decodes the image

@@ -364,7 +364,8 @@ int run_serve(const std::vector<std::string>& args) {
     // One replica per worker: a worker uses its replica alone while it runs a request.
     std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
     for (const auto& device : setup.devices)
-      replicas.push_back(models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, ""}));
+      replicas.push_back(
+          models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, "", setup.placement.variant}));
     setup.parallel.tau = tau_settings_from(values, *replicas.front());
     const bool on_cpu = std::all_of(setup.devices.begin(), setup.devices.end(),
                                     [](const c10::Device& device) { return device.is_cpu(); });

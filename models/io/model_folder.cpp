@@ -2,9 +2,64 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "models/errors.hpp"
 
 namespace hybridiff::models {
 namespace {
+
+// A repository folder of the Hugging Face cache (models--ORG--NAME): snapshots/REV/ holds the files (links into
+// blobs/), refs/main names the revision downloaded last.
+bool is_hub_repository(const std::filesystem::path& dir) {
+  return std::filesystem::is_directory(dir / "snapshots") && !std::filesystem::exists(dir / "model_index.json") &&
+         !std::filesystem::exists(dir / "config.json");
+}
+
+std::filesystem::path snapshot_of(const std::filesystem::path& repository) {
+  const auto snapshots = repository / "snapshots";
+  std::ifstream ref(repository / "refs" / "main");
+  std::string revision;
+  if (ref && std::getline(ref, revision) && !revision.empty() && revision.find('/') == std::string::npos &&
+      std::filesystem::is_directory(snapshots / revision))
+    return snapshots / revision;
+  std::vector<std::filesystem::path> found;
+  for (const auto& entry : std::filesystem::directory_iterator(snapshots))
+    if (entry.is_directory()) found.push_back(entry.path());
+  if (found.size() == 1) return found.front();
+  std::sort(found.begin(), found.end());
+  std::string names;
+  for (const auto& path : found) names += (names.empty() ? "" : ", ") + path.filename().string();
+  throw error(repository.string() + ": a Hugging Face cache folder with " +
+              (found.empty() ? std::string("no snapshot") : "several snapshots (" + names + ")") +
+              " and no refs/main naming one: pass the snapshot folder (" + snapshots.string() + "/REVISION)");
+}
+
+// Where huggingface_hub keeps its cache: HF_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub or
+// ~/.cache/huggingface/hub.
+std::filesystem::path hub_cache_dir() {
+  if (const char* cache = std::getenv("HF_HUB_CACHE"); cache && *cache) return cache;
+  if (const char* home = std::getenv("HF_HOME"); home && *home) return std::filesystem::path(home) / "hub";
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    return std::filesystem::path(xdg) / "huggingface" / "hub";
+  const char* user_home = std::getenv("HOME");
+  return std::filesystem::path(user_home ? user_home : "") / ".cache" / "huggingface" / "hub";
+}
+
+// "ORG/NAME", as the Hub spells a repository: two plain names.
+bool looks_like_repository_id(const std::string& text) {
+  const auto slash = text.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == text.size() ||
+      text.find('/', slash + 1) != std::string::npos)
+    return false;
+  return std::all_of(text.begin(), text.end(),
+                     [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '/'; }) &&
+         text.front() != '.';
+}
 
 bool is_tokenizer_or_scheduler(const std::string& class_name) {
   return class_name.find("Tokenizer") != std::string::npos || class_name.find("Scheduler") != std::string::npos;
@@ -20,10 +75,34 @@ std::filesystem::path component_config_path(const component& part) {
   return part.dir / "config.json";
 }
 
-model_folder model_folder::open(const std::filesystem::path& dir) {
+std::filesystem::path resolve_model_dir(const std::filesystem::path& given) {
+  if (std::filesystem::is_directory(given)) {
+    if (!is_hub_repository(given)) return given;
+    const auto snapshot = snapshot_of(given);
+    spdlog::info("{}: a Hugging Face cache folder; loading its snapshot {}", given.string(),
+                 snapshot.filename().string());
+    return snapshot;
+  }
+  const auto text = given.string();
+  if (!std::filesystem::exists(given) && looks_like_repository_id(text)) {
+    const auto cache = hub_cache_dir();
+    const auto slash = text.find('/');
+    const auto repository = cache / ("models--" + text.substr(0, slash) + "--" + text.substr(slash + 1));
+    if (std::filesystem::is_directory(repository)) {
+      const auto snapshot = snapshot_of(repository);
+      spdlog::info("{}: loading {} from the Hugging Face cache", text, snapshot.string());
+      return snapshot;
+    }
+    throw error(text + ": model folder does not exist, nor is it in the Hugging Face cache (no " + repository.string() +
+                "; the cache is HF_HUB_CACHE, else HF_HOME/hub, else " + "~/.cache/huggingface/hub)");
+  }
+  throw error(text + ": model folder does not exist");
+}
+
+model_folder model_folder::open(const std::filesystem::path& given) {
   model_folder folder;
+  const auto dir = resolve_model_dir(given);
   folder.dir_ = dir;
-  if (!std::filesystem::is_directory(dir)) throw error(dir.string() + ": model folder does not exist");
 
   const auto index_path = dir / "model_index.json";
   if (std::filesystem::exists(index_path)) {

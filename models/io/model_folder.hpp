@@ -21,9 +21,15 @@ struct component {
   bool has_weights() const;
 };
 
+/// Where a model named on the command line lives: a folder as given; a Hugging Face cache repository folder
+/// (`models--ORG--NAME`) as its snapshot named by refs/main (or its only snapshot); "ORG/NAME" that is no path here
+/// as that repository in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). Throws
+/// naming what was looked for.
+std::filesystem::path resolve_model_dir(const std::filesystem::path& given);
+
 /// A diffusers pipeline folder (`model_index.json` + one folder per component) or a single component folder
 /// (`config.json` or `scheduler_config.json`), validated on open: every non-null component of the index must have
-/// its folder and its config.
+/// its folder and its config. `dir` goes through resolve_model_dir; dir() is the folder read.
 class model_folder {
  public:
   static model_folder open(const std::filesystem::path& dir);

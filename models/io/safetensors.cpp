@@ -10,9 +10,12 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <optional>
+#include <set>
 
-#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "models/errors.hpp"
 
@@ -271,7 +274,8 @@ void save_safetensors(const std::filesystem::path& path,
 checkpoint checkpoint::open(const std::filesystem::path& path) {
   checkpoint result;
   const auto name = path.filename().string();
-  const std::string index_suffix = ".index.json";
+  // A shard index: NAME.safetensors.index.json, or NAME.safetensors.index.VARIANT.json for a variant.
+  const std::string index_suffix = ".json";
   if (name.size() > index_suffix.size() &&
       name.compare(name.size() - index_suffix.size(), index_suffix.size(), index_suffix) == 0) {
     std::ifstream in(path);
@@ -335,20 +339,73 @@ std::vector<std::filesystem::path> checkpoint::files() const {
   return paths;
 }
 
+namespace {
+
+constexpr const char* weight_stems[] = {"diffusion_pytorch_model", "model"};
+
+// The file names of `stem`'s weights in `variant` ("" for the plain ones): the single file, then the shard index.
+std::vector<std::string> weight_names(const std::string& stem, const std::string& variant) {
+  if (variant.empty()) return {stem + ".safetensors", stem + ".safetensors.index.json"};
+  return {stem + "." + variant + ".safetensors", stem + ".safetensors.index." + variant + ".json"};
+}
+
+// The variant a weight file's name carries, if it is one of `stem`'s: "fp16" for model.fp16.safetensors and for
+// model.safetensors.index.fp16.json; shards (model.fp16-00001-of-00002.safetensors) are reached through an index.
+std::optional<std::string> variant_of(const std::string& name, const std::string& stem) {
+  const std::string single_prefix = stem + ".", single_suffix = ".safetensors";
+  const std::string index_prefix = stem + ".safetensors.index.", index_suffix = ".json";
+  auto between = [&](const std::string& prefix, const std::string& suffix) -> std::optional<std::string> {
+    if (name.size() <= prefix.size() + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      return std::nullopt;
+    auto middle = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    if (middle.empty() || middle.find_first_of(".-") != std::string::npos) return std::nullopt;
+    return middle;
+  };
+  if (auto index = between(index_prefix, index_suffix)) return index;
+  return between(single_prefix, single_suffix);
+}
+
+}  // namespace
+
 std::filesystem::path find_component_weights(const std::filesystem::path& component_dir, const std::string& variant) {
   if (!std::filesystem::is_directory(component_dir))
     throw error(component_dir.string() + ": component folder is missing");
-  std::vector<std::string> tried;
-  for (const char* stem : {"diffusion_pytorch_model", "model"}) {
-    auto base = std::string(stem) + (variant.empty() ? "" : "." + variant);
-    for (const auto& candidate : {base + ".safetensors", base + ".safetensors.index.json"}) {
-      if (std::filesystem::exists(component_dir / candidate)) return component_dir / candidate;
-      tried.push_back(candidate);
-    }
+  auto first_of = [&](const std::string& wanted) -> std::optional<std::filesystem::path> {
+    for (const char* stem : weight_stems)
+      for (const auto& name : weight_names(stem, wanted))
+        if (std::filesystem::exists(component_dir / name)) return component_dir / name;
+    return std::nullopt;
+  };
+  if (auto found = first_of(variant)) return *found;
+  // What the folder has instead: its weight files and the variants among them.
+  std::set<std::string> variants, files;
+  for (const auto& entry : std::filesystem::directory_iterator(component_dir)) {
+    const auto name = entry.path().filename().string();
+    if (name.find(".safetensors") == std::string::npos) continue;
+    files.insert(name);
+    for (const char* stem : weight_stems)
+      if (auto found = variant_of(name, stem)) variants.insert(*found);
   }
-  std::string names;
-  for (const auto& name : tried) names += (names.empty() ? "" : ", ") + name;
-  throw error(component_dir.string() + ": no weights found (looked for " + names + ")");
+  auto listed = [](const std::set<std::string>& names) {
+    std::string text;
+    for (const auto& name : names) text += (text.empty() ? "" : ", ") + name;
+    return text.empty() ? std::string("none") : text;
+  };
+  if (variant.empty() && variants.size() == 1) {
+    auto found = first_of(*variants.begin());
+    spdlog::info("{}: no plain weights; loading the {} variant ({})", component_dir.string(), *variants.begin(),
+                 found->filename().string());
+    return *found;
+  }
+  std::string looked_for;
+  for (const char* stem : weight_stems)
+    for (const auto& name : weight_names(stem, variant)) looked_for += (looked_for.empty() ? "" : ", ") + name;
+  if (variant.empty() && variants.size() > 1)
+    throw error(component_dir.string() + ": no plain weights and several variants (" + listed(variants) +
+                "): choose one with --variant");
+  throw error(component_dir.string() + ": no " + (variant.empty() ? "" : "'" + variant + "' variant ") +
+              "weights found (looked for " + looked_for + "; the folder has " + listed(files) + ")");
 }
 
 }  // namespace hybridiff::models

@@ -92,7 +92,8 @@ void save_safetensors(const std::filesystem::path& path,
 /// A checkpoint: one safetensors file, or the shards listed by a `*.safetensors.index.json` (its `weight_map`).
 class checkpoint {
  public:
-  /// `path` is a `.safetensors` file or a `.safetensors.index.json` file.
+  /// `path` is a `.safetensors` file or a shard index (`.safetensors.index.json`, `.safetensors.index.fp16.json`:
+  /// any `.json`).
   static checkpoint open(const std::filesystem::path& path);
 
   /// Every tensor of every shard, sorted by name.
@@ -108,9 +109,14 @@ class checkpoint {
   std::map<std::string, std::size_t> shard_of_;  // tensor name -> index into shards_
 };
 
-/// The weights of a component folder: `<stem>.safetensors` or `<stem>.safetensors.index.json`, where the stem is
-/// `diffusion_pytorch_model` (diffusers) or `model` (transformers), with `.<variant>` before the extension when
-/// `variant` is given (e.g. "fp16"). Throws naming the folder and the names it looked for.
+/// The weights of a component folder, named as diffusers and transformers save them: `<stem>.safetensors` or its
+/// shard index `<stem>.safetensors.index.json`, where the stem is `diffusion_pytorch_model` (diffusers) or `model`
+/// (transformers). A variant (e.g. "fp16") is named `<stem>.<variant>.safetensors` and its index
+/// `<stem>.safetensors.index.<variant>.json`.
+///   variant given: that variant's file, else an error naming the folder and the weight files it has.
+///   variant empty: the plain file; a folder with only one variant's files (a Hugging Face snapshot downloaded with
+///   `variant="fp16"`) loads that variant, said in an info log line; several variants and no plain file is an
+///   error listing them.
 std::filesystem::path find_component_weights(const std::filesystem::path& component_dir,
                                              const std::string& variant = "");
 

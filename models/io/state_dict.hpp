@@ -22,6 +22,9 @@ struct load_options {
   /// A prefix of the module's keys that a checkpoint may leave out: transformers saves a base model's weights
   /// with or without it (`text_model.embeddings...` or `embeddings...`). Used only when no checkpoint key has it.
   std::string optional_prefix;
+  /// The weight files' variant ("fp16": `diffusion_pytorch_model.fp16.safetensors`); empty: the plain files, or
+  /// the only variant a folder has (find_component_weights).
+  std::string variant;
 };
 
 /// Loads `weights` into `module` by exact name: every parameter and buffer of the module must be in the checkpoint

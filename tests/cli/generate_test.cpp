@@ -36,6 +36,40 @@ TEST(GenerateCli, ReproducesDiffusersEulerLatents) {
   EXPECT_EQ(image.sizes(), (c10::IntArrayRef{1, 3, 32, 32}));
 }
 
+TEST(GenerateCli, AHuggingFaceDownloadIsNamedByItsIdAndItsVariantIsChosen) {
+  // A download of tiny-sdxl whose weights are only the fp16 variant's files (fixture values), in a cache named by
+  // HF_HUB_CACHE, as huggingface_hub leaves it.
+  test::temp_dir dir;
+  test::make_hub_repository(test::fixtures_dir() / "tiny-sdxl", dir / "hub", "hybridiff/tiny-sdxl", "c0ffee", "fp16");
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  const auto request = "HF_HUB_CACHE=" + quoted(dir / "hub") + " " + test::hybridiff_binary() +
+                       " generate --model hybridiff/tiny-sdxl --prompt " + pipe_prompt +
+                       " --steps 8 --guidance 5 --height 32 --width 32 --latents-in " +
+                       quoted(dir / "init.safetensors") + " --save-latents " + quoted(dir / "out.safetensors") +
+                       " --output " + quoted(dir / "out.png");
+  auto result = test::run_shell(request + " --variant fp16");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "out.safetensors", "latents"),
+                                 test::golden("tiny-sdxl-golden.safetensors", "pipe_euler_latents")),
+            1e-3);
+  // Without --variant the only variant loads, and the log says so.
+  result = test::run_shell(request);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("no plain weights; loading the fp16 variant (diffusion_pytorch_model.fp16.safetensors)"),
+            std::string::npos)
+      << result.output;
+  result = test::run_shell(request + " --variant bf16");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("no 'bf16' variant weights found"), std::string::npos) << result.output;
+  result = test::run_shell("HF_HUB_CACHE=" + quoted(dir / "hub") + " " + test::hybridiff_binary() +
+                           " generate --model hybridiff/other --prompt fox");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("hybridiff/other: model folder does not exist, nor is it in the Hugging Face cache"),
+            std::string::npos)
+      << result.output;
+}
+
 TEST(GenerateCli, ReferenceSpellingsAndSeedsWork) {
   test::temp_dir dir;
   auto common = "generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +

@@ -145,5 +145,35 @@ TEST(ModelFolderErrors, NotAModelFolder) {
   EXPECT_NE(message.find("model_index.json: malformed JSON"), std::string::npos) << message;
 }
 
+TEST(ModelFolder, HuggingFaceCacheFoldersOpenAtTheirSnapshot) {
+  temp_dir home;  // HF_HOME; the cache is its hub/
+  const auto cache = home / "hub";
+  const auto repository =
+      test::make_hub_repository(test::fixtures_dir() / "tiny-sdxl", cache, "hybridiff/tiny-sdxl", "c0ffee");
+  const auto snapshot = repository / "snapshots" / "c0ffee";
+  // The repository folder opens at the snapshot refs/main names, and so does its id where the cache is.
+  EXPECT_EQ(model_folder::open(repository).dir(), snapshot);
+  EXPECT_EQ(model_folder::open(repository).pipeline_class(), "StableDiffusionXLPipeline");
+  {
+    test::scoped_environment hub_cache("HF_HUB_CACHE", cache.string());
+    EXPECT_EQ(model_folder::open("hybridiff/tiny-sdxl").dir(), snapshot);
+    auto message = error_of([&] { model_folder::open("hybridiff/absent-model"); });
+    EXPECT_NE(message.find("hybridiff/absent-model: model folder does not exist, nor is it in the Hugging Face cache"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find((cache / "models--hybridiff--absent-model").string()), std::string::npos) << message;
+  }
+  {
+    test::scoped_environment no_hub_cache("HF_HUB_CACHE", "");
+    test::scoped_environment hf_home("HF_HOME", home.path().string());
+    EXPECT_EQ(model_folder::open("hybridiff/tiny-sdxl").dir(), snapshot);
+  }
+  // Two snapshots and no refs/main: the user names one.
+  test::make_hub_repository(test::fixtures_dir() / "tiny-sdxl", cache, "hybridiff/tiny-sdxl", "beef");
+  std::filesystem::remove(repository / "refs" / "main");
+  auto message = error_of([&] { model_folder::open(repository); });
+  EXPECT_NE(message.find("several snapshots (beef, c0ffee)"), std::string::npos) << message;
+}
+
 }  // namespace
 }  // namespace hybridiff::models

@@ -218,5 +218,45 @@ TEST(Checkpoint, MissingWeightsNameWhatWasLookedFor) {
   EXPECT_THROW(find_component_weights(dir / "absent"), error);
 }
 
+TEST(Checkpoint, VariantsAreFoundByDiffusersNamesAndAnOnlyVariantIsTakenAlone) {
+  temp_dir dir;
+  const auto weights = torch::arange(4, torch::kFloat32);
+  // A sharded fp16 variant as diffusers names it: the index carries the variant before .json, the shards after
+  // the stem.
+  save_safetensors(dir / "diffusion_pytorch_model.fp16-00001-of-00001.safetensors", {{"w", weights}});
+  write_file(dir / "diffusion_pytorch_model.safetensors.index.fp16.json",
+             R"({"weight_map":{"w":"diffusion_pytorch_model.fp16-00001-of-00001.safetensors"}})");
+  EXPECT_EQ(find_component_weights(dir.path(), "fp16"), dir / "diffusion_pytorch_model.safetensors.index.fp16.json");
+  // No plain file: the only variant loads without being asked for.
+  EXPECT_EQ(find_component_weights(dir.path()), dir / "diffusion_pytorch_model.safetensors.index.fp16.json");
+  EXPECT_TRUE(torch::equal(checkpoint::open(find_component_weights(dir.path())).tensor("w"), weights));
+
+  // A variant the folder lacks: named, with what the folder has.
+  try {
+    find_component_weights(dir.path(), "bf16");
+    FAIL() << "a missing variant must be an error";
+  } catch (const error& failure) {
+    const std::string message = failure.what();
+    EXPECT_NE(message.find("no 'bf16' variant weights found"), std::string::npos) << message;
+    EXPECT_NE(message.find("diffusion_pytorch_model.bf16.safetensors"), std::string::npos) << message;
+    EXPECT_NE(message.find("diffusion_pytorch_model.safetensors.index.fp16.json"), std::string::npos) << message;
+  }
+
+  // Two variants and no plain file: the user chooses.
+  save_safetensors(dir / "diffusion_pytorch_model.bf16.safetensors", {{"w", weights}});
+  EXPECT_EQ(find_component_weights(dir.path(), "bf16"), dir / "diffusion_pytorch_model.bf16.safetensors");
+  try {
+    find_component_weights(dir.path());
+    FAIL() << "two variants without a choice must be an error";
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("several variants (bf16, fp16): choose one with --variant"),
+              std::string::npos)
+        << failure.what();
+  }
+  // The plain file wins when there is one, as in diffusers.
+  save_safetensors(dir / "diffusion_pytorch_model.safetensors", {{"w", weights}});
+  EXPECT_EQ(find_component_weights(dir.path()), dir / "diffusion_pytorch_model.safetensors");
+}
+
 }  // namespace
 }  // namespace hybridiff::models

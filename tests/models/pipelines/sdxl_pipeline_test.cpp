@@ -92,6 +92,34 @@ TEST_F(SdxlPipeline, NegativePromptImageMatchesDiffusers) {
   EXPECT_LT(test::relative_error(image, test::golden(golden_file, "pipe_ddim_neg_image")), latents_tolerance);
 }
 
+TEST_F(SdxlPipeline, AVariantOnlyHuggingFaceDownloadLoadsByItsIdAndMatchesDiffusers) {
+  // tiny-sdxl as `snapshot_download` leaves a repository whose weights exist only as the fp16 variant (the names
+  // diffusers' save_pretrained(variant="fp16") writes; the values stay the fixture's float32 ones, so diffusers'
+  // golden applies): links into blobs/, found by its id through HF_HUB_CACHE.
+  test::temp_dir cache;
+  test::make_hub_repository(test::fixtures_dir() / "tiny-sdxl", cache.path(), "hybridiff/tiny-sdxl", "c0ffee", "fp16");
+  test::scoped_environment hub_cache("HF_HUB_CACHE", cache.path().string());
+  for (const std::string variant : {"", "fp16"}) {
+    load_options options;
+    options.variant = variant;
+    auto downloaded = load_pipeline("hybridiff/tiny-sdxl", options);
+    EXPECT_LT(test::relative_error(generate_latents(*downloaded, pipe_request()),
+                                   test::golden(golden_file, "pipe_euler_latents")),
+              latents_tolerance)
+        << "variant '" << variant << "'";
+  }
+  load_options missing;
+  missing.variant = "bf16";
+  try {
+    load_pipeline("hybridiff/tiny-sdxl", missing);
+    FAIL() << "a variant the download lacks must be an error";
+  } catch (const error& failure) {
+    const std::string message = failure.what();
+    EXPECT_NE(message.find("no 'bf16' variant weights found"), std::string::npos) << message;
+    EXPECT_NE(message.find(".fp16.safetensors"), std::string::npos) << message;
+  }
+}
+
 TEST_F(SdxlPipeline, BadRequestsFailClearly) {
   auto request = pipe_request();
   request.height = 33;  // not a multiple of the VAE factor 2
