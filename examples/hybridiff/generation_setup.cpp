@@ -1,7 +1,10 @@
 #include "generation_setup.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <map>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -47,7 +50,10 @@ std::vector<po::options_description> generation_options() {
        "progress bar on stderr: auto (when stderr is a terminal), always or never");
   // clang-format on
   auto parallel = schedule_options();
-  parallel.add_options()("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help);
+  parallel.add_options()("cudnn-benchmark", po::bool_switch(), cudnn_benchmark_help)(
+      "threads-per-worker", po::value<int>()->value_name("N"),
+      "CPU workers of this process: intra-op threads of each (default: the cores divided among the workers, so that "
+      "workers computing side by side do not compete for cores; with OMP_NUM_THREADS set, that)");
   parallel.add(process_options());
   return {model, parallel};
 }
@@ -204,7 +210,31 @@ generation_setup settle_generation(const po::variables_map& values) {
   // One device per worker of this process; workers on the same device share a replica.
   setup.devices = parse_device_list(values.count("devices") ? values["devices"].as<std::string>() : "",
                                     setup.distributed ? 1 : parallel.workers, setup.placement.device);
+  share_cpu_cores(setup);
   return setup;
+}
+
+void share_cpu_cores(const generation_setup& setup) {
+  const bool on_cpu = std::all_of(setup.devices.begin(), setup.devices.end(),
+                                  [](const c10::Device& device) { return device.is_cpu(); });
+  const auto& values = setup.values;
+  if (!on_cpu) {
+    if (values.count("threads-per-worker")) throw usage_error("--threads-per-worker is for CPU workers");
+    return;
+  }
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int workers = static_cast<int>(setup.devices.size());
+  int threads = 0;
+  if (values.count("threads-per-worker")) {
+    threads = values["threads-per-worker"].as<int>();
+    if (threads < 1) throw usage_error("--threads-per-worker must be at least 1");
+  } else if (workers > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    threads = std::max(1, cores / workers);
+  }
+  // ATen hands the count on to each worker's thread at its first parallel operation.
+  if (threads > 0) at::set_num_threads(threads);
+  spdlog::debug("{} CPU thread(s) per worker, {} worker(s) in this process, {} core(s)", at::get_num_threads(), workers,
+                cores);
 }
 
 std::string describe_run(const generation_setup& setup, const models::generation_plan& plan) {
@@ -212,7 +242,7 @@ std::string describe_run(const generation_setup& setup, const models::generation
   auto text = "generating a " + std::to_string(plan.height) + "x" + std::to_string(plan.width) + " image in " +
               setup.values["dtype"].as<std::string>() + " on " + where + " with " + std::to_string(setup.parallel.workers) +
               " worker(s)";
-  if (!setup.placement.device.is_cuda()) text += ", " + std::to_string(at::get_num_threads()) + " CPU thread(s) per process";
+  if (!setup.placement.device.is_cuda()) text += ", " + std::to_string(at::get_num_threads()) + " CPU thread(s) per worker";
   return text;
 }
 

@@ -66,6 +66,9 @@ struct generation_setup {
 };
 /// Reads and checks the options (usage errors for bad combinations).
 generation_setup settle_generation(const po::variables_map& values);
+/// CPU workers of one process compute side by side: each gets --threads-per-worker intra-op threads, by default
+/// the cores divided among them (unless OMP_NUM_THREADS is set). Called by settle_generation.
+void share_cpu_cores(const generation_setup& setup);
 
 /// Loads the replicas, settles the schedule against `probe` (the request's steps and size), starts the actor
 /// system and, on rank 0 or in a single process, calls `body` with the session and worker 0's pipeline; other

@@ -204,10 +204,7 @@ int run_serve(const std::vector<std::string>& args) {
        "seconds from submission to the last step; later requests fail (504)")
       ("max-images", po::value<int>()->default_value(8)->value_name("N"), "the largest n of a request")
       ("http-threads", po::value<int>()->default_value(16)->value_name("N"), "threads answering HTTP requests "
-       "(clients served at once; a synchronous generation holds one until its image is done)")
-      ("threads-per-worker", po::value<int>()->value_name("N"), "a pool of CPU workers: intra-op threads of each "
-       "worker (default: the cores divided among the workers, so that workers running side by side do not "
-       "compete for cores)");
+       "(clients served at once; a synchronous generation holds one until its image is done)");
   // clang-format on
   line.options.add(service_flags);
   for (const auto& group : generation_options()) line.options.add(group);
@@ -367,16 +364,6 @@ int run_serve(const std::vector<std::string>& args) {
       replicas.push_back(
           models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, "", setup.placement.variant}));
     setup.parallel.tau = tau_settings_from(values, *replicas.front());
-    const bool on_cpu = std::all_of(setup.devices.begin(), setup.devices.end(),
-                                    [](const c10::Device& device) { return device.is_cpu(); });
-    if (on_cpu) {
-      const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-      const int threads = values.count("threads-per-worker") ? values["threads-per-worker"].as<int>()
-                                                             : std::max(1, cores / setup.parallel.workers);
-      if (threads < 1) throw usage_error("--threads-per-worker must be at least 1");
-      at::set_num_threads(threads);
-      spdlog::info("{} CPU thread(s) per worker, {} worker(s), {} core(s)", threads, setup.parallel.workers, cores);
-    }
     service_options options{setup.parallel, static_cast<std::size_t>(max_queue), request_timeout, max_images};
     {
       auto started = std::make_shared<image_service>(system, replicas, options, std::move(policy));
