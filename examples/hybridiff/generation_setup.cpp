@@ -242,7 +242,8 @@ std::string describe_run(const generation_setup& setup, const models::generation
   auto text = "generating a " + std::to_string(plan.height) + "x" + std::to_string(plan.width) + " image in " +
               setup.values["dtype"].as<std::string>() + " on " + where + " with " + std::to_string(setup.parallel.workers) +
               " worker(s)";
-  if (!setup.placement.device.is_cuda()) text += ", " + std::to_string(at::get_num_threads()) + " CPU thread(s) per worker";
+  if (!setup.placement.device.is_cuda())
+    text += ", " + std::to_string(at::get_num_threads()) + " CPU thread(s) per worker";
   return text;
 }
 
