@@ -8,6 +8,7 @@
 #include <caf/all.hpp>
 
 #include "actors/hybridiff.hpp"
+#include "actors/image_service.hpp"
 #include "runtime/stage_worker.hpp"
 #include "models/errors.hpp"
 #include "schedule/asyncdiff_plan.hpp"
@@ -563,6 +564,33 @@ TEST_F(ParallelGeneration, ALostWorkerLeavesTheImageToASurvivorInSequentialCfg) 
     EXPECT_NE(std::string(failure.what()).find("worker 1 was lost during an earlier image"), std::string::npos)
         << failure.what();
   }
+}
+
+TEST_F(ParallelGeneration, AServiceThatLosesAWorkerFinishesTheRequestDegradedAndKeepsServing) {
+  // A pool of 2 (every request on both, CFG split): worker 1's actor dies at its third call, mid-request. The
+  // request finishes on worker 0 (its trace says so), the service starts the group's session anew, and the next
+  // request runs on both workers again.
+  service_options options;
+  options.parallel.mode = parallel_mode::cfg;
+  options.parallel.workers = 2;
+  auto dying = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 3);
+  dying->die_ = true;
+  image_service service(system_, {tiny("tiny-sdxl"), dying}, options, make_placement_policy("all"));
+  const auto first = service.wait(service.submit(tiny_request(6)), std::chrono::minutes(2));
+  ASSERT_TRUE(first && first->ended());
+  EXPECT_EQ(first->status, job_status::succeeded) << first->error;
+  ASSERT_EQ(first->trace.size(), 6u);
+  EXPECT_EQ(first->trace[1].mode, "cfg");
+  EXPECT_EQ(first->trace[2].mode, "cfg-degraded");
+  EXPECT_EQ(first->png.size(), 1u);
+
+  const auto second = service.wait(service.submit(tiny_request(6)), std::chrono::minutes(2));
+  ASSERT_TRUE(second && second->ended());
+  EXPECT_EQ(second->status, job_status::succeeded) << second->error;
+  EXPECT_EQ(second->workers, 2);
+  for (const auto& row : second->trace) EXPECT_EQ(row.mode, "cfg");
+  EXPECT_NE(service.metrics().find("hybridiff_requests_total{status=\"succeeded\"} 2"), std::string::npos)
+      << service.metrics();
 }
 
 TEST_F(ParallelGeneration, AWorkerThatStallsTimesOutWithAClearError) {
