@@ -9,8 +9,8 @@
 
 #include "actors/hybridiff.hpp"
 #include "actors/image_service.hpp"
-#include "runtime/stage_worker.hpp"
 #include "models/errors.hpp"
+#include "runtime/stage_worker.hpp"
 #include "schedule/asyncdiff_plan.hpp"
 #include "test_support.hpp"
 
