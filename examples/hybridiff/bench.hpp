@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
+#include "models/io/lora.hpp"
 
 namespace hybridiff::cli {
 
@@ -25,7 +26,8 @@ double percentile(std::vector<double> samples, double fraction);
 /// denoiser config and a scheduler config (random weights, random conditioning, no VAE: denoising times).
 struct bench_model {
   std::filesystem::path folder;
-  std::string variant;  ///< the folder's weight-file variant (empty: plain files, or its only variant)
+  std::string variant;                   ///< the folder's weight-file variant (empty: plain files, or its only variant)
+  std::vector<models::lora_spec> loras;  ///< merged at load
   std::filesystem::path denoiser_config, scheduler_config;
 
   bool whole() const { return !folder.empty(); }

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "bench.hpp"
+#include "generation_setup.hpp"
 #include "processes.hpp"
 #include "schedule_lab.hpp"
 
@@ -49,6 +50,8 @@ int run_bench(const std::vector<std::string>& args) {
        "--scheduler-config): times text encoding, denoising and VAE decoding (also a Hugging Face cache folder or "
        "ORG/NAME in that cache)")
       ("variant", po::value<std::string>()->value_name("NAME"), "with --model: the weight files' variant (fp16)")
+      ("lora", po::value<std::vector<std::string>>()->value_name("FILE[:SCALE]"),
+       "with --model: merge a LoRA at load (repeatable)")
       ("size", po::value<std::int64_t>()->default_value(1024)->value_name("PX"), "image side in pixels (latents: /8)")
       ("batch", po::value<std::string>()->default_value("1,2")->value_name("LIST"), "batch sizes, e.g. 1,2")
       ("warmup", po::value<std::int64_t>()->default_value(3)->value_name("N"),
@@ -82,7 +85,8 @@ int run_bench(const std::vector<std::string>& args) {
   if (values.count("model") == values.count("model-config"))
     throw usage_error("give one of --model-config DIR (random weights) and --model DIR (a diffusers folder)");
   if (values.count("model") && !values.count("run")) throw usage_error("--model times whole generations: add --run");
-  if (values.count("variant") && !values.count("model")) throw usage_error("--variant applies to --model");
+  if ((values.count("variant") || values.count("lora")) && !values.count("model"))
+    throw usage_error("--variant and --lora apply to --model");
   if (values.count("cost-profile") && !values.count("run")) throw usage_error("--cost-profile needs --run");
   const auto batches = parse_list(values["batch"].as<std::string>(), "--batch");
   const auto size = values["size"].as<std::int64_t>();
@@ -106,6 +110,7 @@ int run_bench(const std::vector<std::string>& args) {
     if (values.count("model")) {
       model.folder = values["model"].as<std::string>();
       if (values.count("variant")) model.variant = values["variant"].as<std::string>();
+      model.loras = lora_specs_from(values);
       if (values.count("scheduler-config")) throw usage_error("--model brings its scheduler: drop --scheduler-config");
     } else {
       if (!values.count("scheduler-config")) throw usage_error("--run with --model-config needs --scheduler-config DIR");

@@ -28,6 +28,9 @@ std::vector<po::options_description> generation_options() {
       ("variant", po::value<std::string>()->value_name("NAME"),
        "load the weight files of this variant (fp16: diffusion_pytorch_model.fp16.safetensors); default: the plain "
        "files, or the only variant a folder has")
+      ("lora", po::value<std::vector<std::string>>()->value_name("FILE[:SCALE]"),
+       "merge a LoRA into the weights at load (repeatable; scale 1 by default): diffusers/PEFT or kohya safetensors, "
+       "for the UNet or transformer and the text encoders; every worker gets it")
       ("negative-prompt", po::value<std::string>()->value_name("TEXT"),
        "what to steer away from (unset: SDXL's zero conditioning, SD3's \"\", the built-in model's null class)")
       ("steps", po::value<std::int64_t>()->value_name("N"), "denoising steps (default: SDXL 50, SD3 28, built-in 50)")
@@ -149,6 +152,19 @@ std::vector<std::shared_ptr<models::diffusion_pipeline>> replica_pool::on(const 
   return replicas;
 }
 
+std::vector<models::lora_spec> lora_specs_from(const po::variables_map& values) {
+  std::vector<models::lora_spec> loras;
+  if (!values.count("lora")) return loras;
+  for (const auto& text : values["lora"].as<std::vector<std::string>>()) {
+    try {
+      loras.push_back(models::parse_lora_spec(text));
+    } catch (const std::invalid_argument& bad) {
+      throw usage_error(bad.what());
+    }
+  }
+  return loras;
+}
+
 generation_setup settle_generation(const po::variables_map& values) {
   generation_setup setup;
   setup.values = values;
@@ -202,6 +218,7 @@ generation_setup settle_generation(const po::variables_map& values) {
   setup.placement.device = parse_device(values["device"].as<std::string>());
   setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
   if (values.count("variant")) setup.placement.variant = values["variant"].as<std::string>();
+  setup.placement.loras = lora_specs_from(values);
   use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);
   auto& parallel = setup.parallel;
   parallel = parallel_options_from(values, mode, setup.distributed ? std::optional<int>(process.world_size) : std::nullopt,
@@ -253,7 +270,9 @@ double run_generation(generation_setup& setup, const models::generation_request&
   // A worker rank needs the denoiser only: rank 0 encodes the prompt and decodes the image.
   const auto parts = setup.distributed && process.rank != 0 ? models::pipeline_parts::denoiser : models::pipeline_parts::everything;
   replica_pool pool([&](const c10::Device& device) {
-    return models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, "", setup.placement.variant}, parts);
+    auto placement = setup.placement;
+    placement.device = device;
+    return models::load_pipeline(setup.model_dir, placement, parts);
   });
   const auto replicas = pool.on(setup.devices);
   auto& pipeline = *replicas.front();  // worker 0's replica encodes the prompt and decodes the image

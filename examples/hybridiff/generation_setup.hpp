@@ -66,6 +66,8 @@ struct generation_setup {
 };
 /// Reads and checks the options (usage errors for bad combinations).
 generation_setup settle_generation(const po::variables_map& values);
+/// The --lora FILE[:SCALE] flags; a malformed one is a usage error.
+std::vector<models::lora_spec> lora_specs_from(const po::variables_map& values);
 /// CPU workers of one process compute side by side: each gets --threads-per-worker intra-op threads, by default
 /// the cores divided among them (unless OMP_NUM_THREADS is set). Called by settle_generation.
 void share_cpu_cores(const generation_setup& setup);

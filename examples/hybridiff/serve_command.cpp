@@ -360,9 +360,11 @@ int run_serve(const std::vector<std::string>& args) {
   try {
     // One replica per worker: a worker uses its replica alone while it runs a request.
     std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
-    for (const auto& device : setup.devices)
-      replicas.push_back(
-          models::load_pipeline(setup.model_dir, {device, setup.placement.dtype, "", setup.placement.variant}));
+    for (const auto& device : setup.devices) {
+      auto placement = setup.placement;
+      placement.device = device;
+      replicas.push_back(models::load_pipeline(setup.model_dir, placement));
+    }
     setup.parallel.tau = tau_settings_from(values, *replicas.front());
     service_options options{setup.parallel, static_cast<std::size_t>(max_queue), request_timeout, max_images};
     {

@@ -6,6 +6,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include "models/io/lora.hpp"
 #include "models/io/safetensors.hpp"
 
 namespace torch::nn {
@@ -25,6 +26,8 @@ struct load_options {
   /// The weight files' variant ("fp16": `diffusion_pytorch_model.fp16.safetensors`); empty: the plain files, or
   /// the only variant a folder has (find_component_weights).
   std::string variant;
+  /// LoRAs merged into the weights at load (load_pipeline).
+  std::vector<lora_spec> loras;
 };
 
 /// Loads `weights` into `module` by exact name: every parameter and buffer of the module must be in the checkpoint

@@ -213,4 +213,6 @@ std::vector<std::int64_t> class_conditional_pipeline::latent_shape(std::int64_t 
   return {1, unet_->config().in_channels, height, width};
 }
 
+void class_conditional_pipeline::merge_loras(lora_merge& loras) { loras.merge("unet", *unet_); }
+
 }  // namespace hybridiff::models

@@ -79,6 +79,7 @@ class class_conditional_pipeline : public diffusion_pipeline {
                      module_runner* runner = nullptr) override;
   denoiser_family family() const override { return denoiser_family::unet; }
   std::int64_t transformer_blocks() const override { return 0; }
+  void merge_loras(lora_merge& loras) override;
   std::unique_ptr<sampler> make_sampler(const std::string& name) const override;
   /// Pixels [1, 1, H, W] in [-1, 1] -> [1, 3, H, W] in [0, 1] (grey in all three channels).
   at::Tensor decode(const at::Tensor& latents) override;

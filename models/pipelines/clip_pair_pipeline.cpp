@@ -31,6 +31,16 @@ void clip_pair_pipeline::load_text_encoders_and_vae(const model_folder& folder, 
   vae_ = load_vae(folder.get("vae").dir, vae_placement(folder.component_config("vae").get<bool>("force_upcast"), placement_));
 }
 
+void clip_pair_pipeline::merge_text_encoder_loras(lora_merge& loras) {
+  if (!text_encoder_) {
+    loras.skip("text_encoder");
+    loras.skip("text_encoder_2");
+    return;
+  }
+  loras.merge("text_encoder", *text_encoder_);
+  loras.merge("text_encoder_2", *text_encoder_2_);
+}
+
 clip_pair_pipeline::clip_outputs clip_pair_pipeline::encode_with_clips(const std::string& text) const {
   clip_outputs outputs;
   const clip_tokenizer* tokenizers[] = {&tokenizer_, &tokenizer_2_};

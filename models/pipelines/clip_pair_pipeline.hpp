@@ -32,6 +32,8 @@ class clip_pair_pipeline : public diffusion_pipeline {
   /// Loads both tokenizers and text encoders (the first with its projection when `first_projected`: SD3) and the
   /// VAE (float32 when its config sets force_upcast).
   void load_text_encoders_and_vae(const model_folder& folder, bool first_projected);
+  /// Merges LoRAs into both text encoders (skipped when loaded with the denoiser only).
+  void merge_text_encoder_loras(lora_merge& loras);
   /// Runs both encoders on `text`, warning when the prompt is longer than CLIP's window (it is cut, as diffusers does).
   clip_outputs encode_with_clips(const std::string& text) const;
 

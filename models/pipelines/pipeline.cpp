@@ -115,4 +115,8 @@ void with_memory_context(const std::string& what, const std::function<void()>& w
   }
 }
 
+void diffusion_pipeline::merge_loras(lora_merge&) {
+  throw error(class_name() + " takes no LoRA (SDXL, SD3 and the built-in model do)");
+}
+
 }  // namespace hybridiff::models

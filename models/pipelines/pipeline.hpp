@@ -93,6 +93,9 @@ class diffusion_pipeline {
   virtual at::Tensor decode(const at::Tensor& latents) = 0;
   /// The shape of the latents for an image of height × width: [1, C, height/f, width/f].
   virtual std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const = 0;
+  /// Merges LoRAs into the loaded components (each under its folder's name: unet, text_encoder, ...); components
+  /// not loaded are skipped. Pipelines without LoRA support throw hybridiff::error.
+  virtual void merge_loras(lora_merge& loras);
 
   const load_options& placement() const { return placement_; }
 

@@ -28,6 +28,15 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
   return pipeline;
 }
 
+void sd3_pipeline::merge_loras(lora_merge& loras) {
+  loras.merge("transformer", *transformer_);
+  merge_text_encoder_loras(loras);
+  if (text_encoder_3_)
+    loras.merge("text_encoder_3", *text_encoder_3_);
+  else if (!text_encoder_)
+    loras.skip("text_encoder_3");  // loaded with the denoiser only
+}
+
 generation_plan sd3_pipeline::plan(const generation_request& request) const {
   // Latents must split into whole patches, and no more of them than the position table holds.
   const auto factor = vae_factor_ * transformer_->config().patch_size;

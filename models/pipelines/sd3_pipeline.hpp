@@ -26,6 +26,7 @@ class sd3_pipeline : public clip_pair_pipeline {
   denoiser_family family() const override { return denoiser_family::transformer; }
   std::int64_t transformer_blocks() const override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
+  void merge_loras(lora_merge& loras) override;
 
   SD3Transformer2DModel& transformer() { return transformer_; }
 

@@ -24,6 +24,11 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
   return pipeline;
 }
 
+void sdxl_pipeline::merge_loras(lora_merge& loras) {
+  loras.merge("unet", *unet_);
+  merge_text_encoder_loras(loras);
+}
+
 generation_plan sdxl_pipeline::plan(const generation_request& request) const {
   return settle_plan(request, 50, default_size_, 5.0, vae_factor_, "the VAE factor", 8192);
 }

@@ -23,6 +23,7 @@ class sdxl_pipeline : public clip_pair_pipeline {
   denoiser_family family() const override { return denoiser_family::unet; }
   std::int64_t transformer_blocks() const override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
+  void merge_loras(lora_merge& loras) override;
 
   UNet2DConditionModel& unet() { return unet_; }
 

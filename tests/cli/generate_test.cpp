@@ -70,6 +70,33 @@ TEST(GenerateCli, AHuggingFaceDownloadIsNamedByItsIdAndItsVariantIsChosen) {
       << result.output;
 }
 
+TEST(GenerateCli, ALoraReachesEveryWorkerOfEveryProcess) {
+  // A diffusers/PEFT LoRA of tiny-sdxl (tests/golden/make_lora_goldens.py) at scale 0.7, on CFG split over two
+  // processes: rank 1 merges it into its UNet, rank 0 into its UNet and text encoders; the latents are those of
+  // diffusers' fused pipeline.
+  test::temp_dir dir;
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  const auto golden_dir = std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/lora";
+  const auto request = " generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt " + pipe_prompt +
+                       " --steps 8 --guidance 5 --height 32 --width 32 --latents-in " +
+                       quoted(dir / "init.safetensors") + " --save-latents " + quoted(dir / "out.safetensors") +
+                       " --output " + quoted(dir / "out.png");
+  auto result =
+      run_hybridiff("launch --nproc 2 --master-port " + std::to_string(test::free_port_pair()) + " --" + request +
+                    " --parallel cfg --lora " + quoted(golden_dir / "tiny-sdxl-lora-peft.safetensors") + ":0.7");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto golden =
+      models::checkpoint::open(golden_dir / "tiny-sdxl-lora-golden.safetensors").tensor("euler_latents");
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "out.safetensors", "latents"), golden), 1e-3);
+
+  result = run_hybridiff(request + " --lora " + quoted(dir / "init.safetensors"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("'latents' is not a LoRA weight this loader reads"), std::string::npos) << result.output;
+  result = run_hybridiff(request + " --lora :2");
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+}
+
 TEST(GenerateCli, ReferenceSpellingsAndSeedsWork) {
   test::temp_dir dir;
   auto common = "generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +

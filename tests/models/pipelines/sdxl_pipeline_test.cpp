@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/io/lora.hpp"
+#include "models/io/safetensors.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff::models {
@@ -184,6 +186,91 @@ TEST_F(SdxlPipeline, DenoiserOnlyPredictsTheSameAndRefusesToEncodeOrDecode) {
         << refused.what();
   }
   EXPECT_THROW(worker->decode(latents), error);
+}
+
+// LoRA files made by diffusers and PEFT for tiny-sdxl (tests/golden/make_lora_goldens.py): the same pairs in
+// diffusers/PEFT and in kohya naming, merged at scale 0.7 as diffusers' fuse_lora(lora_scale=0.7) does.
+std::filesystem::path lora_golden_dir() { return std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/lora"; }
+
+at::Tensor lora_golden(const std::string& key) {
+  return checkpoint::open(lora_golden_dir() / "tiny-sdxl-lora-golden.safetensors").tensor(key).clone();
+}
+
+TEST(SdxlLora, PeftAndKohyaFilesMergeAsDiffusersFusesThem) {
+  torch::NoGradGuard no_grad;
+  for (const char* file : {"tiny-sdxl-lora-peft.safetensors", "tiny-sdxl-lora-kohya.safetensors"}) {
+    SCOPED_TRACE(file);
+    load_options options;
+    options.loras = {{lora_golden_dir() / file, 0.7}};
+    auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", options);
+    generation_request request;
+    request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
+    request.steps = 8;
+    request.guidance = 5.0;
+    request.height = request.width = 32;
+    request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+    // Both text encoders carry the LoRA: the prompt's embeddings are diffusers' (1e-4, as every component).
+    auto cond = pipeline->encode_prompt(request, pipeline->plan(request));
+    EXPECT_LT(test::relative_error(cond.positive.context, lora_golden("prompt_embeds")), embedding_tolerance);
+    EXPECT_LT(test::relative_error(cond.positive.pooled, lora_golden("pooled_prompt_embeds")), embedding_tolerance);
+    // The UNet too (attention projections and 3×3 convolutions): the final latents (1e-3), 4.5 % away from the
+    // LoRA-less golden.
+    auto latents = generate_latents(*pipeline, request);
+    EXPECT_LT(test::relative_error(latents, lora_golden("euler_latents")), latents_tolerance);
+    EXPECT_GT(test::relative_error(latents, test::golden(golden_file, "pipe_euler_latents")), 0.01);
+  }
+}
+
+TEST(SdxlLora, BadLorasAreClearErrorsNamingTheFileAndKey) {
+  test::temp_dir dir;
+  const auto tiny = test::fixtures_dir() / "tiny-sdxl";
+  auto failure_of = [&](const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+    save_safetensors(dir / "lora.safetensors", tensors);
+    load_options options;
+    options.loras = {{dir / "lora.safetensors", 1.0}};
+    try {
+      load_pipeline(tiny, options);
+    } catch (const error& failure) {
+      return std::string(failure.what());
+    }
+    ADD_FAILURE() << "the LoRA must be refused";
+    return std::string();
+  };
+  const auto a = torch::zeros({4, 32}), b = torch::zeros({32, 4});
+  const std::string attention = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q";
+  // Keys that match no module, and a LoRA of another family (SD3's transformer).
+  auto message =
+      failure_of({{"unet.no_such_block.to_q.lora_A.weight", a}, {"unet.no_such_block.to_q.lora_B.weight", b}});
+  EXPECT_NE(message.find("1 LoRA weight pair(s) match no weight of the model, e.g. unet.no_such_block.to_q.lora_"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find((dir / "lora.safetensors").string()), std::string::npos) << message;
+  message = failure_of({{"transformer.transformer_blocks.0.attn.to_q.lora_A.weight", a},
+                        {"transformer.transformer_blocks.0.attn.to_q.lora_B.weight", b}});
+  EXPECT_NE(message.find("(the pipeline has no transformer)"), std::string::npos) << message;
+  // A half without the other; ranks that disagree; a pair whose product does not fit the weight.
+  message = failure_of({{attention + ".lora_A.weight", a}});
+  EXPECT_NE(message.find("has a down (A) matrix but no up (B) matrix"), std::string::npos) << message;
+  message = failure_of({{attention + ".lora_A.weight", a}, {attention + ".lora_B.weight", torch::zeros({32, 3})}});
+  EXPECT_NE(message.find("rank mismatch between down [4, 32] and up [32, 3]"), std::string::npos) << message;
+  message = failure_of({{attention + ".lora_A.weight", torch::zeros({4, 7})}, {attention + ".lora_B.weight", b}});
+  EXPECT_NE(message.find("does not fit unet's down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"),
+            std::string::npos)
+      << message;
+  // Not a LoRA at all.
+  message = failure_of({{"down_blocks.0.resnets.0.conv1.weight", a}});
+  EXPECT_NE(message.find("'down_blocks.0.resnets.0.conv1.weight' is not a LoRA weight this loader reads"),
+            std::string::npos)
+      << message;
+  load_options missing;
+  missing.loras = {{dir / "absent.safetensors", 1.0}};
+  EXPECT_THROW(load_pipeline(tiny, missing), error);
+
+  EXPECT_EQ(parse_lora_spec("style.safetensors:0.5").scale, 0.5);
+  EXPECT_EQ(parse_lora_spec("style.safetensors:0.5").file, "style.safetensors");
+  EXPECT_EQ(parse_lora_spec("dir:with:colons/style.safetensors").file, "dir:with:colons/style.safetensors");
+  EXPECT_EQ(parse_lora_spec("style.safetensors").scale, 1.0);
+  EXPECT_THROW(parse_lora_spec(":0.5"), std::invalid_argument);
 }
 
 TEST(SdxlPipelineErrors, MissingComponentIsNamed) {

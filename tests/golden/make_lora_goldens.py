@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Golden tensors for LoRA loading: diffusers and PEFT make a LoRA for tiny-sdxl, fuse it, and record the result.
+
+Writes into --out (tests/golden/lora/ is the committed copy):
+  tiny-sdxl-lora-peft.safetensors   the LoRA as diffusers saves it (StableDiffusionXLPipeline.save_lora_weights):
+                                    unet (attention projections and the resnets' 3×3 conv1: conv LoRA),
+                                    text_encoder and text_encoder_2 (q, k, v, out projections); rank 4, alpha 8
+                                    (in lora_adapter_metadata), random A and B (seed 0, B scaled by 0.1)
+  tiny-sdxl-lora-kohya.safetensors  the same pairs in kohya's naming (lora_unet_/lora_te1_/lora_te2_ + the module
+                                    path with '_', .lora_down.weight, .lora_up.weight, .alpha = 8)
+  tiny-sdxl-lora-golden.safetensors what diffusers computes with the PEFT file loaded by load_lora_weights and
+                                    fused by fuse_lora(lora_scale=0.7):
+      prompt_embeds, pooled_prompt_embeds  encode_prompt(prompt_pipe)
+      euler_latents  final latents of pipe(prompt_pipe, 8 steps, guidance 5, 32², latents=pipe_init_latents of
+                     tiny-sdxl-golden.safetensors), output_type="latent"
+    and, as a check that the kohya file means the same, the kohya file loaded the same way reproduces
+    euler_latents (asserted here; diffusers converts kohya names itself).
+
+Needs diffusers 0.42.1, transformers and peft; where this Python lacks them, they are installed into a virtual
+environment in build/golden-python (it sees the system's torch 2.11):
+    tests/golden/make_lora_goldens.py --fixtures ../shared/fixtures --out tests/golden/lora
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "golden-python")
+
+
+def ensure_environment():
+    """Re-runs this script inside a venv with diffusers, transformers and peft (created on first use), unless this
+    Python has them."""
+    try:
+        import diffusers, peft, transformers  # noqa: F401
+        return
+    except ImportError:
+        pass
+    python = os.path.join(VENV, "bin", "python3")
+    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
+        sys.exit("the environment %s lacks diffusers, transformers or peft" % VENV)
+    if not os.path.exists(python):
+        subprocess.check_call([sys.executable, "-m", "venv", "--system-site-packages", VENV])
+        subprocess.check_call([python, "-m", "pip", "install", "--quiet", "diffusers==0.42.1", "transformers==5.17.0",
+                               "peft==0.21.2", "numpy"])
+    os.execv(python, [python, *sys.argv])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fixtures", required=True, help="the fixtures folder (tiny-sdxl and its golden)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    ensure_environment()
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    os.makedirs(args.out, exist_ok=True)
+    folder = os.path.join(args.fixtures, "tiny-sdxl")
+    settings = json.load(open(os.path.join(args.fixtures, "tiny-sdxl-golden.json")))
+    init_latents = load_file(os.path.join(args.fixtures, "tiny-sdxl-golden.safetensors"))["pipe_init_latents"]
+
+    torch.manual_seed(0)
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    unet_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                             target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1"])
+    text_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    pipe.unet.add_adapter(unet_config)
+    pipe.text_encoder.add_adapter(text_config)
+    pipe.text_encoder_2.add_adapter(text_config)
+    layers = {}
+    for name, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder),
+                         ("text_encoder_2", pipe.text_encoder_2)):
+        state = get_peft_model_state_dict(module)
+        # Smaller B: the merged model stays close to the base one (a LoRA's usual size).
+        layers[name] = {k: (v * 0.1 if "lora_B" in k else v).contiguous() for k, v in state.items()}
+    peft_path = os.path.join(args.out, "tiny-sdxl-lora-peft.safetensors")
+
+    def metadata(config):  # the LoRA's config, without this machine's paths
+        values = config.to_dict()
+        values["base_model_name_or_path"] = None
+        return values
+
+    StableDiffusionXLPipeline.save_lora_weights(
+        args.out, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"],
+        text_encoder_2_lora_layers=layers["text_encoder_2"], weight_name="tiny-sdxl-lora-peft.safetensors",
+        unet_lora_adapter_metadata=metadata(unet_config), text_encoder_lora_adapter_metadata=metadata(text_config),
+        text_encoder_2_lora_adapter_metadata=metadata(text_config))
+
+    kohya = {}
+    for key, value in load_file(peft_path).items():
+        component, rest = key.split(".", 1)
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
+        module, half = rest.rsplit(".lora_", 1)
+        name = prefix + module.replace(".", "_")
+        kohya[name + (".lora_down.weight" if half.startswith("A") else ".lora_up.weight")] = value
+        kohya[name + ".alpha"] = torch.tensor(8.0)
+    kohya_path = os.path.join(args.out, "tiny-sdxl-lora-kohya.safetensors")
+    save_file(kohya, kohya_path)
+
+    def fused(path):
+        fresh = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+        fresh.load_lora_weights(path)
+        fresh.fuse_lora(lora_scale=0.7, components=["unet", "text_encoder", "text_encoder_2"])
+        fresh.unload_lora_weights()  # the fused weights stay; the adapters go
+        with torch.no_grad():
+            embeds, _, pooled, _ = fresh.encode_prompt(settings["prompt_pipe"], do_classifier_free_guidance=True)
+            latents = fresh(settings["prompt_pipe"], num_inference_steps=settings["steps"],
+                            guidance_scale=settings["guidance_scale"], height=settings["size"],
+                            width=settings["size"], latents=init_latents.clone(), output_type="latent").images
+        return embeds, pooled, latents
+
+    embeds, pooled, latents = fused(peft_path)
+    _, _, kohya_latents = fused(kohya_path)
+    difference = ((kohya_latents - latents).abs().max() / latents.abs().max()).item()
+    assert difference < 1e-5, "diffusers reads the kohya file differently: %g" % difference
+    base = load_file(os.path.join(args.fixtures, "tiny-sdxl-golden.safetensors"))["pipe_euler_latents"]
+    change = ((latents - base).abs().max() / base.abs().max()).item()
+    print("LoRA moved the final latents by %.3g (relative); kohya vs PEFT %.3g" % (change, difference))
+    save_file({"prompt_embeds": embeds.contiguous(), "pooled_prompt_embeds": pooled.contiguous(),
+               "euler_latents": latents.contiguous()}, os.path.join(args.out, "tiny-sdxl-lora-golden.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
