@@ -15,6 +15,9 @@ Writes into --out (tests/golden/lora/ is the committed copy):
                      tiny-sdxl-golden.safetensors), output_type="latent"
     and, as a check that the kohya file means the same, the kohya file loaded the same way reproduces
     euler_latents (asserted here; diffusers converts kohya names itself).
+  tiny-sd3-lora-peft.safetensors, tiny-sd3-lora-golden.safetensors  a LoRA of tiny-sd3's transformer (attention
+                                    of both streams, feed-forward out; rank 4, alpha 4) and the final latents of the
+                                    fixture's SD3 run with it fused at scale 1 ("latents")
 
 Needs diffusers 0.42.1, transformers and peft; where this Python lacks them, they are installed into a virtual
 environment in build/golden-python (it sees the system's torch 2.11):
@@ -125,6 +128,46 @@ def main():
     print("LoRA moved the final latents by %.3g (relative); kohya vs PEFT %.3g" % (change, difference))
     save_file({"prompt_embeds": embeds.contiguous(), "pooled_prompt_embeds": pooled.contiguous(),
                "euler_latents": latents.contiguous()}, os.path.join(args.out, "tiny-sdxl-lora-golden.safetensors"))
+    make_sd3_lora(args, metadata)
+
+
+def make_sd3_lora(args, metadata):
+    """tiny-sd3's transformer with a LoRA on its attention projections (both streams) and feed-forwards."""
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    folder = os.path.join(args.fixtures, "tiny-sd3")
+    settings = json.load(open(os.path.join(args.fixtures, "tiny-sd3-golden.json")))
+    init_latents = load_file(os.path.join(args.fixtures, "tiny-sd3-golden.safetensors"))["pipe_init_latents"]
+    torch.manual_seed(1)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    torch_dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                        "to_add_out", "ff.net.2"])
+    pipe.transformer.add_adapter(config)
+    layers = {k: (v * 0.1 if "lora_B" in k else v).contiguous()
+              for k, v in get_peft_model_state_dict(pipe.transformer).items()}
+    StableDiffusion3Pipeline.save_lora_weights(args.out, transformer_lora_layers=layers,
+                                               weight_name="tiny-sd3-lora-peft.safetensors",
+                                               transformer_lora_adapter_metadata=metadata(config))
+    fresh = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    torch_dtype=torch.float32)
+    fresh.load_lora_weights(os.path.join(args.out, "tiny-sd3-lora-peft.safetensors"))
+    fresh.fuse_lora(lora_scale=1.0, components=["transformer"])
+    fresh.unload_lora_weights()
+    with torch.no_grad():
+        latents = fresh(settings["prompt"], num_inference_steps=settings["steps"],
+                        guidance_scale=settings["guidance_scale"], height=settings["size"], width=settings["size"],
+                        max_sequence_length=settings["max_sequence_length"], latents=init_latents.clone(),
+                        output_type="latent").images
+    base = load_file(os.path.join(args.fixtures, "tiny-sd3-golden.safetensors"))["pipe_latents"]
+    print("SD3: the LoRA moved the final latents by %.3g (relative)" %
+          ((latents - base).abs().max() / base.abs().max()).item())
+    save_file({"latents": latents.contiguous()}, os.path.join(args.out, "tiny-sd3-lora-golden.safetensors"))
 
 
 if __name__ == "__main__":
