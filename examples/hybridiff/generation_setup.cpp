@@ -152,6 +152,35 @@ std::vector<std::shared_ptr<models::diffusion_pipeline>> replica_pool::on(const 
   return replicas;
 }
 
+namespace {
+
+// CPU workers of one process compute side by side: each gets --threads-per-worker intra-op threads, by default the
+// cores divided among them (unless OMP_NUM_THREADS is set).
+void share_cpu_cores(const generation_setup& setup) {
+  const bool on_cpu = std::all_of(setup.devices.begin(), setup.devices.end(),
+                                  [](const c10::Device& device) { return device.is_cpu(); });
+  const auto& values = setup.values;
+  if (!on_cpu) {
+    if (values.count("threads-per-worker")) throw usage_error("--threads-per-worker is for CPU workers");
+    return;
+  }
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int workers = static_cast<int>(setup.devices.size());
+  int threads = 0;
+  if (values.count("threads-per-worker")) {
+    threads = values["threads-per-worker"].as<int>();
+    if (threads < 1) throw usage_error("--threads-per-worker must be at least 1");
+  } else if (workers > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    threads = std::max(1, cores / workers);
+  }
+  // ATen hands the count on to each worker's thread at its first parallel operation.
+  if (threads > 0) at::set_num_threads(threads);
+  spdlog::debug("{} CPU thread(s) per worker, {} worker(s) in this process, {} core(s)", at::get_num_threads(), workers,
+                cores);
+}
+
+}  // namespace
+
 std::vector<models::lora_spec> lora_specs_from(const po::variables_map& values) {
   std::vector<models::lora_spec> loras;
   if (!values.count("lora")) return loras;
@@ -229,29 +258,6 @@ generation_setup settle_generation(const po::variables_map& values) {
                                     setup.distributed ? 1 : parallel.workers, setup.placement.device);
   share_cpu_cores(setup);
   return setup;
-}
-
-void share_cpu_cores(const generation_setup& setup) {
-  const bool on_cpu = std::all_of(setup.devices.begin(), setup.devices.end(),
-                                  [](const c10::Device& device) { return device.is_cpu(); });
-  const auto& values = setup.values;
-  if (!on_cpu) {
-    if (values.count("threads-per-worker")) throw usage_error("--threads-per-worker is for CPU workers");
-    return;
-  }
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int workers = static_cast<int>(setup.devices.size());
-  int threads = 0;
-  if (values.count("threads-per-worker")) {
-    threads = values["threads-per-worker"].as<int>();
-    if (threads < 1) throw usage_error("--threads-per-worker must be at least 1");
-  } else if (workers > 1 && !std::getenv("OMP_NUM_THREADS")) {
-    threads = std::max(1, cores / workers);
-  }
-  // ATen hands the count on to each worker's thread at its first parallel operation.
-  if (threads > 0) at::set_num_threads(threads);
-  spdlog::debug("{} CPU thread(s) per worker, {} worker(s) in this process, {} core(s)", at::get_num_threads(), workers,
-                cores);
 }
 
 std::string describe_run(const generation_setup& setup, const models::generation_plan& plan) {

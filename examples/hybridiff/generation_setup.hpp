@@ -64,13 +64,11 @@ struct generation_setup {
   std::vector<c10::Device> devices;  ///< one per worker of this process
   po::variables_map values;
 };
-/// Reads and checks the options (usage errors for bad combinations).
+/// Reads and checks the options (usage errors for bad combinations); CPU workers of this process get their share
+/// of the cores as intra-op threads (--threads-per-worker).
 generation_setup settle_generation(const po::variables_map& values);
 /// The --lora FILE[:SCALE] flags; a malformed one is a usage error.
 std::vector<models::lora_spec> lora_specs_from(const po::variables_map& values);
-/// CPU workers of one process compute side by side: each gets --threads-per-worker intra-op threads, by default
-/// the cores divided among them (unless OMP_NUM_THREADS is set). Called by settle_generation.
-void share_cpu_cores(const generation_setup& setup);
 
 /// Loads the replicas, settles the schedule against `probe` (the request's steps and size), starts the actor
 /// system and, on rank 0 or in a single process, calls `body` with the session and worker 0's pipeline; other

@@ -91,16 +91,13 @@ lora_merge::lora_merge(const std::vector<lora_spec>& loras) {
     std::map<std::string, pair*> by_name;
     auto pair_of = [&](const std::string& component, const std::string& module, bool kohya,
                        const std::string& key) -> pair& {
-      auto made = std::make_unique<pair>();
-      made->file = spec.file;
-      made->scale = spec.scale;
-      made->component = component;
-      made->module = module;
-      made->kohya = kohya;
-      made->key = key;
-      auto [position, inserted] = by_name.emplace(made->name(), made.get());
-      if (inserted) pairs_.push_back(std::move(made));
-      return *position->second;
+      auto made = std::make_unique<pair>(pair{spec.file, spec.scale, component, module, kohya, key});
+      auto& slot = by_name[made->name()];
+      if (!slot) {
+        slot = made.get();
+        pairs_.push_back(std::move(made));
+      }
+      return *slot;
     };
     for (const auto& entry : file->entries()) {
       const auto& key = entry.name;
