@@ -53,7 +53,7 @@ TEST_P(MultiProcess, GivesTheSameLatentsAsOneProcess) {
   // launch gave each process its share of the cores, unless OMP_NUM_THREADS chose already.
   const char* chosen = std::getenv("OMP_NUM_THREADS");
   const auto share = chosen ? std::stoul(chosen) : std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(c.processes));
-  EXPECT_NE(many.output.find(", " + std::to_string(share) + " CPU thread(s) per process"), std::string::npos)
+  EXPECT_NE(many.output.find(", " + std::to_string(share) + " CPU thread(s) per worker"), std::string::npos)
       << many.output;
   // The same arithmetic in the same order on the same CPU: 1e-5 relative (the contract between modes).
   EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "many.safetensors", "latents"),
