@@ -139,10 +139,12 @@ parallel_result generate_parallel(caf::actor_system& system,
                                   const models::generation_request& request, const parallel_options& options,
                                   const models::step_observer& observe = nullptr);
 
-/// Writes the trace as CSV: step,mode,rel_mae,slope,step_ms,worker0_ms,...,worker0_overhead_ms,...,tau1,tau2.
-void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace);
-/// Reads a trace written by write_trace_csv (older traces without step_ms and overhead columns too). Throws
-/// hybridiff::error naming the file, the line and the column of anything that does not fit.
-std::vector<step_trace> read_trace_csv(const std::string& path);
+/// Writes the trace as CSV: step,mode,rel_mae,slope,step_ms,worker0_ms,...,worker0_overhead_ms,...,tau1,tau2 and,
+/// when `model` is given (the pipeline class that ran), a model column.
+void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace, const std::string& model = "");
+/// Reads a trace written by write_trace_csv (older traces without step_ms, overhead or model columns too); `model`
+/// receives the model column (empty when absent). Throws hybridiff::error naming the file, the line and the column
+/// of anything that does not fit.
+std::vector<step_trace> read_trace_csv(const std::string& path, std::string* model = nullptr);
 
 }  // namespace hybridiff

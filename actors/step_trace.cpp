@@ -8,14 +8,16 @@
 
 namespace hybridiff {
 
-void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace) {
+void write_trace_csv(const std::string& path, const std::vector<step_trace>& trace, const std::string& model) {
+  if (model.find_first_of(",\n\"") != std::string::npos)
+    throw error("write_trace_csv: model name '" + model + "' would break the CSV");
   std::ofstream out(path);
   if (!out) throw error(path + ": cannot open for writing");
   const std::size_t workers = trace.empty() ? 0 : trace.front().worker_ms.size();
   out << "step,mode,rel_mae,slope,step_ms";
   for (std::size_t w = 0; w < workers; ++w) out << ",worker" << w << "_ms";
   for (std::size_t w = 0; w < workers; ++w) out << ",worker" << w << "_overhead_ms";
-  out << ",tau1,tau2\n" << std::setprecision(9);
+  out << ",tau1,tau2" << (model.empty() ? "" : ",model") << "\n" << std::setprecision(9);
   for (const auto& row : trace) {
     out << row.step << "," << row.mode << ",";
     if (row.metric) out << *row.metric;
@@ -29,11 +31,12 @@ void write_trace_csv(const std::string& path, const std::vector<step_trace>& tra
     if (row.tau1) out << *row.tau1;
     out << ",";
     if (row.tau2) out << *row.tau2;
+    if (!model.empty()) out << "," << model;
     out << "\n";
   }
 }
 
-std::vector<step_trace> read_trace_csv(const std::string& path) {
+std::vector<step_trace> read_trace_csv(const std::string& path, std::string* model) {
   std::ifstream in(path);
   if (!in) throw error(path + ": cannot open the trace");
   std::string line;
@@ -61,6 +64,7 @@ std::vector<step_trace> read_trace_csv(const std::string& path) {
   for (const char* needed : {"step", "mode", "rel_mae"})
     if (!column.count(needed)) throw error(path + ": not a hybridiff trace (no '" + std::string(needed) + "' column)");
   std::vector<step_trace> trace;
+  std::string model_named;
   for (int number = 2; std::getline(in, line); ++number) {
     if (line.empty()) continue;
     const auto cells = split(line);
@@ -92,9 +96,17 @@ std::vector<step_trace> read_trace_csv(const std::string& path) {
       if (auto tau1 = number_in(column["tau1"])) row.tau1 = static_cast<int>(*tau1);
     if (column.count("tau2"))
       if (auto tau2 = number_in(column["tau2"])) row.tau2 = static_cast<int>(*tau2);
+    if (column.count("model")) {
+      const auto& named = cells[column["model"]];
+      if (trace.empty()) model_named = named;
+      if (named != model_named)
+        throw error(path + ":" + std::to_string(number) + ": model '" + named + "', earlier rows '" + model_named +
+                    "' (one trace is one run)");
+    }
     trace.push_back(std::move(row));
   }
   if (trace.empty()) throw error(path + ": the trace has no steps");
+  if (model) *model = model_named;
   return trace;
 }
 

@@ -108,7 +108,7 @@ int run_generate(const std::vector<std::string>& args) {
     }
     auto result = generate_one(request, request.prompt);
     auto image = pipeline.decode(result.latents);
-    if (values.count("trace")) write_trace_csv(values["trace"].as<std::string>(), result.trace);
+    if (values.count("trace")) write_trace_csv(values["trace"].as<std::string>(), result.trace, pipeline.class_name());
     if (result.tau1) spdlog::info("pipeline window: tau1 = {}, tau2 = {}", *result.tau1, result.tau2.value_or(-1));
     if (plot) {
       write_schedule_plot(*plot, result.trace, request.prompt);

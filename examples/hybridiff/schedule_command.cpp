@@ -165,7 +165,8 @@ int run_profile(const std::vector<std::string>& args) {
   // clang-format off
   line.options.add_options()
       ("out", po::value<std::string>()->required()->value_name("FILE"), "the profile (JSON)")
-      ("model", po::value<std::string>()->default_value("")->value_name("NAME"), "what was measured, for the reader")
+      ("model", po::value<std::string>()->default_value("")->value_name("NAME"),
+       "what was measured, for the reader (default: the traces' model)")
       ("trace", po::value<std::vector<std::string>>()->required()->value_name("CSV"), "traces (also positional)");
   // clang-format on
   line.positional.add("trace", -1);
@@ -173,9 +174,19 @@ int run_profile(const std::vector<std::string>& args) {
   if (!parsed) return 0;
   const auto& values = *parsed;
   std::vector<std::vector<step_trace>> traces;
-  for (const auto& path : values["trace"].as<std::vector<std::string>>()) traces.push_back(read_trace_csv(path));
+  std::string model, model_source;  // the traces' model: one for all of them
+  for (const auto& path : values["trace"].as<std::vector<std::string>>()) {
+    std::string named;
+    traces.push_back(read_trace_csv(path, &named));
+    if (named.empty()) continue;
+    if (!model.empty() && named != model)
+      throw error("the traces of a profile must come from one model: " + model_source + " is of " + model + ", " +
+                  path + " of " + named);
+    model = named;
+    model_source = path;
+  }
   auto profile = profile_of_traces(traces);
-  profile.model = values["model"].as<std::string>();
+  profile.model = values["model"].as<std::string>().empty() ? model : values["model"].as<std::string>();
   write_cost_profile(values["out"].as<std::string>(), profile);
   std::cout << cost_profile_json(profile).dump(2) << "\n";
   return 0;

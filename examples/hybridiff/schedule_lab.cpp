@@ -24,8 +24,8 @@ namespace hybridiff::cli {
 using nlohmann::json;
 
 metric_series trace_series(const std::string& path) {
-  metric_series series{path, {}};
-  for (const auto& row : read_trace_csv(path)) series.metrics.push_back(row.metric);
+  metric_series series{path, {}, ""};
+  for (const auto& row : read_trace_csv(path, &series.model)) series.metrics.push_back(row.metric);
   return series;
 }
 
@@ -189,6 +189,10 @@ sweep_table sweep(const sweep_request& request) {
   table.traces = static_cast<int>(request.traces.size());
   table.steps = static_cast<int>(request.traces.front().metrics.size());
   for (const auto& trace : request.traces)
+    if (!trace.model.empty() && !request.traces.front().model.empty() && trace.model != request.traces.front().model)
+      throw error("the traces of a sweep must come from one model: " + request.traces.front().source + " is of " +
+                  request.traces.front().model + ", " + trace.source + " of " + trace.model);
+  for (const auto& trace : request.traces)
     if (static_cast<int>(trace.metrics.size()) != table.steps)
       throw error("the traces of a sweep must have one step count: " + request.traces.front().source + " has " +
                   std::to_string(table.steps) + " steps, " + trace.source + " " + std::to_string(trace.metrics.size()));
@@ -243,6 +247,11 @@ void measure_quality(sweep_table& table, const sweep_request& request, int image
   torch::NoGradGuard no_grad;
   std::shared_ptr<models::diffusion_pipeline> pipeline =
       models::load_pipeline(models::builtin_model_dir("fashion-diffusion"), {});
+  // The windows were found on the traces' metric series: measuring them on another model would mean nothing.
+  for (const auto& trace : request.traces)
+    if (!trace.model.empty() && trace.model != pipeline->class_name())
+      throw error("--measure generates with the built-in model (" + pipeline->class_name() + "), but " + trace.source +
+                  " is a trace of " + trace.model);
   auto classifier = models::load_fashion_classifier(models::builtin_model_dir("fashion-classifier"));
   classifier->eval();
   const auto& classes = models::fashion_mnist_classes();

@@ -22,8 +22,9 @@ namespace hybridiff::cli {
 struct metric_series {
   std::string source;
   std::vector<std::optional<double>> metrics;
+  std::string model;  ///< the pipeline class that ran (empty: the trace does not say)
 };
-/// The rel_mae column of a trace CSV (read_trace_csv).
+/// The rel_mae column of a trace CSV (read_trace_csv), and its model.
 metric_series trace_series(const std::string& path);
 
 /// A policy replayed on a series: what the controller decides when every step's metric is the measured one.

@@ -192,7 +192,8 @@ TEST(GenerateCli, ParallelModesAndTrace) {
   std::string header, row, modes;
   std::getline(trace, header);
   EXPECT_EQ(header,
-            "step,mode,rel_mae,slope,step_ms,worker0_ms,worker1_ms,worker0_overhead_ms,worker1_overhead_ms,tau1,tau2");
+            "step,mode,rel_mae,slope,step_ms,worker0_ms,worker1_ms,worker0_overhead_ms,worker1_overhead_ms,tau1,tau2,"
+            "model");
   while (std::getline(trace, row)) modes += row.substr(row.find(',') + 1, 1);
   EXPECT_EQ(modes, "ccfpppcc");
   // 4 workers: split branches in CFG steps; stride 2 on one more worker
@@ -203,7 +204,7 @@ TEST(GenerateCli, ParallelModesAndTrace) {
   std::getline(split_trace, header);
   EXPECT_EQ(header,
             "step,mode,rel_mae,slope,step_ms,worker0_ms,worker1_ms,worker2_ms,worker3_ms,worker0_overhead_ms,"
-            "worker1_overhead_ms,worker2_overhead_ms,worker3_overhead_ms,tau1,tau2");
+            "worker1_overhead_ms,worker2_overhead_ms,worker3_overhead_ms,tau1,tau2,model");
   std::getline(split_trace, row);
   std::getline(split_trace, row);
   EXPECT_EQ(row.rfind("1,cfg-pipeline,", 0), 0u) << row;

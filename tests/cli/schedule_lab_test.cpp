@@ -223,6 +223,31 @@ TEST_F(ScheduleLab, SweepWritesTablesAndPlotsAndListsRefusedSettings) {
   auto mixed = run_hybridiff("schedule sweep --traces " + quoted(path("mixed")) + " --cost " + profile + " --grid k=3");
   EXPECT_EQ(mixed.exit_code, 1) << mixed.output;
   EXPECT_NE(mixed.output.find("the traces of a sweep must have one step count"), std::string::npos) << mixed.output;
+
+  // Traces name their model (generate writes the pipeline class); a trace of another model is refused by sweep,
+  // by profile, and by --measure (which generates with the built-in model).
+  const auto trace = read_file(path("cfg/seed2.csv"));
+  EXPECT_NE(trace.find(",tau1,tau2,model\n"), std::string::npos) << trace.substr(0, 200);
+  EXPECT_NE(trace.find(",HybridiffClassConditionalPipeline\n"), std::string::npos) << trace.substr(0, 400);
+  std::filesystem::create_directories(path("models"));
+  std::filesystem::copy_file(path("cfg/seed2.csv"), path("models/a.csv"));
+  std::ofstream(path("models/b.csv")) << std::regex_replace(trace, std::regex("HybridiffClassConditionalPipeline"),
+                                                            "StableDiffusionXLPipeline");
+  auto models =
+      run_hybridiff("schedule sweep --traces " + quoted(path("models")) + " --cost " + profile + " --grid k=3");
+  EXPECT_EQ(models.exit_code, 1) << models.output;
+  EXPECT_NE(models.output.find("the traces of a sweep must come from one model: "), std::string::npos) << models.output;
+  EXPECT_NE(models.output.find("b.csv of StableDiffusionXLPipeline"), std::string::npos) << models.output;
+  auto profiled = run_hybridiff("schedule profile --out " + quoted(path("mixed.json")) + " " +
+                                quoted(path("models/a.csv")) + " " + quoted(path("models/b.csv")));
+  EXPECT_EQ(profiled.exit_code, 1) << profiled.output;
+  EXPECT_NE(profiled.output.find("the traces of a profile must come from one model"), std::string::npos)
+      << profiled.output;
+  std::filesystem::remove(path("models/a.csv"));
+  auto measured = run_hybridiff("schedule sweep --traces " + quoted(path("models")) + " --cost " + profile +
+                                " --grid k=3 --measure 1");
+  EXPECT_EQ(measured.exit_code, 1) << measured.output;
+  EXPECT_NE(measured.output.find("is a trace of StableDiffusionXLPipeline"), std::string::npos) << measured.output;
 }
 
 TEST_F(ScheduleLab, MeasureAddsPsnrAndAccuracyPerSetting) {
