@@ -286,6 +286,10 @@ struct image_service::impl {
   // -- records ------------------------------------------------------------------------------------------------
 
   void end_job(const job_ptr& job, job_status status, const std::string& why) {
+    {  // counted before anyone can see the job ended: a client that got its answer finds it in the metrics
+      std::lock_guard lock(metrics_mutex);
+      ++requests_by_status[to_string(status)];
+    }
     {
       std::lock_guard lock(job->mutex);
       auto& record = job->record;
@@ -297,10 +301,6 @@ struct image_service::impl {
         record.run_seconds = seconds_since(job->submitted) - record.queued_seconds;
     }
     job->changed.notify_all();
-    {
-      std::lock_guard lock(metrics_mutex);
-      ++requests_by_status[to_string(status)];
-    }
     std::lock_guard lock(jobs_mutex);
     ended_ids.push_back(job->record.id);
     while (ended_ids.size() > kept_records) {
