@@ -174,17 +174,12 @@ int run_profile(const std::vector<std::string>& args) {
   if (!parsed) return 0;
   const auto& values = *parsed;
   std::vector<std::vector<step_trace>> traces;
-  std::string model, model_source;  // the traces' model: one for all of them
+  std::vector<std::pair<std::string, std::string>> models;
   for (const auto& path : values["trace"].as<std::vector<std::string>>()) {
-    std::string named;
-    traces.push_back(read_trace_csv(path, &named));
-    if (named.empty()) continue;
-    if (!model.empty() && named != model)
-      throw error("the traces of a profile must come from one model: " + model_source + " is of " + model + ", " +
-                  path + " of " + named);
-    model = named;
-    model_source = path;
+    models.emplace_back(path, "");
+    traces.push_back(read_trace_csv(path, &models.back().second));
   }
+  const auto model = one_model(models, "profile");
   auto profile = profile_of_traces(traces);
   profile.model = values["model"].as<std::string>().empty() ? model : values["model"].as<std::string>();
   write_cost_profile(values["out"].as<std::string>(), profile);

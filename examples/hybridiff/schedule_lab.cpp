@@ -29,6 +29,18 @@ metric_series trace_series(const std::string& path) {
   return series;
 }
 
+std::string one_model(const std::vector<std::pair<std::string, std::string>>& traces, const std::string& what) {
+  const std::pair<std::string, std::string>* first = nullptr;
+  for (const auto& trace : traces) {
+    if (trace.second.empty()) continue;  // an older trace: it does not say
+    if (!first) first = &trace;
+    if (trace.second != first->second)
+      throw error("the traces of a " + what + " must come from one model: " + first->first + " is of " + first->second +
+                  ", " + trace.first + " of " + trace.second);
+  }
+  return first ? first->second : "";
+}
+
 schedule::simulation replay(const schedule::schedule_settings& settings,
                             const std::vector<std::optional<double>>& metrics) {
   schedule::tau_controller controller(settings);
@@ -188,10 +200,9 @@ sweep_table sweep(const sweep_request& request) {
   table.workers = request.workers;
   table.traces = static_cast<int>(request.traces.size());
   table.steps = static_cast<int>(request.traces.front().metrics.size());
-  for (const auto& trace : request.traces)
-    if (!trace.model.empty() && !request.traces.front().model.empty() && trace.model != request.traces.front().model)
-      throw error("the traces of a sweep must come from one model: " + request.traces.front().source + " is of " +
-                  request.traces.front().model + ", " + trace.source + " of " + trace.model);
+  std::vector<std::pair<std::string, std::string>> models;
+  for (const auto& trace : request.traces) models.emplace_back(trace.source, trace.model);
+  one_model(models, "sweep");
   for (const auto& trace : request.traces)
     if (static_cast<int>(trace.metrics.size()) != table.steps)
       throw error("the traces of a sweep must have one step count: " + request.traces.front().source + " has " +

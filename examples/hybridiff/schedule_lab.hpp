@@ -26,6 +26,9 @@ struct metric_series {
 };
 /// The rel_mae column of a trace CSV (read_trace_csv), and its model.
 metric_series trace_series(const std::string& path);
+/// The one model that traces (source, model) come from, empty when none says; throws naming two traces of
+/// different models ("the traces of a WHAT must come from one model: ...").
+std::string one_model(const std::vector<std::pair<std::string, std::string>>& traces, const std::string& what);
 
 /// A policy replayed on a series: what the controller decides when every step's metric is the measured one.
 schedule::simulation replay(const schedule::schedule_settings& settings,
