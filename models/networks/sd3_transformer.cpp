@@ -1,5 +1,7 @@
 #include "models/networks/sd3_transformer.hpp"
 
+#include <algorithm>
+
 #include "models/networks/unet.hpp"
 
 namespace hybridiff::models {
@@ -37,6 +39,18 @@ std::pair<Linear, Linear> feed_forward(torch::nn::Module& parent, const std::str
   return {in, out};
 }
 
+// diffusers' RMSNorm(head_dim, eps=1e-6) of qk_norm: its weight [head_dim] under `name`.
+at::Tensor rms_norm_weight(torch::nn::Module& parent, const std::string& name, std::int64_t head_dim) {
+  return container(parent, name)->register_parameter("weight", torch::ones({head_dim}));
+}
+
+// RMSNorm of every head of a projection's rows, in place: rows [B, L, heads·d], weight [d].
+void normalize_heads(const at::Tensor& rows, std::int64_t heads, const at::Tensor& weight) {
+  if (!weight.defined()) return;
+  auto per_head = rows.unflatten(-1, {heads, weight.size(0)});  // [B, L, heads, d], a view of `rows`
+  per_head.copy_(at::rms_norm(per_head, {weight.size(0)}, weight, norm_eps));
+}
+
 }  // namespace
 
 sd3_transformer_config sd3_transformer_config::from(const config& values) {
@@ -52,9 +66,16 @@ sd3_transformer_config sd3_transformer_config::from(const config& values) {
   c.caption_projection_dim = values.get<std::int64_t>("caption_projection_dim");
   c.pooled_projection_dim = values.get<std::int64_t>("pooled_projection_dim");
   c.pos_embed_max_size = values.get<std::int64_t>("pos_embed_max_size");
-  if (values.has("qk_norm")) values.reject("qk_norm", "is not supported (SD3-medium structure: null)");
-  if (!values.get<std::vector<std::int64_t>>("dual_attention_layers").empty())
-    values.reject("dual_attention_layers", "is not supported (SD3-medium structure: [])");
+  if (values.has("qk_norm")) {
+    const auto kind = values.get<std::string>("qk_norm");
+    if (kind != "rms_norm") values.reject("qk_norm", "is \"" + kind + "\"; supported: null or \"rms_norm\"");
+    c.qk_norm = true;
+  }
+  c.dual_attention_layers = values.get<std::vector<std::int64_t>>("dual_attention_layers");
+  for (auto layer : c.dual_attention_layers)
+    if (layer < 0 || layer >= c.num_layers)
+      values.reject("dual_attention_layers", "names block " + std::to_string(layer) + " of " +
+                                                 std::to_string(c.num_layers));
   if (c.caption_projection_dim != c.inner_dim())
     values.reject("caption_projection_dim", "must equal num_attention_heads × attention_head_dim");
   if (c.num_layers < 1) values.reject("num_layers", "must be at least 1");
@@ -62,9 +83,9 @@ sd3_transformer_config sd3_transformer_config::from(const config& values) {
 }
 
 JointTransformerBlockImpl::JointTransformerBlockImpl(std::int64_t dim, std::int64_t heads, std::int64_t head_dim,
-                                                     bool context_pre_only)
-    : context_pre_only_(context_pre_only), heads_(heads) {
-  norm1_linear = container(*this, "norm1")->register_module("linear", linear(dim, 6 * dim));
+                                                     bool context_pre_only, bool qk_norm, bool dual_attention)
+    : context_pre_only_(context_pre_only), dual_attention_(dual_attention), heads_(heads) {
+  norm1_linear = container(*this, "norm1")->register_module("linear", linear(dim, (dual_attention ? 9 : 6) * dim));
   norm1_context_linear =
       container(*this, "norm1_context")->register_module("linear", linear(dim, (context_pre_only ? 2 : 6) * dim));
   auto attn = container(*this, "attn");
@@ -79,6 +100,24 @@ JointTransformerBlockImpl::JointTransformerBlockImpl(std::int64_t dim, std::int6
   to_out_0 = linear(inner, dim);
   to_out->push_back(to_out_0);
   if (!context_pre_only) to_add_out = attn->register_module("to_add_out", linear(inner, dim));
+  if (qk_norm) {
+    norm_q = rms_norm_weight(*attn, "norm_q", head_dim);
+    norm_k = rms_norm_weight(*attn, "norm_k", head_dim);
+    norm_added_q = rms_norm_weight(*attn, "norm_added_q", head_dim);
+    norm_added_k = rms_norm_weight(*attn, "norm_added_k", head_dim);
+  }
+  if (dual_attention) {
+    auto attn2 = container(*this, "attn2");
+    attn2_to_q = attn2->register_module("to_q", linear(dim, inner));
+    attn2_to_k = attn2->register_module("to_k", linear(dim, inner));
+    attn2_to_v = attn2->register_module("to_v", linear(dim, inner));
+    attn2_to_out_0 = linear(inner, dim);
+    attn2->register_module("to_out", torch::nn::ModuleList())->push_back(attn2_to_out_0);
+    if (qk_norm) {
+      attn2_norm_q = rms_norm_weight(*attn2, "norm_q", head_dim);
+      attn2_norm_k = rms_norm_weight(*attn2, "norm_k", head_dim);
+    }
+  }
   std::tie(ff_in, ff_out) = feed_forward(*this, "ff", dim);
   if (!context_pre_only) std::tie(ff_context_in, ff_context_out) = feed_forward(*this, "ff_context", dim);
 }
@@ -86,8 +125,8 @@ JointTransformerBlockImpl::JointTransformerBlockImpl(std::int64_t dim, std::int6
 std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::Tensor& hidden, const at::Tensor& context,
                                                                      const at::Tensor& temb) {
   auto conditioning = torch::silu(temb);
-  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp: [B, D] each
-  auto image_mod = norm1_linear(conditioning).chunk(6, 1);
+  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp [, shift_msa2, scale_msa2, gate_msa2]: [B, D] each
+  auto image_mod = norm1_linear(conditioning).chunk(dual_attention_ ? 9 : 6, 1);
   auto norm_hidden = modulate(hidden, image_mod[0], image_mod[1]);
   std::vector<at::Tensor> context_mod;
   at::Tensor norm_context;
@@ -104,19 +143,29 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
   // the streams' outputs along the tokens instead cost 2.4 ms of copies per batch-1 SD3-medium step on an H100, 4.8
   // at batch 2; SDPA on strided views of one [B, N + S, 3, heads, d] buffer made copies of its own.)
   const auto image_tokens = hidden.size(1), context_tokens = context.size(1);
-  auto joint_heads = [&](const Linear& image_layer, const Linear& context_layer) {
+  auto joint_heads = [&](const Linear& image_layer, const Linear& context_layer, const at::Tensor& image_norm,
+                         const at::Tensor& context_norm) {
     auto joint = at::empty({hidden.size(0), image_tokens + context_tokens, image_layer->weight.size(0)},
                            norm_hidden.options());
     linear_into(joint.narrow(1, 0, image_tokens), norm_hidden, image_layer);
     linear_into(joint.narrow(1, image_tokens, context_tokens), norm_context, context_layer);
+    normalize_heads(joint.narrow(1, 0, image_tokens), heads_, image_norm);
+    normalize_heads(joint.narrow(1, image_tokens, context_tokens), heads_, context_norm);
     return split_heads(joint, heads_);  // [B, heads, N + S, d]
   };
-  auto q = joint_heads(to_q, add_q_proj), k = joint_heads(to_k, add_k_proj), v = joint_heads(to_v, add_v_proj);
+  auto q = joint_heads(to_q, add_q_proj, norm_q, norm_added_q);
+  auto k = joint_heads(to_k, add_k_proj, norm_k, norm_added_k);
+  auto v = joint_heads(to_v, add_v_proj, at::Tensor(), at::Tensor());
   auto joint = merge_heads(attention(q, k, v));  // [B, N + S, inner], contiguous
   auto image_attention = linear_rows(joint.narrow(1, 0, image_tokens), to_out_0);
   // The gated residual and the feed-forward's modulation in one pass (one kernel on CUDA).
   auto [out_hidden, mlp_in] =
-      gated_residual_layer_norm_modulate(hidden, image_mod[2], image_attention, image_mod[3], image_mod[4], norm_eps);
+      dual_attention_
+          ? gated_residual_layer_norm_modulate(
+                gated_residual(hidden, image_mod[2], image_attention), image_mod[8],
+                image_self_attention(modulate(hidden, image_mod[6], image_mod[7])), image_mod[3], image_mod[4], norm_eps)
+          : gated_residual_layer_norm_modulate(hidden, image_mod[2], image_attention, image_mod[3], image_mod[4],
+                                               norm_eps);
   out_hidden = gated_residual(out_hidden, image_mod[5], ff_out(linear_gelu_tanh(ff_in, mlp_in)));
   if (context_pre_only_) return {at::Tensor(), out_hidden};
 
@@ -125,6 +174,17 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
                                                                           context_mod[3], context_mod[4], norm_eps);
   out_context = gated_residual(out_context, context_mod[5], ff_context_out(linear_gelu_tanh(ff_context_in, context_mlp_in)));
   return {out_context, out_hidden};
+}
+
+at::Tensor JointTransformerBlockImpl::image_self_attention(const at::Tensor& norm_hidden) {
+  auto heads_of = [&](const Linear& layer, const at::Tensor& norm) {
+    auto rows = linear_rows(norm_hidden, layer);  // [B, N, inner]
+    normalize_heads(rows, heads_, norm);
+    return split_heads(rows, heads_);
+  };
+  auto attended = attention(heads_of(attn2_to_q, attn2_norm_q), heads_of(attn2_to_k, attn2_norm_k),
+                            heads_of(attn2_to_v, at::Tensor()));
+  return linear_rows(merge_heads(attended), attn2_to_out_0);
 }
 
 SD3Transformer2DModelImpl::SD3Transformer2DModelImpl(const sd3_transformer_config& config) : config_(config) {
@@ -144,8 +204,9 @@ SD3Transformer2DModelImpl::SD3Transformer2DModelImpl(const sd3_transformer_confi
   context_embedder = register_module("context_embedder", linear(config.joint_attention_dim, config.caption_projection_dim));
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
   for (std::int64_t i = 0; i < config.num_layers; ++i)
-    transformer_blocks->push_back(
-        JointTransformerBlock(dim, config.num_attention_heads, config.attention_head_dim, i == config.num_layers - 1));
+    transformer_blocks->push_back(JointTransformerBlock(
+        dim, config.num_attention_heads, config.attention_head_dim, i == config.num_layers - 1, config.qk_norm,
+        std::count(config.dual_attention_layers.begin(), config.dual_attention_layers.end(), i) > 0));
   norm_out_linear = container(*this, "norm_out")->register_module("linear", linear(dim, 2 * dim));
   proj_out = register_module("proj_out", linear(dim, config.patch_size * config.patch_size * config.out_channels));
 }

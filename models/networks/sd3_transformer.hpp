@@ -12,32 +12,45 @@ namespace hybridiff::models {
 struct sd3_transformer_config {
   std::int64_t sample_size, patch_size, in_channels, out_channels, num_layers, attention_head_dim, num_attention_heads,
       joint_attention_dim, caption_projection_dim, pooled_projection_dim, pos_embed_max_size;
+  bool qk_norm = false;                            // "rms_norm" (SD3.5): RMSNorm of q and k per head
+  std::vector<std::int64_t> dual_attention_layers;  // MMDiT-X (SD3.5 Medium): blocks with a second, image-only attention
   std::int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
   static sd3_transformer_config from(const config& values);
 };
 
 /// diffusers' `JointTransformerBlock` (MMDiT): joint attention over [image tokens, context tokens], adaLN-Zero
-/// modulation from the conditioning; the last block is `context_pre_only` (no context output).
+/// modulation from the conditioning; the last block is `context_pre_only` (no context output). SD3.5 adds an
+/// RMSNorm of each head's q and k (`qk_norm`) and, in MMDiT-X blocks (`dual_attention`), a second self-attention
+/// over the image tokens (`attn2`) modulated by three more adaLN outputs.
 /// Ref: diffusers/models/attention.py JointTransformerBlock, attention_processor.py JointAttnProcessor2_0.
 class JointTransformerBlockImpl : public torch::nn::Module {
  public:
-  JointTransformerBlockImpl(std::int64_t dim, std::int64_t heads, std::int64_t head_dim, bool context_pre_only);
+  JointTransformerBlockImpl(std::int64_t dim, std::int64_t heads, std::int64_t head_dim, bool context_pre_only,
+                            bool qk_norm = false, bool dual_attention = false);
   /// hidden [B, N, dim] (image), context [B, S, dim], temb [B, dim] -> {context' (undefined when context_pre_only), hidden'}
   std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& hidden, const at::Tensor& context, const at::Tensor& temb);
 
   bool context_pre_only() const { return context_pre_only_; }
 
  private:
-  bool context_pre_only_;
+  // attn2 (dual attention): self-attention over the image tokens. norm_hidden [B, N, D] -> [B, N, D]
+  at::Tensor image_self_attention(const at::Tensor& norm_hidden);
+
+  bool context_pre_only_, dual_attention_;
   std::int64_t heads_;
   Linear norm1_linear{nullptr}, norm1_context_linear{nullptr};
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
       add_v_proj{nullptr}, to_out_0{nullptr}, to_add_out{nullptr};
+  // qk_norm: RMSNorm weights [head_dim] of attn.norm_q, norm_k, norm_added_q, norm_added_k (undefined without).
+  at::Tensor norm_q, norm_k, norm_added_q, norm_added_k;
+  Linear attn2_to_q{nullptr}, attn2_to_k{nullptr}, attn2_to_v{nullptr}, attn2_to_out_0{nullptr};
+  at::Tensor attn2_norm_q, attn2_norm_k;
   Linear ff_in{nullptr}, ff_out{nullptr}, ff_context_in{nullptr}, ff_context_out{nullptr};
 };
 TORCH_MODULE(JointTransformerBlock);
 
-/// diffusers' `SD3Transformer2DModel` (SD3-medium structure: no dual attention, no qk norm). The forward pass is
+/// diffusers' `SD3Transformer2DModel`: SD3-medium, SD3.5 Large (qk_norm) and SD3.5 Medium (qk_norm, dual attention
+/// in the first blocks). Skip-layer guidance is not implemented. The forward pass is
 /// exposed in three parts so that a pipeline stage can run a contiguous group of blocks:
 /// `embed` -> `run_blocks(begin, end)` for each group -> `finish`.
 /// Ref: diffusers/models/transformers/transformer_sd3.py.

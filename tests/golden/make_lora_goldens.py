@@ -19,35 +19,14 @@ Writes into --out (tests/golden/lora/ is the committed copy):
                                     of both streams, feed-forward out; rank 4, alpha 4) and the final latents of the
                                     fixture's SD3 run with it fused at scale 1 ("latents")
 
-Needs diffusers 0.42.1, transformers and peft; where this Python lacks them, they are installed into a virtual
-environment in build/golden-python (it sees the system's torch 2.11):
-    tests/golden/make_lora_goldens.py --fixtures ../shared/fixtures --out tests/golden/lora
+Needs diffusers 0.42.1, transformers and peft (golden_environment.py installs them where they are missing):
+    tests/golden/make_lora_goldens.py --fixtures FIXTURES --out tests/golden/lora
 """
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "golden-python")
-
-
-def ensure_environment():
-    """Re-runs this script inside a venv with diffusers, transformers and peft (created on first use), unless this
-    Python has them."""
-    try:
-        import diffusers, peft, transformers  # noqa: F401
-        return
-    except ImportError:
-        pass
-    python = os.path.join(VENV, "bin", "python3")
-    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
-        sys.exit("the environment %s lacks diffusers, transformers or peft" % VENV)
-    if not os.path.exists(python):
-        subprocess.check_call([sys.executable, "-m", "venv", "--system-site-packages", VENV])
-        subprocess.check_call([python, "-m", "pip", "install", "--quiet", "diffusers==0.42.1", "transformers==5.17.0",
-                               "peft==0.21.2", "numpy"])
-    os.execv(python, [python, *sys.argv])
+from golden_environment import ensure_environment
 
 
 def main():

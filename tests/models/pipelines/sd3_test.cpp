@@ -186,6 +186,66 @@ TEST_F(Sd3Pipeline, ALoraOnTheTransformerMergesAsDiffusersFusesIt) {
   EXPECT_GT(test::relative_error(latents, test::golden(golden_file, "pipe_latents")), 5e-3);
 }
 
+// SD3.5: tests/golden/make_sd35_goldens.py makes a tiny SD3.5-Medium-shaped transformer (qk_norm "rms_norm", dual
+// attention in block 0, block 1 context_pre_only) and records diffusers' outputs with it.
+std::filesystem::path sd35_golden_dir() { return std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/sd35"; }
+at::Tensor sd35_golden(const std::string& key) {
+  return checkpoint::open(sd35_golden_dir() / "tiny-sd35-golden.safetensors").tensor(key);
+}
+
+TEST(Sd35Transformer, QkNormAndDualAttentionMatchDiffusers) {
+  torch::NoGradGuard no_grad;
+  auto transformer = load_sd3_transformer(sd35_golden_dir() / "transformer");
+  EXPECT_TRUE(transformer->config().qk_norm);
+  std::map<std::string, at::Tensor> recorded;
+  auto out = transformer->forward(test::golden(golden_file, "tr_in_x"), test::golden(golden_file, "tr_in_t"),
+                                  test::golden(golden_file, "tr_in_ctx"), test::golden(golden_file, "tr_in_pooled"),
+                                  [&](const std::string& name, const at::Tensor& value) { recorded[name] = value; });
+  for (const char* name : {"transformer_blocks.0.0", "transformer_blocks.0.1", "transformer_blocks.1.1"}) {
+    ASSERT_TRUE(recorded.count(name)) << name;
+    EXPECT_LT(test::relative_error(recorded[name], sd35_golden(std::string("tr_mid_") + name)), component_tolerance)
+        << name;
+  }
+  EXPECT_LT(test::relative_error(out, sd35_golden("tr_out")), component_tolerance);
+}
+
+TEST(Sd35Transformer, UnsupportedSettingsAreClearErrors) {
+  test::temp_dir dir;
+  auto values = read_json_file(sd35_golden_dir() / "transformer/config.json");
+  auto rejected = [&](const char* key, const nlohmann::json& value, const std::string& expected) {
+    auto changed = values;
+    changed[key] = value;
+    test::write_file(dir / "config.json", changed.dump());
+    try {
+      sd3_transformer_config::from(read_config(dir / "config.json"));
+      ADD_FAILURE() << key << " = " << value.dump() << " was accepted";
+    } catch (const error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  };
+  rejected("qk_norm", "layer_norm", "\"layer_norm\"; supported: null or \"rms_norm\"");
+  rejected("dual_attention_layers", nlohmann::json::array({0, 2}), "names block 2 of 2");
+}
+
+TEST(Sd35Pipeline, FinalLatentsMatchDiffusers) {
+  // tiny-sd3's folder with the SD3.5 transformer in place of its own, as a user's SD3.5 folder is laid out.
+  test::temp_dir folder;
+  for (const auto& entry : std::filesystem::directory_iterator(sd3()))
+    if (entry.path().filename() != "transformer")
+      std::filesystem::create_symlink(entry.path(), folder / entry.path().filename().string());
+  std::filesystem::create_directory_symlink(sd35_golden_dir() / "transformer", folder / "transformer");
+  auto pipeline = load_pipeline(folder.path(), {});
+  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
+  generation_request r;
+  r.prompt = settings["prompt"].get<std::string>();
+  r.steps = settings["steps"].get<std::int64_t>();
+  r.guidance = settings["guidance_scale"].get<double>();
+  r.height = r.width = settings["size"].get<std::int64_t>();
+  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
+  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  EXPECT_LT(test::relative_error(generate_latents(*pipeline, r), sd35_golden("pipe_latents")), latents_tolerance);
+}
+
 TEST_F(Sd3Pipeline, BadSizesFailClearly) {
   auto r = request();
   r.height = 30;  // VAE factor 2 × patch 2 = 4 does not divide 30
