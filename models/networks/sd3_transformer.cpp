@@ -74,8 +74,8 @@ sd3_transformer_config sd3_transformer_config::from(const config& values) {
   c.dual_attention_layers = values.get<std::vector<std::int64_t>>("dual_attention_layers");
   for (auto layer : c.dual_attention_layers)
     if (layer < 0 || layer >= c.num_layers)
-      values.reject("dual_attention_layers", "names block " + std::to_string(layer) + " of " +
-                                                 std::to_string(c.num_layers));
+      values.reject("dual_attention_layers",
+                    "names block " + std::to_string(layer) + " of " + std::to_string(c.num_layers));
   if (c.caption_projection_dim != c.inner_dim())
     values.reject("caption_projection_dim", "must equal num_attention_heads × attention_head_dim");
   if (c.num_layers < 1) values.reject("num_layers", "must be at least 1");
@@ -161,9 +161,9 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
   // The gated residual and the feed-forward's modulation in one pass (one kernel on CUDA).
   auto [out_hidden, mlp_in] =
       dual_attention_
-          ? gated_residual_layer_norm_modulate(
-                gated_residual(hidden, image_mod[2], image_attention), image_mod[8],
-                image_self_attention(modulate(hidden, image_mod[6], image_mod[7])), image_mod[3], image_mod[4], norm_eps)
+          ? gated_residual_layer_norm_modulate(gated_residual(hidden, image_mod[2], image_attention), image_mod[8],
+                                               image_self_attention(modulate(hidden, image_mod[6], image_mod[7])),
+                                               image_mod[3], image_mod[4], norm_eps)
           : gated_residual_layer_norm_modulate(hidden, image_mod[2], image_attention, image_mod[3], image_mod[4],
                                                norm_eps);
   out_hidden = gated_residual(out_hidden, image_mod[5], ff_out(linear_gelu_tanh(ff_in, mlp_in)));

@@ -12,8 +12,9 @@ namespace hybridiff::models {
 struct sd3_transformer_config {
   std::int64_t sample_size, patch_size, in_channels, out_channels, num_layers, attention_head_dim, num_attention_heads,
       joint_attention_dim, caption_projection_dim, pooled_projection_dim, pos_embed_max_size;
-  bool qk_norm = false;                            // "rms_norm" (SD3.5): RMSNorm of q and k per head
-  std::vector<std::int64_t> dual_attention_layers;  // MMDiT-X (SD3.5 Medium): blocks with a second, image-only attention
+  bool qk_norm = false;  // "rms_norm" (SD3.5): RMSNorm of q and k per head
+  std::vector<std::int64_t>
+      dual_attention_layers;  // MMDiT-X (SD3.5 Medium): blocks with a second, image-only attention
   std::int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
   static sd3_transformer_config from(const config& values);
 };
