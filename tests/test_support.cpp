@@ -4,10 +4,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <stdexcept>
 
 namespace hybridiff::test {
@@ -119,8 +120,9 @@ scoped_environment::~scoped_environment() {
 
 #include <nlohmann/json.hpp>
 
-#include "models/pipelines/random_pipeline.hpp"
+#include "models/io/config.hpp"
 #include "models/io/safetensors.hpp"
+#include "models/pipelines/random_pipeline.hpp"
 
 namespace hybridiff::test {
 
@@ -167,5 +169,35 @@ full_float32_convolutions::full_float32_convolutions() : tf32_(at::globalContext
 }
 
 full_float32_convolutions::~full_float32_convolutions() { at::globalContext().setAllowTF32CuDNN(tf32_); }
+
+std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& path) {
+  const auto recipe = models::read_json_file(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
+                                             "tests/golden/single_file/tiny-sdxl-single-file-recipe.json");
+  std::map<std::string, models::checkpoint> components;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& entry : recipe) {
+    const auto component = entry["component"].get<std::string>();
+    if (!components.count(component))
+      components.emplace(component, models::checkpoint::open(
+                                        models::find_component_weights(fixtures_dir() / "tiny-sdxl" / component)));
+    std::vector<at::Tensor> sources;
+    for (const auto& name : entry["from"]) sources.push_back(components.at(component).tensor(name.get<std::string>()));
+    const auto op = entry["op"].get<std::string>();
+    at::Tensor value;
+    if (op == "copy")
+      value = sources.at(0);
+    else if (op == "conv1x1")
+      value = sources.at(0).unsqueeze(-1).unsqueeze(-1);
+    else if (op == "transpose")
+      value = sources.at(0).t();
+    else if (op == "concat")
+      value = torch::cat(sources);
+    else
+      throw std::runtime_error("single-file recipe: unknown op " + op);
+    tensors.emplace_back(entry["key"].get<std::string>(), value.contiguous());
+  }
+  models::save_safetensors(path, tensors);
+  return path;
+}
 
 }  // namespace hybridiff::test

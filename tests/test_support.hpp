@@ -44,6 +44,11 @@ std::filesystem::path make_hub_repository(const std::filesystem::path& source, c
                                           const std::string& repo_id, const std::string& revision,
                                           const std::string& variant = "");
 
+/// Writes tiny-sdxl as one file in the original (LDM) single-file layout, following
+/// tests/golden/single_file/tiny-sdxl-single-file-recipe.json: made and checked against diffusers' from_single_file
+/// by tests/golden/make_single_file_goldens.py. Returns `path`.
+std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& path);
+
 /// Sets an environment variable while it lives (restores the earlier value or its absence after).
 class scoped_environment {
  public:

@@ -1,12 +1,14 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "models/io/config.hpp"
+#include "models/io/state_dict.hpp"
 
 namespace hybridiff::models {
 
@@ -16,6 +18,8 @@ struct component {
   std::string library;     ///< "diffusers" or "transformers"
   std::string class_name;  ///< "UNet2DConditionModel", "CLIPTokenizer", ...
   std::filesystem::path dir;
+  /// The weights when they do not come from `dir` (a single-file checkpoint, under diffusers' names).
+  std::shared_ptr<const checkpoint> weights;
 
   /// True for components that carry weights (everything but tokenizers and schedulers).
   bool has_weights() const;
@@ -45,6 +49,10 @@ class model_folder {
   const component& get(const std::string& name) const;
   /// The component's config with its class defaults filled in.
   config component_config(const std::string& name) const;
+  /// `options` for loading component `name`: with its weights when they do not come from its folder.
+  load_options options_for(const std::string& name, load_options options) const;
+  /// Component `name` reads `weights` instead of its folder's files (open_single_file).
+  void use_weights(const std::string& name, std::shared_ptr<const checkpoint> weights);
 
  private:
   std::filesystem::path dir_;

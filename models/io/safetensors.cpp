@@ -318,12 +318,36 @@ checkpoint checkpoint::open(const std::filesystem::path& path) {
   return result;
 }
 
+checkpoint checkpoint::of_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                  std::vector<std::filesystem::path> files) {
+  checkpoint result;
+  for (const auto& [name, value] : tensors) {
+    if (!result.held_.emplace(name, value).second) throw error("checkpoint: two tensors named '" + name + "'");
+    tensor_entry entry;
+    entry.name = name;
+    entry.dtype = value.scalar_type();
+    entry.dtype_name = safetensors_dtype_name(value.scalar_type());
+    entry.shape = value.sizes().vec();
+    result.entries_.push_back(std::move(entry));
+  }
+  std::sort(result.entries_.begin(), result.entries_.end(),
+            [](const tensor_entry& a, const tensor_entry& b) { return a.name < b.name; });
+  result.held_files_ = std::move(files);
+  return result;
+}
+
 const tensor_entry* checkpoint::find(const std::string& name) const {
+  if (!held_.empty()) {
+    auto found = std::lower_bound(entries_.begin(), entries_.end(), name,
+                                  [](const tensor_entry& entry, const std::string& key) { return entry.name < key; });
+    return found != entries_.end() && found->name == name ? &*found : nullptr;
+  }
   auto found = shard_of_.find(name);
   return found == shard_of_.end() ? nullptr : shards_[found->second]->find(name);
 }
 
 at::Tensor checkpoint::tensor(const std::string& name) const {
+  if (auto held = held_.find(name); held != held_.end()) return held->second;
   auto found = shard_of_.find(name);
   if (found == shard_of_.end()) {
     auto files_read = files();
@@ -334,6 +358,7 @@ at::Tensor checkpoint::tensor(const std::string& name) const {
 }
 
 std::vector<std::filesystem::path> checkpoint::files() const {
+  if (!held_files_.empty()) return held_files_;
   std::vector<std::filesystem::path> paths;
   for (const auto& shard : shards_) paths.push_back(shard->path());
   return paths;

@@ -95,6 +95,10 @@ class checkpoint {
   /// `path` is a `.safetensors` file or a shard index (`.safetensors.index.json`, `.safetensors.index.fp16.json`:
   /// any `.json`).
   static checkpoint open(const std::filesystem::path& path);
+  /// A checkpoint of tensors already at hand (views of another checkpoint's tensors under other names: a
+  /// single-file checkpoint read as one diffusers component). `files` are where they come from, for errors.
+  static checkpoint of_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                               std::vector<std::filesystem::path> files);
 
   /// Every tensor of every shard, sorted by name.
   const std::vector<tensor_entry>& entries() const { return entries_; }
@@ -107,6 +111,8 @@ class checkpoint {
   std::vector<std::shared_ptr<const safetensors_file>> shards_;
   std::vector<tensor_entry> entries_;
   std::map<std::string, std::size_t> shard_of_;  // tensor name -> index into shards_
+  std::map<std::string, at::Tensor> held_;       // of_tensors: the tensors themselves
+  std::vector<std::filesystem::path> held_files_;
 };
 
 /// The weights of a component folder, named as diffusers and transformers save them: `<stem>.safetensors` or its

@@ -80,6 +80,10 @@ void load_state_dict(torch::nn::Module& module, const checkpoint& weights, const
   for (auto& [name, target] : targets) target.set_data(placed(weights.tensor(name), target.scalar_type(), options));
 }
 
+checkpoint component_weights(const std::filesystem::path& component_dir, const load_options& options) {
+  return options.weights ? *options.weights : checkpoint::open(find_component_weights(component_dir, options.variant));
+}
+
 void place_module(torch::nn::Module& module, const load_options& options) {
   torch::NoGradGuard no_grad;
   for (auto& item : module.named_parameters(true)) item.value().set_data(placed(item.value(), item.value().scalar_type(), options));

@@ -28,7 +28,17 @@ struct load_options {
   std::string variant;
   /// LoRAs merged into the weights at load (load_pipeline).
   std::vector<lora_spec> loras;
+  /// A single-file checkpoint (`--model FILE.safetensors`): its configs and tokenizers come from this diffusers
+  /// folder; empty: the family's repository in the Hugging Face cache (open_single_file).
+  std::filesystem::path config_from;
+  /// The component's weights when they do not come from its folder's files (a single-file checkpoint read under
+  /// diffusers' names); the pipelines set it from the model_folder's component.
+  std::shared_ptr<const checkpoint> weights;
 };
+
+/// The weights a component loader reads: `options.weights` when set, else the weight files of `component_dir`
+/// (find_component_weights with `options.variant`).
+checkpoint component_weights(const std::filesystem::path& component_dir, const load_options& options);
 
 /// Loads `weights` into `module` by exact name: every parameter and buffer of the module must be in the checkpoint
 /// with the same shape, and the checkpoint must hold nothing else. A floating-point parameter accepts any

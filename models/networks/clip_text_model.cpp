@@ -89,7 +89,7 @@ CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, bool with_p
   CLIPTextModel model(clip_text_config::from(values), with_projection);
   auto with_prefix = options;
   with_prefix.optional_prefix = "text_model.";
-  load_state_dict(*model, checkpoint::open(find_component_weights(dir, options.variant)), with_prefix);
+  load_state_dict(*model, component_weights(dir, options), with_prefix);
   model->eval();
   return model;
 }

@@ -308,7 +308,7 @@ at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const a
 
 SD3Transformer2DModel load_sd3_transformer(const std::filesystem::path& dir, const load_options& options) {
   SD3Transformer2DModel model(sd3_transformer_config::from(read_config(dir / "config.json", "SD3Transformer2DModel")));
-  load_state_dict(*model, checkpoint::open(find_component_weights(dir, options.variant)), options);
+  load_state_dict(*model, component_weights(dir, options), options);
   model->eval();
   return model;
 }

@@ -116,7 +116,7 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& dir, const load_options& options) {
   T5EncoderModel model(t5_config::from(read_config(dir / "config.json", "T5EncoderModel")));
-  load_state_dict(*model, checkpoint::open(find_component_weights(dir, options.variant)), options);
+  load_state_dict(*model, component_weights(dir, options), options);
   model->eval();
   return model;
 }

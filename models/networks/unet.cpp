@@ -436,7 +436,7 @@ void UNet2DConditionModelImpl::use_channels_last() {
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const load_options& options) {
   UNet2DConditionModel model(unet_config::from(read_config(dir / "config.json", "UNet2DConditionModel")));
-  load_state_dict(*model, checkpoint::open(find_component_weights(dir, options.variant)), options);
+  load_state_dict(*model, component_weights(dir, options), options);
   if (options.device.is_cuda()) model->use_channels_last();
   model->eval();
   return model;

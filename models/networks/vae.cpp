@@ -149,7 +149,7 @@ void AutoencoderKLImpl::use_channels_last() {
 
 AutoencoderKL load_vae(const std::filesystem::path& dir, const load_options& options) {
   AutoencoderKL model(vae_config::from(read_config(dir / "config.json", "AutoencoderKL")));
-  load_state_dict(*model, checkpoint::open(find_component_weights(dir, options.variant)), options);
+  load_state_dict(*model, component_weights(dir, options), options);
   if (options.device.is_cuda()) model->use_channels_last();
   model->eval();
   return model;

@@ -1,6 +1,8 @@
 // The whole SDXL pipeline against diffusers' StableDiffusionXLPipeline on tiny-sdxl (float32, CPU).
 #include "models/pipelines/sdxl_pipeline.hpp"
 
+#include <fstream>
+
 #include <gtest/gtest.h>
 #include <c10/util/Logging.h>
 #include <torch/torch.h>
@@ -132,6 +134,76 @@ TEST_F(SdxlPipeline, BadRequestsFailClearly) {
   request.steps = 8;
   request.initial_latents = torch::zeros({1, 4, 8, 8});  // wrong shape for 32x32
   EXPECT_THROW(generate_latents(*pipeline_, request), error);
+}
+
+// tiny-sdxl as one file in the original layout (test::write_tiny_sdxl_single_file), configs from the folder.
+TEST_F(SdxlPipeline, ASingleFileCheckpointLoadsAsDiffusersFromSingleFileLoadsIt) {
+  test::temp_dir dir;
+  const auto file = test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors");
+  load_options options;
+  options.config_from = test::fixtures_dir() / "tiny-sdxl";
+  auto single = load_pipeline(file, options);
+  auto request = pipe_request();
+  auto conditioning = single->encode_prompt(request, single->plan(request));
+  EXPECT_LT(test::relative_error(conditioning.positive.context, test::golden(golden_file, "pipe_prompt_embeds")),
+            embedding_tolerance);
+  EXPECT_LT(test::relative_error(conditioning.positive.pooled, test::golden(golden_file, "pipe_pooled_prompt_embeds")),
+            embedding_tolerance);
+  const auto golden = checkpoint::open(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
+                                       "tests/golden/single_file/tiny-sdxl-single-file-golden.safetensors")
+                          .tensor("euler_latents");
+  EXPECT_LT(test::relative_error(generate_latents(*single, request), golden), latents_tolerance);
+}
+
+TEST(SdxlSingleFile, BadFilesAndConfigFoldersAreClearErrors) {
+  test::temp_dir dir;
+  const auto file = test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors");
+  load_options options;
+  options.config_from = test::fixtures_dir() / "tiny-sdxl";
+  auto fails_with = [&](const std::filesystem::path& path, const load_options& with, const std::string& expected) {
+    try {
+      load_pipeline(path, with);
+      ADD_FAILURE() << path << " loaded";
+    } catch (const error& failure) {
+      EXPECT_NE(std::string(failure.what()).find(expected), std::string::npos) << failure.what();
+    }
+  };
+  // Truncated: the safetensors checks name the file.
+  std::ifstream in(file, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  test::write_file(dir / "truncated.safetensors", bytes.substr(0, bytes.size() / 2));
+  fails_with(dir / "truncated.safetensors", options, "truncated.safetensors");
+  // Another model's file.
+  fails_with(find_component_weights(test::fixtures_dir() / "tiny-sd3/transformer"), options,
+             "not an SDXL base single-file checkpoint");
+  // A UNet key of no SDXL block: named.
+  auto weights = checkpoint::open(file);
+  std::vector<std::pair<std::string, at::Tensor>> renamed;
+  for (const auto& entry : weights.entries())
+    renamed.emplace_back(
+        entry.name == "model.diffusion_model.out.2.bias" ? "model.diffusion_model.out.9.bias" : entry.name,
+        weights.tensor(entry.name));
+  save_safetensors(dir / "foreign-key.safetensors", renamed);
+  fails_with(dir / "foreign-key.safetensors", options,
+             "key 'model.diffusion_model.out.9.bias' is not part of an SDXL UNet");
+  // A tensor left out: the component's missing key, naming the file.
+  renamed.erase(std::remove_if(renamed.begin(), renamed.end(),
+                               [](const auto& item) {
+                                 return item.first == "model.diffusion_model.out.9.bias" ||
+                                        item.first == "first_stage_model.decoder.conv_out.bias";
+                               }),
+                renamed.end());
+  save_safetensors(dir / "incomplete.safetensors", renamed);
+  fails_with(dir / "incomplete.safetensors", options, "missing keys (1): conv_out.bias");
+  // The configs of another family, or none: said, with what to do.
+  auto sd3_configs = options;
+  sd3_configs.config_from = test::fixtures_dir() / "tiny-sd3";
+  fails_with(file, sd3_configs, "not a StableDiffusionXLPipeline folder");
+  test::temp_dir empty_cache;
+  test::scoped_environment hub_cache("HF_HUB_CACHE", empty_cache.path().string());
+  fails_with(file, {}, "give --config-from DIR");
+  test::write_file(dir / "model.ckpt", "PK");
+  fails_with(dir / "model.ckpt", options, ".safetensors files only");
 }
 
 TEST(MemoryContext, LibTorchEnforcementsThrowInsteadOfAborting) {

@@ -1,0 +1,40 @@
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/io/model_folder.hpp"
+
+namespace hybridiff::models {
+
+/// True when `path` names a single-file checkpoint rather than a folder: a regular file.
+bool is_single_file(const std::filesystem::path& path);
+
+/// A single-file checkpoint in Stability's original (LDM) layout, as A1111, ComfyUI and CivitAI share them, opened
+/// as a diffusers folder. SDXL base: the UNet under "model.diffusion_model." (input_blocks, middle_block,
+/// output_blocks), the VAE under "first_stage_model.", CLIP-L under "conditioner.embedders.0.transformer." and
+/// OpenCLIP's CLIP-G under "conditioner.embedders.1.model.". Configs, tokenizers and the scheduler come from
+/// `config_dir`, a diffusers folder of the same family whose weights are not read (empty: the family's repository
+/// in the Hugging Face cache, stabilityai/stable-diffusion-xl-base-1.0). Each component held by the file reads its
+/// tensors from it under diffusers' names: views of the mapped file, converted without copies. Every key of a
+/// component's part of the file must convert; keys outside the components' parts are ignored (logged). Throws
+/// naming the file and the key.
+model_folder open_single_file(const std::filesystem::path& file, const std::filesystem::path& config_dir = {});
+
+/// The layout of an SDXL UNet that the LDM key numbering depends on.
+struct ldm_unet_layout {
+  int layers_per_block = 2;
+  std::vector<bool> up_block_has_attention;  ///< per up block (diffusers' order)
+  static ldm_unet_layout from(const config& unet_config);
+};
+
+/// A UNet key in the LDM layout ("input_blocks.4.1.proj_in.weight", without "model.diffusion_model.") as
+/// diffusers names it ("down_blocks.1.attentions.0.proj_in.weight"); nullopt when it is not one. `separator` is
+/// what joins the parts of the name: '.' for checkpoint keys, '_' for kohya LoRA module names, whose result keeps
+/// '_' too ("input_blocks_4_1_proj_in" -> "down_blocks_1_attentions_0_proj_in").
+std::optional<std::string> unet_name_from_ldm(const std::string& key, const ldm_unet_layout& layout,
+                                              char separator = '.');
+
+}  // namespace hybridiff::models
