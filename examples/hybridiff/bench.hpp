@@ -28,6 +28,7 @@ struct bench_model {
   std::filesystem::path folder;
   std::string variant;                   ///< the folder's weight-file variant (empty: plain files, or its only variant)
   std::vector<models::lora_spec> loras;  ///< merged at load
+  std::filesystem::path config_from;     ///< a single-file checkpoint's configs and tokenizers
   std::filesystem::path denoiser_config, scheduler_config;
 
   bool whole() const { return !folder.empty(); }

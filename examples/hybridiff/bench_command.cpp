@@ -47,8 +47,10 @@ int run_bench(const std::vector<std::string>& args) {
   line.options.add_options()
       ("model-config", po::value<std::string>()->value_name("DIR"), "folder with the denoiser's config.json")
       ("model", po::value<std::string>()->value_name("DIR"), "--run: a diffusers folder (instead of --model-config and "
-       "--scheduler-config): times text encoding, denoising and VAE decoding (also a Hugging Face cache folder or "
-       "ORG/NAME in that cache)")
+       "--scheduler-config): times text encoding, denoising and VAE decoding (also a Hugging Face cache folder, "
+       "ORG/NAME in that cache, or a single-file SDXL .safetensors)")
+      ("config-from", po::value<std::string>()->value_name("DIR"),
+       "with a single-file --model: the diffusers folder of its configs and tokenizers")
       ("variant", po::value<std::string>()->value_name("NAME"), "with --model: the weight files' variant (fp16)")
       ("lora", po::value<std::vector<std::string>>()->value_name("FILE[:SCALE]"),
        "with --model: merge a LoRA at load (repeatable)")
@@ -85,8 +87,8 @@ int run_bench(const std::vector<std::string>& args) {
   if (values.count("model") == values.count("model-config"))
     throw usage_error("give one of --model-config DIR (random weights) and --model DIR (a diffusers folder)");
   if (values.count("model") && !values.count("run")) throw usage_error("--model times whole generations: add --run");
-  if ((values.count("variant") || values.count("lora")) && !values.count("model"))
-    throw usage_error("--variant and --lora apply to --model");
+  if ((values.count("variant") || values.count("lora") || values.count("config-from")) && !values.count("model"))
+    throw usage_error("--variant, --lora and --config-from apply to --model");
   if (values.count("cost-profile") && !values.count("run")) throw usage_error("--cost-profile needs --run");
   const auto batches = parse_list(values["batch"].as<std::string>(), "--batch");
   const auto size = values["size"].as<std::int64_t>();
@@ -111,6 +113,7 @@ int run_bench(const std::vector<std::string>& args) {
       model.folder = values["model"].as<std::string>();
       if (values.count("variant")) model.variant = values["variant"].as<std::string>();
       model.loras = lora_specs_from(values);
+      if (values.count("config-from")) model.config_from = values["config-from"].as<std::string>();
       if (values.count("scheduler-config")) throw usage_error("--model brings its scheduler: drop --scheduler-config");
     } else {
       if (!values.count("scheduler-config")) throw usage_error("--run with --model-config needs --scheduler-config DIR");

@@ -68,7 +68,7 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
   // seeded alike on every process, so that the ranks hold the same weights.
   const bool denoiser_only = distributed && process.rank != 0;
   replica_pool pool([&](const c10::Device& worker_device) -> std::shared_ptr<models::diffusion_pipeline> {
-    models::load_options placement{worker_device, settings.dtype, "", model.variant, model.loras};
+    models::load_options placement{worker_device, settings.dtype, "", model.variant, model.loras, model.config_from};
     if (model.whole())
       return models::load_pipeline(
           model.folder, placement,

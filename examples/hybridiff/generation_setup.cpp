@@ -10,9 +10,10 @@
 #include <torch/torch.h>
 
 #include "actors/cluster.hpp"
-#include "models/io/builtin.hpp"
 #include "models/errors.hpp"
+#include "models/io/builtin.hpp"
 #include "models/io/safetensors.hpp"
+#include "models/io/single_file.hpp"
 #include "processes.hpp"
 
 namespace hybridiff::cli {
@@ -23,8 +24,11 @@ std::vector<po::options_description> generation_options() {
   model.add_options()
       ("model", po::value<std::string>()->value_name("DIR"),
        "diffusers pipeline folder (model_index.json); default: the built-in Fashion-MNIST model (prompts: its class "
-       "names), run with --parallel hybrid; also a Hugging Face cache folder (models--ORG--NAME) or ORG/NAME found in "
-       "that cache")
+       "names), run with --parallel hybrid; also a Hugging Face cache folder (models--ORG--NAME), ORG/NAME found in "
+       "that cache, or a single-file SDXL checkpoint (FILE.safetensors in the original layout of A1111/ComfyUI)")
+      ("config-from", po::value<std::string>()->value_name("DIR"),
+       "with a single-file --model: the diffusers folder whose configs, tokenizers and scheduler it uses (its "
+       "weights are not read); default: stabilityai/stable-diffusion-xl-base-1.0 in the Hugging Face cache")
       ("variant", po::value<std::string>()->value_name("NAME"),
        "load the weight files of this variant (fp16: diffusion_pytorch_model.fp16.safetensors); default: the plain "
        "files, or the only variant a folder has")
@@ -247,6 +251,13 @@ generation_setup settle_generation(const po::variables_map& values) {
   setup.placement.device = parse_device(values["device"].as<std::string>());
   setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
   if (values.count("variant")) setup.placement.variant = values["variant"].as<std::string>();
+  if (values.count("config-from")) {
+    if (!values.count("model") || !models::is_single_file(values["model"].as<std::string>()))
+      throw usage_error("--config-from gives the configs of a single-file --model FILE.safetensors");
+    setup.placement.config_from = values["config-from"].as<std::string>();
+  }
+  if (values.count("variant") && values.count("model") && models::is_single_file(values["model"].as<std::string>()))
+    throw usage_error("--variant picks a folder's weight files; a single-file --model holds its weights itself");
   setup.placement.loras = lora_specs_from(values);
   use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);
   auto& parallel = setup.parallel;

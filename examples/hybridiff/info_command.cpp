@@ -3,23 +3,32 @@
 
 #include "cli.hpp"
 #include "models/io/inventory.hpp"
+#include "models/io/single_file.hpp"
 
 namespace hybridiff::cli {
 
 int run_info(const std::vector<std::string>& args) {
   command_line line;
   line.name = "info";
-  line.usage = "hybridiff info [options] DIR";
+  line.usage = "hybridiff info [options] DIR|FILE.safetensors";
   line.summary =
-      "Lists the components of a diffusers folder (model_index.json) or of a single component folder\n"
-      "(config.json): name, class, weight dtypes and the exact parameter count (elements of all floating-point\n"
-      "tensors), then the total. Reads only the safetensors headers.";
-  line.options.add_options()("dir", po::value<std::string>()->required()->value_name("DIR"), "the model folder");
+      "Lists the components of a diffusers folder (model_index.json), of a single component folder\n"
+      "(config.json) or of a single-file SDXL checkpoint: name, class, weight dtypes and the exact parameter count\n"
+      "(elements of all floating-point tensors), then the total. Reads only the safetensors headers.";
+  // clang-format off
+  line.options.add_options()
+      ("dir", po::value<std::string>()->required()->value_name("DIR"), "the model folder or single file")
+      ("config-from", po::value<std::string>()->value_name("DIR"),
+       "a single file's configs and tokenizers (default: stabilityai/stable-diffusion-xl-base-1.0 in the Hugging "
+       "Face cache)");
+  // clang-format on
   line.positional.add("dir", 1);
   auto values = parse(line, args);
   if (!values) return 0;
 
-  const auto folder = models::model_folder::open((*values)["dir"].as<std::string>());
+  const auto folder =
+      models::open_model((*values)["dir"].as<std::string>(),
+                         values->count("config-from") ? (*values)["config-from"].as<std::string>() : std::string());
   const auto summaries = models::summarize(folder);
   std::cout << folder.dir().string();
   if (!folder.pipeline_class().empty()) std::cout << " (" << folder.pipeline_class() << ")";

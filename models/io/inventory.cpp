@@ -20,7 +20,7 @@ std::vector<component_summary> summarize(const model_folder& folder) {
   for (const auto& part : folder.components()) {
     component_summary summary{part.name, part.class_name, {}, 0, 0};
     if (part.has_weights()) {
-      auto weights = checkpoint::open(find_component_weights(part.dir));
+      auto weights = part.weights ? *part.weights : checkpoint::open(find_component_weights(part.dir));
       std::set<std::string> dtypes;
       for (const auto& entry : weights.entries()) {
         dtypes.insert(entry.dtype_name);

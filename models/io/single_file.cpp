@@ -197,6 +197,10 @@ std::filesystem::path find_config_dir(const std::filesystem::path& file, const s
 
 bool is_single_file(const std::filesystem::path& path) { return std::filesystem::is_regular_file(path); }
 
+model_folder open_model(const std::filesystem::path& model, const std::filesystem::path& config_dir) {
+  return is_single_file(model) ? open_single_file(model, config_dir) : model_folder::open(model);
+}
+
 ldm_unet_layout ldm_unet_layout::from(const config& unet_config) {
   ldm_unet_layout layout;
   layout.layers_per_block = unet_config.get<int>("layers_per_block");

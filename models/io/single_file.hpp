@@ -23,6 +23,10 @@ bool is_single_file(const std::filesystem::path& path);
 /// naming the file and the key.
 model_folder open_single_file(const std::filesystem::path& file, const std::filesystem::path& config_dir = {});
 
+/// What `--model` names: a single-file checkpoint (open_single_file with `config_dir`) or a folder
+/// (model_folder::open).
+model_folder open_model(const std::filesystem::path& model, const std::filesystem::path& config_dir = {});
+
 /// The layout of an SDXL UNet that the LDM key numbering depends on.
 struct ldm_unet_layout {
   int layers_per_block = 2;

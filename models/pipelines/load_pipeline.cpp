@@ -19,7 +19,7 @@ std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& d
   // Every LoRA file is read and checked before any weight is loaded.
   std::optional<lora_merge> loras;
   if (!options.loras.empty()) loras.emplace(options.loras);
-  auto folder = is_single_file(dir) ? open_single_file(dir, options.config_from) : model_folder::open(dir);
+  auto folder = open_model(dir, options.config_from);
   const auto& name = folder.pipeline_class();
   std::unique_ptr<diffusion_pipeline> pipeline;
   if (name == "StableDiffusionXLPipeline") pipeline = sdxl_pipeline::load(folder, options, parts);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -95,6 +96,41 @@ TEST(GenerateCli, ALoraReachesEveryWorkerOfEveryProcess) {
   EXPECT_NE(result.output.find("'latents' is not a LoRA weight this loader reads"), std::string::npos) << result.output;
   result = run_hybridiff(request + " --lora :2");
   EXPECT_EQ(result.exit_code, 2) << result.output;
+}
+
+TEST(GenerateCli, ASingleFileCheckpointRunsOnEveryWorkerOfEveryProcess) {
+  // tiny-sdxl as one file in the original layout, with CFG split over two processes: the latents are those of
+  // diffusers' from_single_file pipeline (tests/golden/make_single_file_goldens.py).
+  test::temp_dir dir;
+  const auto file = test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors");
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  const auto request = " generate --model " + quoted(file) + " --config-from " +
+                       quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt " + pipe_prompt +
+                       " --steps 8 --guidance 5 --height 32 --width 32 --latents-in " +
+                       quoted(dir / "init.safetensors") + " --save-latents " + quoted(dir / "out.safetensors") +
+                       " --output " + quoted(dir / "out.png");
+  auto result = run_hybridiff("launch --nproc 2 --master-port " + std::to_string(test::free_port_pair()) + " --" +
+                              request + " --parallel cfg");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto golden = models::checkpoint::open(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
+                                               "tests/golden/single_file/tiny-sdxl-single-file-golden.safetensors")
+                          .tensor("euler_latents");
+  EXPECT_LT(test::relative_error(models::load_named_tensor(dir / "out.safetensors", "latents"), golden), 1e-3);
+
+  // info reads the same parameters from the file as from the folder (2599273: the info_tiny_sdxl_total test).
+  result = run_hybridiff("info " + quoted(file) + " --config-from " + quoted(test::fixtures_dir() / "tiny-sdxl"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(std::regex_search(result.output, std::regex("total +2599273"))) << result.output;
+
+  result = run_hybridiff(request + " --variant fp16");
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("a single-file --model holds its weights itself"), std::string::npos) << result.output;
+  result = run_hybridiff("generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") + " --config-from " +
+                         quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt cat --steps 2");
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("--config-from gives the configs of a single-file --model"), std::string::npos)
+      << result.output;
 }
 
 TEST(GenerateCli, ReferenceSpellingsAndSeedsWork) {
