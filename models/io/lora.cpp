@@ -176,7 +176,7 @@ lora_merge::lora_merge(const std::vector<lora_spec>& loras) {
 
 lora_merge::~lora_merge() = default;
 
-void lora_merge::merge(const std::string& component, torch::nn::Module& module) {
+void lora_merge::merge(const std::string& component, torch::nn::Module& module, const kohya_alias& alias) {
   visited_.insert(component);
   torch::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> weights;
@@ -203,7 +203,9 @@ void lora_merge::merge(const std::string& component, torch::nn::Module& module) 
   for (auto& lora : pairs_) {
     if (lora->component != component) continue;
     const auto& names = lora->kohya ? kohya_names : peft_names;
-    const auto found = names.find(lora->module);
+    auto found = names.find(lora->module);
+    if (found == names.end() && lora->kohya && alias)
+      if (auto own = alias(lora->module)) found = names.find(*own);
     if (found == names.end()) continue;
     auto& weight = weights.at(found->second);
     const auto down = lora->down.to(torch::kFloat).flatten(1);  // [rank, in·kh·kw]
@@ -236,8 +238,7 @@ void lora_merge::finish() const {
   for (std::size_t i = 0; i < keys.size() && i < 5; ++i) listed += (i ? ", " : "") + keys[i];
   throw error(file.string() + ": " + std::to_string(keys.size()) +
               " LoRA weight pair(s) match no weight of the model, e.g. " + listed +
-              " (a LoRA of another model family? kohya files for SDXL in the original block layout, input_blocks/"
-              "middle_block/output_blocks, are not converted)");
+              " (a LoRA of another model family?)");
 }
 
 }  // namespace hybridiff::models

@@ -9,7 +9,9 @@
 //     for '.'; lora_te1_ and lora_te2_ (lora_te_) for the text encoders, lora_transformer_ for SD3.
 
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -40,8 +42,13 @@ class lora_merge {
   lora_merge(const lora_merge&) = delete;
   lora_merge& operator=(const lora_merge&) = delete;
 
-  /// Merges into `module` (the pipeline's `component`) every pair that targets it.
-  void merge(const std::string& component, torch::nn::Module& module);
+  /// Another layout's kohya module name ("input_blocks_4_1_proj_in") as the module's own, '_'-joined
+  /// ("down_blocks_1_attentions_0_proj_in"), or nullopt.
+  using kohya_alias = std::function<std::optional<std::string>(const std::string& kohya_module)>;
+
+  /// Merges into `module` (the pipeline's `component`) every pair that targets it; kohya names that match no
+  /// weight are tried again through `alias` where given.
+  void merge(const std::string& component, torch::nn::Module& module, const kohya_alias& alias = nullptr);
   /// The pipeline has `component` but did not load it (a worker rank loads only the denoiser): its pairs are
   /// not reported by finish().
   void skip(const std::string& component);

@@ -1,5 +1,6 @@
 #include "models/io/single_file.hpp"
 
+#include <algorithm>
 #include <map>
 #include <regex>
 #include <utility>
@@ -8,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/networks/unet.hpp"
 
 namespace hybridiff::models {
 namespace {
@@ -201,11 +203,13 @@ model_folder open_model(const std::filesystem::path& model, const std::filesyste
   return is_single_file(model) ? open_single_file(model, config_dir) : model_folder::open(model);
 }
 
-ldm_unet_layout ldm_unet_layout::from(const config& unet_config) {
+std::optional<ldm_unet_layout> ldm_unet_layout::from(const unet_config& unet) {
   ldm_unet_layout layout;
-  layout.layers_per_block = unet_config.get<int>("layers_per_block");
-  for (const auto& type : unet_config.get<std::vector<std::string>>("up_block_types"))
-    layout.up_block_has_attention.push_back(type.rfind("CrossAttn", 0) == 0);
+  const auto& layers = unet.layers_per_block;
+  if (layers.empty() || std::count(layers.begin(), layers.end(), layers.front()) != static_cast<long>(layers.size()))
+    return std::nullopt;
+  layout.layers_per_block = static_cast<int>(layers.front());
+  layout.up_block_has_attention = unet.up_has_attention;
   return layout;
 }
 
@@ -296,8 +300,11 @@ model_folder open_single_file(const std::filesystem::path& file, const std::file
   auto held = [&](const named_tensors& tensors) {
     return std::make_shared<const checkpoint>(checkpoint::of_tensors(tensors, files));
   };
-  folder.use_weights("unet",
-                     held(unet_from_ldm(file_weights, file, ldm_unet_layout::from(folder.component_config("unet")))));
+  const auto layout = ldm_unet_layout::from(unet_config::from(folder.component_config("unet")));
+  if (!layout)
+    throw error(folder.dir().string() + " (--config-from for " + file.string() +
+                "): its UNet's blocks have different layers_per_block, which the original layout does not number");
+  folder.use_weights("unet", held(unet_from_ldm(file_weights, file, *layout)));
   const auto vae_levels = static_cast<std::int64_t>(
       folder.component_config("vae").get<std::vector<std::int64_t>>("block_out_channels").size());
   folder.use_weights("vae", held(vae_from_ldm(file_weights, file, vae_levels)));

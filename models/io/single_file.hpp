@@ -27,11 +27,14 @@ model_folder open_single_file(const std::filesystem::path& file, const std::file
 /// (model_folder::open).
 model_folder open_model(const std::filesystem::path& model, const std::filesystem::path& config_dir = {});
 
+struct unet_config;
+
 /// The layout of an SDXL UNet that the LDM key numbering depends on.
 struct ldm_unet_layout {
   int layers_per_block = 2;
   std::vector<bool> up_block_has_attention;  ///< per up block (diffusers' order)
-  static ldm_unet_layout from(const config& unet_config);
+  /// nullopt for a UNet whose blocks have different numbers of layers (no LDM numbering is read for those).
+  static std::optional<ldm_unet_layout> from(const unet_config& unet);
 };
 
 /// A UNet key in the LDM layout ("input_blocks.4.1.proj_in.weight", without "model.diffusion_model.") as

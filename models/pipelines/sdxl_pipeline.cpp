@@ -1,6 +1,7 @@
 #include "models/pipelines/sdxl_pipeline.hpp"
 
 #include "models/errors.hpp"
+#include "models/io/single_file.hpp"
 
 namespace hybridiff::models {
 
@@ -25,7 +26,12 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
 }
 
 void sdxl_pipeline::merge_loras(lora_merge& loras) {
-  loras.merge("unet", *unet_);
+  // kohya files of SDXL checkpoints in the original layout name the UNet's modules by input_blocks/middle_block/
+  // output_blocks.
+  lora_merge::kohya_alias ldm_names;
+  if (const auto layout = ldm_unet_layout::from(unet_->config()))
+    ldm_names = [layout = *layout](const std::string& name) { return unet_name_from_ldm(name, layout, '_'); };
+  loras.merge("unet", *unet_, ldm_names);
   merge_text_encoder_loras(loras);
 }
 

@@ -15,6 +15,11 @@ Writes into --out (tests/golden/lora/ is the committed copy):
                      tiny-sdxl-golden.safetensors), output_type="latent"
     and, as a check that the kohya file means the same, the kohya file loaded the same way reproduces
     euler_latents (asserted here; diffusers converts kohya names itself).
+  tiny-sdxl-lora-kohya-ldm-names.json
+                                    the kohya file's UNet module names in the original (LDM) block layout that
+                                    kohya's trainers write for SDXL checkpoints ("lora_unet_input_blocks_4_1_..."), as
+                                    a renaming {diffusers-layout name: LDM-layout name}; the renamed file, loaded by
+                                    diffusers, reproduces euler_latents too (asserted here)
   tiny-sd3-lora-peft.safetensors, tiny-sd3-lora-golden.safetensors  a LoRA of tiny-sd3's transformer (attention
                                     of both streams, feed-forward out; rank 4, alpha 4) and the final latents of the
                                     fixture's SD3 run with it fused at scale 1 ("latents")
@@ -25,8 +30,10 @@ Needs diffusers 0.42.1, transformers and peft (golden_environment.py installs th
 import argparse
 import json
 import os
+import tempfile
 
 from golden_environment import ensure_environment
+from make_single_file_goldens import unet_key
 
 
 def main():
@@ -86,6 +93,22 @@ def main():
     kohya_path = os.path.join(args.out, "tiny-sdxl-lora-kohya.safetensors")
     save_file(kohya, kohya_path)
 
+    # The same kohya file as trainers write it for SDXL checkpoints in the original layout: the UNet's modules named
+    # by input_blocks/middle_block/output_blocks. Committed as a renaming of the kohya file's module names.
+    ldm_names = {}
+    for key in load_file(peft_path):
+        component, rest = key.split(".", 1)
+        if component != "unet":
+            continue
+        module = rest.rsplit(".lora_", 1)[0]
+        ldm_module = unet_key(module + ".weight", pipe.unet.config)[: -len(".weight")]
+        ldm_names["lora_unet_" + module.replace(".", "_")] = "lora_unet_" + ldm_module.replace(".", "_")
+    with open(os.path.join(args.out, "tiny-sdxl-lora-kohya-ldm-names.json"), "w") as f:
+        json.dump(ldm_names, f, indent=0, sort_keys=True)
+    ldm_path = os.path.join(tempfile.mkdtemp(), "tiny-sdxl-lora-kohya-ldm.safetensors")
+    save_file({ldm_names.get(k.split(".", 1)[0], k.split(".", 1)[0]) + "." + k.split(".", 1)[1]: v
+               for k, v in kohya.items()}, ldm_path)
+
     def fused(path):
         fresh = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
         fresh.load_lora_weights(path)
@@ -100,6 +123,9 @@ def main():
 
     embeds, pooled, latents = fused(peft_path)
     _, _, kohya_latents = fused(kohya_path)
+    _, _, ldm_latents = fused(ldm_path)
+    ldm_difference = ((ldm_latents - latents).abs().max() / latents.abs().max()).item()
+    assert ldm_difference < 1e-5, "diffusers reads the LDM-layout kohya file differently: %g" % ldm_difference
     difference = ((kohya_latents - latents).abs().max() / latents.abs().max()).item()
     assert difference < 1e-5, "diffusers reads the kohya file differently: %g" % difference
     base = load_file(os.path.join(args.fixtures, "tiny-sdxl-golden.safetensors"))["pipe_euler_latents"]

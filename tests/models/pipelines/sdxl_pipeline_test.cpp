@@ -268,12 +268,31 @@ at::Tensor lora_golden(const std::string& key) {
   return checkpoint::open(lora_golden_dir() / "tiny-sdxl-lora-golden.safetensors").tensor(key).clone();
 }
 
+// The kohya file with its UNet modules named as kohya's trainers name them for SDXL checkpoints in the original
+// layout (lora_unet_input_blocks_4_1_...): renamed by the table make_lora_goldens.py checked against diffusers.
+std::filesystem::path write_ldm_kohya_lora(const std::filesystem::path& path) {
+  const auto names = read_json_file(lora_golden_dir() / "tiny-sdxl-lora-kohya-ldm-names.json");
+  const auto kohya = checkpoint::open(lora_golden_dir() / "tiny-sdxl-lora-kohya.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> renamed;
+  for (const auto& entry : kohya.entries()) {
+    const auto dot = entry.name.find('.');
+    const auto module = entry.name.substr(0, dot);
+    renamed.emplace_back((names.contains(module) ? names[module].get<std::string>() : module) + entry.name.substr(dot),
+                         kohya.tensor(entry.name));
+  }
+  save_safetensors(path, renamed);
+  return path;
+}
+
 TEST(SdxlLora, PeftAndKohyaFilesMergeAsDiffusersFusesThem) {
   torch::NoGradGuard no_grad;
-  for (const char* file : {"tiny-sdxl-lora-peft.safetensors", "tiny-sdxl-lora-kohya.safetensors"}) {
+  test::temp_dir dir;
+  const auto ldm_kohya = write_ldm_kohya_lora(dir / "kohya-ldm.safetensors");
+  for (const auto& file : {lora_golden_dir() / "tiny-sdxl-lora-peft.safetensors",
+                           lora_golden_dir() / "tiny-sdxl-lora-kohya.safetensors", ldm_kohya}) {
     SCOPED_TRACE(file);
     load_options options;
-    options.loras = {{lora_golden_dir() / file, 0.7}};
+    options.loras = {{file, 0.7}};
     auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", options);
     generation_request request;
     request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
@@ -291,6 +310,23 @@ TEST(SdxlLora, PeftAndKohyaFilesMergeAsDiffusersFusesThem) {
     EXPECT_LT(test::relative_error(latents, lora_golden("euler_latents")), latents_tolerance);
     EXPECT_GT(test::relative_error(latents, test::golden(golden_file, "pipe_euler_latents")), 0.01);
   }
+}
+
+TEST(SdxlLora, AnOriginalLayoutLoraMergesIntoASingleFileCheckpoint) {
+  // What A1111/ComfyUI users combine: a single-file SDXL checkpoint and a kohya LoRA, both in the original layout.
+  test::temp_dir dir;
+  load_options options;
+  options.config_from = test::fixtures_dir() / "tiny-sdxl";
+  options.loras = {{write_ldm_kohya_lora(dir / "kohya-ldm.safetensors"), 0.7}};
+  auto pipeline = load_pipeline(test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors"), options);
+  generation_request request;
+  request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
+  request.steps = 8;
+  request.guidance = 5.0;
+  request.height = request.width = 32;
+  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  EXPECT_LT(test::relative_error(generate_latents(*pipeline, request), lora_golden("euler_latents")),
+            latents_tolerance);
 }
 
 TEST(SdxlLora, BadLorasAreClearErrorsNamingTheFileAndKey) {
