@@ -51,6 +51,12 @@ struct bench_run_settings {
 std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const bench_model& model,
                                          const bench_run_settings& settings, const po::variables_map& values);
 
+/// Times loading `model` onto `device` in `dtype` (all components, as generate's rank 0 loads them), `iters` times
+/// without its LoRAs and, when it has some, `iters` times with them (alternating): JSON with each load's seconds, the
+/// medians, and the median difference as the LoRA merge's cost.
+nlohmann::json bench_load(const bench_model& model, const c10::Device& device, at::ScalarType dtype,
+                          std::int64_t iters);
+
 /// Per-step timing of the denoiser that `values["model-config"]` describes (random weights): JSON with the
 /// median, p10 and p90 step latency per batch size, optionally CUDA graphs and a kernel profile.
 nlohmann::json bench_steps(const po::variables_map& values, const std::vector<std::int64_t>& batches);

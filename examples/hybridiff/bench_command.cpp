@@ -30,6 +30,16 @@ std::vector<std::int64_t> parse_list(const std::string& text, const std::string&
   return values;
 }
 
+// --model with its --variant, --lora and --config-from.
+bench_model whole_model(const po::variables_map& values) {
+  bench_model model;
+  model.folder = values["model"].as<std::string>();
+  if (values.count("variant")) model.variant = values["variant"].as<std::string>();
+  model.loras = lora_specs_from(values);
+  if (values.count("config-from")) model.config_from = values["config-from"].as<std::string>();
+  return model;
+}
+
 }  // namespace
 
 int run_bench(const std::vector<std::string>& args) {
@@ -76,6 +86,8 @@ int run_bench(const std::vector<std::string>& args) {
        "attention, convolution, normalization, elementwise, reduction, copy, other) and the top kernels")
       ("scheduler-config", po::value<std::string>()->value_name("DIR"), "folder with scheduler_config.json (--run)")
       ("steps", po::value<std::int64_t>()->default_value(50)->value_name("N"), "--run: denoising steps")
+      ("load", po::bool_switch(), "time loading --model (a folder or a single file) and merging its --lora files "
+       "instead: --iters loads each without and with the LoRAs")
       ("cost-profile", po::value<std::string>()->value_name("FILE"),
        "--run: also write the median step time of every mode on every worker count the runs measured as a cost "
        "profile for `hybridiff schedule simulate/sweep --cost` (include a \"none\" run: the sequential baseline)");
@@ -86,7 +98,11 @@ int run_bench(const std::vector<std::string>& args) {
   const auto& values = *parsed;
   if (values.count("model") == values.count("model-config"))
     throw usage_error("give one of --model-config DIR (random weights) and --model DIR (a diffusers folder)");
-  if (values.count("model") && !values.count("run")) throw usage_error("--model times whole generations: add --run");
+  const bool load = values["load"].as<bool>();
+  if (load && (!values.count("model") || values.count("run")))
+    throw usage_error("--load times loading a --model (without --run)");
+  if (values.count("model") && !values.count("run") && !load)
+    throw usage_error("--model times whole generations (add --run) or loading (add --load)");
   if ((values.count("variant") || values.count("lora") || values.count("config-from")) && !values.count("model"))
     throw usage_error("--variant, --lora and --config-from apply to --model");
   if (values.count("cost-profile") && !values.count("run")) throw usage_error("--cost-profile needs --run");
@@ -105,15 +121,16 @@ int run_bench(const std::vector<std::string>& args) {
   const auto dtype_text = values["dtype"].as<std::string>();
   const auto dtype = parse_dtype(dtype_text);
 
+  if (load) {
+    std::cout << bench_load(whole_model(values), device, dtype, iters).dump(2) << std::endl;
+    return 0;
+  }
   if (values["nchw"].as<bool>() && values.count("run"))
     throw usage_error("--nchw is for per-step timing (generations with --run always run a CUDA UNet channels-last)");
   if (values.count("run")) {
     bench_model model;
     if (values.count("model")) {
-      model.folder = values["model"].as<std::string>();
-      if (values.count("variant")) model.variant = values["variant"].as<std::string>();
-      model.loras = lora_specs_from(values);
-      if (values.count("config-from")) model.config_from = values["config-from"].as<std::string>();
+      model = whole_model(values);
       if (values.count("scheduler-config")) throw usage_error("--model brings its scheduler: drop --scheduler-config");
     } else {
       if (!values.count("scheduler-config")) throw usage_error("--run with --model-config needs --scheduler-config DIR");

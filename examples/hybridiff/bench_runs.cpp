@@ -45,6 +45,36 @@ bench_run parse_run(const std::string& text, const c10::Device& device) {
 
 }  // namespace
 
+nlohmann::json bench_load(const bench_model& model, const c10::Device& device, at::ScalarType dtype,
+                          std::int64_t iters) {
+  auto time_load = [&](const std::vector<models::lora_spec>& loras) {
+    const models::load_options options{device, dtype, "", model.variant, loras, model.config_from};
+    const auto start = std::chrono::steady_clock::now();
+    auto pipeline = models::load_pipeline(model.folder, options);
+    synchronize(device);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    return took.count();
+  };
+  std::vector<double> plain, with_loras;
+  for (std::int64_t i = 0; i < iters; ++i) {
+    plain.push_back(time_load({}));
+    if (!model.loras.empty()) with_loras.push_back(time_load(model.loras));
+  }
+  nlohmann::json report = {{"model", model.folder.string()},
+                           {"device", device.str()},
+                           {"dtype", c10::toString(dtype)},
+                           {"load_s", plain},
+                           {"median_load_s", percentile(plain, 0.5)}};
+  if (!with_loras.empty()) {
+    report["loras"] = nlohmann::json::array();
+    for (const auto& lora : model.loras) report["loras"].push_back(lora.file.string());
+    report["load_with_loras_s"] = with_loras;
+    report["median_load_with_loras_s"] = percentile(with_loras, 0.5);
+    report["median_merge_s"] = percentile(with_loras, 0.5) - percentile(plain, 0.5);
+  }
+  return report;
+}
+
 std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, const bench_model& model,
                                          const bench_run_settings& settings, const po::variables_map& values) {
   const auto process = runtime::discover_placement(runtime::process_environment());

@@ -29,6 +29,25 @@ void expect_end_to_end(const nlohmann::json& entry) {
               entry.at("generation_ms").get<double>() + entry.at("decode_ms").get<double>(), 1e-6);
 }
 
+TEST(BenchLoad, TimesLoadingASingleFileWithAndWithoutItsLora) {
+  test::temp_dir dir;
+  const auto file = test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors");
+  const auto lora = std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/lora/tiny-sdxl-lora-peft.safetensors";
+  const auto run = run_hybridiff("bench --load --model " + quoted(file) + " --config-from " +
+                                 quoted(test::fixtures_dir() / "tiny-sdxl") + " --lora " + quoted(lora) +
+                                 " --device cpu --dtype fp32 --iters 3 --log-level warn");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto report = report_of(run);
+  EXPECT_EQ(report.at("load_s").size(), 3u);
+  EXPECT_EQ(report.at("load_with_loras_s").size(), 3u);
+  EXPECT_GT(report.at("median_load_s").get<double>(), 0.0);
+  EXPECT_NEAR(report.at("median_merge_s").get<double>(),
+              report.at("median_load_with_loras_s").get<double>() - report.at("median_load_s").get<double>(), 1e-9);
+  // --load needs a --model and no --run.
+  EXPECT_EQ(run_hybridiff("bench --load --model-config " + quoted(test::fixtures_dir() / "tiny-sdxl/unet")).exit_code,
+            2);
+}
+
 TEST(BenchWholePipeline, TimesEncodingDenoisingAndDecodingPerRun) {
   const auto run = run_hybridiff("bench --model " + quoted(test::fixtures_dir() / "tiny-sdxl") +
                                  " --device cpu --dtype fp32 --size 32 --steps 6 --warmup 0 --log-level warn"
