@@ -336,6 +336,7 @@ struct image_service::impl {
     const auto& job = work.job;
     models::generation_request request;
     int images = 1;
+    std::vector<models::lora_spec> loras;
     {
       std::lock_guard lock(job->mutex);
       auto& record = job->record;
@@ -345,6 +346,7 @@ struct image_service::impl {
       record.queued_seconds = seconds_since(job->submitted);
       request = record.request;
       images = record.images;
+      for (const auto& lora : record.loras) loras.push_back(lora.spec);
     }
     job->changed.notify_all();
     {
@@ -353,6 +355,8 @@ struct image_service::impl {
     }
     bool rebuild = false;
     try {
+      // The group's workers use their replicas alone while this runs: swapping their LoRAs touches no other request.
+      for (int w : group.workers) replicas[static_cast<std::size_t>(w)]->use_loras(loras);
       for (int image = 0; image < images; ++image) {
         auto one = request;
         one.seed = request.seed + static_cast<std::uint64_t>(image);
@@ -482,7 +486,8 @@ image_service::~image_service() {
   caf::anon_send_exit(impl_->queue, caf::exit_reason::user_shutdown);
 }
 
-std::string image_service::submit(const models::generation_request& request, int images) {
+std::string image_service::submit(const models::generation_request& request, int images,
+                                  std::vector<request_lora> loras) {
   auto& self = *impl_;
   if (self.draining) throw service_draining("the service is shutting down and takes no new requests");
   if (images < 1 || images > self.options.max_images)
@@ -524,6 +529,7 @@ std::string image_service::submit(const models::generation_request& request, int
   auto& record = job->record;
   record.request = request;
   record.images = images;
+  record.loras = std::move(loras);
   record.steps = plan.steps;
   record.created = std::chrono::system_clock::now();
   {

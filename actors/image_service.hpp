@@ -57,11 +57,18 @@ enum class job_status { queued, running, succeeded, failed, cancelled };
 std::string to_string(job_status status);
 
 /// A snapshot of one request.
+/// A LoRA a request runs with: its name (for the record) and the file and scale merged.
+struct request_lora {
+  std::string name;
+  models::lora_spec spec;
+};
+
 struct job_record {
   std::string id;
   job_status status = job_status::queued;
   models::generation_request request;  ///< as submitted (image i uses seed + i)
   int images = 1;                      ///< n
+  std::vector<request_lora> loras;     ///< merged into its group's replicas while it runs
   int images_done = 0;
   std::int64_t step = 0, steps = 0;  ///< progress of the image in work
   int workers = 0;                   ///< the placement decision (0 while queued)
@@ -102,7 +109,9 @@ class image_service {
 
   /// Checks a request of `images` images and queues it; returns its id. Throws invalid_options naming what is
   /// wrong (prompt, size, steps, guidance, n), service_full or service_draining.
-  std::string submit(const models::generation_request& request, int images = 1);
+  /// `loras` are merged into the replicas of the workers it runs on, in place of the previous request's (the
+  /// loaded weights restored exactly in between: models::diffusion_pipeline::use_loras), without reloading.
+  std::string submit(const models::generation_request& request, int images = 1, std::vector<request_lora> loras = {});
   /// The request's record; nullopt for an unknown id.
   std::optional<job_record> job(const std::string& id) const;
   /// Waits until the request has ended, at most `timeout`, and returns its record (nullopt: unknown id).

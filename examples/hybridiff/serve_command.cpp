@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -49,11 +51,50 @@ struct bad_request {
   std::string message, field;
 };
 
+// The LoRAs requests may name (--request-lora NAME=FILE), by name.
+using lora_library = std::map<std::string, std::filesystem::path>;
+
+// A parsed generation request.
+struct generation_body {
+  models::generation_request request;
+  int images = 1;
+  std::vector<request_lora> loras;
+};
+
+// "loras": [{"name": NAME, "scale": S}, ...], each NAME in `library` (scale 1 when left out).
+std::vector<request_lora> parse_loras(const json& value, const lora_library& library) {
+  std::string names;
+  for (const auto& [name, file] : library) names += (names.empty() ? "" : ", ") + name;
+  const std::string available = library.empty() ? "this service takes no LoRAs (serve --request-lora NAME=FILE)"
+                                                : "the service's LoRAs: " + names;
+  if (!value.is_array()) throw bad_request{"'loras' must be a list of {\"name\": NAME, \"scale\": S}", "loras"};
+  std::vector<request_lora> loras;
+  for (const auto& item : value) {
+    if (!item.is_object() || !item.contains("name") || !item["name"].is_string())
+      throw bad_request{"each of 'loras' must be an object with a \"name\" (and a \"scale\")", "loras"};
+    const auto name = item["name"].get<std::string>();
+    auto found = library.find(name);
+    if (found == library.end()) throw bad_request{"'loras': no LoRA named '" + name + "' (" + available + ")", "loras"};
+    double scale = 1.0;
+    for (const auto& [key, field] : item.items()) {
+      if (key == "scale") {
+        if (!field.is_number() || !std::isfinite(field.get<double>()))
+          throw bad_request{"'loras': the scale of '" + name + "' must be a finite number", "loras"};
+        scale = field.get<double>();
+      } else if (key != "name") {
+        throw bad_request{"'loras': unknown field '" + key + "' (name, scale)", "loras"};
+      }
+    }
+    loras.push_back({name, {found->second, scale}});
+  }
+  return loras;
+}
+
 // POST /v1/images/generations and /v1/jobs: OpenAI's fields (prompt, n, size, response_format, model, user) and
-// ours (negative_prompt, steps, guidance, seed, scheduler), over `defaults` (the command line's sampling options).
-// Anything else is refused by name.
-std::pair<models::generation_request, int> parse_generation(const std::string& body,
-                                                            const models::generation_request& defaults) {
+// ours (negative_prompt, steps, guidance, seed, scheduler, loras), over `defaults` (the command line's sampling
+// options). Anything else is refused by name.
+generation_body parse_generation(const std::string& body, const models::generation_request& defaults,
+                                 const lora_library& library) {
   json values;
   try {
     values = json::parse(body);
@@ -61,8 +102,9 @@ std::pair<models::generation_request, int> parse_generation(const std::string& b
     throw bad_request{std::string("the body is not valid JSON: ") + bad.what(), ""};
   }
   if (!values.is_object()) throw bad_request{"the body must be a JSON object", ""};
-  auto request = defaults;
-  int images = 1;
+  generation_body parsed{defaults};
+  auto& request = parsed.request;
+  int& images = parsed.images;
   auto need = [](bool ok, const std::string& field, const std::string& what) {
     if (!ok) throw bad_request{"'" + field + "' must be " + what, field};
   };
@@ -114,14 +156,16 @@ std::pair<models::generation_request, int> parse_generation(const std::string& b
       need(value.is_string() && std::find(names.begin(), names.end(), value.get<std::string>()) != names.end(), field,
            "one of euler, ddim, dpm++2m, flow-euler");
       request.sampler = value.get<std::string>();
+    } else if (field == "loras") {
+      parsed.loras = parse_loras(value, library);
     } else {
       throw bad_request{"unknown field '" + field +
                             "' (fields: prompt, n, size, response_format, model, user, negative_prompt, steps, "
-                            "guidance, seed, scheduler)",
+                            "guidance, seed, scheduler, loras)",
                         field};
     }
   }
-  return {request, images};
+  return parsed;
 }
 
 json trace_json(const std::vector<step_trace>& trace) {
@@ -162,7 +206,9 @@ json job_json(const job_record& record) {
       {"progress",
        {{"image", record.images_done}, {"images", record.images}, {"step", record.step}, {"steps", record.steps}}},
       {"placement", placement_json(record)},
+      {"loras", json::array()},
       {"trace", trace_json(record.trace)}};
+  for (const auto& lora : record.loras) body["loras"].push_back({{"name", lora.name}, {"scale", lora.spec.scale}});
   if (!record.error.empty()) body["error"] = {{"message", record.error}};
   if (record.status == job_status::succeeded) body["data"] = images_json(record);
   return body;
@@ -188,7 +234,8 @@ int run_serve(const std::vector<std::string>& args) {
       "/metrics (Prometheus). The model is loaded once, with one replica per worker; requests wait in a bounded\n"
       "queue (full: 429 with Retry-After) and a placement policy gives each request a group of workers: alone it\n"
       "runs on all of them with --parallel's schedule, side by side with others on fewer (cfg on 2, none on 1).\n"
-      "The options of generate (model, sampling, schedule) set the defaults of every request. SIGTERM or SIGINT\n"
+      "The options of generate (model, sampling, schedule) set the defaults of every request; a request may name\n"
+      "LoRAs given with --request-lora, swapped in and out of the loaded weights. SIGTERM or SIGINT\n"
       "drains: no new requests, the queued ones are cancelled, the running ones finish, then exit 0.";
   po::options_description service_flags("Service");
   // clang-format off
@@ -203,6 +250,10 @@ int run_serve(const std::vector<std::string>& args) {
       ("request-timeout", po::value<double>()->default_value(600)->value_name("S"),
        "seconds from submission to the last step; later requests fail (504)")
       ("max-images", po::value<int>()->default_value(8)->value_name("N"), "the largest n of a request")
+      ("request-lora", po::value<std::vector<std::string>>()->value_name("NAME=FILE"),
+       "a LoRA that requests may name (\"loras\": [{\"name\": NAME, \"scale\": S}]; repeatable): merged into the "
+       "weights of the workers that run such a request and restored exactly after, without reloading the model; "
+       "each is checked against the model at start")
       ("http-threads", po::value<int>()->default_value(16)->value_name("N"), "threads answering HTTP requests "
        "(clients served at once; a synchronous generation holds one until its image is done)");
   // clang-format on
@@ -231,6 +282,15 @@ int run_serve(const std::vector<std::string>& args) {
     throw usage_error(bad.what());
   }
   const auto request_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_seconds * 1000));
+  lora_library library;
+  if (values.count("request-lora"))
+    for (const auto& text : values["request-lora"].as<std::vector<std::string>>()) {
+      const auto equals = text.find('=');
+      if (equals == std::string::npos || equals == 0 || equals + 1 == text.size())
+        throw usage_error("--request-lora '" + text + "': use NAME=FILE");
+      if (!library.emplace(text.substr(0, equals), text.substr(equals + 1)).second)
+        throw usage_error("--request-lora: the name '" + text.substr(0, equals) + "' is given twice");
+    }
 
   // Declared before the service, which its destruction must precede.
   caf::actor_system_config config;
@@ -277,8 +337,8 @@ int run_serve(const std::vector<std::string>& args) {
       return "";
     }
     try {
-      auto [request, images] = parse_generation(http.body, setup.request);
-      return running->submit(request, images);
+      auto parsed = parse_generation(http.body, setup.request, library);
+      return running->submit(parsed.request, parsed.images, std::move(parsed.loras));
     } catch (const bad_request& bad) {
       reply_error(response, 400, bad.message, bad.field);
     } catch (const invalid_options& bad) {
@@ -366,6 +426,14 @@ int run_serve(const std::vector<std::string>& args) {
       replicas.push_back(models::load_pipeline(setup.model_dir, placement));
     }
     setup.parallel.tau = tau_settings_from(values, *replicas.front());
+    // Every request LoRA is merged once and restored, so that one that does not fit the model stops the start.
+    for (const auto& [name, file] : library) {
+      const auto started = std::chrono::steady_clock::now();
+      replicas.front()->use_loras({{file, 1.0}});
+      replicas.front()->use_loras({});
+      spdlog::info("request LoRA '{}' ({}): merged and restored in {:.0f} ms", name, file.string(),
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+    }
     service_options options{setup.parallel, static_cast<std::size_t>(max_queue), request_timeout, max_images};
     {
       auto started = std::make_shared<image_service>(system, replicas, options, std::move(policy));

@@ -217,6 +217,7 @@ void lora_merge::merge(const std::string& component, torch::nn::Module& module, 
     const double rank = static_cast<double>(down.size(0));
     const double factor = lora->scale * lora->alpha.value_or(rank) / rank;
     const auto delta = up.matmul(down).reshape(weight.sizes()).mul(factor);
+    if (before_change_) before_change_(weight);
     weight.add_(delta.to(weight.device(), weight.scalar_type()));
     lora->used = true;
     ++merged_;

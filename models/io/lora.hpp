@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
+
 namespace torch::nn {
 class Module;
 }
@@ -42,6 +44,10 @@ class lora_merge {
   lora_merge(const lora_merge&) = delete;
   lora_merge& operator=(const lora_merge&) = delete;
 
+  /// Called with each weight just before a merge changes it (in place).
+  using change_hook = std::function<void(const at::Tensor& weight)>;
+  void before_change(change_hook hook) { before_change_ = std::move(hook); }
+
   /// Another layout's kohya module name ("input_blocks_4_1_proj_in") as the module's own, '_'-joined
   /// ("down_blocks_1_attentions_0_proj_in"), or nullopt.
   using kohya_alias = std::function<std::optional<std::string>(const std::string& kohya_module)>;
@@ -63,6 +69,7 @@ class lora_merge {
   std::vector<std::unique_ptr<pair>> pairs_;
   std::set<std::string> visited_, skipped_;
   int merged_ = 0;
+  change_hook before_change_;
 };
 
 }  // namespace hybridiff::models

@@ -51,9 +51,9 @@ at::Tensor CLIPEncoderLayerImpl::forward(const at::Tensor& x) {
 CLIPTextModelImpl::CLIPTextModelImpl(const clip_text_config& config, bool with_projection) : config_(config) {
   text_model_ = register_module("text_model", std::make_shared<torch::nn::Module>());
   embeddings_ = text_model_->register_module("embeddings", std::make_shared<torch::nn::Module>());
-  token_embedding_ = embeddings_->register_module("token_embedding", torch::nn::Embedding(config.vocab_size, config.hidden_size));
-  position_embedding_ = embeddings_->register_module(
-      "position_embedding", torch::nn::Embedding(config.max_position_embeddings, config.hidden_size));
+  token_embedding_ = embeddings_->register_module("token_embedding", embedding(config.vocab_size, config.hidden_size));
+  position_embedding_ =
+      embeddings_->register_module("position_embedding", embedding(config.max_position_embeddings, config.hidden_size));
   encoder_ = text_model_->register_module("encoder", std::make_shared<torch::nn::Module>());
   layers_ = encoder_->register_module("layers", torch::nn::ModuleList());
   for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) layers_->push_back(CLIPEncoderLayer(config));
@@ -86,7 +86,11 @@ clip_text_output CLIPTextModelImpl::forward(const at::Tensor& input_ids) {
 
 CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, bool with_projection, const load_options& options) {
   auto values = read_config(dir / "config.json", with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel");
-  CLIPTextModel model(clip_text_config::from(values), with_projection);
+  const auto config = clip_text_config::from(values);
+  CLIPTextModel model = [&] {
+    uninitialized_weights for_the_checkpoint;
+    return CLIPTextModel(config, with_projection);
+  }();
   auto with_prefix = options;
   with_prefix.optional_prefix = "text_model.";
   load_state_dict(*model, component_weights(dir, options), with_prefix);

@@ -190,8 +190,8 @@ at::Tensor JointTransformerBlockImpl::image_self_attention(const at::Tensor& nor
 SD3Transformer2DModelImpl::SD3Transformer2DModelImpl(const sd3_transformer_config& config) : config_(config) {
   const auto dim = config.inner_dim();
   auto pos_embed = container(*this, "pos_embed");
-  patch_proj = pos_embed->register_module(
-      "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.in_channels, dim, config.patch_size).stride(config.patch_size)));
+  patch_proj =
+      pos_embed->register_module("proj", conv2d(config.in_channels, dim, config.patch_size, config.patch_size));
   pos_embed_table = pos_embed->register_buffer(
       "pos_embed", torch::zeros({1, config.pos_embed_max_size * config.pos_embed_max_size, dim}));
   auto time_text_embed = container(*this, "time_text_embed");
@@ -307,7 +307,11 @@ at::Tensor SD3Transformer2DModelImpl::forward(const at::Tensor& latents, const a
 }
 
 SD3Transformer2DModel load_sd3_transformer(const std::filesystem::path& dir, const load_options& options) {
-  SD3Transformer2DModel model(sd3_transformer_config::from(read_config(dir / "config.json", "SD3Transformer2DModel")));
+  const auto config = sd3_transformer_config::from(read_config(dir / "config.json", "SD3Transformer2DModel"));
+  SD3Transformer2DModel model = [&] {
+    uninitialized_weights for_the_checkpoint;
+    return SD3Transformer2DModel(config);
+  }();
   load_state_dict(*model, component_weights(dir, options), options);
   model->eval();
   return model;

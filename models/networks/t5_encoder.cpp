@@ -55,7 +55,7 @@ t5_config t5_config::from(const config& values) {
 }
 
 T5EncoderModelImpl::T5EncoderModelImpl(const t5_config& config) : config_(config) {
-  shared = register_module("shared", torch::nn::Embedding(config.vocab_size, config.d_model));
+  shared = register_module("shared", embedding(config.vocab_size, config.d_model));
   auto encoder = register_module("encoder", std::make_shared<torch::nn::Module>());
   auto blocks = encoder->register_module("block", torch::nn::ModuleList());
   const auto inner = config.num_heads * config.d_kv;
@@ -71,7 +71,7 @@ T5EncoderModelImpl::T5EncoderModelImpl(const t5_config& config) : config_(config
     weights.o = self_attention->register_module("o", linear(inner, config.d_model, false));
     if (i == 0)
       relative_attention_bias = self_attention->register_module(
-          "relative_attention_bias", torch::nn::Embedding(config.relative_attention_num_buckets, config.num_heads));
+          "relative_attention_bias", embedding(config.relative_attention_num_buckets, config.num_heads));
     weights.attention_norm = attention_layer->register_module("layer_norm", std::make_shared<torch::nn::Module>())
                                  ->register_parameter("weight", torch::ones({config.d_model}));
     layer->push_back(attention_layer);
@@ -115,7 +115,11 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
 }
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& dir, const load_options& options) {
-  T5EncoderModel model(t5_config::from(read_config(dir / "config.json", "T5EncoderModel")));
+  const auto config = t5_config::from(read_config(dir / "config.json", "T5EncoderModel"));
+  T5EncoderModel model = [&] {
+    uninitialized_weights for_the_checkpoint;
+    return T5EncoderModel(config);
+  }();
   load_state_dict(*model, component_weights(dir, options), options);
   model->eval();
   return model;

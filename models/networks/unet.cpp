@@ -435,7 +435,11 @@ void UNet2DConditionModelImpl::use_channels_last() {
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const load_options& options) {
-  UNet2DConditionModel model(unet_config::from(read_config(dir / "config.json", "UNet2DConditionModel")));
+  const auto config = unet_config::from(read_config(dir / "config.json", "UNet2DConditionModel"));
+  UNet2DConditionModel model = [&] {
+    uninitialized_weights for_the_checkpoint;
+    return UNet2DConditionModel(config);
+  }();
   load_state_dict(*model, component_weights(dir, options), options);
   if (options.device.is_cuda()) model->use_channels_last();
   model->eval();

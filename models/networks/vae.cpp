@@ -148,7 +148,11 @@ void AutoencoderKLImpl::use_channels_last() {
 }
 
 AutoencoderKL load_vae(const std::filesystem::path& dir, const load_options& options) {
-  AutoencoderKL model(vae_config::from(read_config(dir / "config.json", "AutoencoderKL")));
+  const auto config = vae_config::from(read_config(dir / "config.json", "AutoencoderKL"));
+  AutoencoderKL model = [&] {
+    uninitialized_weights for_the_checkpoint;
+    return AutoencoderKL(config);
+  }();
   load_state_dict(*model, component_weights(dir, options), options);
   if (options.device.is_cuda()) model->use_channels_last();
   model->eval();

@@ -34,8 +34,34 @@ at::Tensor activate(const at::Tensor& x, const std::string& name, const std::str
   throw error(source + ": unsupported activation '" + name + "' (supported: silu, gelu, gelu_new, quick_gelu, relu)");
 }
 
+namespace {
+
+thread_local bool skip_weight_init = false;
+
+// The parameter `weight` of a module built on a 1 × 1 placeholder, given its real shape, uninitialised.
+void allocate(at::Tensor& parameter, at::IntArrayRef shape) {
+  torch::NoGradGuard no_grad;
+  parameter.set_data(torch::empty(shape, parameter.options()));
+}
+
+}  // namespace
+
+uninitialized_weights::uninitialized_weights() : earlier_(skip_weight_init) { skip_weight_init = true; }
+uninitialized_weights::~uninitialized_weights() { skip_weight_init = earlier_; }
+
 Linear linear(std::int64_t in, std::int64_t out, bool bias) {
-  return Linear(torch::nn::LinearOptions(in, out).bias(bias));
+  if (!skip_weight_init) return Linear(torch::nn::LinearOptions(in, out).bias(bias));
+  Linear layer(torch::nn::LinearOptions(1, 1).bias(bias));
+  allocate(layer->weight, {out, in});
+  if (bias) allocate(layer->bias, {out});
+  return layer;
+}
+
+torch::nn::Embedding embedding(std::int64_t count, std::int64_t dim) {
+  if (!skip_weight_init) return torch::nn::Embedding(count, dim);
+  torch::nn::Embedding table(1, 1);
+  allocate(table->weight, {count, dim});
+  return table;
 }
 
 void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer) {
@@ -75,7 +101,12 @@ at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
 
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
                          std::int64_t padding) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
+  if (!skip_weight_init)
+    return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(1, 1, kernel).stride(stride).padding(padding));
+  allocate(conv->weight, {out, in, kernel, kernel});
+  allocate(conv->bias, {out});
+  return conv;
 }
 
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps) {

@@ -34,6 +34,21 @@ TORCH_MODULE(Linear);
 
 Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
 
+/// While one lives on this thread, linear(), conv2d() and embedding() allocate their weights without initialising
+/// them: for modules a checkpoint is about to fill (load_state_dict demands every weight). LibTorch initialises
+/// weights at construction, in float32 on the CPU: 10.4 GB written and drawn at random for SDXL's UNet, which
+/// took most of a load's time. The modules' options then name a 1 × 1 placeholder (nothing reads them).
+class uninitialized_weights {
+ public:
+  uninitialized_weights();
+  ~uninitialized_weights();
+  uninitialized_weights(const uninitialized_weights&) = delete;
+  uninitialized_weights& operator=(const uninitialized_weights&) = delete;
+
+ private:
+  bool earlier_;
+};
+
 /// layer(x) written into `out` [B, M, out] from x [B, M, in]: one GEMM per image, each writing its image's rows
 /// in place. For a row block of a bigger buffer (`buffer.narrow(1, first, M)` of a contiguous [B, L, out]) each
 /// image's rows are contiguous but a batch's are not, and at::linear would compute into a temporary and copy it
@@ -51,6 +66,7 @@ at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x);
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
                          std::int64_t padding = 0);
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);
+torch::nn::Embedding embedding(std::int64_t count, std::int64_t dim);
 /// `norm`(x), then SiLU when `then_silu`: x [B, C, H, W] -> same. A CUDA tensor stored channels-last (fp32, fp16
 /// or bf16 like the norm's parameters; C a multiple of 8 and at most 8192, in fp32 of 4 and at most 4096) goes
 /// through our NHWC kernels (models/nn/group_norm_nhwc.cu) and stays channels-last, the SiLU folded into the

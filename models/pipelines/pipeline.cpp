@@ -1,5 +1,9 @@
 #include "models/pipelines/pipeline.hpp"
 
+#include <algorithm>
+#include <optional>
+#include <set>
+
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
@@ -117,6 +121,35 @@ void with_memory_context(const std::string& what, const std::function<void()>& w
 
 void diffusion_pipeline::merge_loras(lora_merge&) {
   throw error(class_name() + " takes no LoRA (SDXL, SD3 and the built-in model do)");
+}
+
+void diffusion_pipeline::restore_lora_originals() {
+  torch::NoGradGuard no_grad;
+  for (auto& [weight, original] : lora_originals_) weight.copy_(original);
+  lora_originals_.clear();
+  active_loras_.clear();
+}
+
+void diffusion_pipeline::use_loras(const std::vector<lora_spec>& loras) {
+  auto same = [](const lora_spec& a, const lora_spec& b) { return a.file == b.file && a.scale == b.scale; };
+  if (std::equal(loras.begin(), loras.end(), active_loras_.begin(), active_loras_.end(), same)) return;
+  std::optional<lora_merge> merge;
+  if (!loras.empty()) merge.emplace(loras);  // every file read and checked before a weight changes
+  restore_lora_originals();
+  if (!merge) return;
+  // The original of every weight the merge changes, once (two LoRAs may change the same weight).
+  std::set<const void*> kept;
+  merge->before_change([&](const at::Tensor& weight) {
+    if (kept.insert(weight.unsafeGetTensorImpl()).second) lora_originals_.emplace_back(weight, weight.clone());
+  });
+  try {
+    merge_loras(*merge);
+    merge->finish();
+  } catch (...) {
+    restore_lora_originals();
+    throw;
+  }
+  active_loras_ = loras;
 }
 
 }  // namespace hybridiff::models

@@ -96,11 +96,23 @@ class diffusion_pipeline {
   /// Merges LoRAs into the loaded components (each under its folder's name: unet, text_encoder, ...); components
   /// not loaded are skipped. Pipelines without LoRA support throw hybridiff::error.
   virtual void merge_loras(lora_merge& loras);
+  /// Swaps the LoRAs merged on top of the loaded weights (a service's per-request LoRAs): restores the weights the
+  /// previous set changed, exactly (their originals are kept on their device), then merges `loras`. The same set
+  /// again is a no-op; an empty set restores the loaded model. LoRAs given at load (load_options::loras) stay. The
+  /// files are read and checked before any weight changes; on error the loaded model is restored.
+  void use_loras(const std::vector<lora_spec>& loras);
+  const std::vector<lora_spec>& active_loras() const { return active_loras_; }
 
   const load_options& placement() const { return placement_; }
 
  protected:
   load_options placement_;
+
+ private:
+  void restore_lora_originals();
+
+  std::vector<lora_spec> active_loras_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> lora_originals_;  // (weight, its value before the swapped LoRAs)
 };
 
 /// The folder-independent part of `plan`: fills the defaults and checks steps in [1, 1000] and each side a positive

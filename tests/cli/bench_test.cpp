@@ -88,7 +88,9 @@ TEST(BenchWholePipeline, ModelSourcesAreExclusiveAndNeedRuns) {
   EXPECT_NE(neither.output.find("give one of"), std::string::npos) << neither.output;
   auto no_runs = run_hybridiff("bench --model " + tiny + " --device cpu");
   EXPECT_EQ(no_runs.exit_code, 2);
-  EXPECT_NE(no_runs.output.find("--model times whole generations: add --run"), std::string::npos) << no_runs.output;
+  EXPECT_NE(no_runs.output.find("--model times whole generations (add --run) or loading (add --load)"),
+            std::string::npos)
+      << no_runs.output;
   auto no_scheduler = run_hybridiff("bench --model-config " + tiny + "/unet --device cpu --run none");
   EXPECT_EQ(no_scheduler.exit_code, 2);
   EXPECT_NE(no_scheduler.output.find("--run with --model-config needs --scheduler-config DIR"), std::string::npos)

@@ -307,6 +307,50 @@ class LoadTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
 
+class LoraTest(unittest.TestCase):
+    """Requests naming a LoRA of the service's (--request-lora) on tiny-sdxl (HYBRIDIFF_TEST_TINY_SDXL), with a LoRA
+    made by diffusers and PEFT (HYBRIDIFF_TEST_LORA): merged for them, restored exactly for the others."""
+
+    def test_a_request_lora_is_swapped_in_and_out_as_generate_merges_it(self):
+        model, lora = os.environ["HYBRIDIFF_TEST_TINY_SDXL"], os.environ["HYBRIDIFF_TEST_LORA"]
+        server = Server("--model", model, "--request-lora", "style=" + lora)
+        try:
+            common = {"prompt": "a red fox", "seed": 5, "steps": 4, "size": "32x32"}
+
+            def image(**extra):
+                status, _, body = server.call("POST", "/v1/images/generations", dict(common, **extra))
+                self.assertEqual(status, 200, body)
+                return base64.b64decode(body["data"][0]["b64_json"])
+
+            plain = image()
+            styled = image(loras=[{"name": "style", "scale": 0.7}])
+            self.assertEqual(image(), plain)  # the loaded weights came back exactly
+            self.assertNotEqual(styled, plain)
+            flags = ["--model", model, "--prompt", "a red fox", "--seed", "5", "--steps", "4", "--height", "32",
+                     "--width", "32"]
+            self.assertEqual(plain, generate_png(*flags))
+            self.assertEqual(styled, generate_png(*flags, "--lora", lora + ":0.7"))
+            # The job's record names it; an unknown name is a 400 naming the field and the service's LoRAs.
+            status, _, job = server.call("POST", "/v1/jobs", dict(common, loras=[{"name": "style"}]))
+            self.assertEqual(status, 202, job)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                _, _, record = server.call("GET", "/v1/jobs/" + job["id"])
+                if record["status"] not in ("queued", "running"):
+                    break
+                time.sleep(0.05)
+            self.assertEqual(record["status"], "succeeded", record)
+            self.assertEqual(record["loras"], [{"name": "style", "scale": 1.0}])
+            for loras, expected in (([{"name": "nope"}], "no LoRA named 'nope' (the service's LoRAs: style)"),
+                                    ([{"name": "style", "scale": "big"}], "must be a finite number"),
+                                    ({"name": "style"}, "must be a list")):
+                status, _, body = server.call("POST", "/v1/images/generations", dict(common, loras=loras))
+                self.assertEqual((status, body["error"]["param"]), (400, "loras"), body)
+                self.assertIn(expected, body["error"]["message"])
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
 if __name__ == "__main__":
     BINARY = sys.argv.pop(1)
     unittest.main(verbosity=2)

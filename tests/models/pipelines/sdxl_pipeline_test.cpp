@@ -329,6 +329,39 @@ TEST(SdxlLora, AnOriginalLayoutLoraMergesIntoASingleFileCheckpoint) {
             latents_tolerance);
 }
 
+TEST(SdxlLora, SwappingLorasOnALoadedPipelineRestoresItsWeightsExactly) {
+  // What the service does between requests: no reload of the base weights.
+  test::temp_dir dir;
+  auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", {});
+  generation_request request;
+  request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
+  request.steps = 8;
+  request.guidance = 5.0;
+  request.height = request.width = 32;
+  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  const auto base = generate_latents(*pipeline, request);
+  EXPECT_LT(test::relative_error(base, test::golden(golden_file, "pipe_euler_latents")), latents_tolerance);
+  const lora_spec peft{lora_golden_dir() / "tiny-sdxl-lora-peft.safetensors", 0.7};
+  const lora_spec ldm_kohya{write_ldm_kohya_lora(dir / "kohya-ldm.safetensors"), 0.7};
+  for (const auto& lora : {peft, ldm_kohya}) {
+    pipeline->use_loras({lora});
+    EXPECT_LT(test::relative_error(generate_latents(*pipeline, request), lora_golden("euler_latents")),
+              latents_tolerance);
+    ASSERT_EQ(pipeline->active_loras().size(), 1u);
+  }
+  pipeline->use_loras({});
+  EXPECT_TRUE(pipeline->active_loras().empty());
+  EXPECT_TRUE(torch::equal(generate_latents(*pipeline, request), base));
+  // A LoRA that does not fit leaves the loaded model as it was.
+  save_safetensors(dir / "foreign.safetensors",
+                   {{"transformer.transformer_blocks.0.attn.to_q.lora_A.weight", torch::zeros({4, 32})},
+                    {"transformer.transformer_blocks.0.attn.to_q.lora_B.weight", torch::zeros({32, 4})}});
+  pipeline->use_loras({peft});
+  EXPECT_THROW(pipeline->use_loras({peft, {dir / "foreign.safetensors", 1.0}}), error);
+  EXPECT_TRUE(pipeline->active_loras().empty());
+  EXPECT_TRUE(torch::equal(generate_latents(*pipeline, request), base));
+}
+
 TEST(SdxlLora, BadLorasAreClearErrorsNamingTheFileAndKey) {
   test::temp_dir dir;
   const auto tiny = test::fixtures_dir() / "tiny-sdxl";
