@@ -170,34 +170,58 @@ full_float32_convolutions::full_float32_convolutions() : tf32_(at::globalContext
 
 full_float32_convolutions::~full_float32_convolutions() { at::globalContext().setAllowTF32CuDNN(tf32_); }
 
-std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& path) {
-  const auto recipe = models::read_json_file(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
-                                             "tests/golden/single_file/tiny-sdxl-single-file-recipe.json");
+namespace {
+
+// Writes a single file as a recipe of tests/golden/single_file/ says, reading each component from folder/component.
+std::filesystem::path write_from_recipe(const std::string& recipe_name, const std::filesystem::path& folder,
+                                        const std::filesystem::path& path) {
+  const auto recipe =
+      models::read_json_file(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/single_file" / recipe_name);
   std::map<std::string, models::checkpoint> components;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& entry : recipe) {
     const auto component = entry["component"].get<std::string>();
     if (!components.count(component))
-      components.emplace(component, models::checkpoint::open(
-                                        models::find_component_weights(fixtures_dir() / "tiny-sdxl" / component)));
+      components.emplace(component, models::checkpoint::open(models::find_component_weights(folder / component)));
     std::vector<at::Tensor> sources;
     for (const auto& name : entry["from"]) sources.push_back(components.at(component).tensor(name.get<std::string>()));
     const auto op = entry["op"].get<std::string>();
     at::Tensor value;
-    if (op == "copy")
+    if (op == "copy") {
       value = sources.at(0);
-    else if (op == "conv1x1")
+    } else if (op == "conv1x1") {
       value = sources.at(0).unsqueeze(-1).unsqueeze(-1);
-    else if (op == "transpose")
+    } else if (op == "transpose") {
       value = sources.at(0).t();
-    else if (op == "concat")
+    } else if (op == "concat") {
       value = torch::cat(sources);
-    else
+    } else if (op == "swap_halves") {
+      auto halves = sources.at(0).chunk(2, 0);
+      value = torch::cat({halves[1], halves[0]});
+    } else {
       throw std::runtime_error("single-file recipe: unknown op " + op);
+    }
     tensors.emplace_back(entry["key"].get<std::string>(), value.contiguous());
   }
   models::save_safetensors(path, tensors);
   return path;
+}
+
+}  // namespace
+
+std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& path) {
+  return write_from_recipe("tiny-sdxl-single-file-recipe.json", fixtures_dir() / "tiny-sdxl", path);
+}
+
+std::filesystem::path write_tiny_sd35_single_file(const std::filesystem::path& path,
+                                                  const std::filesystem::path& folder) {
+  std::filesystem::create_directories(folder);
+  for (const auto& entry : std::filesystem::directory_iterator(fixtures_dir() / "tiny-sd3"))
+    if (entry.path().filename() != "transformer")
+      std::filesystem::create_symlink(entry.path(), folder / entry.path().filename());
+  std::filesystem::create_directory_symlink(
+      std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/sd35/transformer", folder / "transformer");
+  return write_from_recipe("tiny-sd35-single-file-recipe.json", folder, path);
 }
 
 }  // namespace hybridiff::test

@@ -12,15 +12,18 @@ namespace hybridiff::models {
 /// True when `path` names a single-file checkpoint rather than a folder: a regular file.
 bool is_single_file(const std::filesystem::path& path);
 
-/// A single-file checkpoint in Stability's original (LDM) layout, as A1111, ComfyUI and CivitAI share them, opened
-/// as a diffusers folder. SDXL base: the UNet under "model.diffusion_model." (input_blocks, middle_block,
+/// A single-file checkpoint in Stability's original layout, as A1111, ComfyUI and CivitAI share them, opened as a
+/// diffusers folder. SDXL base: the UNet under "model.diffusion_model." (input_blocks, middle_block,
 /// output_blocks), the VAE under "first_stage_model.", CLIP-L under "conditioner.embedders.0.transformer." and
-/// OpenCLIP's CLIP-G under "conditioner.embedders.1.model.". Configs, tokenizers and the scheduler come from
-/// `config_dir`, a diffusers folder of the same family whose weights are not read (empty: the family's repository
-/// in the Hugging Face cache, stabilityai/stable-diffusion-xl-base-1.0). Each component held by the file reads its
-/// tensors from it under diffusers' names: views of the mapped file, converted without copies. Every key of a
-/// component's part of the file must convert; keys outside the components' parts are ignored (logged). Throws
-/// naming the file and the key.
+/// OpenCLIP's CLIP-G under "conditioner.embedders.1.model.". SD3, SD3.5 Large and Medium: the MMDiT under
+/// "model.diffusion_model." (joint_blocks with fused qkv), the VAE under "first_stage_model.", the text encoders in
+/// transformers' layout under "text_encoders.clip_l/clip_g/t5xxl.transformer." (CLIP-L without its projection: the
+/// identity; T5 optional). Configs, tokenizers and the scheduler come from `config_dir`, a diffusers folder of the
+/// same family whose weights are not read (empty: the family's repository in the Hugging Face cache:
+/// stabilityai/stable-diffusion-xl-base-1.0, stable-diffusion-3-medium-diffusers, stable-diffusion-3.5-large or
+/// -medium). Each component held by the file reads its tensors from it under diffusers' names: views of the mapped
+/// file, converted without copies (but a few swapped norm halves). Every key of a component's part of the file must
+/// convert; keys outside the components' parts are ignored (logged). Throws naming the file and the key.
 model_folder open_single_file(const std::filesystem::path& file, const std::filesystem::path& config_dir = {});
 
 /// What `--model` names: a single-file checkpoint (open_single_file with `config_dir`) or a folder

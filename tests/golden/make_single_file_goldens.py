@@ -109,6 +109,55 @@ def open_clip_recipe(layers):
     return out
 
 
+SD3_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj",
+             "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+             "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+             "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+             "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+             "context_embedder": "context_embedder", "proj_out": "final_layer.linear",
+             "norm_out.linear": "final_layer.adaLN_modulation.1"}
+SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+             "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+             "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+             "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q",
+             "attn2.norm_k": "x_block.attn2.ln_k", "norm1.linear": "x_block.adaLN_modulation.1",
+             "norm1_context.linear": "context_block.adaLN_modulation.1", "ff.net.0.proj": "x_block.mlp.fc1",
+             "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+             "ff_context.net.2": "context_block.mlp.fc2"}
+SD3_QKV = {"attn": ("x_block.attn.qkv", ["attn.to_q", "attn.to_k", "attn.to_v"]),
+           "context": ("context_block.attn.qkv", ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]),
+           "attn2": ("x_block.attn2.qkv", ["attn2.to_q", "attn2.to_k", "attn2.to_v"])}
+
+
+def sd3_transformer_recipe(names, num_layers):
+    """(key without "model.diffusion_model.", [diffusers keys], op) of SD3Transformer2DModel keys `names` in the
+    original SD3/SD3.5 layout: fused qkv per stream, and the AdaLayerNormContinuous linears (the last block's
+    context norm and norm_out) with their shift and scale halves swapped."""
+    out = []
+    names = set(names)
+    for name in sorted(names):
+        module, leaf = name.rsplit(".", 1) if name != "pos_embed.pos_embed" else (name, "")
+        if module in SD3_FIXED:
+            op = "swap_halves" if module == "norm_out.linear" else "copy"
+            out.append((SD3_FIXED[module] + ("." + leaf if leaf else ""), [name], op))
+            continue
+        m = re.match(r"transformer_blocks\.(\d+)\.(.+)$", module)
+        if not m:
+            raise ValueError("no original name for SD3 key " + name)
+        block, rest = int(m[1]), m[2]
+        if any(rest in parts for _, parts in SD3_QKV.values()):
+            continue  # written fused, below
+        op = "swap_halves" if rest == "norm1_context.linear" and block == num_layers - 1 else "copy"
+        out.append(("joint_blocks.%d.%s.%s" % (block, SD3_BLOCK[rest], leaf), [name], op))
+    for block in range(num_layers):
+        for fused, parts in SD3_QKV.values():
+            for leaf in ("weight", "bias"):
+                sources = ["transformer_blocks.%d.%s.%s" % (block, part, leaf) for part in parts]
+                if sources[0] in names:
+                    out.append(("joint_blocks.%d.%s.%s" % (block, fused, leaf), sources, "concat"))
+    return out
+
+
 def apply(op, tensors):
     import torch
     if op == "copy":
@@ -119,6 +168,9 @@ def apply(op, tensors):
         return tensors[0].t()
     if op == "concat":
         return torch.cat(tensors)
+    if op == "swap_halves":
+        first, second = tensors[0].chunk(2, dim=0)
+        return torch.cat([second, first])
     raise ValueError(op)
 
 
@@ -179,6 +231,75 @@ def main():
     assert difference < 1e-4, "diffusers reads the single file differently from the folder"
     save_file({"euler_latents": latents.contiguous()},
               os.path.join(args.out, "tiny-sdxl-single-file-golden.safetensors"))
+    make_sd3(args)
+
+
+def make_sd3(args):
+    """tiny-sd3's folder with tests/golden/sd35's transformer (qk_norm, dual attention) as one SD3.5-layout file."""
+    import torch
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from safetensors.torch import load_file, save_file
+
+    settings = json.load(open(os.path.join(args.fixtures, "tiny-sd3-golden.json")))
+    fixture_golden = load_file(os.path.join(args.fixtures, "tiny-sd3-golden.safetensors"))
+    folder = tempfile.mkdtemp()
+    for entry in os.listdir(os.path.join(args.fixtures, "tiny-sd3")):
+        if entry != "transformer":
+            os.symlink(os.path.join(os.path.abspath(args.fixtures), "tiny-sd3", entry), os.path.join(folder, entry))
+    sd35 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd35", "transformer")
+    os.symlink(sd35, os.path.join(folder, "transformer"))
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    torch_dtype=torch.float32)
+    recipe = []
+    transformer = pipe.transformer.state_dict()
+    for key, names, op in sd3_transformer_recipe(transformer, pipe.transformer.config.num_layers):
+        recipe.append(("model.diffusion_model." + key, "transformer", names, op))
+    for name in pipe.vae.state_dict():
+        key, is_projection = vae_key(name, pipe.vae.config)
+        recipe.append(("first_stage_model." + key, "vae", [name], "conv1x1" if is_projection else "copy"))
+    # CLIP-L without its projection, as SD3's single files hold it (loaders use an identity); CLIP-G with it.
+    for component, prefix in (("text_encoder", "text_encoders.clip_l.transformer."),
+                              ("text_encoder_2", "text_encoders.clip_g.transformer.")):
+        for name in getattr(pipe, component).state_dict():
+            if component == "text_encoder" and name == "text_projection.weight":
+                continue
+            key = name if name.startswith("text_model.") or name == "text_projection.weight" else "text_model." + name
+            recipe.append((prefix + key, component, [name], "copy"))
+    states = {c: getattr(pipe, c).state_dict() for c in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    single = {key: apply(op, [states[c][n] for n in names]).contiguous() for key, c, names, op in recipe}
+    path = os.path.join(tempfile.mkdtemp(), "tiny-sd35.safetensors")
+    save_file(single, path)
+    with open(os.path.join(args.out, "tiny-sd35-single-file-recipe.json"), "w") as f:
+        entries = [json.dumps({"key": k, "component": c, "from": n, "op": op}) for k, c, n, op in recipe]
+        f.write("[\n" + ",\n".join(entries) + "\n]\n")
+
+    loaded = StableDiffusion3Pipeline.from_single_file(path, config=folder, local_files_only=True,
+                                                       text_encoder_3=None, tokenizer_3=None,
+                                                       torch_dtype=torch.float32)
+    # As for SDXL: the two tiny CLIP encoders share a width (16), so from_single_file reads CLIP-L's tensors for
+    # CLIP-G; its own conversion of the clip_g prefix, called directly, reads CLIP-G's into a fresh encoder.
+    clip_g = type(loaded.text_encoder_2)(loaded.text_encoder_2.config)
+    clip_g_state = convert_ldm_clip_checkpoint(load_file(path), "text_encoders.clip_g.transformer.")
+    clip_g_state = {k: v for k, v in clip_g_state.items() if not k.startswith(("text_encoders.", "model."))}
+    clip_g.load_state_dict(clip_g_state, strict=True)
+    loaded.text_encoder_2 = clip_g.eval()
+    with torch.no_grad():
+        latents = loaded(settings["prompt"], num_inference_steps=settings["steps"],
+                         guidance_scale=settings["guidance_scale"], height=settings["size"], width=settings["size"],
+                         max_sequence_length=settings["max_sequence_length"],
+                         latents=fixture_golden["pipe_init_latents"].clone(), output_type="latent").images
+    # The same pipeline from the folder, with CLIP-L's projection an identity as the file implies: the same latents.
+    with torch.no_grad():
+        pipe.text_encoder.text_projection.weight.copy_(torch.eye(pipe.text_encoder.text_projection.weight.shape[0]))
+        folder_latents = pipe(settings["prompt"], num_inference_steps=settings["steps"],
+                              guidance_scale=settings["guidance_scale"], height=settings["size"],
+                              width=settings["size"], max_sequence_length=settings["max_sequence_length"],
+                              latents=fixture_golden["pipe_init_latents"].clone(), output_type="latent").images
+    difference = ((latents - folder_latents).abs().max() / folder_latents.abs().max()).item()
+    print("SD3.5 from_single_file vs the folder (identity CLIP-L projection): %.3g (relative)" % difference)
+    assert difference < 1e-4, "diffusers reads the SD3.5 single file differently from the folder"
+    save_file({"latents": latents.contiguous()}, os.path.join(args.out, "tiny-sd35-single-file-golden.safetensors"))
 
 
 if __name__ == "__main__":

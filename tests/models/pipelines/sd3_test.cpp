@@ -246,6 +246,38 @@ TEST(Sd35Pipeline, FinalLatentsMatchDiffusers) {
   EXPECT_LT(test::relative_error(generate_latents(*pipeline, r), sd35_golden("pipe_latents")), latents_tolerance);
 }
 
+TEST(Sd35SingleFile, LoadsAsDiffusersFromSingleFileLoadsIt) {
+  // tiny-sd3 with the SD3.5 transformer as one file in the SD3.5 layout (fused qkv, ln_q/ln_k, attn2, swapped norm
+  // halves; CLIP-L without its projection), written by test::write_tiny_sd35_single_file from the recipe that
+  // tests/golden/make_single_file_goldens.py checked against diffusers' from_single_file.
+  test::temp_dir dir;
+  load_options options;
+  options.config_from = dir / "config";
+  const auto file = test::write_tiny_sd35_single_file(dir / "tiny-sd35.safetensors", options.config_from);
+  auto pipeline = load_pipeline(file, options);
+  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
+  generation_request r;
+  r.prompt = settings["prompt"].get<std::string>();
+  r.steps = settings["steps"].get<std::int64_t>();
+  r.guidance = settings["guidance_scale"].get<double>();
+  r.height = r.width = settings["size"].get<std::int64_t>();
+  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
+  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  const auto golden = checkpoint::open(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
+                                       "tests/golden/single_file/tiny-sd35-single-file-golden.safetensors")
+                          .tensor("latents");
+  EXPECT_LT(test::relative_error(generate_latents(*pipeline, r), golden), latents_tolerance);
+  // An SDXL folder's configs do not fit it.
+  options.config_from = test::fixtures_dir() / "tiny-sdxl";
+  try {
+    load_pipeline(file, options);
+    ADD_FAILURE() << "loaded with SDXL configs";
+  } catch (const error& failure) {
+    EXPECT_NE(std::string(failure.what()).find("not a StableDiffusion3Pipeline folder"), std::string::npos)
+        << failure.what();
+  }
+}
+
 TEST_F(Sd3Pipeline, BadSizesFailClearly) {
   auto r = request();
   r.height = 30;  // VAE factor 2 × patch 2 = 4 does not divide 30

@@ -175,7 +175,7 @@ TEST(SdxlSingleFile, BadFilesAndConfigFoldersAreClearErrors) {
   fails_with(dir / "truncated.safetensors", options, "truncated.safetensors");
   // Another model's file.
   fails_with(find_component_weights(test::fixtures_dir() / "tiny-sd3/transformer"), options,
-             "not an SDXL base single-file checkpoint");
+             "not an SDXL base or SD3/SD3.5 single-file checkpoint");
   // A UNet key of no SDXL block: named.
   auto weights = checkpoint::open(file);
   std::vector<std::pair<std::string, at::Tensor>> renamed;
