@@ -58,7 +58,7 @@ int run_bench(const std::vector<std::string>& args) {
       ("model-config", po::value<std::string>()->value_name("DIR"), "folder with the denoiser's config.json")
       ("model", po::value<std::string>()->value_name("DIR"), "--run: a diffusers folder (instead of --model-config and "
        "--scheduler-config): times text encoding, denoising and VAE decoding (also a Hugging Face cache folder, "
-       "ORG/NAME in that cache, or a single-file SDXL .safetensors)")
+       "ORG/NAME in that cache, or a single-file SDXL/SD3 .safetensors)")
       ("config-from", po::value<std::string>()->value_name("DIR"),
        "with a single-file --model: the diffusers folder of its configs and tokenizers")
       ("variant", po::value<std::string>()->value_name("NAME"), "with --model: the weight files' variant (fp16)")

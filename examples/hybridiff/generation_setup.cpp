@@ -25,10 +25,11 @@ std::vector<po::options_description> generation_options() {
       ("model", po::value<std::string>()->value_name("DIR"),
        "diffusers pipeline folder (model_index.json); default: the built-in Fashion-MNIST model (prompts: its class "
        "names), run with --parallel hybrid; also a Hugging Face cache folder (models--ORG--NAME), ORG/NAME found in "
-       "that cache, or a single-file SDXL checkpoint (FILE.safetensors in the original layout of A1111/ComfyUI)")
+       "that cache, or a single-file SDXL, SD3 or SD3.5 checkpoint (FILE.safetensors in the layout of A1111/ComfyUI)")
       ("config-from", po::value<std::string>()->value_name("DIR"),
        "with a single-file --model: the diffusers folder whose configs, tokenizers and scheduler it uses (its "
-       "weights are not read); default: stabilityai/stable-diffusion-xl-base-1.0 in the Hugging Face cache")
+       "weights are not read); default: the family's repository in the Hugging Face cache (SDXL base, SD3-medium, "
+       "SD3.5 large or medium)")
       ("variant", po::value<std::string>()->value_name("NAME"),
        "load the weight files of this variant (fp16: diffusion_pytorch_model.fp16.safetensors); default: the plain "
        "files, or the only variant a folder has")

@@ -13,14 +13,13 @@ int run_info(const std::vector<std::string>& args) {
   line.usage = "hybridiff info [options] DIR|FILE.safetensors";
   line.summary =
       "Lists the components of a diffusers folder (model_index.json), of a single component folder\n"
-      "(config.json) or of a single-file SDXL checkpoint: name, class, weight dtypes and the exact parameter count\n"
+      "(config.json) or of a single-file SDXL/SD3 checkpoint: name, class, weight dtypes and the exact parameter count\n"
       "(elements of all floating-point tensors), then the total. Reads only the safetensors headers.";
   // clang-format off
   line.options.add_options()
       ("dir", po::value<std::string>()->required()->value_name("DIR"), "the model folder or single file")
       ("config-from", po::value<std::string>()->value_name("DIR"),
-       "a single file's configs and tokenizers (default: stabilityai/stable-diffusion-xl-base-1.0 in the Hugging "
-       "Face cache)");
+       "a single file's configs and tokenizers (default: its family's repository in the Hugging Face cache)");
   // clang-format on
   line.positional.add("dir", 1);
   auto values = parse(line, args);
