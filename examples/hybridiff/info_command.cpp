@@ -13,7 +13,8 @@ int run_info(const std::vector<std::string>& args) {
   line.usage = "hybridiff info [options] DIR|FILE.safetensors";
   line.summary =
       "Lists the components of a diffusers folder (model_index.json), of a single component folder\n"
-      "(config.json) or of a single-file SDXL/SD3 checkpoint: name, class, weight dtypes and the exact parameter count\n"
+      "(config.json) or of a single-file SDXL/SD3 checkpoint: name, class, weight dtypes and the exact parameter "
+      "count\n"
       "(elements of all floating-point tensors), then the total. Reads only the safetensors headers.";
   // clang-format off
   line.options.add_options()

@@ -7,12 +7,13 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
-#include "models/nn/nn.hpp"
-#include "models/pipelines/pipeline.hpp"
 #include "models/io/safetensors.hpp"
+#include "models/io/single_file.hpp"
 #include "models/networks/sd3_transformer.hpp"
 #include "models/networks/t5_encoder.hpp"
 #include "models/networks/vae.hpp"
+#include "models/nn/nn.hpp"
+#include "models/pipelines/pipeline.hpp"
 #include "test_support.hpp"
 
 namespace hybridiff::models {
@@ -276,6 +277,41 @@ TEST(Sd35SingleFile, LoadsAsDiffusersFromSingleFileLoadsIt) {
     EXPECT_NE(std::string(failure.what()).find("not a StableDiffusion3Pipeline folder"), std::string::npos)
         << failure.what();
   }
+}
+
+TEST(Sd35SingleFile, ItsT5EncoderLoadsWhenTheConfigFolderHasOne) {
+  // The tiny SD3.5 file with tiny-t5 under "text_encoders.t5xxl.transformer." (transformers' layout), and a config
+  // folder that lists a text_encoder_3 (tiny-t5's config): the encoder reads the file's tensors and reproduces
+  // transformers' output.
+  torch::NoGradGuard no_grad;
+  test::temp_dir dir;
+  const auto config = dir / "config";
+  auto file = test::write_tiny_sd35_single_file(dir / "base.safetensors", config);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  const auto base = checkpoint::open(file);
+  for (const auto& entry : base.entries()) tensors.emplace_back(entry.name, base.tensor(entry.name));
+  const auto t5 = checkpoint::open(find_component_weights(test::fixtures_dir() / "tiny-t5"));
+  for (const auto& entry : t5.entries())
+    tensors.emplace_back("text_encoders.t5xxl.transformer." + entry.name, t5.tensor(entry.name));
+  save_safetensors(dir / "with-t5.safetensors", tensors);
+  {
+    const auto folder = open_model(dir / "with-t5.safetensors", config);
+    EXPECT_FALSE(folder.has("text_encoder_3"));  // tiny-sd3 has none: the file's T5 is not used (logged)
+  }
+  std::filesystem::create_directory_symlink(test::fixtures_dir() / "tiny-t5", config / "text_encoder_3");
+  std::filesystem::create_directories(config / "tokenizer_3");
+  test::write_file(config / "tokenizer_3/tokenizer_config.json", "{}");
+  auto index = read_json_file(config / "model_index.json");
+  index["text_encoder_3"] = {"transformers", "T5EncoderModel"};
+  index["tokenizer_3"] = {"transformers", "T5TokenizerFast"};
+  std::filesystem::remove(config / "model_index.json");  // a link to tiny-sd3's
+  test::write_file(config / "model_index.json", index.dump());
+  const auto folder = open_model(dir / "with-t5.safetensors", config);
+  ASSERT_TRUE(folder.get("text_encoder_3").weights);
+  auto encoder = load_t5_encoder(folder.get("text_encoder_3").dir, folder.options_for("text_encoder_3", {}));
+  EXPECT_LT(test::relative_error(encoder->forward(test::golden("tiny-t5-golden.safetensors", "input_ids")),
+                                 test::golden("tiny-t5-golden.safetensors", "last_hidden_state")),
+            component_tolerance);
 }
 
 TEST_F(Sd3Pipeline, BadSizesFailClearly) {
