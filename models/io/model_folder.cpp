@@ -169,11 +169,6 @@ config model_folder::component_config(const std::string& name) const {
   return read_config(component_config_path(part), part.class_name);
 }
 
-load_options model_folder::options_for(const std::string& name, load_options options) const {
-  options.weights = get(name).weights;
-  return options;
-}
-
 void model_folder::use_weights(const std::string& name, std::shared_ptr<const checkpoint> weights) {
   for (auto& part : components_)
     if (part.name == name) {

@@ -8,9 +8,10 @@
 #include <nlohmann/json.hpp>
 
 #include "models/io/config.hpp"
-#include "models/io/state_dict.hpp"
 
 namespace hybridiff::models {
+
+class checkpoint;
 
 /// One entry of a diffusers folder: `model_index.json` names it `[library, class]`; it lives in `dir`.
 struct component {
@@ -49,8 +50,6 @@ class model_folder {
   const component& get(const std::string& name) const;
   /// The component's config with its class defaults filled in.
   config component_config(const std::string& name) const;
-  /// `options` for loading component `name`: with its weights when they do not come from its folder.
-  load_options options_for(const std::string& name, load_options options) const;
   /// Component `name` reads `weights` instead of its folder's files (open_single_file).
   void use_weights(const std::string& name, std::shared_ptr<const checkpoint> weights);
 

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/io/safetensors.hpp"
 #include "models/networks/unet.hpp"
 
 namespace hybridiff::models {
@@ -312,9 +313,15 @@ std::optional<std::string> unet_name_from_ldm(const std::string& key, const ldm_
     if (key == ours) return joined(diffusers, separator);
     if (starts_with(key, ours + s)) return joined(diffusers, separator) + key.substr(ours.size());
   }
-  const std::string sep = separator == '.' ? "\\." : s;
-  const std::regex blocks("^(input_blocks|output_blocks)" + sep + "(\\d+)" + sep + "(\\d+)" + sep + "(.+)$");
-  const std::regex middle("^middle_block" + sep + "(\\d+)" + sep + "(.+)$");
+  // Compiled once per separator: this runs for every UNet key of a file and every LoRA module name.
+  auto compiled = [](const std::string& sep) {
+    return std::pair<std::regex, std::regex>(
+        "^(input_blocks|output_blocks)" + sep + "(\\d+)" + sep + "(\\d+)" + sep + "(.+)$",
+        "^middle_block" + sep + "(\\d+)" + sep + "(.+)$");
+  };
+  static const auto dotted = compiled("\\."), underscored = compiled("_");
+  if (separator != '.' && separator != '_') throw error("unet_name_from_ldm: separator must be '.' or '_'");
+  const auto& [blocks, middle] = separator == '.' ? dotted : underscored;
   const int per_block = layout.layers_per_block + 1;  // LDM numbers the resnets and the re-sampler in one sequence
   std::smatch m;
   if (std::regex_match(key, m, middle)) {

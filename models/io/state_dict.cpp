@@ -80,6 +80,11 @@ void load_state_dict(torch::nn::Module& module, const checkpoint& weights, const
   for (auto& [name, target] : targets) target.set_data(placed(weights.tensor(name), target.scalar_type(), options));
 }
 
+load_options component_options(const model_folder& folder, const std::string& name, load_options options) {
+  options.weights = folder.get(name).weights;
+  return options;
+}
+
 checkpoint component_weights(const std::filesystem::path& component_dir, const load_options& options) {
   return options.weights ? *options.weights : checkpoint::open(find_component_weights(component_dir, options.variant));
 }

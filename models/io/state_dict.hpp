@@ -7,6 +7,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "models/io/lora.hpp"
+#include "models/io/model_folder.hpp"
 #include "models/io/safetensors.hpp"
 
 namespace torch::nn {
@@ -35,6 +36,10 @@ struct load_options {
   /// diffusers' names); the pipelines set it from the model_folder's component.
   std::shared_ptr<const checkpoint> weights;
 };
+
+/// `options` for loading component `name` of `folder`: with its weights when they do not come from its folder's
+/// files (a single-file checkpoint).
+load_options component_options(const model_folder& folder, const std::string& name, load_options options);
 
 /// The weights a component loader reads: `options.weights` when set, else the weight files of `component_dir`
 /// (find_component_weights with `options.variant`).

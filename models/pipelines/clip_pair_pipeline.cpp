@@ -27,11 +27,11 @@ void clip_pair_pipeline::load_text_encoders_and_vae(const model_folder& folder, 
   tokenizer_ = clip_tokenizer::load(folder.get("tokenizer").dir);
   tokenizer_2_ = clip_tokenizer::load(folder.get("tokenizer_2").dir);
   text_encoder_ = load_clip_text_model(folder.get("text_encoder").dir, first_projected,
-                                       folder.options_for("text_encoder", placement_));
-  text_encoder_2_ =
-      load_clip_text_model(folder.get("text_encoder_2").dir, true, folder.options_for("text_encoder_2", placement_));
+                                       component_options(folder, "text_encoder", placement_));
+  text_encoder_2_ = load_clip_text_model(folder.get("text_encoder_2").dir, true,
+                                         component_options(folder, "text_encoder_2", placement_));
   const auto vae_options = vae_placement(folder.component_config("vae").get<bool>("force_upcast"), placement_);
-  vae_ = load_vae(folder.get("vae").dir, folder.options_for("vae", vae_options));
+  vae_ = load_vae(folder.get("vae").dir, component_options(folder, "vae", vae_options));
 }
 
 void clip_pair_pipeline::merge_text_encoder_loras(lora_merge& loras) {

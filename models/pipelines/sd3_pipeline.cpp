@@ -14,14 +14,14 @@ std::unique_ptr<sd3_pipeline> sd3_pipeline::load(const model_folder& folder, con
   if (folder.has("text_encoder_3") != folder.has("tokenizer_3"))
     throw error(folder.dir().string() + ": text_encoder_3 and tokenizer_3 come together (one is missing)");
   pipeline->transformer_ =
-      load_sd3_transformer(folder.get("transformer").dir, folder.options_for("transformer", options));
+      load_sd3_transformer(folder.get("transformer").dir, component_options(folder, "transformer", options));
   pipeline->default_size_ = pipeline->transformer_->config().sample_size * pipeline->vae_factor_;
   if (parts == pipeline_parts::denoiser) return pipeline;
   pipeline->load_text_encoders_and_vae(folder, true);
   if (folder.has("text_encoder_3")) {
     pipeline->tokenizer_3_ = t5_tokenizer::load(folder.get("tokenizer_3").dir);
     pipeline->text_encoder_3_ =
-        load_t5_encoder(folder.get("text_encoder_3").dir, folder.options_for("text_encoder_3", options));
+        load_t5_encoder(folder.get("text_encoder_3").dir, component_options(folder, "text_encoder_3", options));
   }
   const auto clip_width = pipeline->text_encoder_->config().hidden_size + pipeline->text_encoder_2_->config().hidden_size;
   if (clip_width > pipeline->transformer_->config().joint_attention_dim)

@@ -12,7 +12,7 @@ std::unique_ptr<sdxl_pipeline> sdxl_pipeline::load(const model_folder& folder, c
   const auto& index = folder.index();
   if (index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean())
     pipeline->force_zeros_for_empty_prompt_ = index["force_zeros_for_empty_prompt"].get<bool>();
-  pipeline->unet_ = load_unet(folder.get("unet").dir, folder.options_for("unet", options));
+  pipeline->unet_ = load_unet(folder.get("unet").dir, component_options(folder, "unet", options));
   pipeline->default_size_ = folder.component_config("unet").get_or<std::int64_t>("sample_size", 128) * pipeline->vae_factor_;
   if (parts == pipeline_parts::denoiser) return pipeline;
   pipeline->load_text_encoders_and_vae(folder, false);

@@ -61,6 +61,21 @@ TEST_P(CudaParity, Sd3TransformerMatchesDiffusers) {
   EXPECT_LT(test::relative_error(out, test::golden(sd3_golden, "tr_out")), tolerance());
 }
 
+// SD3.5's qk_norm (RMSNorm of each head's q and k, written back into the joint buffers) and dual attention on CUDA:
+// tests/golden/sd35's transformer against diffusers' float32 output.
+TEST_P(CudaParity, Sd35TransformerMatchesDiffusers) {
+  torch::NoGradGuard no_grad;
+  const c10::Device cuda(c10::kCUDA, 0);
+  const auto sd35 = std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/sd35";
+  auto transformer = load_sd3_transformer(sd35 / "transformer", {cuda, GetParam(), ""});
+  const char* sd3_golden = "tiny-sd3-golden.safetensors";
+  auto on_gpu = [&](const std::string& key) { return test::golden(sd3_golden, key).to(cuda, GetParam()); };
+  auto out = transformer->forward(on_gpu("tr_in_x"), test::golden(sd3_golden, "tr_in_t").to(cuda), on_gpu("tr_in_ctx"),
+                                  on_gpu("tr_in_pooled"));
+  const auto golden = models::checkpoint::open(sd35 / "tiny-sd35-golden.safetensors").tensor("tr_out");
+  EXPECT_LT(test::relative_error(out, golden), tolerance());
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaParity, ::testing::Values(at::kHalf, at::kBFloat16));
 
 // The fused GEMM + bias + GELU of models::linear_gelu_tanh computes the tanh approximation on CUDA (cuBLASLt's

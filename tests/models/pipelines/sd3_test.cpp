@@ -308,7 +308,7 @@ TEST(Sd35SingleFile, ItsT5EncoderLoadsWhenTheConfigFolderHasOne) {
   test::write_file(config / "model_index.json", index.dump());
   const auto folder = open_model(dir / "with-t5.safetensors", config);
   ASSERT_TRUE(folder.get("text_encoder_3").weights);
-  auto encoder = load_t5_encoder(folder.get("text_encoder_3").dir, folder.options_for("text_encoder_3", {}));
+  auto encoder = load_t5_encoder(folder.get("text_encoder_3").dir, component_options(folder, "text_encoder_3", {}));
   EXPECT_LT(test::relative_error(encoder->forward(test::golden("tiny-t5-golden.safetensors", "input_ids")),
                                  test::golden("tiny-t5-golden.safetensors", "last_hidden_state")),
             component_tolerance);
