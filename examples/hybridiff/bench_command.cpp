@@ -45,7 +45,9 @@ bench_model whole_model(const po::variables_map& values) {
 int run_bench(const std::vector<std::string>& args) {
   command_line line;
   line.name = "bench";
-  line.usage = "hybridiff bench --model-config DIR [options]\n       hybridiff bench --model DIR --run FLAGS [--run FLAGS ...] [options]";
+  line.usage =
+      "hybridiff bench --model-config DIR [options]\n       hybridiff bench --model DIR --run FLAGS [--run FLAGS ...] "
+      "[options]\n       hybridiff bench --model DIR|FILE --load [--lora FILE] [options]";
   line.summary =
       "Times denoiser steps of a model built from a config folder with random weights (speed does not depend on\n"
       "the weights' values), e.g. the unet/ folder of an SDXL folder. Prints JSON: per batch size the median,\n"
