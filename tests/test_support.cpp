@@ -213,15 +213,19 @@ std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& p
   return write_from_recipe("tiny-sdxl-single-file-recipe.json", fixtures_dir() / "tiny-sdxl", path);
 }
 
-std::filesystem::path write_tiny_sd35_single_file(const std::filesystem::path& path,
-                                                  const std::filesystem::path& folder) {
+std::filesystem::path make_tiny_sd35_folder(const std::filesystem::path& folder) {
   std::filesystem::create_directories(folder);
   for (const auto& entry : std::filesystem::directory_iterator(fixtures_dir() / "tiny-sd3"))
     if (entry.path().filename() != "transformer")
       std::filesystem::create_symlink(entry.path(), folder / entry.path().filename());
   std::filesystem::create_directory_symlink(
       std::filesystem::path(HYBRIDIFF_SOURCE_DIR) / "tests/golden/sd35/transformer", folder / "transformer");
-  return write_from_recipe("tiny-sd35-single-file-recipe.json", folder, path);
+  return folder;
+}
+
+std::filesystem::path write_tiny_sd35_single_file(const std::filesystem::path& path,
+                                                  const std::filesystem::path& folder) {
+  return write_from_recipe("tiny-sd35-single-file-recipe.json", make_tiny_sd35_folder(folder), path);
 }
 
 }  // namespace hybridiff::test

@@ -48,9 +48,11 @@ std::filesystem::path make_hub_repository(const std::filesystem::path& source, c
 /// tests/golden/single_file/tiny-sdxl-single-file-recipe.json: made and checked against diffusers' from_single_file
 /// by tests/golden/make_single_file_goldens.py. Returns `path`.
 std::filesystem::path write_tiny_sdxl_single_file(const std::filesystem::path& path);
+/// A diffusers folder of tiny-sd3 with tests/golden/sd35's transformer (links to the components). Returns `folder`.
+std::filesystem::path make_tiny_sd35_folder(const std::filesystem::path& folder);
 /// The same for tiny-sd3 with tests/golden/sd35's transformer (qk_norm, dual attention) in the SD3/SD3.5 layout
 /// (tests/golden/single_file/tiny-sd35-single-file-recipe.json); `folder` gets the matching diffusers folder (links
-/// to tiny-sd3's components and that transformer), the single file's --config-from. Returns `path`.
+/// made by make_tiny_sd35_folder), the single file's --config-from. Returns `path`.
 std::filesystem::path write_tiny_sd35_single_file(const std::filesystem::path& path,
                                                   const std::filesystem::path& folder);
 

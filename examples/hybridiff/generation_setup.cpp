@@ -252,12 +252,12 @@ generation_setup settle_generation(const po::variables_map& values) {
   setup.placement.device = parse_device(values["device"].as<std::string>());
   setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
   if (values.count("variant")) setup.placement.variant = values["variant"].as<std::string>();
+  const bool single_file = !setup.builtin_model && models::is_single_file(setup.model_dir);
   if (values.count("config-from")) {
-    if (!values.count("model") || !models::is_single_file(values["model"].as<std::string>()))
-      throw usage_error("--config-from gives the configs of a single-file --model FILE.safetensors");
+    if (!single_file) throw usage_error("--config-from gives the configs of a single-file --model FILE.safetensors");
     setup.placement.config_from = values["config-from"].as<std::string>();
   }
-  if (values.count("variant") && values.count("model") && models::is_single_file(values["model"].as<std::string>()))
+  if (values.count("variant") && single_file)
     throw usage_error("--variant picks a folder's weight files; a single-file --model holds its weights itself");
   setup.placement.loras = lora_specs_from(values);
   use_cudnn_benchmark(values["cudnn-benchmark"].as<bool>(), setup.placement.device);

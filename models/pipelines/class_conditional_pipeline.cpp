@@ -151,8 +151,7 @@ std::unique_ptr<class_conditional_pipeline> class_conditional_pipeline::load(con
   pipeline->sample_size_ = folder.component_config("unet").get_or<std::int64_t>("sample_size", 32);
   pipeline->size_factor_ = std::int64_t{1} << (unet.block_out_channels.size() - 1);
   ClassTokenEmbedding class_embedder(static_cast<std::int64_t>(embedder.class_names.size()), embedder.tokens, embedder.dim);
-  load_state_dict(*class_embedder,
-                  checkpoint::open(find_component_weights(folder.get("class_embedder").dir, options.variant)), options);
+  load_state_dict(*class_embedder, component_weights(folder.get("class_embedder").dir, options), options);
   class_embedder->eval();
   pipeline->class_embedder_ = class_embedder;
   return pipeline;

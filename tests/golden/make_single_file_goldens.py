@@ -174,6 +174,30 @@ def apply(op, tensors):
     raise ValueError(op)
 
 
+def write_single_file(pipe, recipe, recipe_path):
+    """Writes the recipe as JSON to recipe_path, one entry per line, and the single file it describes from `pipe`'s
+    components into a temporary folder; returns the file's path."""
+    from safetensors.torch import save_file
+
+    states = {c: getattr(pipe, c).state_dict() for c in sorted({c for _, c, _, _ in recipe})}
+    single = {key: apply(op, [states[c][n] for n in names]).contiguous() for key, c, names, op in recipe}
+    path = os.path.join(tempfile.mkdtemp(), os.path.basename(recipe_path).replace("-recipe.json", ".safetensors"))
+    save_file(single, path)
+    with open(recipe_path, "w") as f:
+        entries = [json.dumps({"key": k, "component": c, "from": n, "op": op}) for k, c, n, op in recipe]
+        f.write("[\n" + ",\n".join(entries) + "\n]\n")
+    return path
+
+
+def fresh_clip_g(encoder, state):
+    """A new encoder of `encoder`'s class and config holding `state` (strict). from_single_file tells the two CLIP
+    encoders apart by their widths, which the tiny models share: it reads CLIP-L's tensors (the very same tensors)
+    for text_encoder_2. Its own conversion of CLIP-G's prefix, called directly, gives `state`."""
+    clip_g = type(encoder)(encoder.config)
+    clip_g.load_state_dict(state, strict=True)
+    return clip_g.eval()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fixtures", required=True, help="the fixtures folder (tiny-sdxl and its golden)")
@@ -203,24 +227,13 @@ def main():
         recipe.append(("conditioner.embedders.0.transformer." + key, "text_encoder", [name], "copy"))
     for key, names, op in open_clip_recipe(pipe.text_encoder_2.config.num_hidden_layers):
         recipe.append(("conditioner.embedders.1.model." + key, "text_encoder_2", names, op))
-    states = {c: getattr(pipe, c).state_dict() for c in ("unet", "vae", "text_encoder", "text_encoder_2")}
-    single = {key: apply(op, [states[c][n] for n in names]).contiguous() for key, c, names, op in recipe}
-    path = os.path.join(tempfile.mkdtemp(), "tiny-sdxl.safetensors")
-    save_file(single, path)
-    with open(os.path.join(args.out, "tiny-sdxl-single-file-recipe.json"), "w") as f:
-        entries = [json.dumps({"key": k, "component": c, "from": n, "op": op}) for k, c, n, op in recipe]
-        f.write("[\n" + ",\n".join(entries) + "\n]\n")
+    path = write_single_file(pipe, recipe, os.path.join(args.out, "tiny-sdxl-single-file-recipe.json"))
 
     loaded = StableDiffusionXLPipeline.from_single_file(path, config=folder, local_files_only=True,
                                                         torch_dtype=torch.float32)
-    # from_single_file tells the two CLIP encoders apart by their widths, which tiny-sdxl's share (32): it reads
-    # CLIP-L's weights (the same tensors) for text_encoder_2 too. Its OpenCLIP conversion, called directly, reads
-    # CLIP-G's into a fresh encoder.
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-    clip_g = type(loaded.text_encoder_2)(loaded.text_encoder_2.config)
-    clip_g.load_state_dict(convert_open_clip_checkpoint(clip_g, load_file(path), prefix="conditioner.embedders.1.model."),
-                           strict=True)
-    loaded.text_encoder_2 = clip_g.eval()
+    loaded.text_encoder_2 = fresh_clip_g(loaded.text_encoder_2, convert_open_clip_checkpoint(
+        loaded.text_encoder_2, load_file(path), prefix="conditioner.embedders.1.model."))
     with torch.no_grad():
         latents = loaded(settings["prompt_pipe"], num_inference_steps=settings["steps"],
                          guidance_scale=settings["guidance_scale"], height=settings["size"], width=settings["size"],
@@ -266,24 +279,13 @@ def make_sd3(args):
                 continue
             key = name if name.startswith("text_model.") or name == "text_projection.weight" else "text_model." + name
             recipe.append((prefix + key, component, [name], "copy"))
-    states = {c: getattr(pipe, c).state_dict() for c in ("transformer", "vae", "text_encoder", "text_encoder_2")}
-    single = {key: apply(op, [states[c][n] for n in names]).contiguous() for key, c, names, op in recipe}
-    path = os.path.join(tempfile.mkdtemp(), "tiny-sd35.safetensors")
-    save_file(single, path)
-    with open(os.path.join(args.out, "tiny-sd35-single-file-recipe.json"), "w") as f:
-        entries = [json.dumps({"key": k, "component": c, "from": n, "op": op}) for k, c, n, op in recipe]
-        f.write("[\n" + ",\n".join(entries) + "\n]\n")
+    path = write_single_file(pipe, recipe, os.path.join(args.out, "tiny-sd35-single-file-recipe.json"))
 
     loaded = StableDiffusion3Pipeline.from_single_file(path, config=folder, local_files_only=True,
                                                        text_encoder_3=None, tokenizer_3=None,
                                                        torch_dtype=torch.float32)
-    # As for SDXL: the two tiny CLIP encoders share a width (16), so from_single_file reads CLIP-L's tensors for
-    # CLIP-G; its own conversion of the clip_g prefix, called directly, reads CLIP-G's into a fresh encoder.
-    clip_g = type(loaded.text_encoder_2)(loaded.text_encoder_2.config)
-    clip_g_state = convert_ldm_clip_checkpoint(load_file(path), "text_encoders.clip_g.transformer.")
-    clip_g_state = {k: v for k, v in clip_g_state.items() if not k.startswith(("text_encoders.", "model."))}
-    clip_g.load_state_dict(clip_g_state, strict=True)
-    loaded.text_encoder_2 = clip_g.eval()
+    loaded.text_encoder_2 = fresh_clip_g(
+        loaded.text_encoder_2, convert_ldm_clip_checkpoint(load_file(path), "text_encoders.clip_g.transformer."))
     with torch.no_grad():
         latents = loaded(settings["prompt"], num_inference_steps=settings["steps"],
                          guidance_scale=settings["guidance_scale"], height=settings["size"], width=settings["size"],

@@ -25,6 +25,19 @@ const char* golden_file = "tiny-sd3-golden.safetensors";
 
 std::filesystem::path sd3() { return test::fixtures_dir() / "tiny-sd3"; }
 
+// The request of the golden pipeline runs (tiny-sd3-golden.json), from pipe_init_latents.
+generation_request golden_request() {
+  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
+  generation_request r;
+  r.prompt = settings["prompt"].get<std::string>();
+  r.steps = settings["steps"].get<std::int64_t>();
+  r.guidance = settings["guidance_scale"].get<double>();
+  r.height = r.width = settings["size"].get<std::int64_t>();
+  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
+  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  return r;
+}
+
 TEST(Sd3Transformer, OutputAndIntermediatesMatchDiffusers) {
   torch::NoGradGuard no_grad;
   auto transformer = load_sd3_transformer(sd3() / "transformer");
@@ -135,17 +148,7 @@ class Sd3Pipeline : public ::testing::Test {
     delete pipeline_;
     pipeline_ = nullptr;
   }
-  static generation_request request() {
-    auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
-    generation_request r;
-    r.prompt = settings["prompt"].get<std::string>();
-    r.steps = settings["steps"].get<std::int64_t>();
-    r.guidance = settings["guidance_scale"].get<double>();
-    r.height = r.width = settings["size"].get<std::int64_t>();
-    r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-    r.initial_latents = test::golden(golden_file, "pipe_init_latents");
-    return r;
-  }
+  static generation_request request() { return golden_request(); }
   static diffusion_pipeline* pipeline_;
 };
 diffusion_pipeline* Sd3Pipeline::pipeline_ = nullptr;
@@ -230,20 +233,9 @@ TEST(Sd35Transformer, UnsupportedSettingsAreClearErrors) {
 
 TEST(Sd35Pipeline, FinalLatentsMatchDiffusers) {
   // tiny-sd3's folder with the SD3.5 transformer in place of its own, as a user's SD3.5 folder is laid out.
-  test::temp_dir folder;
-  for (const auto& entry : std::filesystem::directory_iterator(sd3()))
-    if (entry.path().filename() != "transformer")
-      std::filesystem::create_symlink(entry.path(), folder / entry.path().filename().string());
-  std::filesystem::create_directory_symlink(sd35_golden_dir() / "transformer", folder / "transformer");
-  auto pipeline = load_pipeline(folder.path(), {});
-  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
-  generation_request r;
-  r.prompt = settings["prompt"].get<std::string>();
-  r.steps = settings["steps"].get<std::int64_t>();
-  r.guidance = settings["guidance_scale"].get<double>();
-  r.height = r.width = settings["size"].get<std::int64_t>();
-  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  test::temp_dir dir;
+  auto pipeline = load_pipeline(test::make_tiny_sd35_folder(dir / "tiny-sd35"), {});
+  const auto r = golden_request();
   EXPECT_LT(test::relative_error(generate_latents(*pipeline, r), sd35_golden("pipe_latents")), latents_tolerance);
 }
 
@@ -256,14 +248,7 @@ TEST(Sd35SingleFile, LoadsAsDiffusersFromSingleFileLoadsIt) {
   options.config_from = dir / "config";
   const auto file = test::write_tiny_sd35_single_file(dir / "tiny-sd35.safetensors", options.config_from);
   auto pipeline = load_pipeline(file, options);
-  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
-  generation_request r;
-  r.prompt = settings["prompt"].get<std::string>();
-  r.steps = settings["steps"].get<std::int64_t>();
-  r.guidance = settings["guidance_scale"].get<double>();
-  r.height = r.width = settings["size"].get<std::int64_t>();
-  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  const auto r = golden_request();
   const auto golden = checkpoint::open(std::filesystem::path(HYBRIDIFF_SOURCE_DIR) /
                                        "tests/golden/single_file/tiny-sd35-single-file-golden.safetensors")
                           .tensor("latents");

@@ -26,6 +26,18 @@ const char* golden_file = "tiny-sdxl-golden.safetensors";
 
 nlohmann::json golden_settings() { return read_json_file(test::fixtures_dir() / "tiny-sdxl-golden.json"); }
 
+// The request of the golden pipeline runs: prompt_pipe, 8 steps, guidance 5, 32², from pipe_init_latents.
+generation_request golden_request() {
+  auto settings = golden_settings();
+  generation_request request;
+  request.prompt = settings["prompt_pipe"].get<std::string>();
+  request.steps = settings["steps"].get<std::int64_t>();
+  request.guidance = settings["guidance_scale"].get<double>();
+  request.height = request.width = settings["size"].get<std::int64_t>();
+  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  return request;
+}
+
 class SdxlPipeline : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { pipeline_ = load_pipeline(test::fixtures_dir() / "tiny-sdxl", {}).release(); }
@@ -33,16 +45,7 @@ class SdxlPipeline : public ::testing::Test {
     delete pipeline_;
     pipeline_ = nullptr;
   }
-  static generation_request pipe_request() {
-    auto settings = golden_settings();
-    generation_request request;
-    request.prompt = settings["prompt_pipe"].get<std::string>();
-    request.steps = settings["steps"].get<std::int64_t>();
-    request.guidance = settings["guidance_scale"].get<double>();
-    request.height = request.width = settings["size"].get<std::int64_t>();
-    request.initial_latents = test::golden(golden_file, "pipe_init_latents");
-    return request;
-  }
+  static generation_request pipe_request() { return golden_request(); }
   static diffusion_pipeline* pipeline_;
 };
 diffusion_pipeline* SdxlPipeline::pipeline_ = nullptr;
@@ -294,12 +297,7 @@ TEST(SdxlLora, PeftAndKohyaFilesMergeAsDiffusersFusesThem) {
     load_options options;
     options.loras = {{file, 0.7}};
     auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", options);
-    generation_request request;
-    request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
-    request.steps = 8;
-    request.guidance = 5.0;
-    request.height = request.width = 32;
-    request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+    const auto request = golden_request();
     // Both text encoders carry the LoRA: the prompt's embeddings are diffusers' (1e-4, as every component).
     auto cond = pipeline->encode_prompt(request, pipeline->plan(request));
     EXPECT_LT(test::relative_error(cond.positive.context, lora_golden("prompt_embeds")), embedding_tolerance);
@@ -319,12 +317,7 @@ TEST(SdxlLora, AnOriginalLayoutLoraMergesIntoASingleFileCheckpoint) {
   options.config_from = test::fixtures_dir() / "tiny-sdxl";
   options.loras = {{write_ldm_kohya_lora(dir / "kohya-ldm.safetensors"), 0.7}};
   auto pipeline = load_pipeline(test::write_tiny_sdxl_single_file(dir / "tiny-sdxl.safetensors"), options);
-  generation_request request;
-  request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
-  request.steps = 8;
-  request.guidance = 5.0;
-  request.height = request.width = 32;
-  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  const auto request = golden_request();
   EXPECT_LT(test::relative_error(generate_latents(*pipeline, request), lora_golden("euler_latents")),
             latents_tolerance);
 }
@@ -333,12 +326,7 @@ TEST(SdxlLora, SwappingLorasOnALoadedPipelineRestoresItsWeightsExactly) {
   // What the service does between requests: no reload of the base weights.
   test::temp_dir dir;
   auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", {});
-  generation_request request;
-  request.prompt = golden_settings()["prompt_pipe"].get<std::string>();
-  request.steps = 8;
-  request.guidance = 5.0;
-  request.height = request.width = 32;
-  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  const auto request = golden_request();
   const auto base = generate_latents(*pipeline, request);
   EXPECT_LT(test::relative_error(base, test::golden(golden_file, "pipe_euler_latents")), latents_tolerance);
   const lora_spec peft{lora_golden_dir() / "tiny-sdxl-lora-peft.safetensors", 0.7};
