@@ -117,6 +117,14 @@ class parallel_session {
  public:
   parallel_session(caf::actor_system& system, std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
                    const parallel_options& options, const actors::cluster_host* cluster = nullptr);
+  /// A session over some workers of a multi-process pool (an image service's group): the workers of `local`
+  /// (replicas of this process; may be empty), then those of `remote_ranks` (other ranks of `cluster`), in that
+  /// order. `lead`, a replica of this process, encodes the prompts and starts the latents; with no local worker a
+  /// `none` session runs its steps on its one remote worker. The remote workers may serve other sessions between
+  /// this one's images: every image assigns their components anew.
+  parallel_session(caf::actor_system& system, std::shared_ptr<models::diffusion_pipeline> lead,
+                   std::vector<std::shared_ptr<models::diffusion_pipeline>> local, const actors::cluster_host& cluster,
+                   const std::vector<int>& remote_ranks, const parallel_options& options);
   ~parallel_session();
   parallel_session(const parallel_session&) = delete;
   parallel_session& operator=(const parallel_session&) = delete;
@@ -125,6 +133,7 @@ class parallel_session {
   const parallel_options& options() const;
 
  private:
+  void start(const actors::cluster_host* cluster, const std::vector<int>& remote_ranks);
   std::unique_ptr<actors::session_state> state_;
 };
 

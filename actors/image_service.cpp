@@ -17,6 +17,8 @@
 #include <torch/torch.h>
 #include <caf/all.hpp>
 
+#include "actors/cluster.hpp"
+
 namespace hybridiff {
 namespace {
 
@@ -30,7 +32,8 @@ struct job_state {
   mutable std::condition_variable changed;
   job_record record;
   std::atomic<bool> cancel_requested{false};
-  std::vector<int> sizes;  // the group sizes it may run on, largest first
+  std::vector<int> sizes;   // the group sizes it may run on, largest first
+  std::int64_t pixels = 0;  // height × width: the key of its step-time measurements
   steady::time_point submitted, deadline;
 };
 using job_ptr = std::shared_ptr<job_state>;
@@ -38,8 +41,12 @@ using job_ptr = std::shared_ptr<job_state>;
 struct queue_state {
   std::deque<job_ptr> waiting;
   std::vector<bool> busy;
-  int running = 0;      // requests running
-  double demand = 1.0;  // placement_view::demand
+  std::vector<bool> lost;  // workers of other processes that are gone: never placed again
+  int running = 0;         // requests running
+  double demand = 1.0;     // placement_view::demand
+  // Seconds per step of requests that ran alone, by (pixels, group size): placement_view::step_seconds.
+  std::map<std::pair<std::int64_t, int>, double> step_seconds;
+  std::map<int, bool> alone;  // running groups: whether nothing else has run beside them so far
   bool accepting = true;
   static inline const char* name = "hybridiff.service_queue";
 };
@@ -75,8 +82,9 @@ struct histogram {
   }
 };
 
-using submit_atom = caf::atom_constant<caf::atom("submit")>;      // queue a job: accepted (0), full (1), draining (2)
-using finished_atom = caf::atom_constant<caf::atom("finished")>;  // a group's run ended: its workers are free
+using submit_atom = caf::atom_constant<caf::atom("submit")>;  // queue a job: accepted (0), full (1), draining (2)
+// A group's run ended: its workers are free; its seconds per step (NaN when it did not succeed) at its pixels.
+using finished_atom = caf::atom_constant<caf::atom("finished")>;
 using dispatch_atom = caf::atom_constant<caf::atom("dispatch")>;  // look at the queue again (a cancel, a timeout)
 using drain_atom = caf::atom_constant<caf::atom("drain")>;        // take no more jobs, cancel the queued ones
 
@@ -111,9 +119,18 @@ class adaptive_policy : public placement_policy {
     const int by_demand =
         static_cast<int>(std::lround(static_cast<double>(view.total_workers) / std::max(1.0, view.demand)));
     const int share = std::max(1, std::min(view.free_workers / std::max(1, view.waiting), by_demand));
+    std::vector<int> candidates;  // largest first
     for (int size : view.sizes)
-      if (size <= share) return size;
-    return 0;
+      if (size <= share) candidates.push_back(size);
+    if (candidates.empty()) return 0;
+    // A size without a measurement runs once, so that the measurements can decide between the sizes.
+    for (int size : candidates)
+      if (!view.step_seconds.count(size)) return size;
+    double fastest = view.step_seconds.at(candidates.front());
+    for (int size : candidates) fastest = std::min(fastest, view.step_seconds.at(size));
+    for (auto size = candidates.rbegin(); size != candidates.rend(); ++size)  // smallest first
+      if (view.step_seconds.at(*size) <= 1.05 * fastest) return *size;
+    return candidates.front();
   }
 };
 
@@ -154,7 +171,9 @@ struct image_service::impl {
   };
 
   caf::actor_system& system;
-  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
+  std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;  // the local workers' (workers 0 .. size − 1)
+  const actors::cluster_host* cluster;  // the workers of other processes follow the local ones (rank order)
+  int remote_workers = 0;
   service_options options;
   std::unique_ptr<placement_policy> policy;
   std::vector<group> groups;
@@ -184,14 +203,21 @@ struct image_service::impl {
   histogram image_seconds{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300}};
   histogram step_seconds{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
   std::vector<double> busy_seconds;
+  std::atomic<int> workers_lost{0};
 
   impl(caf::actor_system& actor_system, std::vector<std::shared_ptr<models::diffusion_pipeline>> pool,
-       service_options settings, std::unique_ptr<placement_policy> placement)
-      : system(actor_system), replicas(std::move(pool)), options(std::move(settings)), policy(std::move(placement)) {
+       const actors::cluster_host* remote, service_options settings, std::unique_ptr<placement_policy> placement)
+      : system(actor_system),
+        replicas(std::move(pool)),
+        cluster(remote),
+        remote_workers(remote ? static_cast<int>(remote->workers().size()) : 0),
+        options(std::move(settings)),
+        policy(std::move(placement)) {
     const int pool_size = options.parallel.workers;
-    if (replicas.empty() || static_cast<int>(replicas.size()) != pool_size)
-      throw invalid_options("image service: " + std::to_string(replicas.size()) + " replica(s) for " +
-                            std::to_string(pool_size) + " workers");
+    if (replicas.empty() || static_cast<int>(replicas.size()) + remote_workers != pool_size)
+      throw invalid_options("image service: " + std::to_string(replicas.size()) + " local replica(s) and " +
+                            std::to_string(remote_workers) + " remote worker(s) for " + std::to_string(pool_size) +
+                            " workers");
     validate(options.parallel);
     if (!policy) throw invalid_options("image service: no placement policy");
     busy_seconds.assign(static_cast<std::size_t>(pool_size), 0.0);
@@ -216,16 +242,31 @@ struct image_service::impl {
     for (int w = 0; w < pool_size; ++w) add_group({w}, single);
   }
 
-  // A session over `workers`' replicas.
+  bool is_local(int worker) const { return worker < static_cast<int>(replicas.size()); }
+  // The replica that encodes a group's prompts and decodes its images: its first worker's, or worker 0's when that
+  // worker is remote (rank 0's replica serves every group of remote workers).
+  models::diffusion_pipeline& lead_of(const std::vector<int>& workers) const {
+    return *replicas[is_local(workers.front()) ? static_cast<std::size_t>(workers.front()) : 0];
+  }
+
+  // A session over `workers`: local replicas, then remote workers (worker index − local count + 1 is their rank).
   std::unique_ptr<parallel_session> session_of(const std::vector<int>& workers, const parallel_options& group_options) {
-    std::vector<std::shared_ptr<models::diffusion_pipeline>> own;
-    for (int w : workers) own.push_back(replicas[static_cast<std::size_t>(w)]);
-    return std::make_unique<parallel_session>(system, own, group_options);
+    std::vector<std::shared_ptr<models::diffusion_pipeline>> local;
+    std::vector<int> ranks;
+    for (int w : workers)
+      if (is_local(w))
+        local.push_back(replicas[static_cast<std::size_t>(w)]);
+      else
+        ranks.push_back(w - static_cast<int>(replicas.size()) + 1);
+    if (!cluster) return std::make_unique<parallel_session>(system, local, group_options);
+    auto lead = local.empty() ? replicas.front() : local.front();
+    return std::make_unique<parallel_session>(system, std::move(lead), std::move(local), *cluster, ranks,
+                                              group_options);
   }
 
   // -- the queue actor's work ---------------------------------------------------------------------------------
 
-  // A free group of the largest allowed size no larger than `size`, or -1.
+  // A free group of the largest allowed size no larger than `size`, or -1. (Lost workers stay busy.)
   int free_group(const std::vector<bool>& busy, int size, const std::vector<int>& allowed) const {
     for (int candidate : allowed) {
       if (candidate > size) continue;
@@ -238,6 +279,14 @@ struct image_service::impl {
     }
     return -1;
   }
+  // Whether a group of an allowed size has no lost worker: the request can still run, once workers are free.
+  bool can_run(const std::vector<bool>& lost, const std::vector<int>& allowed) const {
+    return std::any_of(groups.begin(), groups.end(), [&](const group& candidate) {
+      return std::find(allowed.begin(), allowed.end(), static_cast<int>(candidate.workers.size())) != allowed.end() &&
+             std::none_of(candidate.workers.begin(), candidate.workers.end(),
+                          [&](int w) { return lost[static_cast<std::size_t>(w)]; });
+    });
+  }
 
   void dispatch(queue_state& state) {
     auto& waiting = state.waiting;
@@ -249,6 +298,12 @@ struct image_service::impl {
         end_job(job, job_status::cancelled, "cancelled while queued");
       } else if (steady::now() > job->deadline) {
         end_job(job, job_status::failed, "timed out while queued (request timeout " + timeout_text() + ")");
+      } else if (!can_run(state.lost, job->sizes)) {
+        {
+          std::lock_guard lock(job->mutex);
+          job->record.workers_lost = true;
+        }
+        end_job(job, job_status::failed, "every group of workers that could run it lost a worker");
       } else {
         ++it;
         continue;
@@ -262,13 +317,17 @@ struct image_service::impl {
       view.waiting = static_cast<int>(waiting.size());
       view.running = state.running;
       view.demand = state.demand;
-      view.total_workers = static_cast<int>(busy.size());
+      view.total_workers = static_cast<int>(std::count(state.lost.begin(), state.lost.end(), false));
       view.sizes = job->sizes;
+      for (const auto& [key, seconds] : state.step_seconds)
+        if (key.first == job->pixels) view.step_seconds[key.second] = seconds;
       const int size = policy->workers_for(view);
       if (size <= 0) break;
       const int g = free_group(busy, size, job->sizes);
       if (g < 0) break;
       for (int w : groups[static_cast<std::size_t>(g)].workers) busy[static_cast<std::size_t>(w)] = true;
+      for (auto& [other, alone] : state.alone) alone = false;
+      state.alone[g] = state.running == 0;
       {
         std::lock_guard lock(tasks_mutex);
         tasks.push_back({job, g});
@@ -321,17 +380,19 @@ struct image_service::impl {
         next = std::move(tasks.front());
         tasks.pop_front();
       }
-      run(next);
+      const double seconds_per_step = run(next);
       {
         std::lock_guard lock(tasks_mutex);
         --running;
       }
       tasks_changed.notify_all();
-      caf::anon_send(queue, finished_atom::value, static_cast<std::int32_t>(next.group));
+      caf::anon_send(queue, finished_atom::value, static_cast<std::int32_t>(next.group), seconds_per_step,
+                     next.job->pixels);
     }
   }
 
-  void run(const task& work) {
+  // Runs a request; returns its seconds per denoising step (NaN unless it succeeded).
+  double run(const task& work) {
     auto& group = groups[static_cast<std::size_t>(work.group)];
     const auto& job = work.job;
     models::generation_request request;
@@ -342,6 +403,7 @@ struct image_service::impl {
       auto& record = job->record;
       record.status = job_status::running;
       record.workers = static_cast<int>(group.workers.size());
+      record.worker_ids = group.workers;
       record.mode = to_string(group.options.mode);
       record.queued_seconds = seconds_since(job->submitted);
       request = record.request;
@@ -354,9 +416,13 @@ struct image_service::impl {
       ++placements[{static_cast<int>(group.workers.size()), to_string(group.options.mode)}];
     }
     bool rebuild = false;
+    double step_total = 0;
+    std::size_t step_count = 0;
+    double seconds_per_step = std::nan("");
     try {
       // The group's workers use their replicas alone while this runs: swapping their LoRAs touches no other request.
-      for (int w : group.workers) replicas[static_cast<std::size_t>(w)]->use_loras(loras);
+      for (int w : group.workers)
+        if (is_local(w)) replicas[static_cast<std::size_t>(w)]->use_loras(loras);
       for (int image = 0; image < images; ++image) {
         auto one = request;
         one.seed = request.seed + static_cast<std::uint64_t>(image);
@@ -376,8 +442,7 @@ struct image_service::impl {
           if (now > job->deadline) throw job_timed_out{};
         };
         auto result = group.session->generate(one, observe);
-        const auto png =
-            models::encode_png(replicas[static_cast<std::size_t>(group.workers.front())]->decode(result.latents));
+        const auto png = models::encode_png(lead_of(group.workers).decode(result.latents));
         const bool degraded = std::any_of(result.trace.begin(), result.trace.end(),
                                           [](const step_trace& row) { return row.mode == "cfg-degraded"; });
         rebuild = rebuild || degraded;
@@ -385,6 +450,8 @@ struct image_service::impl {
           std::lock_guard lock(metrics_mutex);
           image_seconds.observe(seconds_since(started));
           for (double seconds : step_wall) step_seconds.observe(seconds);
+          for (double seconds : step_wall) step_total += seconds;
+          step_count += step_wall.size();
           for (const auto& row : result.trace)
             for (std::size_t w = 0; w < row.worker_ms.size() && w < group.workers.size(); ++w)
               busy_seconds[static_cast<std::size_t>(group.workers[w])] += row.worker_ms[w] / 1000.0;
@@ -397,6 +464,7 @@ struct image_service::impl {
         record.tau1 = result.tau1;
         record.tau2 = result.tau2;
       }
+      if (step_count > 0 && !rebuild) seconds_per_step = step_total / static_cast<double>(step_count);
       end_job(job, job_status::succeeded, "");
     } catch (const job_cancelled&) {
       end_job(job, job_status::cancelled, "cancelled at a step boundary");
@@ -422,12 +490,34 @@ struct image_service::impl {
         spdlog::error("workers {}: cannot start their session anew: {}", describe(group.workers), failure.what());
       }
     }
+    return seconds_per_step;
   }
 
   // The request queue: admission (bounded, refused while draining), placement, and the free workers. Runs no model:
   // it hands work to the runners and hears back when a group is free again.
   static caf::behavior queue_behavior(caf::stateful_actor<queue_state>* self, impl* service, std::size_t limit) {
-    self->state.busy.assign(static_cast<std::size_t>(service->options.parallel.workers), false);
+    const auto pool = static_cast<std::size_t>(service->options.parallel.workers);
+    self->state.busy.assign(pool, false);
+    self->state.lost.assign(pool, false);
+    // A worker of another process that is gone (its process died, its connection went silent) is never placed
+    // again: the service goes on with the others.
+    if (service->cluster) {
+      for (const auto& proxy : service->cluster->workers()) self->monitor(proxy);
+      self->set_down_handler([=](caf::down_msg& down) {
+        const auto& proxies = service->cluster->workers();
+        for (std::size_t r = 0; r < proxies.size(); ++r) {
+          if (proxies[r].address() != down.source) continue;
+          const auto w = service->replicas.size() + r;
+          if (self->state.lost[w]) return;
+          self->state.lost[w] = self->state.busy[w] = true;
+          const int left = static_cast<int>(std::count(self->state.lost.begin(), self->state.lost.end(), false));
+          ++service->workers_lost;
+          spdlog::error("worker {} (rank {}) was lost ({}); serving on with {} worker(s)", w, r + 1,
+                        self->system().render(down.reason), left);
+        }
+        service->dispatch(self->state);
+      });
+    }
     return {
         [=](submit_atom, const job_ptr& job) -> std::int32_t {
           auto& state = self->state;
@@ -439,10 +529,21 @@ struct image_service::impl {
           service->dispatch(state);
           return 0;
         },
-        [=](finished_atom, std::int32_t group) {
-          for (int w : service->groups[static_cast<std::size_t>(group)].workers)
-            self->state.busy[static_cast<std::size_t>(w)] = false;
-          --self->state.running;
+        [=](finished_atom, std::int32_t group, double seconds_per_step, std::int64_t pixels) {
+          auto& state = self->state;
+          const auto& workers = service->groups[static_cast<std::size_t>(group)].workers;
+          for (int w : workers) state.busy[static_cast<std::size_t>(w)] = state.lost[static_cast<std::size_t>(w)];
+          // Only a run that had the pool to itself measures its group size: beside others it shares the devices.
+          if (state.alone[group] && std::isfinite(seconds_per_step)) {
+            const std::pair<std::int64_t, int> key{pixels, static_cast<int>(workers.size())};
+            auto known = state.step_seconds.find(key);
+            if (known == state.step_seconds.end())
+              state.step_seconds.emplace(key, seconds_per_step);
+            else
+              known->second = 0.25 * seconds_per_step + 0.75 * known->second;
+          }
+          state.alone.erase(group);
+          --state.running;
           service->dispatch(self->state);
         },
         [=](dispatch_atom) { service->dispatch(self->state); },
@@ -468,8 +569,8 @@ struct image_service::impl {
 
 image_service::image_service(caf::actor_system& system,
                              std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas, service_options options,
-                             std::unique_ptr<placement_policy> policy)
-    : impl_(std::make_unique<impl>(system, std::move(replicas), std::move(options), std::move(policy))) {
+                             std::unique_ptr<placement_policy> policy, const actors::cluster_host* cluster)
+    : impl_(std::make_unique<impl>(system, std::move(replicas), cluster, std::move(options), std::move(policy))) {
   auto& self = *impl_;
   self.queue = system.spawn(impl::queue_behavior, &self, self.options.max_queue);
   for (int w = 0; w < self.options.parallel.workers; ++w) self.runners.emplace_back([&self] { self.runner_loop(); });
@@ -490,6 +591,8 @@ std::string image_service::submit(const models::generation_request& request, int
                                   std::vector<request_lora> loras) {
   auto& self = *impl_;
   if (self.draining) throw service_draining("the service is shutting down and takes no new requests");
+  if (!loras.empty() && self.remote_workers > 0)
+    throw invalid_options("per-request LoRAs are not supported by a pool with workers in other processes", "loras");
   if (images < 1 || images > self.options.max_images)
     throw invalid_options(
         "n " + std::to_string(images) + " is outside [1, " + std::to_string(self.options.max_images) + "]", "n");
@@ -524,6 +627,7 @@ std::string image_service::submit(const models::generation_request& request, int
   }
   if (job->sizes.empty()) throw invalid_options(refusal, "steps");
   std::sort(job->sizes.rbegin(), job->sizes.rend());
+  job->pixels = plan.height * plan.width;
   job->submitted = steady::now();
   job->deadline = job->submitted + self.options.request_timeout;
   auto& record = job->record;
@@ -623,6 +727,9 @@ std::string image_service::metrics() const {
   std::ostringstream out;
   out << "# HELP hybridiff_workers Workers in the pool.\n# TYPE hybridiff_workers gauge\nhybridiff_workers "
       << self.options.parallel.workers << "\n";
+  out << "# HELP hybridiff_workers_lost Workers of other processes lost while serving (never placed again).\n"
+         "# TYPE hybridiff_workers_lost gauge\nhybridiff_workers_lost "
+      << self.workers_lost.load() << "\n";
   out << "# HELP hybridiff_queue_depth Requests waiting for workers.\n# TYPE hybridiff_queue_depth gauge\n"
       << "hybridiff_queue_depth " << self.depth.load() << "\n";
   out << "# HELP hybridiff_placement_policy The placement policy.\n# TYPE hybridiff_placement_policy gauge\n"

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,10 @@ struct placement_view {
   /// exponentially (weight 1/4 for the newest); 1 while requests come one at a time.
   double demand = 1;
   std::vector<int> sizes;  ///< the group sizes this request may run on, largest first (never empty)
+  /// Measured: seconds per denoising step of earlier requests of this request's image size that ran alone (nothing
+  /// else running beside them), by group size, averaged exponentially (weight 1/4 for the newest). A group size
+  /// not yet measured at this image size is absent.
+  std::map<int, double> step_seconds;
 };
 
 /// Decides how many workers the request at the head of the queue gets: one of `view.sizes` (at most
@@ -40,8 +45,11 @@ class placement_policy {
 /// The built-in policies by name. "adaptive": the workers are shared among the requests of the recent demand, and
 /// the idle ones among the waiting requests, so a service that gets one request at a time spreads each image over
 /// every worker (lowest latency) and a loaded one runs requests side by side on smaller groups (highest
-/// throughput). "all": every request on all workers (it waits for them). "one": every request on
-/// one worker. Throws invalid_options for another name.
+/// throughput). Within its share it goes by the measured step times: a group size not yet measured at the
+/// request's image size is tried once (the largest first), then the smallest group within 5 % of the fastest
+/// runs it (workers that share one device gain nothing from spreading an image: one of them serves it as fast).
+/// "all": every request on all workers (it waits for them). "one": every request on one worker. Throws
+/// invalid_options for another name.
 std::unique_ptr<placement_policy> make_placement_policy(const std::string& name);
 
 struct service_options {
@@ -72,6 +80,7 @@ struct job_record {
   int images_done = 0;
   std::int64_t step = 0, steps = 0;  ///< progress of the image in work
   int workers = 0;                   ///< the placement decision (0 while queued)
+  std::vector<int> worker_ids;       ///< the pool's workers it runs on (local ones first, then other ranks')
   std::string mode;                  ///< the group's parallel mode ("" while queued)
   std::vector<step_trace> trace;     ///< the last finished image's schedule trace
   std::optional<int> tau1, tau2;
@@ -98,11 +107,14 @@ class service_draining : public error {
 /// The service. Thread-safe: any thread may submit, look up, wait for and cancel requests.
 class image_service {
  public:
-  /// `replicas`: one pipeline per worker of the pool (options.parallel.workers of them; a worker uses its replica
-  /// exclusively while it runs a request). Builds the warm sessions of every group; throws invalid_options when
-  /// the schedule does not fit the pool.
+  /// `replicas`: one pipeline per local worker of the pool (a worker uses its replica exclusively while it runs a
+  /// request). With a `cluster` (rank 0 of a multi-process run, actors/cluster.hpp), the workers of the other ranks
+  /// join the pool after the local ones; replica 0 then also encodes and decodes for the groups of remote workers,
+  /// and a remote worker that is lost is never placed again. options.parallel.workers is the pool's size. Builds
+  /// the warm sessions of every group; throws invalid_options when the schedule does not fit the pool.
   image_service(caf::actor_system& system, std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
-                service_options options, std::unique_ptr<placement_policy> policy);
+                service_options options, std::unique_ptr<placement_policy> policy,
+                const actors::cluster_host* cluster = nullptr);
   ~image_service();
   image_service(const image_service&) = delete;
   image_service& operator=(const image_service&) = delete;
@@ -110,7 +122,8 @@ class image_service {
   /// Checks a request of `images` images and queues it; returns its id. Throws invalid_options naming what is
   /// wrong (prompt, size, steps, guidance, n), service_full or service_draining.
   /// `loras` are merged into the replicas of the workers it runs on, in place of the previous request's (the
-  /// loaded weights restored exactly in between: models::diffusion_pipeline::use_loras), without reloading.
+  /// loaded weights restored exactly in between: models::diffusion_pipeline::use_loras), without reloading; a pool
+  /// with workers in other processes refuses them (invalid_options naming loras).
   std::string submit(const models::generation_request& request, int images = 1, std::vector<request_lora> loras = {});
   /// The request's record; nullopt for an unknown id.
   std::optional<job_record> job(const std::string& id) const;

@@ -75,10 +75,17 @@ class parallel_driver {
         options_(session.options),
         plan_(plan),
         world_(options_.workers),
-        asyncdiff_(options_.mode == parallel_mode::asyncdiff) {
-    auto& lead = *session.replicas.front();
+        asyncdiff_(options_.mode == parallel_mode::asyncdiff),
+        solo_(options_.mode == parallel_mode::none) {
+    auto& lead = *session.lead;
+    // Workers of other processes that served another session since this one's last image compute other components.
+    if (session.shared_remote_workers)
+      for (int w = static_cast<int>(session.replicas.size()); w < world_; ++w) session.assign(w);
     const auto conditioning = lead.encode_prompt(request, plan);
-    const auto stacked = models::branch_conditioning::stack(conditioning.negative, conditioning.positive);
+    // Only a solo session (none on one remote worker) runs unguided requests: one branch, not stacked.
+    const auto stacked = plan.classifier_free
+                             ? models::branch_conditioning::stack(conditioning.negative, conditioning.positive)
+                             : conditioning.positive;
     both_branches_ = std::make_shared<const models::branch_conditioning>(stacked);
     // Every worker starts the image as a CFG branch with empty caches and this image's conditioning.
     // asyncdiff: both branches stacked on every worker; cfg and hybrid: workers w < W/2 the unconditional branch.
@@ -93,15 +100,16 @@ class parallel_driver {
     for (int w = 0; w < world_; ++w)
       self_
           ->request(session.worker(w), options_.step_timeout, prepare_atom::value,
-                    asyncdiff_       ? both
-                    : w < world_ / 2 ? uncond
-                                     : cond)
+                    asyncdiff_ || solo_ ? both
+                    : w < world_ / 2    ? uncond
+                                        : cond)
           .receive([](bool) {},
                    [&](caf::error& problem) {
                      throw error("worker " + std::to_string(w) + ": " + describe_error(system_, problem));
                    });
-    controller_.actor =
-        spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
+    if (!solo_)
+      controller_.actor =
+          spawn_tau_controller(system_, schedule_of(options_, static_cast<int>(plan.steps)), session.workers);
 
     sampler_ = lead.make_sampler(request.sampler);
     sampler_->set_timesteps(plan.steps);
@@ -113,9 +121,10 @@ class parallel_driver {
   parallel_result run(const models::step_observer& observe) {
     parallel_result result;
     std::int32_t phase_number = 0;
-    self_->request(controller_.actor, options_.step_timeout, phase_atom::value, std::int32_t{0})
-        .receive([&](std::int32_t p) { phase_number = p; },
-                 [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
+    if (!solo_)
+      self_->request(controller_.actor, options_.step_timeout, phase_atom::value, std::int32_t{0})
+          .receive([&](std::int32_t p) { phase_number = p; },
+                   [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
       step_trace row;
       row.step = static_cast<int>(i);
@@ -124,9 +133,12 @@ class parallel_driver {
       const auto step_began = std::chrono::steady_clock::now();
       at::Tensor prediction;
       try {
-        if (survivor_) {
+        if (solo_) {
+          row.mode = "cfg";
+          prediction = batched_step(i, 0, row);
+        } else if (survivor_) {
           row.mode = "cfg-degraded";
-          prediction = degraded_step(i, row);
+          prediction = batched_step(i, *survivor_, row);
         } else {
           const auto phase = static_cast<schedule::phase>(phase_number);
           row.mode = schedule::to_string(phase);
@@ -147,7 +159,7 @@ class parallel_driver {
                                                       std::int32_t{}, double{}, bool{}, double{}));
       std::optional<decision_handle> answer;
       row.step_ms = milliseconds_since(step_began);  // the workers' part; the sampler step runs beside the decision
-      if (!survivor_)
+      if (!survivor_ && !solo_)
         answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
                                       static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
                                       row.step_ms));
@@ -179,6 +191,7 @@ class parallel_driver {
   const models::generation_plan& plan_;
   const int world_;
   const bool asyncdiff_;
+  const bool solo_;  // none on one remote worker: every step a batched full pass, no tau controller
   exit_on_scope_end<tau_controller_actor> controller_;
   std::shared_ptr<const models::branch_conditioning> both_branches_;
   std::unique_ptr<models::sampler> sampler_;
@@ -259,8 +272,8 @@ class parallel_driver {
     }
     for (std::size_t w = 0; w < replies.size(); ++w) {
       if (!replies[w]) continue;
-      row.worker_ms[replies[w]->worker] = replies[w]->compute_ms;
-      row.worker_overhead_ms[replies[w]->worker] = std::max(0.0, round_trip_ms[w] - replies[w]->compute_ms);
+      row.worker_ms[w] = replies[w]->compute_ms;
+      row.worker_overhead_ms[w] = std::max(0.0, round_trip_ms[w] - replies[w]->compute_ms);
     }
     spdlog::trace("step {}: every reply in", requests.front().work->step);
     return replies;
@@ -384,19 +397,20 @@ class parallel_driver {
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
-  // Supervision: after a worker's actor died, a surviving worker finishes the image in sequential CFG (both
-  // branches batched, the numerics of mode none) from the step that failed; the window is given up.
-  at::Tensor degraded_step(std::int64_t i, step_trace& row) {
-    auto work = work_for(i, true);
+  // A full pass of both branches batched on `worker` (the numerics of mode none): every step of a solo session,
+  // and the steps a survivor computes after a worker's actor died (supervision: it finishes the image in
+  // sequential CFG from the step that failed; the window is given up).
+  at::Tensor batched_step(std::int64_t i, int worker, step_trace& row) {
+    auto work = work_for(i, plan_.classifier_free);
     work->conditioning = both_branches_;
     std::vector<step_reply_ptr> replies;
     try {
-      replies = ask(predict_atom::value, to_each({*survivor_}, work), row);
+      replies = ask(predict_atom::value, to_each({worker}, work), row);
     } catch (const worker_lost& gone) {
-      throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) +
-                  " was lost too; no worker is left to finish the image");
+      throw error("step " + std::to_string(i) + ": worker " + std::to_string(gone.worker) + " was lost" +
+                  (solo_ ? "" : " too") + "; no worker is left to finish the image");
     }
-    return guided_batch(output_of(replies, *survivor_));
+    return plan_.classifier_free ? guided_batch(output_of(replies, worker)) : output_of(replies, worker);
   }
 
   void take_over(std::int64_t i, int lost) {

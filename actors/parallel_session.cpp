@@ -11,17 +11,60 @@
 
 namespace hybridiff {
 
+namespace actors {
+void session_state::assign(int w) {
+  const auto& a = assignments[static_cast<std::size_t>(w)];
+  self->request(worker(w), options.step_timeout, assign_atom::value, a.window, a.window_handed_on, a.branch,
+                a.branch_handed_on, a.cuda_graphs)
+      .receive([](bool) {},
+               [&](caf::error& problem) {
+                 throw error("worker " + std::to_string(w) + ": " + describe_error(system, problem));
+               });
+}
+}  // namespace actors
+
+namespace {
+void check_worker_count(std::size_t local, std::size_t remote, const parallel_options& options) {
+  if (local + remote != static_cast<std::size_t>(options.workers))
+    throw error("parallel session: " + std::to_string(local) + " local replica(s) and " + std::to_string(remote) +
+                " remote worker(s) for " + std::to_string(options.workers) + " workers");
+}
+}  // namespace
+
 parallel_session::parallel_session(caf::actor_system& system,
                                    std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas,
-                                   const parallel_options& options, const actors::cluster_host* cluster)
-    : state_(std::make_unique<actors::session_state>(system, std::move(replicas), options)) {
+                                   const parallel_options& options, const actors::cluster_host* cluster) {
+  if (replicas.empty()) throw error("parallel session: no local replica");
+  std::vector<int> ranks;
+  if (cluster)
+    for (std::size_t r = 1; r <= cluster->workers().size(); ++r) ranks.push_back(static_cast<int>(r));
+  check_worker_count(replicas.size(), ranks.size(), options);
+  auto lead = replicas.front();
+  state_ = std::make_unique<actors::session_state>(system, std::move(lead), std::move(replicas), options);
+  start(cluster, ranks);
+}
+
+parallel_session::parallel_session(caf::actor_system& system, std::shared_ptr<models::diffusion_pipeline> lead,
+                                   std::vector<std::shared_ptr<models::diffusion_pipeline>> local,
+                                   const actors::cluster_host& cluster, const std::vector<int>& remote_ranks,
+                                   const parallel_options& options) {
+  if (!lead) throw error("parallel session: no lead replica");
+  check_worker_count(local.size(), remote_ranks.size(), options);
+  for (int rank : remote_ranks)
+    if (rank < 1 || rank > static_cast<int>(cluster.workers().size()))
+      throw error("parallel session: no rank " + std::to_string(rank) + " among the cluster's " +
+                  std::to_string(cluster.workers().size()) + " remote worker(s)");
+  state_ = std::make_unique<actors::session_state>(system, std::move(lead), std::move(local), options);
+  state_->shared_remote_workers = !remote_ranks.empty();
+  start(&cluster, remote_ranks);
+}
+
+void parallel_session::start(const actors::cluster_host* cluster, const std::vector<int>& remote_ranks) {
   auto& session = *state_;
-  const std::size_t remote = cluster ? cluster->workers().size() : 0;
-  if (session.replicas.empty() || session.replicas.size() + remote != static_cast<std::size_t>(options.workers))
-    throw error("parallel session: " + std::to_string(session.replicas.size()) + " local replica(s) and " +
-                std::to_string(remote) + " remote worker(s) for " + std::to_string(options.workers) + " workers");
+  const auto& options = session.options;
+  auto& system = session.system;
   validate(options);
-  if (options.mode == parallel_mode::none) {  // the sequential loop: no actors
+  if (options.mode == parallel_mode::none && !session.replicas.empty()) {  // the sequential loop: no actors
     if (options.cuda_graphs) {
       if (!session.replicas.front()->placement().device.is_cuda())
         throw error("CUDA graphs need a CUDA device, not " + session.replicas.front()->placement().device.str());
@@ -29,9 +72,10 @@ parallel_session::parallel_session(caf::actor_system& system,
     }
     return;
   }
-  auto& lead = *session.replicas.front();
+  auto& lead = *session.lead;
   const bool cfg = options.mode == parallel_mode::cfg;
-  const auto window = runtime::split_plan(lead, cfg ? 2 : options.model_n, cfg ? 1 : options.stride);
+  const bool solo = options.mode == parallel_mode::none;  // one remote worker: full batched passes only
+  const auto window = runtime::split_plan(lead, cfg || solo ? 2 : options.model_n, cfg || solo ? 1 : options.stride);
   const auto branch = runtime::split_plan(lead, 2, 1);
   session.n = window.n;
   session.output_worker = window.output_component();
@@ -46,24 +90,18 @@ parallel_session::parallel_session(caf::actor_system& system,
   for (std::size_t w = 0; w < session.replicas.size(); ++w)
     session.workers.push_back(actors::spawn_worker(
         system, std::make_shared<runtime::stage_worker>(session.replicas[w], static_cast<int>(w))));
-  if (cluster)
-    for (const auto& proxy : cluster->workers()) session.workers.push_back(proxy);
+  for (int rank : remote_ranks) session.workers.push_back(cluster->workers()[static_cast<std::size_t>(rank - 1)]);
   for (int w = 0; w < options.workers; ++w) {
     const int window_component = window.component_of(w), branch_component = w % 2;
     const bool split_branches = options.branch_stages == 2;
     session.window_inputs.push_back(set_of(window.inputs_of(window_component)));
     session.branch_inputs.push_back(split_branches ? set_of(branch.inputs_of(branch_component))
                                                    : std::set<std::string>{});
-    session.self
-        ->request(session.worker(w), options.step_timeout, actors::assign_atom::value,
-                  names(window.components[window_component]), window.read_by_others(window_component),
-                  split_branches ? names(branch.components[branch_component]) : std::vector<std::string>{},
-                  split_branches ? branch.read_by_others(branch_component) : std::vector<std::string>{},
-                  options.cuda_graphs)
-        .receive([](bool) {},
-                 [&](caf::error& problem) {
-                   throw error("worker " + std::to_string(w) + ": " + actors::describe_error(system, problem));
-                 });
+    session.assignments.push_back(
+        {names(window.components[window_component]), window.read_by_others(window_component),
+         split_branches ? names(branch.components[branch_component]) : std::vector<std::string>{},
+         split_branches ? branch.read_by_others(branch_component) : std::vector<std::string>{}, options.cuda_graphs});
+    session.assign(w);
   }
   session.supervisor = actors::spawn_supervisor(system, session.workers);
 }
@@ -77,10 +115,10 @@ parallel_result parallel_session::generate(const models::generation_request& req
   torch::NoGradGuard no_grad;
   auto& session = *state_;
   const auto& options = session.options;
-  auto& lead = *session.replicas.front();
+  auto& lead = *session.lead;
   const auto plan = lead.plan(request);
   validate(options, static_cast<int>(plan.steps));
-  if (options.mode == parallel_mode::none) {
+  if (options.mode == parallel_mode::none && !session.replicas.empty()) {
     // One worker, CFG batched: the sequential reference loop, traced like the others.
     parallel_result result;
     auto last = std::chrono::steady_clock::now();
@@ -106,7 +144,7 @@ parallel_result parallel_session::generate(const models::generation_request& req
                         : models::denoise_function());
     return result;
   }
-  if (!plan.classifier_free)
+  if (!plan.classifier_free && options.mode != parallel_mode::none)
     throw error("--parallel " + to_string(options.mode) + " splits classifier-free guidance: it needs --guidance > 1");
   if (session.lost)
     throw error("worker " + std::to_string(*session.lost) +

@@ -104,8 +104,10 @@ def main():
     for policy in args.policies.split(","):
         process, port = start(args.binary, ["--placement", policy, "--max-queue", "1024", *args.serve_flags])
         try:
-            for clients in sorted({1, 2, max(counts)}):  # warm-up: every group a load places requests on has run
-                load(port, clients, 1, body)       # once, so first-use costs (allocator, CUDA graphs) stay out
+            # Warm-up: every group a load places requests on has run once, so first-use costs (allocator, CUDA
+            # graphs) stay out; one client's 3 requests let adaptive measure each group size alone (4, 2, 1).
+            for clients in sorted({1, 2, max(counts)}):
+                load(port, clients, 3 if clients == 1 else 1, body)
             report["policies"][policy] = {str(c): load(port, c, args.requests, body) for c in counts}
         finally:
             process.terminate()

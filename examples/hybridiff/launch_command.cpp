@@ -57,7 +57,8 @@ int run_launch(const std::vector<std::string>& args) {
       "environment RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. In the command,\n"
       "{rank}, {local_rank} and {world_size} are replaced per process (e.g. --device cuda:{local_rank} --output\n"
       "img_{rank}.png). The first process that fails stops the others (SIGTERM, then SIGKILL after --grace\n"
-      "seconds) and its exit status is launch's; SIGINT and SIGTERM are forwarded to every process.";
+      "seconds) and its exit status is launch's; SIGINT and SIGTERM are forwarded to every process, and launch's\n"
+      "status is then the first non-zero status of a process, or 0 when all exit 0 (serve drains and exits 0).";
   // clang-format off
   line.options.add_options()
       ("nproc", po::value<int>()->required()->value_name("N"), "processes to start (1 to 64)")
@@ -135,7 +136,6 @@ int run_launch(const std::vector<std::string>& args) {
       spdlog::warn("launch: forwarding signal {} to {} process(es)", static_cast<int>(forwarded_signal), running);
       stop_all(forwarded_signal);
       stopping = true;
-      result = 128 + forwarded_signal;
       kill_at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                        std::chrono::duration<double>(grace));
     }
@@ -156,6 +156,7 @@ int run_launch(const std::vector<std::string>& args) {
     children[rank] = -1;
     --running;
     const int code = exit_code_of(status);
+    if (code != 0 && stopping && result == 0) result = code;  // after a forwarded signal: the first failure
     if (code != 0 && !stopping) {
       std::cerr << "hybridiff launch: rank " << rank << " exited with status " << code << "; stopping the other "
                 << running << " process(es)\n";

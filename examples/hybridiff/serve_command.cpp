@@ -8,6 +8,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <httplib.h>
@@ -189,6 +190,7 @@ json images_json(const job_record& record) {
 json placement_json(const job_record& record) {
   json about = {{"id", record.id},
                 {"workers", record.workers},
+                {"worker_ids", record.worker_ids},
                 {"mode", record.mode},
                 {"queued_seconds", record.queued_seconds},
                 {"run_seconds", record.run_seconds}};
@@ -220,6 +222,25 @@ int status_of_failure(const job_record& record) {
   if (record.error.rfind("timed out", 0) == 0) return 504;
   if (record.status == job_status::cancelled) return record.error == "the service is shutting down" ? 503 : 409;
   return 500;
+}
+
+}  // namespace
+
+namespace {
+
+// A worker rank of a service spread over several processes: its replica (the denoiser alone: rank 0 encodes and
+// decodes) joins rank 0's pool until rank 0 ends the run. SIGTERM and SIGINT do not stop it early: rank 0 drains
+// first, and its running requests may need this worker; rank 0's end (or loss) ends this process.
+int serve_worker_rank(const generation_setup& setup) {
+  const stop_signals signals;
+  auto placement = setup.placement;
+  placement.device = setup.devices.front();
+  auto replica = models::load_pipeline(setup.model_dir, placement, models::pipeline_parts::denoiser);
+  actors::process_run this_process(setup.process, setup.cluster);
+  this_process.serve(std::move(replica));
+  spdlog::info("rank {}: rank 0 ended the service{}", setup.process.rank,
+               signals.requested() ? " (after a stop signal, which waits for rank 0's drain)" : "");
+  return 0;
 }
 
 }  // namespace
@@ -263,10 +284,6 @@ int run_serve(const std::vector<std::string>& args) {
   if (!parsed) return 0;
   const auto& values = *parsed;
   auto setup = settle_generation(values);
-  if (setup.distributed)
-    throw usage_error("serve runs its workers in one process (--workers with --devices); it was started as rank " +
-                      std::to_string(setup.process.rank) + " of WORLD_SIZE " +
-                      std::to_string(setup.process.world_size));
   const int port = values["port"].as<int>();
   if (port < 0 || port > 65535) throw usage_error("--port " + std::to_string(port) + " is outside [0, 65535]");
   const int max_queue = values["max-queue"].as<int>(), max_images = values["max-images"].as<int>();
@@ -291,10 +308,15 @@ int run_serve(const std::vector<std::string>& args) {
       if (!library.emplace(text.substr(0, equals), text.substr(equals + 1)).second)
         throw usage_error("--request-lora: the name '" + text.substr(0, equals) + "' is given twice");
     }
+  if (setup.distributed && !library.empty())
+    throw usage_error("--request-lora needs every worker in one process (--workers with --devices); this is rank " +
+                      std::to_string(setup.process.rank) + " of WORLD_SIZE " +
+                      std::to_string(setup.process.world_size));
+  if (setup.distributed && setup.process.rank != 0) return serve_worker_rank(setup);
 
-  // Declared before the service, which its destruction must precede.
-  caf::actor_system_config config;
-  caf::actor_system system(config);
+  // Declared before the service, which its destruction must precede. Rank 0 of several processes hosts the other
+  // ranks' workers (constructed once the model is loaded: it waits for them).
+  std::optional<actors::process_run> this_process;
   // The HTTP server answers from the start (healthz; readyz says "loading") and reaches the service once it exists.
   std::shared_ptr<image_service> service;
   std::mutex service_mutex;
@@ -418,7 +440,7 @@ int run_serve(const std::vector<std::string>& args) {
   };
 
   try {
-    // One replica per worker: a worker uses its replica alone while it runs a request.
+    // One replica per local worker: a worker uses its replica alone while it runs a request.
     std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas;
     for (const auto& device : setup.devices) {
       auto placement = setup.placement;
@@ -435,12 +457,15 @@ int run_serve(const std::vector<std::string>& args) {
                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
     }
     service_options options{setup.parallel, static_cast<std::size_t>(max_queue), request_timeout, max_images};
+    this_process.emplace(setup.process, setup.cluster);
     {
-      auto started = std::make_shared<image_service>(system, replicas, options, std::move(policy));
+      auto started = std::make_shared<image_service>(this_process->system(), replicas, options, std::move(policy),
+                                                     this_process->cluster());
       std::lock_guard lock(service_mutex);
       service = started;
     }
-    spdlog::info("serving {} on {} worker(s), placement {}", replicas.front()->class_name(), setup.parallel.workers,
+    spdlog::info("serving {} on {} worker(s){}, placement {}", replicas.front()->class_name(), setup.parallel.workers,
+                 setup.distributed ? " in " + std::to_string(setup.process.world_size) + " processes" : "",
                  service->policy().name());
     while (!signals.requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     spdlog::info("draining: no new requests; the queued ones are cancelled, the running ones finish");

@@ -30,6 +30,23 @@ TEST(PlacementPolicy, AdaptiveSpreadsALoneRequestAndSharesUnderLoad) {
   EXPECT_EQ(adaptive->workers_for(view(3, 1, 1.0, {4, 2, 1}, 4, 1)), 2);  // 3 idle: the largest group that fits
 }
 
+TEST(PlacementPolicy, AdaptiveGoesByTheMeasuredStepTimesWithinItsShare) {
+  auto adaptive = make_placement_policy("adaptive");
+  auto measured = [](std::map<int, double> seconds, int free = 2, int waiting = 1, double demand = 1.0) {
+    auto v = view(free, waiting, demand, {2, 1});
+    v.step_seconds = std::move(seconds);
+    return v;
+  };
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.05}})), 1);                 // one worker not yet measured: tried once
+  EXPECT_EQ(adaptive->workers_for(measured({{1, 0.09}})), 2);                 // nor two
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.054}, {1, 0.090}})), 2);    // spreading is faster (a CPU pool)
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.0302}, {1, 0.0286}})), 1);  // it is not (two workers, one GPU)
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.0300}, {1, 0.0312}})), 1);  // within 5 %: the smaller group
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.0300}, {1, 0.0320}})), 2);  // beyond 5 %
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.05}, {1, 0.09}}, 2, 2)), 1);  // under load the share decides
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.05}, {1, 0.09}}, 0)), 0);     // nobody idle: wait
+}
+
 TEST(PlacementPolicy, FixedPoliciesIgnoreTheLoad) {
   auto all = make_placement_policy("all"), one = make_placement_policy("one");
   EXPECT_EQ(all->workers_for(view(2, 5, 4.0, {2, 1})), 2);

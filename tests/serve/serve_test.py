@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,10 +28,11 @@ HYBRID_STEPS = 32
 class Server:
     """One `hybridiff serve` process on 127.0.0.1 and a free port."""
 
-    def __init__(self, *flags, log_level="warn"):
+    def __init__(self, *flags, log_level="warn", env=None):
         self.process = subprocess.Popen([BINARY, "serve", "--port", "0", "--log-level", log_level,
                                          "--threads-per-worker", "1", *flags],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=dict(os.environ, **(env or {})))
         self.output = []  # every line it printed (the log goes to stdout), read as it comes: the pipe never fills
         self.port = None
         listening = threading.Event()
@@ -349,6 +351,112 @@ class LoraTest(unittest.TestCase):
                 self.assertIn(expected, body["error"]["message"])
         finally:
             self.assertEqual(server.stop(), 0)
+
+
+def rank_environment(rank, port):
+    """What a cluster's launcher gives each process of a 2-process run (torchrun's variables)."""
+    return {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MultiProcessTest(unittest.TestCase):
+    """A pool over two processes started by hand, as a cluster's launcher starts them: rank 0 serves HTTP and runs
+    worker 0, rank 1's worker joins its pool over the CPU transport."""
+
+    def start(self, *worker_flags):
+        port = free_port()
+        self.worker_rank = subprocess.Popen([BINARY, "serve", "--log-level", "info", "--threads-per-worker", "1",
+                                             *worker_flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True, env=dict(os.environ, **rank_environment(1, port)))
+        try:
+            self.server = Server(log_level="info", env=rank_environment(0, port))
+        except BaseException:
+            self.worker_rank.kill()
+            raise
+
+    def stop(self):
+        """Both processes' exit statuses after SIGTERM to rank 0 (rank 1 leaves when rank 0 ends the run)."""
+        status = self.server.stop()
+        try:
+            output, _ = self.worker_rank.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.worker_rank.kill()
+            raise AssertionError("rank 1 did not exit within 60 s of rank 0")
+        return status, self.worker_rank.returncode, output
+
+    def generate(self, body):
+        status, _, answer = self.server.call("POST", "/v1/images/generations", body)
+        self.assertEqual(status, 200, answer)
+        return answer["hybridiff"], base64.b64decode(answer["data"][0]["b64_json"])
+
+    def test_rank_1s_worker_joins_the_pool_alone_and_with_worker_0(self):
+        self.start()
+        try:
+            status, _, ready = self.server.call("GET", "/readyz")
+            self.assertEqual((status, ready["workers"]), (200, 2))
+            # Alone, a request spreads over both processes: the pixels of generate's hybrid run in one process.
+            placement, image = self.generate({"prompt": "sneaker", "seed": 3, "steps": HYBRID_STEPS})
+            self.assertEqual((placement["workers"], placement["worker_ids"], placement["mode"]), (2, [0, 1], "hybrid"))
+            self.assertEqual(image, generate_png("--prompt", "sneaker", "--seed", "3", "--steps", str(HYBRID_STEPS)))
+            # With worker 0 busy, requests run on rank 1's worker alone (rank 0 encodes, decodes and samples):
+            # guided and unguided, the pixels of generate --parallel none.
+            busy = self.server.call("POST", "/v1/jobs", {"prompt": "coat", "steps": 1000, "guidance": 1.0})[2]["id"]
+            self.server.wait_job(busy, lambda job: job["status"] == "running")
+            self.assertEqual(self.server.job(busy)["placement"]["worker_ids"], [0])
+            for guidance in (None, 1.0):
+                body = {"prompt": "bag", "seed": 7, "steps": FAST_STEPS}
+                flags = ["--prompt", "bag", "--seed", "7", "--steps", str(FAST_STEPS), "--parallel", "none"]
+                if guidance is not None:
+                    body["guidance"] = guidance
+                    flags += ["--guidance", str(guidance)]
+                placement, image = self.generate(body)
+                self.assertEqual((placement["worker_ids"], placement["mode"]), ([1], "none"))
+                self.assertEqual(image, generate_png(*flags))
+            self.assertEqual(self.server.call("DELETE", "/v1/jobs/" + busy)[0], 200)
+            self.assertEqual(self.server.metric("hybridiff_workers_lost"), 0)
+        finally:
+            server_status, worker_status, output = self.stop()
+        self.assertEqual(server_status, 0, "".join(self.server.output))
+        self.assertEqual(worker_status, 0, output)
+        self.assertIn("rank 1: rank 0 ended the service", output)
+
+    def test_a_worker_rank_killed_mid_request_leaves_a_service_of_the_others(self):
+        self.start("--debug-kill-after", "10")  # rank 1 dies at its 10th step request
+        try:
+            status, _, answer = self.server.call("POST", "/v1/images/generations",
+                                                 {"prompt": "sneaker", "seed": 3, "steps": HYBRID_STEPS})
+            # The image was finished by worker 0 (supervision) from the step that failed on.
+            self.assertEqual(status, 200, answer)
+            self.assertEqual(answer["hybridiff"]["workers"], 2)
+            trace = self.server.job(answer["hybridiff"]["id"])["trace"]
+            self.assertIn("cfg-degraded", [row["mode"] for row in trace])
+            self.assertEqual(self.worker_rank.wait(60), -signal.SIGKILL)
+            deadline = time.monotonic() + 30  # the loss reaches the queue as the proxy's down message
+            while self.server.metric("hybridiff_workers_lost") != 1:
+                self.assertLess(time.monotonic(), deadline, "the lost worker was not counted")
+                time.sleep(0.1)
+            # The service goes on with worker 0: every later request runs there, whatever its size.
+            for seed in (1, 2):
+                placement, _ = self.generate({"prompt": "sneaker", "seed": seed, "steps": HYBRID_STEPS})
+                self.assertEqual((placement["worker_ids"], placement["mode"]), ([0], "none"))
+            self.assertEqual(self.server.call("GET", "/readyz")[0], 200)
+        finally:
+            server_status = self.server.stop()
+            self.worker_rank.kill()
+            self.worker_rank.communicate(timeout=60)
+        self.assertEqual(server_status, 0, "".join(self.server.output))
+        self.assertIn("was lost", "".join(self.server.output))
+
+    def test_per_request_loras_need_one_process(self):
+        done = subprocess.run([BINARY, "serve", "--request-lora", "style=style.safetensors"], capture_output=True,
+                              text=True, timeout=60, env=dict(os.environ, **rank_environment(0, free_port())))
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("--request-lora needs every worker in one process", done.stderr)
 
 
 if __name__ == "__main__":
