@@ -237,20 +237,18 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
   bundle.add("timestep", request->timestep);
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
-  auto read = [self, step = request->step](std::int32_t worker, double compute_ms, const tensor_metas& metas) {
+  auto read = [self, step = request->step](double compute_ms, const tensor_metas& metas) {
     spdlog::trace("step {}: rank {} answered", step, self->state.rank);
     received_bundle received(metas, self->state.link->receive(metas, self->state.device));
     spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, metas.size());
     auto reply = std::make_shared<step_reply>();
-    reply->worker = worker;
     reply->compute_ms = compute_ms;
     reply->prediction = received.get("prediction");
     reply->owned = received.cache("owned");
     return step_reply_ptr(std::move(reply));
   };
-  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<std::int32_t, double, tensor_metas>{}, read,
-                                     call_atom::value, static_cast<std::int32_t>(kind),
-                                     request->step, bundle.metas);
+  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<double, tensor_metas>{}, read,
+                                     call_atom::value, static_cast<std::int32_t>(kind), request->step, bundle.metas);
 }
 
 template <class Answer>
@@ -361,7 +359,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
             bundle.add("prediction", reply->prediction);
             bundle.add("owned", reply->owned);
             self->state.link.get()->send(bundle.tensors);
-            promise.deliver(reply->worker, reply->compute_ms, bundle.metas);
+            promise.deliver(reply->compute_ms, bundle.metas);
             spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
           } catch (const std::exception& problem) {
             promise.deliver(failure(problem.what()));

@@ -47,6 +47,7 @@ struct queue_state {
   // Seconds per step of requests that ran alone, by (pixels, group size): placement_view::step_seconds.
   std::map<std::pair<std::int64_t, int>, double> step_seconds;
   std::map<int, bool> alone;  // running groups: whether nothing else has run beside them so far
+  std::map<int, int> runs;    // measurable runs so far, by group
   bool accepting = true;
   static inline const char* name = "hybridiff.service_queue";
 };
@@ -112,8 +113,10 @@ class adaptive_policy : public placement_policy {
  public:
   std::string name() const override { return "adaptive"; }
   // The pool shared among the recent demand, and the idle workers among the waiting requests: alone, a request
-  // takes them all. The demand remembers concurrency: under load, the request that finds the service idle for a
-  // moment still takes a share, instead of the whole pool that the next arrival would then wait for.
+  // may take them all. The demand remembers concurrency: under load, the request that finds the service idle for a
+  // moment still takes a share, instead of the whole pool that the next arrival would then wait for. Within the
+  // share the measured step times decide, and a larger group that does more steps per worker-second than the share
+  // (a split whose pipelined steps cost less than full ones) is worth waiting for.
   int workers_for(const placement_view& view) const override {
     if (view.free_workers == 0) return 0;
     const int by_demand =
@@ -124,13 +127,24 @@ class adaptive_policy : public placement_policy {
       if (size <= share) candidates.push_back(size);
     if (candidates.empty()) return 0;
     // A size without a measurement runs once, so that the measurements can decide between the sizes.
+    const auto measured = [&](int size) { return view.step_seconds.count(size) > 0; };
     for (int size : candidates)
-      if (!view.step_seconds.count(size)) return size;
-    double fastest = view.step_seconds.at(candidates.front());
-    for (int size : candidates) fastest = std::min(fastest, view.step_seconds.at(size));
-    for (auto size = candidates.rbegin(); size != candidates.rend(); ++size)  // smallest first
-      if (view.step_seconds.at(*size) <= 1.05 * fastest) return *size;
-    return candidates.front();
+      if (!measured(size)) return size;
+    const auto seconds = [&](int size) { return view.step_seconds.at(size); };
+    double fastest = seconds(candidates.front());
+    for (int size : candidates) fastest = std::min(fastest, seconds(size));
+    int choice = candidates.front();
+    for (auto size = candidates.rbegin(); size != candidates.rend(); ++size)  // the smallest within 5 %
+      if (seconds(*size) <= 1.05 * fastest) {
+        choice = *size;
+        break;
+      }
+    for (int size : view.sizes) {
+      if (size <= choice || !measured(size)) continue;
+      if (size * seconds(size) < 0.95 * choice * seconds(choice))
+        return size <= view.free_workers ? size : (view.running > 0 ? 0 : choice);
+    }
+    return choice;
   }
 };
 
@@ -525,7 +539,7 @@ struct image_service::impl {
           if (state.waiting.size() >= limit) return 1;
           state.waiting.push_back(job);
           const double in_service = static_cast<double>(state.waiting.size()) + state.running;
-          state.demand = 0.25 * in_service + 0.75 * state.demand;
+          state.demand = 0.5 * in_service + 0.5 * state.demand;
           service->dispatch(state);
           return 0;
         },
@@ -534,7 +548,8 @@ struct image_service::impl {
           const auto& workers = service->groups[static_cast<std::size_t>(group)].workers;
           for (int w : workers) state.busy[static_cast<std::size_t>(w)] = state.lost[static_cast<std::size_t>(w)];
           // Only a run that had the pool to itself measures its group size: beside others it shares the devices.
-          if (state.alone[group] && std::isfinite(seconds_per_step)) {
+          // Nor does a group's first run, which pays first-use costs (allocations, CUDA graph captures).
+          if (state.alone[group] && std::isfinite(seconds_per_step) && ++state.runs[group] > 1) {
             const std::pair<std::int64_t, int> key{pixels, static_cast<int>(workers.size())};
             auto known = state.step_seconds.find(key);
             if (known == state.step_seconds.end())

@@ -23,12 +23,12 @@ struct placement_view {
   int running = 0;        ///< requests running now
   int total_workers = 0;  ///< the pool
   /// The recent demand: requests in the service (waiting and running) as arrivals saw them, averaged
-  /// exponentially (weight 1/4 for the newest); 1 while requests come one at a time.
+  /// exponentially (weight 1/2 for the newest); 1 while requests come one at a time.
   double demand = 1;
   std::vector<int> sizes;  ///< the group sizes this request may run on, largest first (never empty)
   /// Measured: seconds per denoising step of earlier requests of this request's image size that ran alone (nothing
-  /// else running beside them), by group size, averaged exponentially (weight 1/4 for the newest). A group size
-  /// not yet measured at this image size is absent.
+  /// else running beside them; not a group's first run), by group size, averaged exponentially (weight 1/4 for the
+  /// newest). A group size not yet measured at this image size is absent.
   std::map<int, double> step_seconds;
 };
 
@@ -45,11 +45,12 @@ class placement_policy {
 /// The built-in policies by name. "adaptive": the workers are shared among the requests of the recent demand, and
 /// the idle ones among the waiting requests, so a service that gets one request at a time spreads each image over
 /// every worker (lowest latency) and a loaded one runs requests side by side on smaller groups (highest
-/// throughput). Within its share it goes by the measured step times: a group size not yet measured at the
-/// request's image size is tried once (the largest first), then the smallest group within 5 % of the fastest
-/// runs it (workers that share one device gain nothing from spreading an image: one of them serves it as fast).
-/// "all": every request on all workers (it waits for them). "one": every request on one worker. Throws
-/// invalid_options for another name.
+/// throughput). The measured step times refine this: a group size not yet measured at the request's image size is
+/// tried once (the largest first); within the share, the smallest group within 5 % of the fastest runs it (workers
+/// that share one device gain nothing from spreading an image); and a larger group that does over 5 % more steps
+/// per worker-second than the share's (a split whose pipelined steps cost less than full ones) runs it, waiting
+/// for its workers if need be. "all": every request on all workers (it waits for them). "one": every request on
+/// one worker. Throws invalid_options for another name.
 std::unique_ptr<placement_policy> make_placement_policy(const std::string& name);
 
 struct service_options {

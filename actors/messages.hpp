@@ -18,7 +18,6 @@ struct step_request {
 };
 
 struct step_reply {
-  std::int32_t worker = 0;
   at::Tensor prediction;
   double compute_ms = 0;
   runtime::activation_cache owned;  ///< fill and stage: the worker's owned modules' outputs

@@ -64,7 +64,6 @@ caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Comput
     auto started = std::chrono::steady_clock::now();
     on_own_stream stream(self->state);
     auto reply = std::make_shared<step_reply>();
-    reply->worker = worker.rank();
     reply->prediction = compute(worker, *reply);
     stream.finish();  // compute time includes the wait for the device: per-worker times in the trace are real
     reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();

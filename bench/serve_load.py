@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Throughput and latency of `hybridiff serve` under load, per placement policy, in one run.
 
-For each policy (adaptive, all, one) a server is started with the given serve flags; after warm-up requests,
-C clients (C in --clients) each send --requests synchronous POST /v1/images/generations requests back to back.
+For each policy (adaptive, all, one) a server is started with the given serve flags and warmed up; then, for each
+client count C in --clients and each policy in turn, C clients each send --requests synchronous POST
+/v1/images/generations requests back to back.
 Prints JSON: per policy and client count the throughput (images/s) and the p50/p95 latency (s), then per client
 count the ratio of the adaptive policy's throughput and p50 to the better fixed policy's.
 
@@ -101,15 +102,23 @@ def main():
     counts = [int(c) for c in args.clients.split(",")]
     report = {"serve_flags": args.serve_flags, "request": body, "requests_per_client": args.requests,
               "policies": {}}
-    for policy in args.policies.split(","):
-        process, port = start(args.binary, ["--placement", policy, "--max-queue", "1024", *args.serve_flags])
-        try:
-            # Warm-up: every group a load places requests on has run once, so first-use costs (allocator, CUDA
-            # graphs) stay out; one client's 3 requests let adaptive measure each group size alone (4, 2, 1).
-            for clients in sorted({1, 2, max(counts)}):
-                load(port, clients, 3 if clients == 1 else 1, body)
-            report["policies"][policy] = {str(c): load(port, c, args.requests, body) for c in counts}
-        finally:
+    # Every policy's server runs from the start and the loads alternate between them (for each client count, each
+    # policy in turn), so that a machine whose speed drifts over the run favours none of them.
+    servers = {}
+    try:
+        for policy in args.policies.split(","):
+            servers[policy] = start(args.binary, ["--placement", policy, "--max-queue", "1024", *args.serve_flags])
+            # Warm-up: every group a load places requests on has run, so first-use costs (allocator, CUDA graphs)
+            # stay out; last, one client's requests, as many as adaptive needs to measure each group size alone
+            # after its first run (4, 2, 1), and to let the demand of the larger loads settle.
+            for clients in sorted({1, 2, max(counts)}, reverse=True):
+                load(servers[policy][1], clients, 6 if clients == 1 else 1, body)
+        report["policies"] = {policy: {} for policy in servers}
+        for clients in counts:
+            for policy, (_, port) in servers.items():
+                report["policies"][policy][str(clients)] = load(port, clients, args.requests, body)
+    finally:
+        for process, _ in servers.values():
             process.terminate()
             process.wait(600)
     policies = report["policies"]

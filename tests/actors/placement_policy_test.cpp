@@ -45,6 +45,12 @@ TEST(PlacementPolicy, AdaptiveGoesByTheMeasuredStepTimesWithinItsShare) {
   EXPECT_EQ(adaptive->workers_for(measured({{2, 0.0300}, {1, 0.0320}})), 2);  // beyond 5 %
   EXPECT_EQ(adaptive->workers_for(measured({{2, 0.05}, {1, 0.09}}, 2, 2)), 1);  // under load the share decides
   EXPECT_EQ(adaptive->workers_for(measured({{2, 0.05}, {1, 0.09}}, 0)), 0);     // nobody idle: wait
+  // Beyond the share: two workers that do more steps per worker-second than one (2 × 0.019 < 0.95 × 0.043).
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.019}, {1, 0.043}}, 2, 2)), 2);
+  auto one_free = measured({{2, 0.019}, {1, 0.043}}, 1, 1);
+  one_free.running = 1;
+  EXPECT_EQ(adaptive->workers_for(one_free), 0);                                  // worth waiting for the busy worker
+  EXPECT_EQ(adaptive->workers_for(measured({{2, 0.021}, {1, 0.043}}, 2, 2)), 1);  // 0.042: not 5 % better
 }
 
 TEST(PlacementPolicy, FixedPoliciesIgnoreTheLoad) {
