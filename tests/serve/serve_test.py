@@ -28,8 +28,8 @@ HYBRID_STEPS = 32
 class Server:
     """One `hybridiff serve` process on 127.0.0.1 and a free port."""
 
-    def __init__(self, *flags, log_level="warn", env=None):
-        self.process = subprocess.Popen([BINARY, "serve", "--port", "0", "--log-level", log_level,
+    def __init__(self, *flags, log_level="warn", env=None, launcher=()):
+        self.process = subprocess.Popen([BINARY, *launcher, "serve", "--port", "0", "--log-level", log_level,
                                          "--threads-per-worker", "1", *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=dict(os.environ, **(env or {})))
@@ -451,6 +451,18 @@ class MultiProcessTest(unittest.TestCase):
             self.worker_rank.communicate(timeout=60)
         self.assertEqual(server_status, 0, "".join(self.server.output))
         self.assertIn("was lost", "".join(self.server.output))
+
+    def test_launch_runs_the_ranks_and_exits_0_once_they_drained(self):
+        server = Server(log_level="info", launcher=("launch", "--nproc", "2", "--master-port", str(free_port()), "--"))
+        try:
+            self.assertEqual(server.call("GET", "/readyz")[2]["workers"], 2)
+            status, _, body = server.call("POST", "/v1/images/generations",
+                                          {"prompt": "bag", "seed": 1, "steps": HYBRID_STEPS})
+            self.assertEqual((status, body["hybridiff"]["worker_ids"]), (200, [0, 1]), body)
+        finally:
+            status = server.stop()  # launch forwards SIGTERM to both ranks
+        self.assertEqual(status, 0, "".join(server.output))
+        self.assertIn("rank 1: rank 0 ended the service", "".join(server.output))
 
     def test_per_request_loras_need_one_process(self):
         done = subprocess.run([BINARY, "serve", "--request-lora", "style=style.safetensors"], capture_output=True,
