@@ -463,8 +463,10 @@ struct image_service::impl {
         {
           std::lock_guard lock(metrics_mutex);
           image_seconds.observe(seconds_since(started));
-          for (double seconds : step_wall) step_seconds.observe(seconds);
-          for (double seconds : step_wall) step_total += seconds;
+          for (double seconds : step_wall) {
+            step_seconds.observe(seconds);
+            step_total += seconds;
+          }
           step_count += step_wall.size();
           for (const auto& row : result.trace)
             for (std::size_t w = 0; w < row.worker_ms.size() && w < group.workers.size(); ++w)
