@@ -254,7 +254,9 @@ int run_serve(const std::vector<std::string>& args) {
       "/v1/jobs, GET and DELETE /v1/jobs/ID), GET /healthz, GET /readyz (ready once the model is loaded) and GET\n"
       "/metrics (Prometheus). The model is loaded once, with one replica per worker; requests wait in a bounded\n"
       "queue (full: 429 with Retry-After) and a placement policy gives each request a group of workers: alone it\n"
-      "runs on all of them with --parallel's schedule, side by side with others on fewer (cfg on 2, none on 1).\n"
+      "runs on all of them with --parallel's schedule (adaptive: where that measured faster), side by side with\n"
+      "others on fewer (cfg on 2, none on 1). Started as several processes (launch, SLURM, ...), rank 0 serves\n"
+      "HTTP and every rank runs one worker of the pool.\n"
       "The options of generate (model, sampling, schedule) set the defaults of every request; a request may name\n"
       "LoRAs given with --request-lora, swapped in and out of the loaded weights. SIGTERM or SIGINT\n"
       "drains: no new requests, the queued ones are cancelled, the running ones finish, then exit 0.";
@@ -265,7 +267,8 @@ int run_serve(const std::vector<std::string>& args) {
       ("port", po::value<int>()->default_value(8080)->value_name("P"), "port to listen on (0: any free port; the "
        "first line on stdout names it)")
       ("placement", po::value<std::string>()->default_value("adaptive")->value_name("POLICY"),
-       "how many workers a request gets: adaptive (the idle workers shared among the waiting requests), all "
+       "how many workers a request gets: adaptive (the idle workers shared among the waiting requests, refined "
+       "by measured step times), all "
        "(every request on all workers) or one (every request on one worker)")
       ("max-queue", po::value<int>()->default_value(32)->value_name("N"), "requests that may wait; more get 429")
       ("request-timeout", po::value<double>()->default_value(600)->value_name("S"),
