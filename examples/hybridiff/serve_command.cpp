@@ -224,10 +224,6 @@ int status_of_failure(const job_record& record) {
   return 500;
 }
 
-}  // namespace
-
-namespace {
-
 // A worker rank of a service spread over several processes: its replica (the denoiser alone: rank 0 encodes and
 // decodes) joins rank 0's pool until rank 0 ends the run. SIGTERM and SIGINT do not stop it early: rank 0 drains
 // first, and its running requests may need this worker; rank 0's end (or loss) ends this process.
