@@ -332,12 +332,14 @@ struct image_service::impl {
       view.running = state.running;
       view.demand = state.demand;
       view.total_workers = static_cast<int>(std::count(state.lost.begin(), state.lost.end(), false));
-      view.sizes = job->sizes;
+      // The sizes of which a group has no lost worker: a policy waiting for a lost worker would wait forever.
+      for (int size : job->sizes)
+        if (can_run(state.lost, {size})) view.sizes.push_back(size);
       for (const auto& [key, seconds] : state.step_seconds)
         if (key.first == job->pixels) view.step_seconds[key.second] = seconds;
       const int size = policy->workers_for(view);
       if (size <= 0) break;
-      const int g = free_group(busy, size, job->sizes);
+      const int g = free_group(busy, size, view.sizes);
       if (g < 0) break;
       for (int w : groups[static_cast<std::size_t>(g)].workers) busy[static_cast<std::size_t>(w)] = true;
       for (auto& [other, alone] : state.alone) alone = false;

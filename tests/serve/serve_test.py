@@ -368,13 +368,13 @@ class MultiProcessTest(unittest.TestCase):
     """A pool over two processes started by hand, as a cluster's launcher starts them: rank 0 serves HTTP and runs
     worker 0, rank 1's worker joins its pool over the CPU transport."""
 
-    def start(self, *worker_flags):
+    def start(self, *worker_flags, placement="adaptive"):
         port = free_port()
         self.worker_rank = subprocess.Popen([BINARY, "serve", "--log-level", "info", "--threads-per-worker", "1",
                                              *worker_flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True, env=dict(os.environ, **rank_environment(1, port)))
         try:
-            self.server = Server(log_level="info", env=rank_environment(0, port))
+            self.server = Server("--placement", placement, log_level="info", env=rank_environment(0, port))
         except BaseException:
             self.worker_rank.kill()
             raise
@@ -426,7 +426,8 @@ class MultiProcessTest(unittest.TestCase):
         self.assertIn("rank 1: rank 0 ended the service", output)
 
     def test_a_worker_rank_killed_mid_request_leaves_a_service_of_the_others(self):
-        self.start("--debug-kill-after", "10")  # rank 1 dies at its 10th step request
+        # rank 1 dies at its 10th step request. Placement "all": once rank 1 is lost, "all" is worker 0.
+        self.start("--debug-kill-after", "10", placement="all")
         try:
             status, _, answer = self.server.call("POST", "/v1/images/generations",
                                                  {"prompt": "sneaker", "seed": 3, "steps": HYBRID_STEPS})
