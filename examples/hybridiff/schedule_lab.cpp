@@ -127,12 +127,6 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-std::string fixed(double value, int digits) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
-
 }  // namespace
 
 schedule::cost_profile profile_of_traces(const std::vector<std::vector<step_trace>>& traces) {
