@@ -259,8 +259,8 @@ struct image_service::impl {
   bool is_local(int worker) const { return worker < static_cast<int>(replicas.size()); }
   // The replica that encodes a group's prompts and decodes its images: its first worker's, or worker 0's when that
   // worker is remote (rank 0's replica serves every group of remote workers).
-  models::diffusion_pipeline& lead_of(const std::vector<int>& workers) const {
-    return *replicas[is_local(workers.front()) ? static_cast<std::size_t>(workers.front()) : 0];
+  const std::shared_ptr<models::diffusion_pipeline>& lead_of(const std::vector<int>& workers) const {
+    return replicas[is_local(workers.front()) ? static_cast<std::size_t>(workers.front()) : 0];
   }
 
   // A session over `workers`: local replicas, then remote workers (worker index − local count + 1 is their rank).
@@ -273,8 +273,7 @@ struct image_service::impl {
       else
         ranks.push_back(w - static_cast<int>(replicas.size()) + 1);
     if (!cluster) return std::make_unique<parallel_session>(system, local, group_options);
-    auto lead = local.empty() ? replicas.front() : local.front();
-    return std::make_unique<parallel_session>(system, std::move(lead), std::move(local), *cluster, ranks,
+    return std::make_unique<parallel_session>(system, lead_of(workers), std::move(local), *cluster, ranks,
                                               group_options);
   }
 
@@ -293,13 +292,18 @@ struct image_service::impl {
     }
     return -1;
   }
-  // Whether a group of an allowed size has no lost worker: the request can still run, once workers are free.
-  bool can_run(const std::vector<bool>& lost, const std::vector<int>& allowed) const {
-    return std::any_of(groups.begin(), groups.end(), [&](const group& candidate) {
-      return std::find(allowed.begin(), allowed.end(), static_cast<int>(candidate.workers.size())) != allowed.end() &&
-             std::none_of(candidate.workers.begin(), candidate.workers.end(),
-                          [&](int w) { return lost[static_cast<std::size_t>(w)]; });
-    });
+  // The sizes of `allowed` of which a group has no lost worker (largest first, as `allowed`): a request can still
+  // run on them once workers are free, and a policy waiting for a lost worker would wait forever.
+  std::vector<int> runnable_sizes(const std::vector<bool>& lost, const std::vector<int>& allowed) const {
+    std::vector<int> sizes;
+    for (int size : allowed)
+      if (std::any_of(groups.begin(), groups.end(), [&](const group& candidate) {
+            return static_cast<int>(candidate.workers.size()) == size &&
+                   std::none_of(candidate.workers.begin(), candidate.workers.end(),
+                                [&](int w) { return lost[static_cast<std::size_t>(w)]; });
+          }))
+        sizes.push_back(size);
+    return sizes;
   }
 
   void dispatch(queue_state& state) {
@@ -312,7 +316,7 @@ struct image_service::impl {
         end_job(job, job_status::cancelled, "cancelled while queued");
       } else if (steady::now() > job->deadline) {
         end_job(job, job_status::failed, "timed out while queued (request timeout " + timeout_text() + ")");
-      } else if (!can_run(state.lost, job->sizes)) {
+      } else if (runnable_sizes(state.lost, job->sizes).empty()) {
         {
           std::lock_guard lock(job->mutex);
           job->record.workers_lost = true;
@@ -332,9 +336,7 @@ struct image_service::impl {
       view.running = state.running;
       view.demand = state.demand;
       view.total_workers = static_cast<int>(std::count(state.lost.begin(), state.lost.end(), false));
-      // The sizes of which a group has no lost worker: a policy waiting for a lost worker would wait forever.
-      for (int size : job->sizes)
-        if (can_run(state.lost, {size})) view.sizes.push_back(size);
+      view.sizes = runnable_sizes(state.lost, job->sizes);
       for (const auto& [key, seconds] : state.step_seconds)
         if (key.first == job->pixels) view.step_seconds[key.second] = seconds;
       const int size = policy->workers_for(view);
@@ -458,7 +460,7 @@ struct image_service::impl {
           if (now > job->deadline) throw job_timed_out{};
         };
         auto result = group.session->generate(one, observe);
-        const auto png = models::encode_png(lead_of(group.workers).decode(result.latents));
+        const auto png = models::encode_png(lead_of(group.workers)->decode(result.latents));
         const bool degraded = std::any_of(result.trace.begin(), result.trace.end(),
                                           [](const step_trace& row) { return row.mode == "cfg-degraded"; });
         rebuild = rebuild || degraded;
