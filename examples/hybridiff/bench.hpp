@@ -39,7 +39,7 @@ struct bench_model {
 struct bench_run_settings {
   std::int64_t steps = 50, size = 1024, warmup = 1;  ///< warmup: untimed images per run
   c10::Device device = c10::Device(c10::kCPU);
-  at::ScalarType dtype = at::kHalf;
+  precision dtype{at::kHalf, false};
   std::string dtype_text;
 };
 
@@ -54,7 +54,7 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
 /// Times loading `model` onto `device` in `dtype` (all components, as generate's rank 0 loads them), `iters` times
 /// without its LoRAs and, when it has some, `iters` times with them (alternating): JSON with each load's seconds, the
 /// medians, and the median difference as the LoRA merge's cost.
-nlohmann::json bench_load(const bench_model& model, const c10::Device& device, at::ScalarType dtype,
+nlohmann::json bench_load(const bench_model& model, const c10::Device& device, const precision& dtype,
                           std::int64_t iters);
 
 /// Per-step timing of the denoiser that `values["model-config"]` describes (random weights): JSON with the

@@ -51,7 +51,9 @@ int run_bench(const std::vector<std::string>& args) {
   line.summary =
       "Times denoiser steps of a model built from a config folder with random weights (speed does not depend on\n"
       "the weights' values), e.g. the unet/ folder of an SDXL folder. Prints JSON: per batch size the median,\n"
-      "p10 and p90 of the per-step latency in milliseconds over --iters steps after --warmup steps. With --run:\n"
+      "p10 and p90 of the per-step latency in milliseconds over --iters steps after --warmup steps; with --dtype\n"
+      "fp8 also the same weights unquantized (fp16 on CUDA) on the same inputs as the baseline, the speedup and\n"
+      "the relative L2 distance of the two predictions. With --run:\n"
       "the time of whole generations and per-phase step times, for each run: denoising with --model-config, end to\n"
       "end (text encoding, denoising, VAE decoding) with --model, a diffusers folder (bench/random_model.py writes\n"
       "full-size ones with random weights).";
@@ -72,7 +74,7 @@ int run_bench(const std::vector<std::string>& args) {
        "untimed steps first (with --run: untimed whole generations per run)")
       ("iters", po::value<std::int64_t>()->default_value(20)->value_name("N"), "timed steps (>= 1)")
       ("device", po::value<std::string>()->default_value("cuda")->value_name("DEV"), "cpu, cuda or cuda:N")
-      ("dtype", po::value<std::string>()->default_value("fp16")->value_name("T"), "fp32, fp16 or bf16")
+      ("dtype", po::value<std::string>()->default_value("fp16")->value_name("T"), dtype_choices)
       ("run", po::value<std::vector<std::string>>()->composing()->value_name("FLAGS"),
        "time whole generations of one schedule instead (repeatable; the first run is the baseline of the ratios): "
        "\"MODE [schedule flags]\" with MODE none, cfg, asyncdiff or hybrid and generate's \"Parallel schedule\" "
@@ -121,7 +123,7 @@ int run_bench(const std::vector<std::string>& args) {
   if (values.count("profile") && (profiled_steps < 1 || !device.is_cuda() || values.count("run")))
     throw usage_error("--profile N needs N >= 1, a CUDA --device and per-step timing (no --run)");
   const auto dtype_text = values["dtype"].as<std::string>();
-  const auto dtype = parse_dtype(dtype_text);
+  const auto dtype = parse_dtype(dtype_text, device);
 
   if (load) {
     std::cout << bench_load(whole_model(values), device, dtype, iters).dump(2) << std::endl;
@@ -139,8 +141,7 @@ int run_bench(const std::vector<std::string>& args) {
       model.denoiser_config = values["model-config"].as<std::string>();
       model.scheduler_config = values["scheduler-config"].as<std::string>();
     }
-    const bench_run_settings settings{values["steps"].as<std::int64_t>(), size, warmup, device, dtype,
-                                      dtype_text};
+    const bench_run_settings settings{values["steps"].as<std::int64_t>(), size, warmup, device, dtype, dtype_text};
     auto report = bench_runs(values["run"].as<std::vector<std::string>>(), model, settings, values);
     if (report) {
       std::cout << report->dump(2) << std::endl;

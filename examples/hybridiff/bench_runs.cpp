@@ -45,10 +45,11 @@ bench_run parse_run(const std::string& text, const c10::Device& device) {
 
 }  // namespace
 
-nlohmann::json bench_load(const bench_model& model, const c10::Device& device, at::ScalarType dtype,
+nlohmann::json bench_load(const bench_model& model, const c10::Device& device, const precision& dtype,
                           std::int64_t iters) {
   auto time_load = [&](const std::vector<models::lora_spec>& loras) {
-    const models::load_options options{device, dtype, "", model.variant, loras, model.config_from};
+    models::load_options options{device, dtype.dtype, "", model.variant, loras, model.config_from};
+    options.fp8 = dtype.fp8;
     const auto start = std::chrono::steady_clock::now();
     auto pipeline = models::load_pipeline(model.folder, options);
     synchronize(device);
@@ -62,7 +63,8 @@ nlohmann::json bench_load(const bench_model& model, const c10::Device& device, a
   }
   nlohmann::json report = {{"model", model.folder.string()},
                            {"device", device.str()},
-                           {"dtype", c10::toString(dtype)},
+                           {"dtype", c10::toString(dtype.dtype)},
+                           {"fp8", dtype.fp8},
                            {"load_s", plain},
                            {"median_load_s", percentile(plain, 0.5)}};
   if (!with_loras.empty()) {
@@ -98,7 +100,9 @@ std::optional<nlohmann::json> bench_runs(const std::vector<std::string>& texts, 
   // seeded alike on every process, so that the ranks hold the same weights.
   const bool denoiser_only = distributed && process.rank != 0;
   replica_pool pool([&](const c10::Device& worker_device) -> std::shared_ptr<models::diffusion_pipeline> {
-    models::load_options placement{worker_device, settings.dtype, "", model.variant, model.loras, model.config_from};
+    models::load_options placement{worker_device, settings.dtype.dtype, "",
+                                   model.variant, model.loras,          model.config_from};
+    placement.fp8 = settings.dtype.fp8;
     if (model.whole())
       return models::load_pipeline(
           model.folder, placement,

@@ -73,14 +73,24 @@ nlohmann::json bench_steps(const po::variables_map& values, const std::vector<st
   const bool graphs = values["cuda-graphs"].as<bool>();
   const auto profiled_steps = values.count("profile") ? values["profile"].as<std::int64_t>() : 0;
   const auto dtype_text = values["dtype"].as<std::string>();
+  const auto precision = parse_dtype(dtype_text, device);
   torch::NoGradGuard no_grad;
   // The denoiser as the loaders place it (a CUDA UNet channels-last unless --nchw), random weights and
   // conditioning of the real encoders' shapes; no scheduler: single denoiser calls are timed.
-  auto pipeline = models::make_random_pipeline(config_dir, {}, {device, parse_dtype(dtype_text), ""}, 0,
-                                               !values["nchw"].as<bool>());
+  models::load_options placement;
+  placement.device = device;
+  placement.dtype = precision.dtype;
+  placement.fp8 = precision.fp8;
+  const bool channels_last = !values["nchw"].as<bool>();
+  auto pipeline = models::make_random_pipeline(config_dir, {}, placement, 0, channels_last);
+  // fp8: the same random weights (same seed) unquantized are the baseline, timed in the same run.
+  std::unique_ptr<models::random_pipeline> baseline;
+  if (precision.fp8) {
+    auto unquantized = placement;
+    unquantized.fp8 = false;
+    baseline = models::make_random_pipeline(config_dir, {}, unquantized, 0, channels_last);
+  }
   const auto class_name = pipeline->class_name().substr(std::string("random ").size());
-  std::unique_ptr<runtime::graphed_denoiser> graphed;
-  if (graphs) graphed = std::make_unique<runtime::graphed_denoiser>(*pipeline);
   const auto timestep = torch::tensor(500.0f, torch::TensorOptions().device(device));
   const auto branch = pipeline->encode_prompt({}, {1, size, size, 5.0, true}).positive;
 
@@ -104,44 +114,65 @@ nlohmann::json bench_steps(const po::variables_map& values, const std::vector<st
     c10::cuda::CUDACachingAllocator::resetPeakStats(gpu);
   }
 #endif
-  for (auto batch : batches) {
+  // Per-step milliseconds of `timed` after `warmup` untimed calls, and its kernel profile when asked for.
+  auto time_steps = [&](models::random_pipeline& denoiser, const at::Tensor& sample,
+                        const models::branch_conditioning& cond, std::optional<nlohmann::json>* profile) {
+    std::unique_ptr<runtime::graphed_denoiser> graphed;
+    if (graphs) graphed = std::make_unique<runtime::graphed_denoiser>(denoiser);
+    auto eager = [&] { return denoiser.predict(sample, timestep, cond); };
+    for (std::int64_t i = 0; i < warmup; ++i) eager();
+    std::function<at::Tensor()> timed = eager;
+    if (graphed) {  // the first call captures the graph (after warm-up runs of its own), the timed ones replay
+      graphed->predict(sample, timestep, cond);
+      timed = [&] { return graphed->predict(sample, timestep, cond); };
+    }
+    synchronize(device);
     std::vector<double> milliseconds;
-    std::optional<nlohmann::json> profile;
+    at::Tensor output;
+    for (std::int64_t i = 0; i < iters; ++i) {
+      auto start = std::chrono::steady_clock::now();
+      output = timed();
+      synchronize(device);
+      milliseconds.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    if (profile != nullptr && profiled_steps > 0)
+      *profile = kernel_report(runtime::profile_kernels([&] {
+                                 for (std::int64_t i = 0; i < profiled_steps; ++i) timed();
+                                 synchronize(device);
+                               }),
+                               profiled_steps);
+    return std::pair{milliseconds, output.to(at::kFloat)};
+  };
+  auto summary = [](std::vector<double> milliseconds) {
+    return nlohmann::json{{"step_ms_median", percentile(milliseconds, 0.5)},
+                          {"step_ms_p10", percentile(milliseconds, 0.1)},
+                          {"step_ms_p90", percentile(milliseconds, 0.9)}};
+  };
+  for (auto batch : batches) {
+    nlohmann::json row = {{"batch", batch}};
     models::with_memory_context(
         "timing " + class_name + " at batch " + std::to_string(batch) + ", " + std::to_string(size) + "x" +
             std::to_string(size) + " in " + dtype_text + " on " + device.str(),
         [&] {
           auto shape = pipeline->latent_shape(size, size);
           shape[0] = batch;
-          const auto sample = torch::randn(shape, torch::TensorOptions().device(device).dtype(parse_dtype(dtype_text)));
+          const auto sample = torch::randn(shape, torch::TensorOptions().device(device).dtype(precision.dtype));
           const auto cond = repeated(branch, batch);
-          auto eager = [&] { pipeline->predict(sample, timestep, cond); };
-          for (std::int64_t i = 0; i < warmup; ++i) eager();
-          std::function<void()> timed = eager;
-          if (graphed) {  // the first call captures the graph (after warm-up runs of its own), the timed ones replay
-            graphed->predict(sample, timestep, cond);
-            timed = [&] { graphed->predict(sample, timestep, cond); };
+          std::optional<nlohmann::json> profile;
+          const auto [milliseconds, output] = time_steps(*pipeline, sample, cond, &profile);
+          row.update(summary(milliseconds));
+          if (profile) row["profile"] = *profile;
+          if (baseline) {
+            // The unquantized model on the same input: its time, and how far the float8 prediction is from its.
+            const auto [baseline_ms, reference] = time_steps(*baseline, sample, cond, nullptr);
+            row["baseline"] = summary(baseline_ms);
+            row["baseline"]["dtype"] = c10::toString(precision.dtype);
+            row["speedup"] = percentile(baseline_ms, 0.5) / percentile(milliseconds, 0.5);
+            row["relative_l2_error"] = ((output - reference).norm() / reference.norm()).item<double>();
           }
-          synchronize(device);
-          for (std::int64_t i = 0; i < iters; ++i) {
-            auto start = std::chrono::steady_clock::now();
-            timed();
-            synchronize(device);
-            milliseconds.push_back(
-                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-          }
-          if (profiled_steps > 0)
-            profile = kernel_report(runtime::profile_kernels([&] {
-                                      for (std::int64_t i = 0; i < profiled_steps; ++i) timed();
-                                      synchronize(device);
-                                    }),
-                                    profiled_steps);
         });
-    report["batches"].push_back({{"batch", batch},
-                                 {"step_ms_median", percentile(milliseconds, 0.5)},
-                                 {"step_ms_p10", percentile(milliseconds, 0.1)},
-                                 {"step_ms_p90", percentile(milliseconds, 0.9)}});
-    if (profile) report["batches"].back()["profile"] = *profile;
+    report["batches"].push_back(row);
   }
 #ifdef HYBRIDIFF_WITH_CUDA
   if (device.is_cuda()) {

@@ -80,11 +80,12 @@ std::vector<c10::Device> parse_device_list(const std::string& text, int workers,
   return devices;
 }
 
-at::ScalarType parse_dtype(const std::string& text) {
-  if (text == "fp32") return at::kFloat;
-  if (text == "fp16") return at::kHalf;
-  if (text == "bf16") return at::kBFloat16;
-  throw usage_error("--dtype '" + text + "': use fp32, fp16 or bf16");
+precision parse_dtype(const std::string& text, const c10::Device& device) {
+  if (text == "fp32") return {at::kFloat, false};
+  if (text == "fp16") return {at::kHalf, false};
+  if (text == "bf16") return {at::kBFloat16, false};
+  if (text == "fp8") return {device.is_cuda() ? at::kHalf : at::kFloat, true};
+  throw usage_error("--dtype '" + text + "': use fp32, fp16, bf16 or fp8");
 }
 
 void use_cudnn_benchmark(bool on, const c10::Device& device) {

@@ -35,8 +35,17 @@ struct usage_error : std::runtime_error {
 c10::Device parse_device(const std::string& text);
 /// --devices: one device per worker, comma-separated ("cuda:0,cuda:1"); empty: every worker on `fallback`.
 std::vector<c10::Device> parse_device_list(const std::string& text, int workers, const c10::Device& fallback);
-/// --dtype: fp32, fp16 or bf16.
-at::ScalarType parse_dtype(const std::string& text);
+/// --dtype: fp32, fp16, bf16 or fp8. fp8 is float8 e4m3 linear layers in the denoiser (load_options::fp8) and
+/// fp16 for everything else on CUDA, float32 on the CPU (whose fp16 kernels are slow or missing).
+struct precision {
+  at::ScalarType dtype = at::kFloat;
+  bool fp8 = false;
+};
+precision parse_dtype(const std::string& text, const c10::Device& device);
+/// The text of --dtype's choices, for option descriptions.
+inline constexpr const char* dtype_choices =
+    "fp32, fp16, bf16 or fp8 (float8 e4m3 linear layers in the denoiser, "
+    "fp16 elsewhere; float32 elsewhere on the CPU)";
 /// --cudnn-benchmark: cuDNN times its convolution algorithms for each input shape at the first call and keeps the
 /// fastest (ATen's benchmark mode, process-wide). A usage error on a device other than CUDA.
 void use_cudnn_benchmark(bool on, const c10::Device& device);

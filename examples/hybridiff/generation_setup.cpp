@@ -53,7 +53,7 @@ std::vector<po::options_description> generation_options() {
       ("max-sequence-length", po::value<std::int64_t>()->default_value(256)->value_name("N"),
        "SD3: T5 tokens of the prompt (zeros of this length when the folder has no text_encoder_3)")
       ("device", po::value<std::string>()->default_value("cpu")->value_name("DEV"), "cpu, cuda or cuda:N")
-      ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), "fp32, fp16 or bf16")
+      ("dtype", po::value<std::string>()->default_value("fp32")->value_name("T"), dtype_choices)
       ("progress", po::value<std::string>()->default_value("auto")->value_name("WHEN"),
        "progress bar on stderr: auto (when stderr is a terminal), always or never");
   // clang-format on
@@ -250,7 +250,9 @@ generation_setup settle_generation(const po::variables_map& values) {
   request.max_sequence_length = values["max-sequence-length"].as<std::int64_t>();
 
   setup.placement.device = parse_device(values["device"].as<std::string>());
-  setup.placement.dtype = parse_dtype(values["dtype"].as<std::string>());
+  const auto precision = parse_dtype(values["dtype"].as<std::string>(), setup.placement.device);
+  setup.placement.dtype = precision.dtype;
+  setup.placement.fp8 = precision.fp8;
   if (values.count("variant")) setup.placement.variant = values["variant"].as<std::string>();
   const bool single_file = !setup.builtin_model && models::is_single_file(setup.model_dir);
   if (values.count("config-from")) {

@@ -9,6 +9,9 @@
 //
 // LayerNorm + adaLN modulation (layer_norm_modulate.cu), optionally after a gated residual: one pass where ATen
 // takes a LayerNorm and an addcmul (and another addcmul before them for the residual).
+//
+// Per-tensor float8 (e4m3) quantization of a GEMM's input (quantize_fp8.cu): the absolute maximum, then one
+// scaling pass, where ATen takes an abs, a max, a division and a cast, each a pass over the activations.
 
 #include <cstddef>
 #include <cstdint>
@@ -64,5 +67,12 @@ bool layer_norm_modulate_supported(std::int64_t channels, element_type type);
 /// out = (h - mean) / sqrt(var + eps) · (1 + scale) + shift over each row (biased variance, float32, two passes
 /// over the row held in registers: one block per row). Enqueued on `stream`; returns the launch error, if any.
 cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_type type, cudaStream_t stream);
+
+/// q ← x / scale as float8 e4m3 bytes (saturating at ±448) with scale = max|x| / 448, over `count` elements of
+/// `type` at x (16-byte aligned); `state` [2] floats: state[0] ← max|x|, state[1] ← scale, read on the device by the
+/// GEMM (no host synchronisation, so CUDA graphs capture it). A memset and two kernels of at most
+/// 4 · `multiprocessors` blocks, enqueued on `stream`; returns the launch error, if any.
+cudaError_t quantize_fp8_e4m3(const void* x, std::int64_t count, element_type type, void* q, float* state,
+                              int multiprocessors, cudaStream_t stream);
 
 }  // namespace hybridiff::models::cuda_kernels

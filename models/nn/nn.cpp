@@ -70,6 +70,10 @@ void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer
   TORCH_CHECK(x.dim() == 3 && out.dim() == 3 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
                   x.size(2) == weight.size(1) && out.size(2) == weight.size(0),
               "linear_into: x ", x.sizes(), " and out ", out.sizes(), " do not fit a weight ", weight.sizes());
+  if (layer->fp8()) {  // one scaled GEMM over every image's rows, then the copy into the row blocks
+    out.copy_(layer->forward(x));
+    return;
+  }
   if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
     out.copy_(at::linear(x, weight, bias));
     return;
@@ -85,13 +89,14 @@ void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer
 }
 
 at::Tensor linear_rows(const at::Tensor& x, const Linear& layer) {
+  if (layer->fp8()) return layer->forward(x);  // contiguous [B, M, out]
   auto out = at::empty({x.size(0), x.size(1), layer->weight.size(0)}, x.options());
   linear_into(out, x, layer);
   return out;
 }
 
 at::Tensor linear_gelu_tanh(const Linear& layer, const at::Tensor& x) {
-  if (!x.is_cuda() || !layer->bias.defined()) return torch::gelu(layer->forward(x), "tanh");
+  if (!x.is_cuda() || !layer->bias.defined() || layer->fp8()) return torch::gelu(layer->forward(x), "tanh");
   auto rows = x.reshape({-1, x.size(-1)});  // [R, in]
   auto out = at::_addmm_activation(layer->bias, rows, layer->weight.t(), 1, 1, /*use_gelu=*/true);  // [R, out]
   auto sizes = x.sizes().vec();
@@ -208,6 +213,131 @@ std::optional<std::pair<at::Tensor, at::Tensor>> fused_layer_norm_modulate(const
 #endif
 
 }  // namespace
+
+namespace {
+
+constexpr double e4m3_max = 448.0;
+
+// The capture a CUDA stream is recording into (0: none); a remembered quantization is only reused within it.
+unsigned long long capture_of(const at::Tensor& x) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (x.is_cuda()) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    unsigned long long id = 0;
+    if (cudaStreamGetCaptureInfo(at::cuda::getCurrentCUDAStream(x.device().index()).stream(), &status, &id) ==
+            cudaSuccess &&
+        status == cudaStreamCaptureStatusActive)
+      return id;
+  }
+#else
+  (void)x;
+#endif
+  return 0;
+}
+
+// The last input quantize_fp8 quantized on this thread. The source is held weakly (its activations are freed as
+// usual); the quantized copy strongly.
+struct remembered_quantization {
+  std::optional<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>> source;
+  std::uint32_t version = 0;
+  unsigned long long capture = 0;
+  fp8_tensor quantized;
+};
+thread_local remembered_quantization last_quantized;
+
+fp8_tensor quantize_with_aten(const at::Tensor& rows) {
+  auto scale = (rows.abs().amax().to(at::kFloat).clamp_min(1e-30) / e4m3_max).reshape({1});
+  return {(rows.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn), scale};
+}
+
+}  // namespace
+
+fp8_tensor quantize_fp8(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "quantize_fp8: an empty input ", x.sizes());
+  const auto capture = capture_of(x);
+  auto& last = last_quantized;
+  if (last.source && last.source->lock().get() == x.unsafeGetTensorImpl() && last.version == x._version() &&
+      last.capture == capture)
+    return last.quantized;
+  const auto rows = x.reshape({-1, x.size(-1)}).contiguous();  // [R, D]
+  fp8_tensor result;
+#ifdef HYBRIDIFF_WITH_CUDA
+  const auto type = rows.is_cuda() ? kernel_element_type(rows.scalar_type()) : std::nullopt;
+  if (type && aligned_to_16_bytes(rows)) {
+    const c10::cuda::CUDAGuard guard(rows.device());
+    result.data = at::empty(rows.sizes(), rows.options().dtype(at::kFloat8_e4m3fn));
+    auto state = at::empty({2}, rows.options().dtype(at::kFloat));
+    check_launch(cuda_kernels::quantize_fp8_e4m3(
+                     rows.data_ptr(), rows.numel(), *type, result.data.data_ptr(), state.data_ptr<float>(),
+                     at::cuda::getDeviceProperties(rows.device().index())->multiProcessorCount, current_stream(rows)),
+                 "float8 quantization kernels");
+    result.scale = state.narrow(0, 1, 1);
+  }
+#endif
+  if (!result.data.defined()) result = quantize_with_aten(rows);
+  last.source.emplace(x.getIntrusivePtr());
+  last.version = x._version();
+  last.capture = capture;
+  last.quantized = result;
+  return result;
+}
+
+namespace {
+
+// x [..., in] times the float8 rows `weight` [out, in] (column-major as its transpose, which cuBLASLt's FP8 GEMM
+// wants) plus `bias` [out] (undefined: none) -> [..., out] in x's dtype.
+at::Tensor scaled_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                         const at::Tensor& bias) {
+  TORCH_CHECK(x.size(-1) == weight.size(1), "a float8 linear layer of weight ", weight.sizes(), " got input ",
+              x.sizes());
+  const auto input = quantize_fp8(x);
+  // Fast accumulation (cuBLASLt's FP8 mode on Hopper): its cost in quality is measured with the rest (docs/models.md).
+  auto out = at::_scaled_mm(input.data, weight.t(), input.scale, weight_scale,
+                            bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt,
+                            x.scalar_type(), /*use_fast_accum=*/x.is_cuda());
+  auto sizes = x.sizes().vec();
+  sizes.back() = weight.size(0);
+  return out.view(sizes);
+}
+
+}  // namespace
+
+at::Tensor LinearImpl::forward(const at::Tensor& input) const {
+  if (fp8()) return scaled_linear(input, weight, weight_scale, bias);
+  return at::linear(input, weight, bias);
+}
+
+void LinearImpl::quantize_to_fp8() {
+  if (fp8()) return;
+  if (weight.size(0) % 16 != 0 || weight.size(1) % 16 != 0)
+    throw error("a linear layer of weight [" + std::to_string(weight.size(0)) + ", " + std::to_string(weight.size(1)) +
+                "] cannot be float8: the scaled GEMM needs sides that are multiples of 16");
+  torch::NoGradGuard no_grad;
+  auto scale = (weight.abs().amax().to(at::kFloat).clamp_min(1e-30) / e4m3_max).reshape({1});
+  auto values = (weight.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn);
+  weight.set_requires_grad(false);
+  weight.set_data(values);
+  weight_scale = register_buffer("weight_scale", scale);
+}
+
+at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t first, std::int64_t count) {
+  const auto bias = layer->bias.defined() ? layer->bias.narrow(0, first, count) : at::Tensor();
+  const auto weight = layer->weight.narrow(0, first, count);
+  if (layer->fp8()) return scaled_linear(x, weight, layer->weight_scale, bias);
+  return at::linear(x, weight, bias);
+}
+
+int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select) {
+  int quantized = 0;
+  for (const auto& item : module.named_modules()) {
+    auto* layer = dynamic_cast<LinearImpl*>(item.value().get());
+    if (layer == nullptr || layer->fp8() || !select(item.key())) continue;
+    if (layer->weight.size(0) % 16 != 0 || layer->weight.size(1) % 16 != 0) continue;
+    layer->quantize_to_fp8();
+    ++quantized;
+  }
+  return quantized;
+}
 
 at::Tensor apply_group_norm(const torch::nn::GroupNorm& norm, const at::Tensor& x, bool then_silu) {
 #ifdef HYBRIDIFF_WITH_CUDA

@@ -2,6 +2,7 @@
 // Shared building blocks of the diffusers/transformers modules. Every `register_module` name equals the
 // checkpoint key segment it stands for, so a module's `named_parameters()` are the checkpoint's keys.
 
+#include <functional>
 #include <string>
 
 #include <torch/torch.h>
@@ -25,12 +26,43 @@ at::Tensor activate(const at::Tensor& x, const std::string& name, const std::str
 /// broadcasting bias add; `at::linear` (what PyTorch's nn.Linear calls) flattens it into one addmm, whose bias
 /// cuBLASLt adds in the GEMM's epilogue — one kernel and one pass over the output less per layer (`bench --profile`
 /// shows the difference as strided add kernels).
+///
+/// Quantized (`quantize_to_fp8`), `weight` holds float8 e4m3 values and the buffer `weight_scale` (float32 [1]) the
+/// per-tensor scale that multiplies them back; the forward then quantizes its input per tensor at run time and runs
+/// one scaled GEMM (cuBLASLt's FP8 GEMM through `at::_scaled_mm` on CUDA) whose result comes out in the input's dtype,
+/// the bias (kept in its dtype) added in the same call.
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
-  at::Tensor forward(const at::Tensor& input) const { return at::linear(input, weight, bias); }
+  at::Tensor forward(const at::Tensor& input) const;
+  /// Whether the weight is float8 (after quantize_to_fp8).
+  bool fp8() const { return weight_scale.defined(); }
+  /// Replaces `weight` by its float8 e4m3 values with scale max|weight| / 448, in place (the name stays). Both sides
+  /// must be multiples of 16 (the scaled GEMM's rule); throws otherwise.
+  void quantize_to_fp8();
+
+  at::Tensor weight_scale;  // float32 [1] once quantized
 };
 TORCH_MODULE(Linear);
+
+/// Rows `first` .. `first + count` of layer(x): x [..., in] -> [..., count], as if the layer's weight and bias were
+/// narrowed to those rows (a GEGLU's value and gate halves as two GEMMs).
+at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t first, std::int64_t count);
+
+/// A tensor quantized per tensor to float8 e4m3: `data`·`scale` ≈ the original (data as [rows, last dim]).
+struct fp8_tensor {
+  at::Tensor data;   // float8 e4m3 [rows, D], contiguous
+  at::Tensor scale;  // float32 [1] = max|x| / 448, on x's device
+};
+/// x [..., D] quantized per tensor, saturating at ±448: on CUDA one max pass and one scaling pass of our kernels
+/// (models/nn/quantize_fp8.cu), elsewhere ATen ops. The last input quantized on the calling thread is remembered
+/// while it is unchanged (the same tensor, no in-place write since, the same CUDA graph capture or none): the
+/// projections that read one input (q, k and v; a GEGLU's halves) quantize it once.
+fp8_tensor quantize_fp8(const at::Tensor& x);
+
+/// Quantizes (LinearImpl::quantize_to_fp8) the Linear layers of `module` that `select` takes by their name in
+/// `module` (the checkpoint key prefix) and whose sides are multiples of 16; returns how many it quantized.
+int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select);
 
 Linear linear(std::int64_t in, std::int64_t out, bool bias = true);
 

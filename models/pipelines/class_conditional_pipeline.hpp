@@ -85,6 +85,7 @@ class class_conditional_pipeline : public diffusion_pipeline {
   at::Tensor decode(const at::Tensor& latents) override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
 
+  torch::nn::Module& denoiser() override { return *unet_; }
   const std::vector<std::string>& class_names() const { return class_names_; }
   std::optional<tau_detection> recommended_tau() const override { return tau_; }
   /// The label of a prompt; throws listing the class names for anything else.

@@ -31,6 +31,7 @@ std::unique_ptr<diffusion_pipeline> load_pipeline(const std::filesystem::path& d
       pipeline->merge_loras(*loras);
       loras->finish();
     }
+    if (options.fp8) pipeline->quantize_denoiser_to_fp8();
     return pipeline;
   }
   throw error(dir.string() + ": pipeline class '" +

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/nn/nn.hpp"
 
 namespace hybridiff::models {
 
@@ -133,6 +134,8 @@ void diffusion_pipeline::restore_lora_originals() {
 void diffusion_pipeline::use_loras(const std::vector<lora_spec>& loras) {
   auto same = [](const lora_spec& a, const lora_spec& b) { return a.file == b.file && a.scale == b.scale; };
   if (std::equal(loras.begin(), loras.end(), active_loras_.begin(), active_loras_.end(), same)) return;
+  if (placement_.fp8)
+    throw error("LoRAs cannot be swapped into float8 weights: merge them at load (--lora) or use fp16, bf16 or fp32");
   std::optional<lora_merge> merge;
   if (!loras.empty()) merge.emplace(loras);  // every file read and checked before a weight changes
   restore_lora_originals();
@@ -150,6 +153,21 @@ void diffusion_pipeline::use_loras(const std::vector<lora_spec>& loras) {
     throw;
   }
   active_loras_ = loras;
+}
+
+int diffusion_pipeline::quantize_denoiser_to_fp8() {
+  const auto unet = family() == denoiser_family::unet;
+  const auto token_wise = [unet](const std::string& name) {
+    if (unet) return name.find("attentions.") != std::string::npos;
+    const auto ends_with = [&](const std::string& tail) {
+      return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    return name.rfind("transformer_blocks.", 0) == 0 && !ends_with("norm1.linear") &&
+           !ends_with("norm1_context.linear");
+  };
+  const int quantized = quantize_linears_to_fp8(denoiser(), token_wise);
+  placement_.fp8 = true;
+  return quantized;
 }
 
 }  // namespace hybridiff::models

@@ -13,6 +13,10 @@
 #include "models/pipelines/sampler.hpp"
 #include "models/io/state_dict.hpp"
 
+namespace torch::nn {
+class Module;
+}
+
 namespace hybridiff::models {
 
 /// The conditioning of one classifier-free-guidance branch, batch 1: what the denoiser needs besides the latents
@@ -102,6 +106,14 @@ class diffusion_pipeline {
   /// files are read and checked before any weight changes; on error the loaded model is restored.
   void use_loras(const std::vector<lora_spec>& loras);
   const std::vector<lora_spec>& active_loras() const { return active_loras_; }
+  /// The denoiser's module (UNet or transformer): its parameters and submodules under their checkpoint names.
+  virtual torch::nn::Module& denoiser() = 0;
+  /// Stores the denoiser's token-wise linear layers in float8 e4m3 (LinearImpl::quantize_to_fp8): a UNet's
+  /// attention blocks (proj_in, proj_out, attention projections, feed-forwards), a transformer's blocks but their
+  /// adaLN modulation layers (which see one pooled vector per image). The convolutions, norms, embeddings and
+  /// modulations keep `placement().dtype`. Afterwards placement().fp8 is true, and use_loras refuses to swap
+  /// (LoRAs given at load were merged before). Returns how many layers it quantized.
+  int quantize_denoiser_to_fp8();
 
   const load_options& placement() const { return placement_; }
 

@@ -32,6 +32,7 @@ random_pipeline::random_pipeline(const std::filesystem::path& denoiser_dir, cons
   }
   if (!scheduler_dir.empty()) scheduler_ = read_config(scheduler_dir / "scheduler_config.json");
   has_scheduler_ = !scheduler_dir.empty();
+  if (options.fp8) quantize_denoiser_to_fp8();
 }
 
 std::string random_pipeline::class_name() const { return "random " + class_name_; }

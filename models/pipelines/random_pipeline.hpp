@@ -34,8 +34,7 @@ class random_pipeline : public diffusion_pipeline {
   at::Tensor decode(const at::Tensor& latents) override;
   std::vector<std::int64_t> latent_shape(std::int64_t height, std::int64_t width) const override;
 
-  /// The denoiser's module (its parameters, for counting).
-  torch::nn::Module& denoiser();
+  torch::nn::Module& denoiser() override;
   /// Whether the denoiser is a UNet running channels-last.
   bool channels_last() const;
 

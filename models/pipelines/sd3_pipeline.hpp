@@ -29,6 +29,7 @@ class sd3_pipeline : public clip_pair_pipeline {
   void merge_loras(lora_merge& loras) override;
 
   SD3Transformer2DModel& transformer() { return transformer_; }
+  torch::nn::Module& denoiser() override { return *transformer_; }
 
  private:
   sd3_pipeline() = default;

@@ -26,6 +26,7 @@ class sdxl_pipeline : public clip_pair_pipeline {
   void merge_loras(lora_merge& loras) override;
 
   UNet2DConditionModel& unet() { return unet_; }
+  torch::nn::Module& denoiser() override { return *unet_; }
 
  private:
   sdxl_pipeline() = default;
