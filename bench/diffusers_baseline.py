@@ -33,6 +33,8 @@ def parse_args():
     parser.add_argument("--iters", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile: after compiling)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--fp8", action="store_true",
+                        help="also time hybridiff bench --dtype fp8 (CUDA graphs where on CUDA): float8 linear layers")
     parser.add_argument("--diffusers-path", help="a folder to import diffusers from")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N eager steps of each (torch.profiler; hybridiff bench --profile N) and "
@@ -146,9 +148,9 @@ def main():
                 "top_kernels": [{"name": name[:160], "class": kernel_class(name), "calls_per_step": calls / args.profile,
                                  "ms_per_step": ms / args.profile} for name, (calls, ms) in top]}
 
-    def hybridiff(graphs):
+    def hybridiff(graphs, dtype=None):
         command = [args.hybridiff, "bench", "--model-config", args.config, "--batch", args.batch, "--size",
-                   str(args.size), "--dtype", args.dtype, "--device", args.device, "--iters", str(args.iters),
+                   str(args.size), "--dtype", dtype or args.dtype, "--device", args.device, "--iters", str(args.iters),
                    "--warmup", str(args.warmup), "--log-level", "warn"] + (["--cuda-graphs"] if graphs else [])
         if args.profile and not graphs:
             command += ["--profile", str(args.profile)]
@@ -168,6 +170,7 @@ def main():
         compiled = {b: time_steps(compiled_model, b) for b in batches}
     ours = hybridiff(False)
     ours_graphs = hybridiff(True) if device.type == "cuda" else {}
+    ours_fp8 = hybridiff(device.type == "cuda", "fp8") if args.fp8 else {}
     for b in batches:
         row = {"batch": b, "diffusers_eager_ms": eager[b], "hybridiff_eager_ms": ours[b]["step_ms_median"],
                "eager_ratio": eager[b] / ours[b]["step_ms_median"]}
@@ -177,9 +180,14 @@ def main():
             row["hybridiff_cuda_graphs_ms"] = ours_graphs[b]["step_ms_median"]
         if args.profile:
             row["profile"] = {"diffusers_eager": profile_steps(model, b), "hybridiff_eager": ours[b]["profile"]}
+        if b in ours_fp8:
+            row["hybridiff_fp8_ms"] = ours_fp8[b]["step_ms_median"]
+            row["fp8_relative_l2_error"] = ours_fp8[b]["relative_l2_error"]  # against the same weights unquantized
         best_theirs = compiled.get(b, eager[b])
         best_ours = row.get("hybridiff_cuda_graphs_ms", row["hybridiff_eager_ms"])
         row["best_ratio"] = best_theirs / best_ours  # > 1: hybridiff's best is faster than diffusers' best
+        if b in ours_fp8:
+            row["fp8_ratio"] = best_theirs / row["hybridiff_fp8_ms"]
         report["batches"].append(row)
     print(json.dumps(report, indent=2))
 
