@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <regex>
 
 #include <gtest/gtest.h>
@@ -35,6 +36,30 @@ TEST(GenerateCli, ReproducesDiffusersEulerLatents) {
   EXPECT_LT(test::relative_error(latents, test::golden("tiny-sdxl-golden.safetensors", "pipe_euler_latents")), 1e-3);
   auto image = models::load_png(dir / "out.png");
   EXPECT_EQ(image.sizes(), (c10::IntArrayRef{1, 3, 32, 32}));
+}
+
+// --dtype fp8 in the sequential and the hybrid schedule: each run's latents within float8's error (0.1, as
+// tests/models/networks/fp8_test.cpp) of the same schedule's float32 latents, and not equal to them.
+TEST(GenerateCli, Fp8RunsInEveryScheduleNearItsFloat32Latents) {
+  test::temp_dir dir;
+  models::save_safetensors(dir / "init.safetensors",
+                           {{"latents", test::golden("tiny-sdxl-golden.safetensors", "pipe_init_latents")}});
+  for (const std::string schedule : {"none", "hybrid --workers 2 --tau1 2 --tau2 5"}) {
+    std::map<std::string, at::Tensor> latents;
+    for (const std::string dtype : {"fp32", "fp8"}) {
+      const auto out = dir / ("out-" + dtype + ".safetensors");
+      auto result = run_hybridiff("generate --model " + quoted(test::fixtures_dir() / "tiny-sdxl") + " --prompt " +
+                                  pipe_prompt + " --steps 8 --height 32 --width 32 --latents-in " +
+                                  quoted(dir / "init.safetensors") + " --parallel " + schedule + " --dtype " + dtype +
+                                  " --save-latents " + quoted(out) + " --output " + quoted(dir / "out.png"));
+      ASSERT_EQ(result.exit_code, 0) << schedule << " " << dtype << "\n" << result.output;
+      EXPECT_NE(result.output.find(" in " + dtype + " on cpu"), std::string::npos) << result.output;
+      latents[dtype] = models::load_named_tensor(out, "latents");
+    }
+    const auto distance = test::relative_error(latents["fp8"], latents["fp32"]);
+    EXPECT_GT(distance, 1e-4) << schedule;
+    EXPECT_LT(distance, 0.1) << schedule;
+  }
 }
 
 TEST(GenerateCli, AHuggingFaceDownloadIsNamedByItsIdAndItsVariantIsChosen) {
@@ -159,14 +184,16 @@ TEST(GenerateCli, BadInputExitsNonZeroWithTheReason) {
   models::save_safetensors(dir / "small.safetensors", {{"latents", torch::zeros({1, 4, 8, 8})}});
   const expectation cases[] = {
       {"generate --prompt cat", 1, "prompt 'cat' is not a class of this model"},
-      {"generate" + model + " --prompt cat --height 33 --width 32 --steps 1", 1, "--height 33 is not a positive multiple"},
+      {"generate" + model + " --prompt cat --height 33 --width 32 --steps 1", 1,
+       "--height 33 is not a positive multiple"},
       {"generate" + model + " --prompt cat --steps 0", 1, "--steps 0"},
       {"generate" + model + " --prompt cat --scheduler heun", 2, "--scheduler 'heun'"},
-      {"generate" + model + " --prompt cat --dtype fp8", 2, "--dtype 'fp8'"},
+      {"generate" + model + " --prompt cat --dtype fp4", 2, "--dtype 'fp4': use fp32, fp16, bf16 or fp8"},
       {"generate" + model + " --prompt cat --device tpu", 2, "--device 'tpu'"},
       {"generate" + model + " --prompt cat --steps 2 --num_inference_steps 3", 2, "not both"},
       {"generate --model /nonexistent --prompt cat", 1, "/nonexistent: model folder does not exist"},
-      {"generate" + model + " --prompt cat --latents-in " + quoted(dir / "wrong.safetensors"), 1, "no tensor named 'latents'"},
+      {"generate" + model + " --prompt cat --latents-in " + quoted(dir / "wrong.safetensors"), 1,
+       "no tensor named 'latents'"},
       {"generate" + model + " --prompt cat --image_size 32 --latents-in " + quoted(dir / "small.safetensors"), 1,
        "initial latents have shape"},
       {"generate" + model + " --prompt cat --latents-in " + quoted(dir / "absent.safetensors"), 1, "cannot open"},
