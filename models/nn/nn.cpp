@@ -218,21 +218,31 @@ namespace {
 
 constexpr double e4m3_max = 448.0;
 
-// The capture a CUDA stream is recording into (0: none); a remembered quantization is only reused within it.
-unsigned long long capture_of(const at::Tensor& x) {
+// Where a quantization ran: the current CUDA stream and the graph capture it is recording into (0: none; the CPU:
+// both 0). A remembered quantization is only reused where it ran: another stream would read it unordered, and
+// another capture's graph (or eager code after a capture) would read memory that only that graph's replays write.
+struct quantization_site {
+  std::int64_t stream = 0;
+  unsigned long long capture = 0;
+  bool operator==(const quantization_site& other) const { return stream == other.stream && capture == other.capture; }
+};
+
+quantization_site site_of(const at::Tensor& x) {
+  quantization_site site;
 #ifdef HYBRIDIFF_WITH_CUDA
   if (x.is_cuda()) {
+    const auto stream = at::cuda::getCurrentCUDAStream(x.device().index());
+    site.stream = stream.id();
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     unsigned long long id = 0;
-    if (cudaStreamGetCaptureInfo(at::cuda::getCurrentCUDAStream(x.device().index()).stream(), &status, &id) ==
-            cudaSuccess &&
+    if (cudaStreamGetCaptureInfo(stream.stream(), &status, &id) == cudaSuccess &&
         status == cudaStreamCaptureStatusActive)
-      return id;
+      site.capture = id;
   }
 #else
   (void)x;
 #endif
-  return 0;
+  return site;
 }
 
 // The last input quantize_fp8 quantized on this thread. The source is held weakly (its activations are freed as
@@ -240,7 +250,7 @@ unsigned long long capture_of(const at::Tensor& x) {
 struct remembered_quantization {
   std::optional<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>> source;
   std::uint32_t version = 0;
-  unsigned long long capture = 0;
+  quantization_site site;
   fp8_tensor quantized;
 };
 thread_local remembered_quantization last_quantized;
@@ -254,10 +264,10 @@ fp8_tensor quantize_with_aten(const at::Tensor& rows) {
 
 fp8_tensor quantize_fp8(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "quantize_fp8: an empty input ", x.sizes());
-  const auto capture = capture_of(x);
+  const auto site = site_of(x);
   auto& last = last_quantized;
   if (last.source && last.source->lock().get() == x.unsafeGetTensorImpl() && last.version == x._version() &&
-      last.capture == capture)
+      last.site == site)
     return last.quantized;
   const auto rows = x.reshape({-1, x.size(-1)}).contiguous();  // [R, D]
   fp8_tensor result;
@@ -277,7 +287,7 @@ fp8_tensor quantize_fp8(const at::Tensor& x) {
   if (!result.data.defined()) result = quantize_with_aten(rows);
   last.source.emplace(x.getIntrusivePtr());
   last.version = x._version();
-  last.capture = capture;
+  last.site = site;
   last.quantized = result;
   return result;
 }

@@ -56,8 +56,8 @@ struct fp8_tensor {
 };
 /// x [..., D] quantized per tensor, saturating at ±448: on CUDA one max pass and one scaling pass of our kernels
 /// (models/nn/quantize_fp8.cu), elsewhere ATen ops. The last input quantized on the calling thread is remembered
-/// while it is unchanged (the same tensor, no in-place write since, the same CUDA graph capture or none): the
-/// projections that read one input (q, k and v; a GEGLU's halves) quantize it once.
+/// while it is unchanged (the same tensor, no in-place write since, the same CUDA stream and graph capture or none):
+/// the projections that read one input (q, k and v; a GEGLU's halves) quantize it once.
 fp8_tensor quantize_fp8(const at::Tensor& x);
 
 /// Quantizes (LinearImpl::quantize_to_fp8) the Linear layers of `module` that `select` takes by their name in
