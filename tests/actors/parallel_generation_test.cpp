@@ -495,6 +495,7 @@ class failing_pipeline : public models::diffusion_pipeline {
   std::unique_ptr<models::sampler> make_sampler(const std::string& n) const override { return inner_->make_sampler(n); }
   at::Tensor decode(const at::Tensor& l) override { return inner_->decode(l); }
   std::vector<std::int64_t> latent_shape(std::int64_t h, std::int64_t w) const override { return inner_->latent_shape(h, w); }
+  torch::nn::Module& denoiser() override { return inner_->denoiser(); }
 
  private:
   std::shared_ptr<models::diffusion_pipeline> inner_;
