@@ -24,7 +24,8 @@ __device__ float block_max(float value) {
 }
 
 // state[0] (zeroed before) ← max |x|. Non-negative floats order as their bits do, so atomicMax on the bits is a
-// float max; a NaN (bits above infinity's) wins and makes the whole tensor NaN, as an fp16 GEMM would.
+// float max. fmaxf passes over NaNs: a NaN input stays NaN in the quantized tensor (and in the GEMM's output), as in
+// fp16, without making every other element NaN through the scale.
 template <typename T>
 __global__ void absolute_max(const T* x, std::int64_t count, unsigned int* state) {
   constexpr int V = element<T>::vector;
