@@ -1,5 +1,6 @@
 #include "runtime/tensor_link.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -47,8 +48,16 @@ std::string to_string(transport_kind kind) { return kind == transport_kind::nccl
 
 namespace {
 
+// "tensor 'a'" or "tensors 'a', 'b'": the described tensors, for errors.
+std::string names_of(const std::vector<tensor_meta>& metas) {
+  std::string names;
+  for (const auto& meta : metas) names += (names.empty() ? "'" : ", '") + meta.name + "'";
+  return (metas.size() == 1 ? "tensor " : "tensors ") + names;
+}
+
 // Tensors through a TCPStore on rank 0: one FIFO queue per direction ("hybridiff/link/<from>><to>"), one entry
-// per tensor holding its bytes.
+// per message holding its tensors' bytes one after the other (each entry costs a round trip to the store: one per
+// tensor made a step request's latents and timestep two).
 class store_link : public tensor_link {
  public:
   store_link(c10::intrusive_ptr<c10d::TCPStore> store, int self, int peer, std::chrono::milliseconds timeout)
@@ -57,40 +66,58 @@ class store_link : public tensor_link {
         incoming_("hybridiff/link/" + std::to_string(peer) + ">" + std::to_string(self)) {}
 
   void send(const std::vector<at::Tensor>& tensors) override {
+    std::vector<at::Tensor> hosts;
+    std::size_t total = 0;
     for (const auto& tensor : tensors) {
       if (!tensor.defined()) continue;
-      auto host = tensor.to(torch::kCPU).contiguous(wire_layout(tensor));
+      hosts.push_back(tensor.to(torch::kCPU).contiguous(wire_layout(tensor)));
+      total += hosts.back().nbytes();
+    }
+    if (hosts.empty()) return;  // the receiver's descriptions have no defined tensor either: it pops nothing
+    std::vector<std::uint8_t> entry;
+    entry.reserve(total);
+    for (const auto& host : hosts) {
       const auto* bytes = static_cast<const std::uint8_t*>(host.data_ptr());
-      try {
-        store_->queuePush(outgoing_, std::vector<std::uint8_t>(bytes, bytes + host.nbytes()));
-      } catch (const c10::Error& failure) {
-        throw error(describe() + ": sending failed: " + failure.what_without_backtrace());
-      }
+      entry.insert(entry.end(), bytes, bytes + host.nbytes());
+    }
+    try {
+      store_->queuePush(outgoing_, entry);
+    } catch (const c10::Error& failure) {
+      throw error(describe() + ": sending failed: " + failure.what_without_backtrace());
     }
   }
 
   std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) override {
     std::vector<at::Tensor> tensors;
+    std::size_t needed = 0;
     for (const auto& meta : metas) {
       if (meta.dtype < 0) {
         tensors.emplace_back();
         continue;
       }
-      std::vector<std::uint8_t> bytes;
-      try {
-        // queuePop blocks until an entry arrives; the store's timeout bounds the wait.
-        bytes = store_->queuePop(incoming_, /*block=*/true);
-      } catch (const c10::Error& failure) {
-        throw error(describe() + ": tensor '" + meta.name + "' did not arrive within " +
-                    std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
-      }
-      auto tensor = torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)),
-                                 wire_layout(meta));
-      if (bytes.size() != tensor.nbytes())
-        throw error(describe() + ": tensor '" + meta.name + "' arrived with " + std::to_string(bytes.size()) +
-                    " bytes, its description needs " + std::to_string(tensor.nbytes()));
-      std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
-      tensors.push_back(tensor.to(device));
+      tensors.push_back(torch::empty(
+          meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)), wire_layout(meta)));
+      needed += tensors.back().nbytes();
+    }
+    if (needed == 0 && std::none_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return t.defined(); }))
+      return tensors;
+    std::vector<std::uint8_t> bytes;
+    try {
+      // queuePop blocks until an entry arrives; the store's timeout bounds the wait.
+      bytes = store_->queuePop(incoming_, /*block=*/true);
+    } catch (const c10::Error& failure) {
+      throw error(describe() + ": " + names_of(metas) + " did not arrive within " +
+                  std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
+    }
+    if (bytes.size() != needed)
+      throw error(describe() + ": " + names_of(metas) + " arrived with " + std::to_string(bytes.size()) +
+                  " bytes, their descriptions need " + std::to_string(needed));
+    std::size_t offset = 0;
+    for (auto& tensor : tensors) {
+      if (!tensor.defined()) continue;
+      std::memcpy(tensor.data_ptr(), bytes.data() + offset, tensor.nbytes());
+      offset += tensor.nbytes();
+      tensor = tensor.to(device);
     }
     return tensors;
   }
