@@ -95,8 +95,8 @@ class store_link : public tensor_link {
         tensors.emplace_back();
         continue;
       }
-      tensors.push_back(torch::empty(
-          meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)), wire_layout(meta)));
+      tensors.push_back(torch::empty(meta.shape, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(meta.dtype)),
+                                     wire_layout(meta)));
       needed += tensors.back().nbytes();
     }
     if (needed == 0 && std::none_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return t.defined(); }))
@@ -106,8 +106,8 @@ class store_link : public tensor_link {
       // queuePop blocks until an entry arrives; the store's timeout bounds the wait.
       bytes = store_->queuePop(incoming_, /*block=*/true);
     } catch (const c10::Error& failure) {
-      throw error(describe() + ": " + names_of(metas) + " did not arrive within " +
-                  std::to_string(timeout_.count()) + " ms (" + failure.what_without_backtrace() + ")");
+      throw error(describe() + ": " + names_of(metas) + " did not arrive within " + std::to_string(timeout_.count()) +
+                  " ms (" + failure.what_without_backtrace() + ")");
     }
     if (bytes.size() != needed)
       throw error(describe() + ": " + names_of(metas) + " arrived with " + std::to_string(bytes.size()) +
