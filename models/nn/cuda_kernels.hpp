@@ -69,8 +69,8 @@ bool layer_norm_modulate_supported(std::int64_t channels, element_type type);
 cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_type type, cudaStream_t stream);
 
 /// q ← x / scale as float8 e4m3 bytes (saturating at ±448) with scale = max|x| / 448, over `count` elements of
-/// `type` at x (16-byte aligned); `state` [2] floats: state[0] ← max|x|, state[1] ← scale, read on the device by the
-/// GEMM (no host synchronisation, so CUDA graphs capture it). A memset and two kernels of at most
+/// `type` at x (16-byte aligned); `state` [2] floats: state[0] ← scale, which the GEMM reads on the device (no host
+/// synchronisation, so CUDA graphs capture it), state[1] ← max|x|. A memset and two kernels of at most
 /// 4 · `multiprocessors` blocks, enqueued on `stream`; returns the launch error, if any.
 cudaError_t quantize_fp8_e4m3(const void* x, std::int64_t count, element_type type, void* q, float* state,
                               int multiprocessors, cudaStream_t stream);

@@ -255,9 +255,10 @@ struct remembered_quantization {
 };
 thread_local remembered_quantization last_quantized;
 
-fp8_tensor quantize_with_aten(const at::Tensor& rows) {
-  auto scale = (rows.abs().amax().to(at::kFloat).clamp_min(1e-30) / e4m3_max).reshape({1});
-  return {(rows.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn), scale};
+// `values` / scale as float8 e4m3 (same shape) with scale max|values| / 448 (float32 [1]): ATen's ops.
+fp8_tensor quantize_with_aten(const at::Tensor& values) {
+  auto scale = (values.abs().amax().to(at::kFloat).clamp_min(1e-30) / e4m3_max).reshape({1});
+  return {(values.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn), scale};
 }
 
 }  // namespace
@@ -281,7 +282,7 @@ fp8_tensor quantize_fp8(const at::Tensor& x) {
                      rows.data_ptr(), rows.numel(), *type, result.data.data_ptr(), state.data_ptr<float>(),
                      at::cuda::getDeviceProperties(rows.device().index())->multiProcessorCount, current_stream(rows)),
                  "float8 quantization kernels");
-    result.scale = state.narrow(0, 1, 1);
+    result.scale = state.narrow(0, 0, 1);
   }
 #endif
   if (!result.data.defined()) result = quantize_with_aten(rows);
@@ -323,11 +324,10 @@ void LinearImpl::quantize_to_fp8() {
     throw error("a linear layer of weight [" + std::to_string(weight.size(0)) + ", " + std::to_string(weight.size(1)) +
                 "] cannot be float8: the scaled GEMM needs sides that are multiples of 16");
   torch::NoGradGuard no_grad;
-  auto scale = (weight.abs().amax().to(at::kFloat).clamp_min(1e-30) / e4m3_max).reshape({1});
-  auto values = (weight.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn);
+  auto quantized = quantize_with_aten(weight);
   weight.set_requires_grad(false);
-  weight.set_data(values);
-  weight_scale = register_buffer("weight_scale", scale);
+  weight.set_data(quantized.data);
+  weight_scale = register_buffer("weight_scale", quantized.scale);
 }
 
 at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t first, std::int64_t count) {

@@ -49,9 +49,9 @@ TORCH_MODULE(Linear);
 /// narrowed to those rows (a GEGLU's value and gate halves as two GEMMs).
 at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t first, std::int64_t count);
 
-/// A tensor quantized per tensor to float8 e4m3: `data`·`scale` ≈ the original (data as [rows, last dim]).
+/// A tensor quantized per tensor to float8 e4m3: `data`·`scale` ≈ the original.
 struct fp8_tensor {
-  at::Tensor data;   // float8 e4m3 [rows, D], contiguous
+  at::Tensor data;   // float8 e4m3; quantize_fp8's: [rows, D], contiguous
   at::Tensor scale;  // float32 [1] = max|x| / 448, on x's device
 };
 /// x [..., D] quantized per tensor, saturating at ±448: on CUDA one max pass and one scaling pass of our kernels

@@ -23,7 +23,7 @@ __device__ float block_max(float value) {
   return result;
 }
 
-// state[0] (zeroed before) ← max |x|. Non-negative floats order as their bits do, so atomicMax on the bits is a
+// state[1] (zeroed before) ← max |x|. Non-negative floats order as their bits do, so atomicMax on the bits is a
 // float max. fmaxf passes over NaNs: a NaN input stays NaN in the quantized tensor (and in the GEMM's output), as in
 // fp16, without making every other element NaN through the scale.
 template <typename T>
@@ -41,20 +41,20 @@ __global__ void absolute_max(const T* x, std::int64_t count, unsigned int* state
        i += stride)
     largest = fmaxf(largest, fabsf(element<T>::load(x[i])));
   const float block = block_max(largest);
-  if (threadIdx.x == 0) atomicMax(state, __float_as_uint(block));
+  if (threadIdx.x == 0) atomicMax(state + 1, __float_as_uint(block));
 }
 
 __device__ unsigned char to_e4m3(float value) {
   return static_cast<unsigned char>(__nv_cvt_float_to_fp8(value, __NV_SATFINITE, __NV_E4M3));
 }
 
-// q ← x · 448 / max|x| in e4m3 (saturating), and state[1] ← max|x| / 448, the scale that multiplies q back.
+// q ← x · 448 / max|x| in e4m3 (saturating), and state[0] ← max|x| / 448, the scale that multiplies q back.
 template <typename T>
 __global__ void scale_to_e4m3(const T* x, std::int64_t count, unsigned char* q, float* state) {
   constexpr int V = element<T>::vector;
-  const float largest = fmaxf(state[0], 1e-30f);  // an all-zero tensor quantizes to zeros
+  const float largest = fmaxf(state[1], 1e-30f);  // an all-zero tensor quantizes to zeros
   const float inverse = e4m3_max / largest;
-  if (blockIdx.x == 0 && threadIdx.x == 0) state[1] = largest / e4m3_max;
+  if (blockIdx.x == 0 && threadIdx.x == 0) state[0] = largest / e4m3_max;
   const std::int64_t vectors = count / V;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * threads;
   for (std::int64_t v = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; v < vectors; v += stride) {
@@ -76,7 +76,7 @@ __global__ void scale_to_e4m3(const T* x, std::int64_t count, unsigned char* q, 
 cudaError_t quantize_fp8_e4m3(const void* x, std::int64_t count, element_type type, void* q, float* state,
                               int multiprocessors, cudaStream_t stream) {
   if (count <= 0) return cudaErrorInvalidValue;
-  if (auto status = cudaMemsetAsync(state, 0, sizeof(float), stream); status != cudaSuccess) return status;
+  if (auto status = cudaMemsetAsync(state + 1, 0, sizeof(float), stream); status != cudaSuccess) return status;
   return dispatch(type, [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     const std::int64_t vectors = (count + element<T>::vector - 1) / element<T>::vector;
