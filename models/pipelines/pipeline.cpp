@@ -4,6 +4,7 @@
 #include <optional>
 #include <set>
 
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
@@ -167,6 +168,7 @@ int diffusion_pipeline::quantize_denoiser_to_fp8() {
   };
   const int quantized = quantize_linears_to_fp8(denoiser(), token_wise);
   placement_.fp8 = true;
+  spdlog::info("{}: {} linear layers of the denoiser in float8 e4m3", class_name(), quantized);
   return quantized;
 }
 
