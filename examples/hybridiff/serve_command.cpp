@@ -273,7 +273,7 @@ int run_serve(const std::vector<std::string>& args) {
       ("request-lora", po::value<std::vector<std::string>>()->value_name("NAME=FILE"),
        "a LoRA that requests may name (\"loras\": [{\"name\": NAME, \"scale\": S}]; repeatable): merged into the "
        "weights of the workers that run such a request and restored exactly after, without reloading the model; "
-       "each is checked against the model at start")
+       "each is checked against the model at start; not with --dtype fp8")
       ("http-threads", po::value<int>()->default_value(16)->value_name("N"), "threads answering HTTP requests "
        "(clients served at once; a synchronous generation holds one until its image is done)");
   // clang-format on
@@ -311,6 +311,9 @@ int run_serve(const std::vector<std::string>& args) {
     throw usage_error("--request-lora needs every worker in one process (--workers with --devices); this is rank " +
                       std::to_string(setup.process.rank) + " of WORLD_SIZE " +
                       std::to_string(setup.process.world_size));
+  if (setup.placement.fp8 && !library.empty())
+    throw usage_error("--request-lora needs weights it can swap back: fp16, bf16 or fp32, not --dtype fp8 (merge LoRAs "
+                      "at load with --lora instead)");
   if (setup.distributed && setup.process.rank != 0) return serve_worker_rank(setup);
 
   // Declared before the service, which its destruction must precede. Rank 0 of several processes hosts the other

@@ -352,6 +352,14 @@ class LoraTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
 
+    def test_float8_weights_take_no_request_loras(self):
+        # Swapping needs weights it can restore exactly: a usage error before anything loads.
+        done = subprocess.run([BINARY, "serve", "--model", os.environ["HYBRIDIFF_TEST_TINY_SDXL"], "--dtype", "fp8",
+                               "--request-lora", "style=" + os.environ["HYBRIDIFF_TEST_LORA"]],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("--request-lora needs weights it can swap back", done.stderr)
+
 
 def rank_environment(rank, port):
     """What a cluster's launcher gives each process of a 2-process run (torchrun's variables)."""
