@@ -312,8 +312,9 @@ int run_serve(const std::vector<std::string>& args) {
                       std::to_string(setup.process.rank) + " of WORLD_SIZE " +
                       std::to_string(setup.process.world_size));
   if (setup.placement.fp8 && !library.empty())
-    throw usage_error("--request-lora needs weights it can swap back: fp16, bf16 or fp32, not --dtype fp8 (merge LoRAs "
-                      "at load with --lora instead)");
+    throw usage_error(
+        "--request-lora needs weights it can swap back: fp16, bf16 or fp32, not --dtype fp8 (merge LoRAs "
+        "at load with --lora instead)");
   if (setup.distributed && setup.process.rank != 0) return serve_worker_rank(setup);
 
   // Declared before the service, which its destruction must precede. Rank 0 of several processes hosts the other
