@@ -99,8 +99,8 @@ class store_link : public tensor_link {
                                      wire_layout(meta)));
       needed += tensors.back().nbytes();
     }
-    if (needed == 0 && std::none_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return t.defined(); }))
-      return tensors;
+    if (std::none_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return t.defined(); }))
+      return tensors;  // the sender pushed nothing
     std::vector<std::uint8_t> bytes;
     try {
       // queuePop blocks until an entry arrives; the store's timeout bounds the wait.

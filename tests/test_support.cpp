@@ -130,6 +130,19 @@ at::Tensor golden(const std::string& file, const std::string& key) {
   return models::safetensors_file::open(fixtures_dir() / file)->tensor(key).clone();
 }
 
+models::generation_request golden_request(const std::string& fixture) {
+  const auto settings = models::read_json_file(fixtures_dir() / (fixture + "-golden.json"));
+  models::generation_request request;
+  request.prompt = settings[settings.contains("prompt_pipe") ? "prompt_pipe" : "prompt"].get<std::string>();
+  request.steps = settings["steps"].get<std::int64_t>();
+  request.guidance = settings["guidance_scale"].get<double>();
+  request.height = request.width = settings["size"].get<std::int64_t>();
+  if (settings.contains("max_sequence_length"))
+    request.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
+  request.initial_latents = golden(fixture + "-golden.safetensors", "pipe_init_latents");
+  return request;
+}
+
 models::generation_request tiny_request(int steps) {
   models::generation_request request;
   request.prompt = "astronaut in a jungle, cold color palette, muted colors, detailed, 8k";

@@ -77,6 +77,10 @@ class scoped_environment {
 
 namespace hybridiff::test {
 
+/// The request of a fixture model's golden pipeline run (`fixture` e.g. "tiny-sdxl"): FIXTURE-golden.json's prompt
+/// (`prompt_pipe` where it has one, else `prompt`), steps, guidance, size and T5 length (where given), from the
+/// initial latents `pipe_init_latents` of FIXTURE-golden.safetensors.
+models::generation_request golden_request(const std::string& fixture);
 /// The parallel tests' small request: the reference prompt, 32 × 32 pixels, guidance 5, seed 3, `steps` steps.
 models::generation_request tiny_request(int steps);
 

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/io/config.hpp"
 #include "models/nn/nn.hpp"
 #include "models/pipelines/pipeline.hpp"
 #include "runtime/cuda_graph.hpp"
@@ -108,15 +107,7 @@ TEST_P(Fp8Models, GraphsReplayEagerCallsAndLatentsStayNearDiffusers) {
   }
 
   const std::string golden_file = GetParam() + "-golden.safetensors";
-  auto settings = read_json_file(test::fixtures_dir() / (GetParam() + "-golden.json"));
-  generation_request golden;
-  golden.prompt = settings[settings.contains("prompt_pipe") ? "prompt_pipe" : "prompt"].get<std::string>();
-  golden.steps = settings["steps"].get<std::int64_t>();
-  golden.guidance = settings["guidance_scale"].get<double>();
-  golden.height = golden.width = settings["size"].get<std::int64_t>();
-  if (settings.contains("max_sequence_length"))
-    golden.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-  golden.initial_latents = test::golden(golden_file, "pipe_init_latents");
+  auto golden = test::golden_request(GetParam());
   if (GetParam() == "tiny-sdxl") golden.sampler = "euler";
   const auto expected = test::golden(golden_file, GetParam() == "tiny-sdxl" ? "pipe_euler_latents" : "pipe_latents");
   const auto latents = generate_latents(*pipeline, golden).cpu().to(torch::kFloat);

@@ -109,26 +109,17 @@ std::vector<std::string> float8_weights(diffusion_pipeline& pipeline) {
   return names;
 }
 
-generation_request golden_request(const std::string& settings_file, const std::string& golden_file,
-                                  const std::string& prompt_key) {
-  auto settings = read_json_file(test::fixtures_dir() / settings_file);
-  generation_request request;
-  request.prompt = settings[prompt_key].get<std::string>();
-  request.steps = settings["steps"].get<std::int64_t>();
-  request.guidance = settings["guidance_scale"].get<double>();
-  request.height = request.width = settings["size"].get<std::int64_t>();
-  if (settings.contains("max_sequence_length"))
-    request.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
-  return request;
+// A fixture folder loaded as a user's folder with fp8.
+std::unique_ptr<diffusion_pipeline> load_in_fp8(const std::string& fixture) {
+  load_options options;
+  options.fp8 = true;
+  return load_pipeline(test::fixtures_dir() / fixture, options);
 }
 
 // tiny-sdxl loaded as a user's folder with fp8: the attention blocks' linear layers are float8, everything else
 // float32; 8 Euler steps land within float8's error of diffusers' float32 latents (measured 0.029), yet not on them.
 TEST(Fp8Pipeline, SdxlQuantizesTheAttentionBlocksAndStaysNearDiffusers) {
-  load_options options;
-  options.fp8 = true;
-  auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sdxl", options);
+  auto pipeline = load_in_fp8("tiny-sdxl");
   const auto quantized = float8_weights(*pipeline);
   ASSERT_FALSE(quantized.empty());
   for (const auto& name : quantized) EXPECT_NE(name.find("attentions."), std::string::npos) << name;
@@ -142,11 +133,10 @@ TEST(Fp8Pipeline, SdxlQuantizesTheAttentionBlocksAndStaysNearDiffusers) {
   EXPECT_EQ(unet.named_parameters()["time_embedding.linear_1.weight"].scalar_type(), at::kFloat);
   EXPECT_TRUE(pipeline->placement().fp8);
 
-  const char* golden_file = "tiny-sdxl-golden.safetensors";
-  auto request = golden_request("tiny-sdxl-golden.json", golden_file, "prompt_pipe");
+  auto request = test::golden_request("tiny-sdxl");
   request.sampler = "euler";
-  const auto distance =
-      test::relative_error(generate_latents(*pipeline, request), test::golden(golden_file, "pipe_euler_latents"));
+  const auto distance = test::relative_error(generate_latents(*pipeline, request),
+                                             test::golden("tiny-sdxl-golden.safetensors", "pipe_euler_latents"));
   EXPECT_GT(distance, 1e-4);
   EXPECT_LT(distance, fp8_tolerance);
   // Per-request LoRAs would change float8 weights: refused, the model intact.
@@ -156,9 +146,7 @@ TEST(Fp8Pipeline, SdxlQuantizesTheAttentionBlocksAndStaysNearDiffusers) {
 // tiny-sd3: the transformer blocks' projections and feed-forwards are float8, their adaLN modulation layers (one
 // pooled vector per image) and the embedders float32; the 8-step latents stay within float8's error of diffusers'.
 TEST(Fp8Pipeline, Sd3QuantizesTheBlocksButTheirModulationAndStaysNearDiffusers) {
-  load_options options;
-  options.fp8 = true;
-  auto pipeline = load_pipeline(test::fixtures_dir() / "tiny-sd3", options);
+  auto pipeline = load_in_fp8("tiny-sd3");
   const auto quantized = float8_weights(*pipeline);
   ASSERT_FALSE(quantized.empty());
   for (const auto& name : quantized) {
@@ -170,10 +158,8 @@ TEST(Fp8Pipeline, Sd3QuantizesTheBlocksButTheirModulationAndStaysNearDiffusers) 
   EXPECT_EQ(transformer.named_parameters()["transformer_blocks.0.norm1.linear.weight"].scalar_type(), at::kFloat);
   EXPECT_EQ(transformer.named_parameters()["context_embedder.weight"].scalar_type(), at::kFloat);
 
-  const char* golden_file = "tiny-sd3-golden.safetensors";
-  const auto request = golden_request("tiny-sd3-golden.json", golden_file, "prompt");
-  const auto distance =
-      test::relative_error(generate_latents(*pipeline, request), test::golden(golden_file, "pipe_latents"));
+  const auto distance = test::relative_error(generate_latents(*pipeline, test::golden_request("tiny-sd3")),
+                                             test::golden("tiny-sd3-golden.safetensors", "pipe_latents"));
   EXPECT_GT(distance, 1e-4);
   EXPECT_LT(distance, fp8_tolerance);
 }

@@ -25,18 +25,7 @@ const char* golden_file = "tiny-sd3-golden.safetensors";
 
 std::filesystem::path sd3() { return test::fixtures_dir() / "tiny-sd3"; }
 
-// The request of the golden pipeline runs (tiny-sd3-golden.json), from pipe_init_latents.
-generation_request golden_request() {
-  auto settings = read_json_file(test::fixtures_dir() / "tiny-sd3-golden.json");
-  generation_request r;
-  r.prompt = settings["prompt"].get<std::string>();
-  r.steps = settings["steps"].get<std::int64_t>();
-  r.guidance = settings["guidance_scale"].get<double>();
-  r.height = r.width = settings["size"].get<std::int64_t>();
-  r.max_sequence_length = settings["max_sequence_length"].get<std::int64_t>();
-  r.initial_latents = test::golden(golden_file, "pipe_init_latents");
-  return r;
-}
+generation_request golden_request() { return test::golden_request("tiny-sd3"); }
 
 TEST(Sd3Transformer, OutputAndIntermediatesMatchDiffusers) {
   torch::NoGradGuard no_grad;

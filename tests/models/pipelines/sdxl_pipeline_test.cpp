@@ -27,16 +27,7 @@ const char* golden_file = "tiny-sdxl-golden.safetensors";
 nlohmann::json golden_settings() { return read_json_file(test::fixtures_dir() / "tiny-sdxl-golden.json"); }
 
 // The request of the golden pipeline runs: prompt_pipe, 8 steps, guidance 5, 32², from pipe_init_latents.
-generation_request golden_request() {
-  auto settings = golden_settings();
-  generation_request request;
-  request.prompt = settings["prompt_pipe"].get<std::string>();
-  request.steps = settings["steps"].get<std::int64_t>();
-  request.guidance = settings["guidance_scale"].get<double>();
-  request.height = request.width = settings["size"].get<std::int64_t>();
-  request.initial_latents = test::golden(golden_file, "pipe_init_latents");
-  return request;
-}
+generation_request golden_request() { return test::golden_request("tiny-sdxl"); }
 
 class SdxlPipeline : public ::testing::Test {
  protected:
