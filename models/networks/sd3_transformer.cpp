@@ -166,13 +166,14 @@ std::pair<at::Tensor, at::Tensor> JointTransformerBlockImpl::forward(const at::T
                                                image_mod[3], image_mod[4], norm_eps)
           : gated_residual_layer_norm_modulate(hidden, image_mod[2], image_attention, image_mod[3], image_mod[4],
                                                norm_eps);
-  out_hidden = gated_residual(out_hidden, image_mod[5], ff_out(linear_gelu_tanh(ff_in, mlp_in)));
+  out_hidden = gated_residual(out_hidden, image_mod[5], feed_forward_gelu_tanh(ff_in, ff_out, mlp_in));
   if (context_pre_only_) return {at::Tensor(), out_hidden};
 
   auto context_attention = linear_rows(joint.narrow(1, image_tokens, context_tokens), to_add_out);
   auto [out_context, context_mlp_in] = gated_residual_layer_norm_modulate(context, context_mod[2], context_attention,
                                                                           context_mod[3], context_mod[4], norm_eps);
-  out_context = gated_residual(out_context, context_mod[5], ff_context_out(linear_gelu_tanh(ff_context_in, context_mlp_in)));
+  out_context = gated_residual(out_context, context_mod[5],
+                               feed_forward_gelu_tanh(ff_context_in, ff_context_out, context_mlp_in));
   return {out_context, out_hidden};
 }
 

@@ -57,14 +57,7 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(std::int64_t dim, std::int6
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   auto h = x + attn1(norm1(x));
   h = h + attn2(norm2(h), context);
-  // GEGLU value · gelu(gate), [B, L, 4·dim] each, as two GEMMs over the halves of proj's rows: each output is
-  // contiguous, so the GELU and the product are vectorized in-place kernels (the halves of one [B, L, 8·dim] output
-  // are strided views: 5.5 ms per batch-2 step on an H100 for these two ops).
-  auto normed = norm3(h);
-  const auto half = ff_geglu_proj->weight.size(0) / 2;
-  auto value = linear_part(ff_geglu_proj, normed, 0, half);
-  auto gate = linear_part(ff_geglu_proj, normed, half, half);
-  return h + ff_out(value.mul_(at::gelu_(gate)));
+  return h + geglu_feed_forward(ff_geglu_proj, ff_out, norm3(h));  // GEGLU halves [B, L, 4·dim]
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(std::int64_t channels, std::int64_t heads, std::int64_t depth,

@@ -11,7 +11,8 @@
 // takes a LayerNorm and an addcmul (and another addcmul before them for the residual).
 //
 // Per-tensor float8 (e4m3) quantization of a GEMM's input (quantize_fp8.cu): the absolute maximum, then one
-// scaling pass, where ATen takes an abs, a max, a division and a cast, each a pass over the activations.
+// scaling pass, where ATen takes an abs, a max, a division and a cast, each a pass over the activations; the
+// activation before a feed-forward's second GEMM (GELU, GEGLU) is applied inside both passes.
 
 #include <cstddef>
 #include <cstdint>
@@ -68,11 +69,29 @@ bool layer_norm_modulate_supported(std::int64_t channels, element_type type);
 /// over the row held in registers: one block per row). Enqueued on `stream`; returns the launch error, if any.
 cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_type type, cudaStream_t stream);
 
-/// q ← x / scale as float8 e4m3 bytes (saturating at ±448) with scale = max|x| / 448, over `count` elements of
-/// `type` at x (16-byte aligned); `state` [2] floats: state[0] ← scale, which the GEMM reads on the device (no host
-/// synchronisation, so CUDA graphs capture it), state[1] ← max|x|. A memset and two kernels of at most
-/// 4 · `multiprocessors` blocks, enqueued on `stream`; returns the launch error, if any.
-cudaError_t quantize_fp8_e4m3(const void* x, std::int64_t count, element_type type, void* q, float* state,
-                              int multiprocessors, cudaStream_t stream);
+/// What the float8 quantization applies to its input first, so that the activation's output is never stored in
+/// 16 bits: gelu_tanh(x) (SD3's feed-forward), geglu: x · gelu(gate) (erf GELU; SDXL's GEGLU, its value and gate
+/// halves as two tensors of one layout).
+enum class fp8_activation { none, gelu_tanh, geglu };
+
+/// The input of `quantize_fp8_e4m3`: `segments` runs of `count` elements, run s at x + s · segment_stride elements
+/// (a batch of row blocks that are not adjacent, e.g. one stream's rows of a joint [B, N + S, D] tensor), every run
+/// 16-byte aligned. q receives [segments · count] bytes, contiguous.
+struct quantize_fp8_args {
+  const void* x = nullptr;
+  const void* gate = nullptr;  ///< geglu only: laid out as x
+  std::int64_t count = 0;
+  std::int64_t segments = 1, segment_stride = 0;
+  void* q = nullptr;
+  float* state = nullptr;  ///< [2] floats: state[0] ← the scale, state[1] ← max|f(x)|
+  int multiprocessors = 1;
+};
+
+/// q ← f(x) / scale as float8 e4m3 bytes (saturating at ±448) with scale = max|f(x)| / 448 over every run;
+/// the GEMM reads the scale at state[0] on the device (no host synchronisation, so CUDA graphs capture it). A memset
+/// and two kernels (the maximum, then the scaling), enqueued on `stream`; returns the launch error, if any
+/// (cudaErrorInvalidValue for an empty input, over 65535 runs, or a gate given without geglu or missing with it).
+cudaError_t quantize_fp8_e4m3(const quantize_fp8_args& args, element_type type, fp8_activation activation,
+                              cudaStream_t stream);
 
 }  // namespace hybridiff::models::cuda_kernels

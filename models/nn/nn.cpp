@@ -70,8 +70,15 @@ void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer
   TORCH_CHECK(x.dim() == 3 && out.dim() == 3 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
                   x.size(2) == weight.size(1) && out.size(2) == weight.size(0),
               "linear_into: x ", x.sizes(), " and out ", out.sizes(), " do not fit a weight ", weight.sizes());
-  if (layer->fp8()) {  // one scaled GEMM over every image's rows, then the copy into the row blocks
-    out.copy_(layer->forward(x));
+  if (layer->fp8()) {                    // x quantized once, then one scaled GEMM per image straight into its row block
+    const auto input = quantize_fp8(x);  // [B·M, in]
+    const auto rows = x.size(1);
+    for (std::int64_t image = 0; image < x.size(0); ++image) {
+      auto block = out.select(0, image);  // [M, out], contiguous
+      at::_scaled_mm_out(block, input.data.narrow(0, image * rows, rows), weight.t(), input.scale, layer->weight_scale,
+                         bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt,
+                         out.scalar_type(), /*use_fast_accum=*/x.is_cuda());
+    }
     return;
   }
   if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
@@ -261,31 +268,80 @@ fp8_tensor quantize_with_aten(const at::Tensor& values) {
   return {(values.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn), scale};
 }
 
+// What a quantization applies to its input first (see cuda_kernels::fp8_activation).
+enum class activation_before { none, gelu_tanh, geglu };
+
+// f(x) by ATen ops, in x's dtype (the unfused path).
+at::Tensor apply(activation_before activation, const at::Tensor& x, const at::Tensor& gate) {
+  switch (activation) {
+    case activation_before::gelu_tanh: return at::gelu(x, "tanh");
+    case activation_before::geglu: return x * at::gelu(gate);
+    default: return x;
+  }
+}
+
+#ifdef HYBRIDIFF_WITH_CUDA
+// Our kernels' quantization of f(x) [..., D] into [R, D] rows, or nothing where they do not take x: they need a
+// 16-bit or float32 CUDA tensor whose leading dimension indexes runs of contiguous, 16-byte aligned memory
+// (a contiguous tensor is one run; a narrow of a joint [B, N + S, D] tensor is B runs), a gate laid out as x.
+std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& x, activation_before activation,
+                                                const at::Tensor& gate) {
+  const auto type = x.is_cuda() ? kernel_element_type(x.scalar_type()) : std::nullopt;
+  if (!type || x.dim() < 2) return std::nullopt;
+  const bool one_run = x.is_contiguous();
+  if (!one_run && !(x.select(0, 0).is_contiguous() && x.stride(0) >= x.select(0, 0).numel())) return std::nullopt;
+  const auto segments = one_run ? 1 : x.size(0);
+  const auto stride = one_run ? x.numel() : x.stride(0);
+  const auto bytes = static_cast<std::int64_t>(x.element_size());
+  // Every run starts 16-byte aligned, in x and in q (whose runs are adjacent).
+  if (!aligned_to_16_bytes(x) || (stride * bytes) % 16 != 0 || segments > 65535 ||
+      (segments > 1 && (x.numel() / segments * bytes) % 16 != 0))
+    return std::nullopt;
+  if (gate.defined() && (gate.sizes() != x.sizes() || gate.strides() != x.strides() ||
+                         gate.scalar_type() != x.scalar_type() || !aligned_to_16_bytes(gate)))
+    return std::nullopt;
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  fp8_tensor result;
+  result.data = at::empty({x.numel() / x.size(-1), x.size(-1)}, x.options().dtype(at::kFloat8_e4m3fn));
+  auto state = at::empty({2}, x.options().dtype(at::kFloat));
+  cuda_kernels::quantize_fp8_args args;
+  args.x = x.data_ptr();
+  args.gate = gate.defined() ? gate.data_ptr() : nullptr;
+  args.count = x.numel() / segments;
+  args.segments = segments;
+  args.segment_stride = stride;
+  args.q = result.data.data_ptr();
+  args.state = state.data_ptr<float>();
+  args.multiprocessors = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+  const auto kernel_activation = activation == activation_before::gelu_tanh ? cuda_kernels::fp8_activation::gelu_tanh
+                                 : activation == activation_before::geglu   ? cuda_kernels::fp8_activation::geglu
+                                                                            : cuda_kernels::fp8_activation::none;
+  check_launch(cuda_kernels::quantize_fp8_e4m3(args, *type, kernel_activation, current_stream(x)),
+               "float8 quantization kernels");
+  result.scale = state.narrow(0, 0, 1);
+  return result;
+}
+#endif
+
+// f(x) [..., D] quantized per tensor into [R, D] rows: our kernels on CUDA, else ATen ops.
+fp8_tensor quantize_activated(const at::Tensor& x, activation_before activation, const at::Tensor& gate) {
+  TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "quantize_fp8: an empty input ", x.sizes());
+#ifdef HYBRIDIFF_WITH_CUDA
+  if (auto quantized = quantize_with_kernels(x, activation, gate)) return *quantized;
+#endif
+  return quantize_with_aten(apply(activation, x, gate).reshape({-1, x.size(-1)}));
+}
+
 }  // namespace
 
 fp8_tensor quantize_fp8(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "quantize_fp8: an empty input ", x.sizes());
   const auto site = site_of(x);
   auto& last = last_quantized;
   if (last.source && last.source->lock().get() == x.unsafeGetTensorImpl() && last.version == x._version() &&
       last.site == site)
     return last.quantized;
-  const auto rows = x.reshape({-1, x.size(-1)}).contiguous();  // [R, D]
-  fp8_tensor result;
-#ifdef HYBRIDIFF_WITH_CUDA
-  const auto type = rows.is_cuda() ? kernel_element_type(rows.scalar_type()) : std::nullopt;
-  if (type && aligned_to_16_bytes(rows)) {
-    const c10::cuda::CUDAGuard guard(rows.device());
-    result.data = at::empty(rows.sizes(), rows.options().dtype(at::kFloat8_e4m3fn));
-    auto state = at::empty({2}, rows.options().dtype(at::kFloat));
-    check_launch(cuda_kernels::quantize_fp8_e4m3(
-                     rows.data_ptr(), rows.numel(), *type, result.data.data_ptr(), state.data_ptr<float>(),
-                     at::cuda::getDeviceProperties(rows.device().index())->multiProcessorCount, current_stream(rows)),
-                 "float8 quantization kernels");
-    result.scale = state.narrow(0, 0, 1);
-  }
-#endif
-  if (!result.data.defined()) result = quantize_with_aten(rows);
+  auto result = quantize_activated(x, activation_before::none, {});
   last.source.emplace(x.getIntrusivePtr());
   last.version = x._version();
   last.site = site;
@@ -295,20 +351,25 @@ fp8_tensor quantize_fp8(const at::Tensor& x) {
 
 namespace {
 
-// x [..., in] times the float8 rows `weight` [out, in] (column-major as its transpose, which cuBLASLt's FP8 GEMM
-// wants) plus `bias` [out] (undefined: none) -> [..., out] in x's dtype.
-at::Tensor scaled_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
-                         const at::Tensor& bias) {
-  TORCH_CHECK(x.size(-1) == weight.size(1), "a float8 linear layer of weight ", weight.sizes(), " got input ",
-              x.sizes());
-  const auto input = quantize_fp8(x);
+// The float8 rows `input` ([R, in], the quantization of an x [..., in] with `sizes`) times the float8 rows `weight`
+// [out, in] (column-major as its transpose, which cuBLASLt's FP8 GEMM wants) plus `bias` [out] (undefined: none)
+// -> [..., out] in `dtype`.
+at::Tensor scaled_linear(const fp8_tensor& input, c10::IntArrayRef sizes, at::ScalarType dtype,
+                         const at::Tensor& weight, const at::Tensor& weight_scale, const at::Tensor& bias) {
+  TORCH_CHECK(input.data.size(1) == weight.size(1), "a float8 linear layer of weight ", weight.sizes(), " got input ",
+              sizes);
   // Fast accumulation (cuBLASLt's FP8 mode on Hopper): its cost in quality is measured with the rest (docs/models.md).
   auto out = at::_scaled_mm(input.data, weight.t(), input.scale, weight_scale,
-                            bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt,
-                            x.scalar_type(), /*use_fast_accum=*/x.is_cuda());
-  auto sizes = x.sizes().vec();
-  sizes.back() = weight.size(0);
-  return out.view(sizes);
+                            bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt, dtype,
+                            /*use_fast_accum=*/input.data.is_cuda());
+  auto out_sizes = sizes.vec();
+  out_sizes.back() = weight.size(0);
+  return out.view(out_sizes);
+}
+
+at::Tensor scaled_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                         const at::Tensor& bias) {
+  return scaled_linear(quantize_fp8(x), x.sizes(), x.scalar_type(), weight, weight_scale, bias);
 }
 
 }  // namespace
@@ -335,6 +396,22 @@ at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t fi
   const auto weight = layer->weight.narrow(0, first, count);
   if (layer->fp8()) return scaled_linear(x, weight, layer->weight_scale, bias);
   return at::linear(x, weight, bias);
+}
+
+at::Tensor feed_forward_gelu_tanh(const Linear& in, const Linear& out, const at::Tensor& x) {
+  if (!out->fp8()) return out->forward(linear_gelu_tanh(in, x));
+  const auto hidden = in->forward(x);  // [..., hidden], before the GELU
+  return scaled_linear(quantize_activated(hidden, activation_before::gelu_tanh, {}), hidden.sizes(),
+                       hidden.scalar_type(), out->weight, out->weight_scale, out->bias);
+}
+
+at::Tensor geglu_feed_forward(const Linear& proj, const Linear& out, const at::Tensor& x) {
+  const auto half = proj->weight.size(0) / 2;
+  auto value = linear_part(proj, x, 0, half);  // [..., hidden]
+  auto gate = linear_part(proj, x, half, half);
+  if (!out->fp8()) return out->forward(value.mul_(at::gelu_(gate)));
+  return scaled_linear(quantize_activated(value, activation_before::geglu, gate), value.sizes(), value.scalar_type(),
+                       out->weight, out->weight_scale, out->bias);
 }
 
 int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select) {

@@ -9,7 +9,28 @@ namespace hybridiff::models::cuda_kernels {
 namespace {
 
 constexpr int threads = 256;
+// 16-byte vectors each thread loads before it uses any: enough loads in flight to stream at the memory's bandwidth
+// (one at a time, the max pass ran at under half of it on an H100).
+constexpr int unroll = 4;
+constexpr std::int64_t chunk = static_cast<std::int64_t>(threads) * unroll;  // vectors per block and iteration
 constexpr float e4m3_max = 448.f;
+
+// The activation applied before quantizing, as float32 (what ATen's fp16 kernels compute in).
+__device__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+__device__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.7071067811865476f)); }
+
+// f(x) for the activation f (geglu: x · gelu(gate), the gate element at the same place as x's).
+template <typename T>
+__device__ float activated(fp8_activation activation, T x, T gate) {
+  const float value = element<T>::load(x);
+  switch (activation) {
+    case fp8_activation::gelu_tanh: return gelu_tanh(value);
+    case fp8_activation::geglu: return value * gelu_erf(element<T>::load(gate));
+    default: return value;
+  }
+}
 
 // max(|value|) over the block, in thread 0 (blockDim.x == threads).
 __device__ float block_max(float value) {
@@ -23,71 +44,104 @@ __device__ float block_max(float value) {
   return result;
 }
 
-// state[1] (zeroed before) ← max |x|. Non-negative floats order as their bits do, so atomicMax on the bits is a
+// Calls visit(index in the segment, V activated values) for every whole vector of segment blockIdx.y this block
+// takes (chunks blockIdx.x, blockIdx.x + gridDim.x, ...: `unroll` independent loads per thread first), then
+// visit_tail(index, value) for the elements after the last whole vector.
+template <typename T, typename Visit, typename VisitTail>
+__device__ void for_each_value(const quantize_fp8_args& args, fp8_activation activation, Visit visit,
+                               VisitTail visit_tail) {
+  constexpr int V = element<T>::vector;
+  const std::int64_t s = blockIdx.y;
+  const T* x = static_cast<const T*>(args.x) + s * args.segment_stride;
+  const T* gate = args.gate ? static_cast<const T*>(args.gate) + s * args.segment_stride : nullptr;
+  const std::int64_t vectors = args.count / V;
+  for (std::int64_t c = blockIdx.x; c * chunk < vectors; c += gridDim.x) {
+    pack<T> values[unroll], gates[unroll];
+#pragma unroll
+    for (int u = 0; u < unroll; ++u) {
+      const std::int64_t v = c * chunk + u * threads + threadIdx.x;
+      if (v < vectors) {
+        values[u] = reinterpret_cast<const pack<T>*>(x)[v];
+        if (gate) gates[u] = reinterpret_cast<const pack<T>*>(gate)[v];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < unroll; ++u) {
+      const std::int64_t v = c * chunk + u * threads + threadIdx.x;
+      if (v >= vectors) continue;
+      float out[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) out[i] = activated(activation, values[u].values[i], gates[u].values[i]);
+      visit(v * V, out);
+    }
+  }
+  if (blockIdx.x != 0) return;
+  for (std::int64_t e = vectors * V + threadIdx.x; e < args.count; e += threads)
+    visit_tail(e, activated(activation, x[e], gate ? gate[e] : x[e]));
+}
+
+// state[1] (zeroed before) ← max |f(x)|. Non-negative floats order as their bits do, so atomicMax on the bits is a
 // float max. fmaxf passes over NaNs: a NaN input stays NaN in the quantized tensor (and in the GEMM's output), as in
 // fp16, without making every other element NaN through the scale.
 template <typename T>
-__global__ void absolute_max(const T* x, std::int64_t count, unsigned int* state) {
+__global__ void absolute_max(quantize_fp8_args args, fp8_activation activation) {
   constexpr int V = element<T>::vector;
-  const std::int64_t vectors = count / V;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * threads;
   float largest = 0.f;
-  for (std::int64_t v = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; v < vectors; v += stride) {
-    const auto values = reinterpret_cast<const pack<T>*>(x)[v];
+  for_each_value<T>(
+      args, activation,
+      [&](std::int64_t, const float(&values)[V]) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) largest = fmaxf(largest, fabsf(element<T>::load(values.values[i])));
-  }
-  for (std::int64_t i = vectors * V + blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; i < count;
-       i += stride)
-    largest = fmaxf(largest, fabsf(element<T>::load(x[i])));
+        for (int i = 0; i < V; ++i) largest = fmaxf(largest, fabsf(values[i]));
+      },
+      [&](std::int64_t, float value) { largest = fmaxf(largest, fabsf(value)); });
   const float block = block_max(largest);
-  if (threadIdx.x == 0) atomicMax(state + 1, __float_as_uint(block));
+  if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(args.state) + 1, __float_as_uint(block));
 }
 
 __device__ unsigned char to_e4m3(float value) {
   return static_cast<unsigned char>(__nv_cvt_float_to_fp8(value, __NV_SATFINITE, __NV_E4M3));
 }
 
-// q ← x · 448 / max|x| in e4m3 (saturating), and state[0] ← max|x| / 448, the scale that multiplies q back.
+// q ← f(x) · 448 / max|f(x)| in e4m3 (saturating), and state[0] ← max|f(x)| / 448, the scale that multiplies q
+// back. q is [segments, count], contiguous.
 template <typename T>
-__global__ void scale_to_e4m3(const T* x, std::int64_t count, unsigned char* q, float* state) {
+__global__ void scale_to_e4m3(quantize_fp8_args args, fp8_activation activation) {
   constexpr int V = element<T>::vector;
-  const float largest = fmaxf(state[1], 1e-30f);  // an all-zero tensor quantizes to zeros
+  const float largest = fmaxf(args.state[1], 1e-30f);  // an all-zero tensor quantizes to zeros
   const float inverse = e4m3_max / largest;
-  if (blockIdx.x == 0 && threadIdx.x == 0) state[0] = largest / e4m3_max;
-  const std::int64_t vectors = count / V;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * threads;
-  for (std::int64_t v = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; v < vectors; v += stride) {
-    const auto values = reinterpret_cast<const pack<T>*>(x)[v];
-    struct alignas(V) bytes {
-      unsigned char b[V];
-    } out;
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) args.state[0] = largest / e4m3_max;
+  unsigned char* q = static_cast<unsigned char*>(args.q) + static_cast<std::int64_t>(blockIdx.y) * args.count;
+  struct alignas(V) bytes {
+    unsigned char b[V];
+  };
+  for_each_value<T>(
+      args, activation,
+      [&](std::int64_t e, const float(&values)[V]) {
+        bytes out;
 #pragma unroll
-    for (int i = 0; i < V; ++i) out.b[i] = to_e4m3(element<T>::load(values.values[i]) * inverse);
-    reinterpret_cast<bytes*>(q)[v] = out;
-  }
-  for (std::int64_t i = vectors * V + blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; i < count;
-       i += stride)
-    q[i] = to_e4m3(element<T>::load(x[i]) * inverse);
+        for (int i = 0; i < V; ++i) out.b[i] = to_e4m3(values[i] * inverse);
+        *reinterpret_cast<bytes*>(q + e) = out;
+      },
+      [&](std::int64_t e, float value) { q[e] = to_e4m3(value * inverse); });
 }
 
 }  // namespace
 
-cudaError_t quantize_fp8_e4m3(const void* x, std::int64_t count, element_type type, void* q, float* state,
-                              int multiprocessors, cudaStream_t stream) {
-  if (count <= 0) return cudaErrorInvalidValue;
-  if (auto status = cudaMemsetAsync(state + 1, 0, sizeof(float), stream); status != cudaSuccess) return status;
+cudaError_t quantize_fp8_e4m3(const quantize_fp8_args& args, element_type type, fp8_activation activation,
+                              cudaStream_t stream) {
+  if (args.count <= 0 || args.segments <= 0 || args.segments > 65535) return cudaErrorInvalidValue;
+  if ((activation == fp8_activation::geglu) != (args.gate != nullptr)) return cudaErrorInvalidValue;
+  if (auto status = cudaMemsetAsync(args.state + 1, 0, sizeof(float), stream); status != cudaSuccess) return status;
   return dispatch(type, [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    const std::int64_t vectors = (count + element<T>::vector - 1) / element<T>::vector;
-    // Enough blocks to fill the device a few times over; each thread strides over the rest.
-    const auto blocks = static_cast<unsigned int>(
-        std::max<std::int64_t>(1, std::min<std::int64_t>((vectors + threads - 1) / threads, 4 * multiprocessors)));
-    absolute_max<T>
-        <<<blocks, threads, 0, stream>>>(static_cast<const T*>(x), count, reinterpret_cast<unsigned int*>(state));
+    const std::int64_t chunks = (args.count / element<T>::vector + chunk - 1) / chunk;
+    // Enough blocks to fill the device a few times over; each strides over the segment's other chunks.
+    const dim3 blocks(static_cast<unsigned int>(std::max<std::int64_t>(
+                          1, std::min<std::int64_t>(chunks, 8 * args.multiprocessors / args.segments + 1))),
+                      static_cast<unsigned int>(args.segments));
+    absolute_max<T><<<blocks, threads, 0, stream>>>(args, activation);
     if (auto status = cudaGetLastError(); status != cudaSuccess) return status;
-    scale_to_e4m3<T>
-        <<<blocks, threads, 0, stream>>>(static_cast<const T*>(x), count, static_cast<unsigned char*>(q), state);
+    scale_to_e4m3<T><<<blocks, threads, 0, stream>>>(args, activation);
     return cudaGetLastError();
   });
 }

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
 #include "models/nn/nn.hpp"
 #include "models/pipelines/pipeline.hpp"
 #include "runtime/cuda_graph.hpp"
@@ -69,6 +73,83 @@ TEST_P(Fp8OnCuda, ScaledGemmStaysWithinFloat8RoundingOfTheFloat32Layer) {
             fp8_tolerance);
 }
 
+// The fused paths of our kernels against the unfused ones: a feed-forward's activation applied inside the
+// quantization (computed in float32, not rounded to 16 bits first: a few elements land one e4m3 step apart), one
+// stream's rows of a joint [B, N + S, D] tensor quantized in place (B runs, no contiguous copy: the same bytes),
+// and linear_into's GEMM per image block against one GEMM over every row.
+TEST_P(Fp8OnCuda, FusedPathsEqualTheUnfusedOps) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(2);
+  const auto options = at::TensorOptions(torch::kCUDA).dtype(GetParam());
+  auto in = linear(256, 512), out = linear(512, 256), proj = linear(256, 1024);
+  for (auto* layer : {&in, &out, &proj}) (*layer)->to(torch::kCUDA, GetParam());
+  const auto x = torch::randn({2, 77, 256}, options);
+  const auto hidden = in(x);
+  const auto halves = proj(x).chunk(2, -1);
+  const auto gelu_reference = out(at::gelu(hidden, "tanh")).to(torch::kFloat);
+  const auto geglu_reference = out(halves[0] * at::gelu(halves[1])).to(torch::kFloat);
+  out->quantize_to_fp8();
+  const auto gelu_unfused = out(at::gelu(hidden, "tanh")).to(torch::kFloat);
+  const auto geglu_unfused = out(halves[0].contiguous() * at::gelu(halves[1].contiguous())).to(torch::kFloat);
+  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_unfused), 1e-2);
+  EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_unfused), 1e-2);
+  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_reference), fp8_tolerance);
+  EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_reference), fp8_tolerance);
+
+  const auto joint = torch::randn({2, 77 + 32, 256}, options);
+  for (const auto& rows : {joint.narrow(1, 0, 77), joint.narrow(1, 77, 32)}) {
+    ASSERT_FALSE(rows.is_contiguous());
+    const auto in_place = quantize_fp8(rows);
+    const auto copied = quantize_fp8(rows.contiguous());
+    EXPECT_TRUE(torch::equal(in_place.data.view(at::kByte), copied.data.view(at::kByte)));
+    EXPECT_TRUE(torch::equal(in_place.scale, copied.scale));
+  }
+  in->quantize_to_fp8();
+  auto into = torch::full({2, 77 + 5, 512}, -1.0, options);
+  linear_into(into.narrow(1, 5, 77), x, in);
+  EXPECT_LT(test::relative_error(into.narrow(1, 5, 77).to(torch::kFloat), in(x).to(torch::kFloat)), 1e-3);
+  EXPECT_TRUE((into.narrow(1, 0, 5) == -1).all().item<bool>());
+}
+
+// A CUDA graph that quantizes its input (twice: the second call reuses the first quantization within the capture)
+// requantizes what its replays find in the input buffer: no quantization of the warm-up runs or of eager calls
+// before is baked in. One layer, so eager and replayed outputs are the same kernels' on the same values.
+TEST_P(Fp8OnCuda, GraphReplaysQuantizeTheInputTheyFind) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(3);
+  const auto options = at::TensorOptions(torch::kCUDA).dtype(GetParam());
+  auto layer = linear(256, 128);
+  layer->to(torch::kCUDA, GetParam());
+  layer->quantize_to_fp8();
+  auto input = torch::randn({2, 77, 256}, options);
+  const auto eager_first = layer(input);  // remembered by the quantization before the capture
+  auto side = c10::cuda::getStreamFromPool(false, 0);
+  at::cuda::CUDAGraph graph;
+  at::Tensor first, second;
+  side.synchronize();
+  c10::cuda::getCurrentCUDAStream(0).synchronize();
+  {
+    c10::cuda::CUDAStreamGuard on_side(side);
+    for (int warm_up = 0; warm_up < 2; ++warm_up) first = layer(input);
+    side.synchronize();
+    graph.capture_begin();
+    first = layer(input);
+    second = layer(input);
+    graph.capture_end();
+  }
+  for (double factor : {3.0, -0.5}) {
+    const auto values = torch::randn({2, 77, 256}, options) * factor;
+    input.copy_(values);
+    c10::cuda::getCurrentCUDAStream(0).synchronize();
+    graph.replay();
+    c10::cuda::getCurrentCUDAStream(0).synchronize();
+    const auto eager = layer(values).to(torch::kFloat);
+    EXPECT_LT(test::relative_error(first.to(torch::kFloat), eager), 1e-3) << factor;
+    EXPECT_LT(test::relative_error(second.to(torch::kFloat), eager), 1e-3) << factor;
+    EXPECT_GT(test::relative_error(eager_first.to(torch::kFloat), eager), 0.5) << factor;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, Fp8OnCuda, ::testing::Values(at::kHalf, at::kBFloat16));
 
 class Fp8Models : public ::testing::TestWithParam<std::string> {
@@ -78,9 +159,12 @@ class Fp8Models : public ::testing::TestWithParam<std::string> {
   }
 };
 
-// The fixture models in fp8 on CUDA (fp16 elsewhere): CUDA-graph replays equal eager calls for every input and
-// conditioning (the quantization kernels are captured, none of an earlier capture's quantized inputs is reused),
-// and 8 steps land within float8's error of diffusers' float32 latents.
+// The fixture models in fp8 on CUDA (fp16 elsewhere): CUDA-graph replays stay within float8's error of eager calls
+// for every input and conditioning, and 8 steps land within float8's error of diffusers' float32 latents. (Not
+// closer: where eager and captured calls pick different GEMM or convolution algorithms, the last-bit differences
+// move some values across an e4m3 rounding step, and every layer after re-rounds them: tiny-sdxl's replays measured
+// 0.03 from its eager calls on an H100, the distance of fp8 from fp16. GraphReplaysQuantizeTheInputTheyFind checks
+// the captured quantization on one layer, where nothing compounds.)
 TEST_P(Fp8Models, GraphsReplayEagerCallsAndLatentsStayNearDiffusers) {
   torch::NoGradGuard no_grad;
   const c10::Device cuda(c10::kCUDA, 0);
@@ -89,11 +173,13 @@ TEST_P(Fp8Models, GraphsReplayEagerCallsAndLatentsStayNearDiffusers) {
   options.dtype = at::kHalf;
   options.fp8 = true;
   auto pipeline = load_pipeline(test::fixtures_dir() / GetParam(), options);
+  options.fp8 = false;
+  auto unquantized = load_pipeline(test::fixtures_dir() / GetParam(), options);  // fp16: the same comparison, printed
   generation_request request;
   request.prompt = "a red fox";
   request.height = request.width = 64;
   const auto both = pipeline->encode_prompt(request, pipeline->plan(request));
-  runtime::graphed_denoiser graphed(*pipeline);
+  runtime::graphed_denoiser graphed(*pipeline), graphed_fp16(*unquantized);
   torch::manual_seed(0);
   const auto shape = pipeline->latent_shape(64, 64);
   for (const auto& cond : {both.negative, both.positive, branch_conditioning::stack(both.negative, both.positive)}) {
@@ -102,7 +188,13 @@ TEST_P(Fp8Models, GraphsReplayEagerCallsAndLatentsStayNearDiffusers) {
       auto timestep = torch::tensor(t, torch::TensorOptions().device(cuda));
       const auto eager = pipeline->predict(latents, timestep, cond).cpu().to(torch::kFloat);
       const auto replayed = graphed.predict(latents, timestep, cond).cpu().to(torch::kFloat);
-      EXPECT_LT(test::relative_error(replayed, eager), 1e-3) << "t " << t;  // fp16 outputs of the same kernels
+      const auto distance = test::relative_error(replayed, eager);
+      EXPECT_LT(distance, fp8_tolerance) << "t " << t;
+      const auto fp16_distance =
+          test::relative_error(graphed_fp16.predict(latents, timestep, cond).cpu().to(torch::kFloat),
+                               unquantized->predict(latents, timestep, cond).cpu().to(torch::kFloat));
+      std::cout << GetParam() << " batch " << cond.context.size(0) << " t " << t << ": replay vs eager " << distance
+                << " (fp16: " << fp16_distance << ")\n";
     }
   }
 

@@ -66,6 +66,32 @@ TEST(Fp8Linear, RandomValuesStayWithinFloat8Rounding) {
   EXPECT_LT(distance, fp8_tolerance);
 }
 
+// The feed-forwards the networks use apply their activation before the float8 GEMM of their second layer (SD3's
+// tanh GELU; SDXL's GEGLU, value · gelu(gate) from proj's first and second halves), and stay within float8's
+// rounding of the float32 composition. Without the activation they would be far from it.
+TEST(Fp8Linear, FeedForwardsApplyTheirActivationBeforeTheFloat8Gemm) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(6);
+  const auto x = torch::randn({2, 9, 32});
+  auto in = linear(32, 64), out = linear(64, 32), proj = linear(32, 128);
+  const auto hidden = in(x);
+  const auto gelu_expected = out(torch::gelu(hidden, "tanh"));
+  const auto halves = proj(x).chunk(2, -1);
+  const auto geglu_expected = out(halves[0] * torch::gelu(halves[1]));
+  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x), gelu_expected), 1e-6);
+  EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x), geglu_expected), 1e-6);
+  EXPECT_GT(test::relative_error(out(hidden), gelu_expected), 3 * fp8_tolerance);
+  EXPECT_GT(test::relative_error(out(halves[0]), geglu_expected), 3 * fp8_tolerance);
+
+  for (auto* layer : {&in, &out, &proj}) (*layer)->quantize_to_fp8();
+  const auto gelu_distance = test::relative_error(feed_forward_gelu_tanh(in, out, x), gelu_expected);
+  const auto geglu_distance = test::relative_error(geglu_feed_forward(proj, out, x), geglu_expected);
+  EXPECT_GT(gelu_distance, 0.0);
+  EXPECT_LT(gelu_distance, fp8_tolerance);
+  EXPECT_GT(geglu_distance, 0.0);
+  EXPECT_LT(geglu_distance, fp8_tolerance);
+}
+
 // An input is quantized once while it is unchanged (q, k and v share it), and again after an in-place write.
 TEST(Fp8Linear, AnInputIsQuantizedOnceUntilItChanges) {
   torch::NoGradGuard no_grad;
