@@ -56,7 +56,7 @@ __device__ void for_each_value(const quantize_fp8_args& args, fp8_activation act
   const T* gate = args.gate ? static_cast<const T*>(args.gate) + s * args.segment_stride : nullptr;
   const std::int64_t vectors = args.count / V;
   for (std::int64_t c = blockIdx.x; c * chunk < vectors; c += gridDim.x) {
-    pack<T> values[unroll], gates[unroll];
+    pack<T> values[unroll], gates[unroll] = {};  // no gate: zeros, never read
 #pragma unroll
     for (int u = 0; u < unroll; ++u) {
       const std::int64_t v = c * chunk + u * threads + threadIdx.x;
