@@ -74,6 +74,9 @@ cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_ty
 /// halves as two tensors of one layout).
 enum class fp8_activation { none, gelu_tanh, geglu };
 
+/// The most runs `quantize_fp8_e4m3` takes.
+constexpr std::int64_t max_fp8_runs = 64;
+
 /// The input of `quantize_fp8_e4m3`: `segments` runs of `count` elements, run s at x + s · segment_stride elements
 /// (a batch of row blocks that are not adjacent, e.g. one stream's rows of a joint [B, N + S, D] tensor), every run
 /// 16-byte aligned. q receives [segments · count] bytes, contiguous.
@@ -83,14 +86,18 @@ struct quantize_fp8_args {
   std::int64_t count = 0;
   std::int64_t segments = 1, segment_stride = 0;
   void* q = nullptr;
-  float* state = nullptr;  ///< [2] floats: state[0] ← the scale, state[1] ← max|f(x)|
+  float* state = nullptr;  ///< `quantize_fp8_state_floats` floats: state[0] ← the scale, then the partial maxima
   int multiprocessors = 1;
 };
 
+/// The floats `state` needs for `args` (its other fields as they will be passed).
+std::int64_t quantize_fp8_state_floats(const quantize_fp8_args& args, element_type type);
+
 /// q ← f(x) / scale as float8 e4m3 bytes (saturating at ±448) with scale = max|f(x)| / 448 over every run;
-/// the GEMM reads the scale at state[0] on the device (no host synchronisation, so CUDA graphs capture it). A memset
-/// and two kernels (the maximum, then the scaling), enqueued on `stream`; returns the launch error, if any
-/// (cudaErrorInvalidValue for an empty input, over 65535 runs, or a gate given without geglu or missing with it).
+/// the GEMM reads the scale at state[0] on the device (no host synchronisation, so CUDA graphs capture it). Two
+/// kernels (per-block maxima, then the scaling, each block reducing the maxima first), enqueued on `stream`;
+/// returns the launch error, if any (cudaErrorInvalidValue for an empty input, more than `max_fp8_runs` runs, or a
+/// gate given without geglu or missing with it).
 cudaError_t quantize_fp8_e4m3(const quantize_fp8_args& args, element_type type, fp8_activation activation,
                               cudaStream_t stream);
 

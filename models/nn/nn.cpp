@@ -281,30 +281,35 @@ at::Tensor apply(activation_before activation, const at::Tensor& x, const at::Te
 }
 
 #ifdef HYBRIDIFF_WITH_CUDA
-// Our kernels' quantization of f(x) [..., D] into [R, D] rows, or nothing where they do not take x: they need a
-// 16-bit or float32 CUDA tensor whose leading dimension indexes runs of contiguous, 16-byte aligned memory
-// (a contiguous tensor is one run; a narrow of a joint [B, N + S, D] tensor is B runs), a gate laid out as x.
-std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& x, activation_before activation,
-                                                const at::Tensor& gate) {
-  const auto type = x.is_cuda() ? kernel_element_type(x.scalar_type()) : std::nullopt;
-  if (!type || x.dim() < 2) return std::nullopt;
+// Whether x's leading dimension indexes runs our quantization kernels take in place: contiguous, 16-byte aligned
+// blocks (a narrow of a joint [B, N + S, D] tensor: B runs), at most max_fp8_runs of them.
+bool quantizable_runs(const at::Tensor& x) {
+  if (x.dim() < 2 || x.size(0) > cuda_kernels::max_fp8_runs || !x.select(0, 0).is_contiguous()) return false;
+  const auto run = x.select(0, 0).numel(), bytes = static_cast<std::int64_t>(x.element_size());
+  return x.stride(0) >= run && (x.stride(0) * bytes) % 16 == 0 && (run * bytes) % 16 == 0 && aligned_to_16_bytes(x);
+}
+
+// Our kernels' quantization of f(x) [..., D] into [R, D] rows, or nothing where they do not take x: a 16-bit or
+// float32 CUDA tensor, contiguous or in runs (quantizable_runs; otherwise a contiguous copy is quantized), and a gate
+// of x's layout.
+std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, activation_before activation,
+                                                const at::Tensor& input_gate) {
+  const auto type = input.is_cuda() ? kernel_element_type(input.scalar_type()) : std::nullopt;
+  if (!type || input.dim() < 1) return std::nullopt;
+  const bool in_place = input.is_contiguous() || quantizable_runs(input);
+  const auto x = in_place ? input : input.contiguous();
+  const auto gate = in_place || !input_gate.defined() ? input_gate : input_gate.contiguous();
+  if (!aligned_to_16_bytes(x) ||
+      (gate.defined() && (gate.sizes() != x.sizes() || gate.strides() != x.strides() ||
+                          gate.scalar_type() != x.scalar_type() || !aligned_to_16_bytes(gate))))
+    return std::nullopt;
   const bool one_run = x.is_contiguous();
-  if (!one_run && !(x.select(0, 0).is_contiguous() && x.stride(0) >= x.select(0, 0).numel())) return std::nullopt;
   const auto segments = one_run ? 1 : x.size(0);
   const auto stride = one_run ? x.numel() : x.stride(0);
-  const auto bytes = static_cast<std::int64_t>(x.element_size());
-  // Every run starts 16-byte aligned, in x and in q (whose runs are adjacent).
-  if (!aligned_to_16_bytes(x) || (stride * bytes) % 16 != 0 || segments > 65535 ||
-      (segments > 1 && (x.numel() / segments * bytes) % 16 != 0))
-    return std::nullopt;
-  if (gate.defined() && (gate.sizes() != x.sizes() || gate.strides() != x.strides() ||
-                         gate.scalar_type() != x.scalar_type() || !aligned_to_16_bytes(gate)))
-    return std::nullopt;
 
   const c10::cuda::CUDAGuard guard(x.device());
   fp8_tensor result;
   result.data = at::empty({x.numel() / x.size(-1), x.size(-1)}, x.options().dtype(at::kFloat8_e4m3fn));
-  auto state = at::empty({2}, x.options().dtype(at::kFloat));
   cuda_kernels::quantize_fp8_args args;
   args.x = x.data_ptr();
   args.gate = gate.defined() ? gate.data_ptr() : nullptr;
@@ -312,8 +317,9 @@ std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& x, activation_
   args.segments = segments;
   args.segment_stride = stride;
   args.q = result.data.data_ptr();
-  args.state = state.data_ptr<float>();
   args.multiprocessors = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+  auto state = at::empty({cuda_kernels::quantize_fp8_state_floats(args, *type)}, x.options().dtype(at::kFloat));
+  args.state = state.data_ptr<float>();
   const auto kernel_activation = activation == activation_before::gelu_tanh ? cuda_kernels::fp8_activation::gelu_tanh
                                  : activation == activation_before::geglu   ? cuda_kernels::fp8_activation::geglu
                                                                             : cuda_kernels::fp8_activation::none;

@@ -80,9 +80,10 @@ __device__ void for_each_value(const quantize_fp8_args& args, fp8_activation act
     visit_tail(e, activated(activation, x[e], gate ? gate[e] : x[e]));
 }
 
-// state[1] (zeroed before) ← max |f(x)|. Non-negative floats order as their bits do, so atomicMax on the bits is a
-// float max. fmaxf passes over NaNs: a NaN input stays NaN in the quantized tensor (and in the GEMM's output), as in
-// fp16, without making every other element NaN through the scale.
+// state[1 + b] ← max |f(x)| over what block b (blockIdx.y · gridDim.x + blockIdx.x) took: per-block partial maxima,
+// which need no zeroing before (a memset node per quantization less) and no atomics. fmaxf passes over NaNs: a NaN
+// input stays NaN in the quantized tensor (and in the GEMM's output), as in fp16, without making every other element
+// NaN through the scale.
 template <typename T>
 __global__ void absolute_max(quantize_fp8_args args, fp8_activation activation) {
   constexpr int V = element<T>::vector;
@@ -95,7 +96,7 @@ __global__ void absolute_max(quantize_fp8_args args, fp8_activation activation) 
       },
       [&](std::int64_t, float value) { largest = fmaxf(largest, fabsf(value)); });
   const float block = block_max(largest);
-  if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(args.state) + 1, __float_as_uint(block));
+  if (threadIdx.x == 0) args.state[1 + blockIdx.y * gridDim.x + blockIdx.x] = block;
 }
 
 __device__ unsigned char to_e4m3(float value) {
@@ -107,7 +108,14 @@ __device__ unsigned char to_e4m3(float value) {
 template <typename T>
 __global__ void scale_to_e4m3(quantize_fp8_args args, fp8_activation activation) {
   constexpr int V = element<T>::vector;
-  const float largest = fmaxf(args.state[1], 1e-30f);  // an all-zero tensor quantizes to zeros
+  // Every block reduces the max pass's partial maxima (a few hundred floats, from L2) itself.
+  __shared__ float reduced;
+  float partial = 0.f;
+  for (unsigned int b = threadIdx.x; b < gridDim.x * gridDim.y; b += threads) partial = fmaxf(partial, args.state[1 + b]);
+  partial = block_max(partial);
+  if (threadIdx.x == 0) reduced = partial;
+  __syncthreads();
+  const float largest = fmaxf(reduced, 1e-30f);  // an all-zero tensor quantizes to zeros
   const float inverse = e4m3_max / largest;
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) args.state[0] = largest / e4m3_max;
   unsigned char* q = static_cast<unsigned char*>(args.q) + static_cast<std::int64_t>(blockIdx.y) * args.count;
@@ -127,18 +135,30 @@ __global__ void scale_to_e4m3(quantize_fp8_args args, fp8_activation activation)
 
 }  // namespace
 
+namespace {
+
+// The launch's blocks: enough to fill the device a few times over, each striding over its run's other chunks.
+dim3 blocks_of(const quantize_fp8_args& args, element_type type) {
+  const std::int64_t chunks = (args.count / vector_of(type) + chunk - 1) / chunk;
+  return {static_cast<unsigned int>(
+              std::max<std::int64_t>(1, std::min<std::int64_t>(chunks, 8 * args.multiprocessors / args.segments + 1))),
+          static_cast<unsigned int>(args.segments)};
+}
+
+}  // namespace
+
+std::int64_t quantize_fp8_state_floats(const quantize_fp8_args& args, element_type type) {
+  const auto blocks = blocks_of(args, type);
+  return 1 + static_cast<std::int64_t>(blocks.x) * blocks.y;
+}
+
 cudaError_t quantize_fp8_e4m3(const quantize_fp8_args& args, element_type type, fp8_activation activation,
                               cudaStream_t stream) {
-  if (args.count <= 0 || args.segments <= 0 || args.segments > 65535) return cudaErrorInvalidValue;
+  if (args.count <= 0 || args.segments <= 0 || args.segments > max_fp8_runs) return cudaErrorInvalidValue;
   if ((activation == fp8_activation::geglu) != (args.gate != nullptr)) return cudaErrorInvalidValue;
-  if (auto status = cudaMemsetAsync(args.state + 1, 0, sizeof(float), stream); status != cudaSuccess) return status;
+  const auto blocks = blocks_of(args, type);
   return dispatch(type, [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    const std::int64_t chunks = (args.count / element<T>::vector + chunk - 1) / chunk;
-    // Enough blocks to fill the device a few times over; each strides over the segment's other chunks.
-    const dim3 blocks(static_cast<unsigned int>(std::max<std::int64_t>(
-                          1, std::min<std::int64_t>(chunks, 8 * args.multiprocessors / args.segments + 1))),
-                      static_cast<unsigned int>(args.segments));
     absolute_max<T><<<blocks, threads, 0, stream>>>(args, activation);
     if (auto status = cudaGetLastError(); status != cudaSuccess) return status;
     scale_to_e4m3<T><<<blocks, threads, 0, stream>>>(args, activation);
