@@ -111,7 +111,8 @@ __global__ void scale_to_e4m3(quantize_fp8_args args, fp8_activation activation)
   // Every block reduces the max pass's partial maxima (a few hundred floats, from L2) itself.
   __shared__ float reduced;
   float partial = 0.f;
-  for (unsigned int b = threadIdx.x; b < gridDim.x * gridDim.y; b += threads) partial = fmaxf(partial, args.state[1 + b]);
+  for (unsigned int b = threadIdx.x; b < gridDim.x * gridDim.y; b += threads)
+    partial = fmaxf(partial, args.state[1 + b]);
   partial = block_max(partial);
   if (threadIdx.x == 0) reduced = partial;
   __syncthreads();
