@@ -1,5 +1,6 @@
 #include "actors/cluster.hpp"
 
+#include <atomic>
 #include <csignal>
 #include <functional>
 #include <future>
@@ -467,15 +468,44 @@ caf::actor_system_config& configured(caf::actor_system_config& config, bool clus
   if (cluster) configure_cluster(config, options);
   return config;
 }
+
+std::atomic<bool> abandoned_system{false};
+
 }  // namespace
 
 process_run::process_run(const runtime::process_placement& placement, const cluster_options& options)
-    : placement_(placement), options_(options), system_(configured(config_, placement.world_size > 1, options)) {
-  if (placement.world_size > 1 && placement.rank == 0) cluster_ = std::make_unique<cluster_host>(system_, placement_, options_);
+    : placement_(placement), options_(options), config_(std::make_unique<caf::actor_system_config>()) {
+  system_ = std::make_unique<caf::actor_system>(configured(*config_, placement.world_size > 1, options));
+  if (placement.world_size > 1 && placement.rank == 0)
+    cluster_ = std::make_unique<cluster_host>(*system_, placement_, options_);
 }
 
+process_run::~process_run() {
+  cluster_.reset();
+  // The system's destructor on a thread of its own, waited for `shutdown_grace`.
+  auto finished = std::make_shared<std::promise<void>>();
+  auto done = finished->get_future();
+  std::thread shutdown([system = std::move(system_), config = std::move(config_), finished]() mutable {
+    system.reset();
+    config.reset();
+    finished->set_value();
+  });
+  if (done.wait_for(options_.shutdown_grace) == std::future_status::ready) {
+    shutdown.join();
+    return;
+  }
+  shutdown.detach();
+  abandoned_system = true;
+  spdlog::warn(
+      "the actor system did not shut down within {} (a known defect of CAF 0.17.6: a detached actor's "
+      "thread waits forever); this process ends without it",
+      seconds(options_.shutdown_grace));
+}
+
+bool actor_system_abandoned() { return abandoned_system; }
+
 void process_run::serve(std::shared_ptr<models::diffusion_pipeline> replica) {
-  serve_worker(system_, placement_, std::move(replica), options_);
+  serve_worker(*system_, placement_, std::move(replica), options_);
 }
 
 void serve_worker(caf::actor_system& system, const runtime::process_placement& placement,

@@ -61,6 +61,8 @@ struct cluster_options {
   /// heartbeat_interval.
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds connection_timeout{4000};
+  /// How long the end of a process_run waits for its actor system to shut down (below).
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(10)};
   debug_fault fault;
 };
 
@@ -103,25 +105,36 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
 /// configure_cluster when placement.world_size > 1) and, on rank 0 of several, the cluster host, started with it
 /// (so constructing one on rank 0 waits for every other rank). On another rank, `serves_rank_zero()` is true and the
 /// caller hands `serve` its replica.
+///
+/// Its end never hangs: CAF 0.17.6's actor_system destructor can wait forever for the thread of a detached actor
+/// that has quit (a race in its private threads; seen about once in a dozen two-process CPU runs, stuck in
+/// `await_detached_threads`). The system is destroyed on a thread of its own; when that takes longer than
+/// `shutdown_grace`, the process goes on without it, logs a warning, and `actor_system_abandoned()` turns true: the
+/// program should then end with std::_Exit (static destructors would run beside the stuck thread).
 class process_run {
  public:
   process_run(const runtime::process_placement& placement, const cluster_options& options);
+  ~process_run();
   process_run(const process_run&) = delete;
   process_run& operator=(const process_run&) = delete;
 
   bool serves_rank_zero() const { return placement_.world_size > 1 && placement_.rank != 0; }
   /// serve_worker with this process's system, placement and options.
   void serve(std::shared_ptr<models::diffusion_pipeline> replica);
-  caf::actor_system& system() { return system_; }
+  caf::actor_system& system() { return *system_; }
   /// Rank 0 of several processes: the host of the other ranks' workers; otherwise null.
   cluster_host* cluster() { return cluster_.get(); }
 
  private:
   runtime::process_placement placement_;
   cluster_options options_;
-  caf::actor_system_config config_;
-  caf::actor_system system_;
+  // On the heap: a system whose shutdown hangs is left to its thread, with the configuration it refers to.
+  std::unique_ptr<caf::actor_system_config> config_;
+  std::unique_ptr<caf::actor_system> system_;
   std::unique_ptr<cluster_host> cluster_;
 };
+
+/// Whether a process_run of this process left its actor system shutting down (see process_run).
+bool actor_system_abandoned();
 
 }  // namespace hybridiff::actors

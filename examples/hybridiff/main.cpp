@@ -1,4 +1,6 @@
 // hybridiff: the command-line front end. Each subcommand lives in its own file and parses its own options.
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <iostream>
@@ -6,7 +8,9 @@
 #include <vector>
 
 #include <c10/util/Exception.h>
+#include <spdlog/spdlog.h>
 
+#include "actors/cluster.hpp"
 #include "cli.hpp"
 #include "models/errors.hpp"
 
@@ -44,9 +48,18 @@ void print_overview(std::ostream& out) {
   out << "\n'hybridiff <subcommand> --help' describes each one.\n";
 }
 
-}  // namespace
+// The exit code, or, when an actor system was left shutting down (actors::process_run), the end of the process
+// here: static destructors would run beside its stuck thread.
+int finish(int code) {
+  if (!hybridiff::actors::actor_system_abandoned()) return code;
+  spdlog::default_logger()->flush();
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  std::_Exit(code);
+}
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   if (argc < 2) {
     print_overview(std::cerr);
     return 2;
@@ -75,3 +88,7 @@ int main(int argc, char** argv) {
   print_overview(std::cerr);
   return 2;
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { return finish(run(argc, argv)); }

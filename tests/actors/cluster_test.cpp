@@ -157,6 +157,24 @@ TEST(CpuTensorLink, ADescriptionThatDoesNotFitTheBytesIsAnError) {
   EXPECT_THROW(pair.one_to_zero->receive({runtime::describe_tensor("x", torch::ones({4}))}, c10::kCPU), error);
 }
 
+// CAF 0.17.6's actor system can wait forever at its end for the thread of a detached actor that has quit. Here a
+// handle kept to such an actor makes the system's destructor wait the same way: the process_run's end goes on after
+// its grace period, says so, and the system finishes on its own thread once the handle is dropped.
+TEST(ProcessRun, AnActorSystemThatDoesNotShutDownIsLeftBehind) {
+  cluster_options options;
+  options.shutdown_grace = std::chrono::milliseconds(300);
+  caf::actor kept;
+  const auto started = std::chrono::steady_clock::now();
+  {
+    process_run run(runtime::process_placement{}, options);
+    kept = run.system().spawn<caf::detached>([]() -> caf::behavior { return {[](int x) { return x; }}; });
+    caf::anon_send_exit(kept, caf::exit_reason::user_shutdown);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(30));
+  EXPECT_TRUE(actor_system_abandoned());
+  kept = nullptr;
+}
+
 TEST(Transport, NamesAreCheckedAgainstTheDevice) {
   EXPECT_EQ(runtime::parse_transport("auto", c10::kCPU), runtime::transport_kind::cpu);
   EXPECT_EQ(runtime::parse_transport("cpu", c10::kCPU), runtime::transport_kind::cpu);
