@@ -497,8 +497,8 @@ process_run::~process_run() {
   shutdown.detach();
   abandoned_system = true;
   spdlog::warn(
-      "the actor system did not shut down within {} (a known defect of CAF 0.17.6: a detached actor's "
-      "thread waits forever); this process ends without it",
+      "the actor system did not shut down within {} (a detached actor's thread waits in CAF 0.17.6's "
+      "shutdown); this process ends without it",
       seconds(options_.shutdown_grace));
 }
 

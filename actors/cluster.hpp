@@ -108,9 +108,10 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
 ///
 /// Its end never hangs: CAF 0.17.6's actor_system destructor can wait forever for the thread of a detached actor
 /// that has quit, until the actor's last reference goes (seen about once in a dozen two-process CPU runs, stuck in
-/// `await_detached_threads`; CAF fixed a race there after 0.17). The system is destroyed on a thread of its own; when that takes longer than
-/// `shutdown_grace`, the process goes on without it, logs a warning, and `actor_system_abandoned()` turns true: the
-/// program should then end with std::_Exit (static destructors would run beside the stuck thread).
+/// `await_detached_threads`; CAF fixed a race there after 0.17). The system is destroyed on a thread of its own; when
+/// that takes longer than `shutdown_grace`, the process goes on without it, logs a warning, and
+/// `actor_system_abandoned()` turns true: the program should then end with std::_Exit (static destructors would run
+/// beside the stuck thread).
 class process_run {
  public:
   process_run(const runtime::process_placement& placement, const cluster_options& options);
