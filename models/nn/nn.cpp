@@ -70,7 +70,8 @@ void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer
   TORCH_CHECK(x.dim() == 3 && out.dim() == 3 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
                   x.size(2) == weight.size(1) && out.size(2) == weight.size(0),
               "linear_into: x ", x.sizes(), " and out ", out.sizes(), " do not fit a weight ", weight.sizes());
-  if (layer->fp8()) {                    // x quantized once, then one scaled GEMM per image straight into its row block
+  if (layer->fp8()) {
+    // x quantized once, then one scaled GEMM per image straight into its row block.
     const auto input = quantize_fp8(x);  // [B·M, in]
     const auto rows = x.size(1);
     for (std::int64_t image = 0; image < x.size(0); ++image) {

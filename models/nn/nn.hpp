@@ -105,6 +105,7 @@ at::Tensor feed_forward_gelu_tanh(const Linear& in, const Linear& out, const at:
 /// kernels (the halves of one [B, L, 2·hidden] output are strided views: 5.5 ms per batch-2 step on an H100 for these
 /// two ops). With a float8 `out`, value · gelu(gate) is computed inside the quantization of out's input instead.
 at::Tensor geglu_feed_forward(const Linear& proj, const Linear& out, const at::Tensor& x);
+
 torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
                          std::int64_t padding = 0);
 torch::nn::GroupNorm group_norm(std::int64_t groups, std::int64_t channels, double eps);
