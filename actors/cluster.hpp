@@ -61,8 +61,9 @@ struct cluster_options {
   /// heartbeat_interval.
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds connection_timeout{4000};
-  /// How long the end of a process_run waits for its actor system to shut down (below).
-  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(10)};
+  /// How long the end of a process_run waits for its actor system to shut down (below; it takes well under a
+  /// second when it does): less than `launch --grace`, so a rank ends with its own exit code before SIGKILL.
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
   debug_fault fault;
 };
 
