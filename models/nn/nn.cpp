@@ -64,6 +64,21 @@ torch::nn::Embedding embedding(std::int64_t count, std::int64_t dim) {
   return table;
 }
 
+namespace {
+
+// out [R, out_features] ← rows [R, in] (float8, scale `scale`) times the float8 `weight` [out_features, in] (scale
+// `weight_scale`; column-major as its transpose, which cuBLASLt's FP8 GEMM wants) plus `bias` (undefined: none), in
+// out's dtype. Fast accumulation (cuBLASLt's FP8 mode on Hopper): its cost in quality is measured with the rest
+// (docs/models.md).
+void scaled_gemm_into(at::Tensor& out, const at::Tensor& rows, const at::Tensor& scale, const at::Tensor& weight,
+                      const at::Tensor& weight_scale, const at::Tensor& bias) {
+  at::_scaled_mm_out(out, rows, weight.t(), scale, weight_scale,
+                     bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt, out.scalar_type(),
+                     /*use_fast_accum=*/rows.is_cuda());
+}
+
+}  // namespace
+
 void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer) {
   const auto& weight = layer->weight;
   const auto& bias = layer->bias;
@@ -76,9 +91,7 @@ void linear_into(const at::Tensor& out, const at::Tensor& x, const Linear& layer
     const auto rows = x.size(1);
     for (std::int64_t image = 0; image < x.size(0); ++image) {
       auto block = out.select(0, image);  // [M, out], contiguous
-      at::_scaled_mm_out(block, input.data.narrow(0, image * rows, rows), weight.t(), input.scale, layer->weight_scale,
-                         bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt,
-                         out.scalar_type(), /*use_fast_accum=*/x.is_cuda());
+      scaled_gemm_into(block, input.data.narrow(0, image * rows, rows), input.scale, weight, layer->weight_scale, bias);
     }
     return;
   }
@@ -358,17 +371,13 @@ fp8_tensor quantize_fp8(const at::Tensor& x) {
 
 namespace {
 
-// The float8 rows `input` ([R, in], the quantization of an x [..., in] with `sizes`) times the float8 rows `weight`
-// [out, in] (column-major as its transpose, which cuBLASLt's FP8 GEMM wants) plus `bias` [out] (undefined: none)
-// -> [..., out] in `dtype`.
+// scaled_gemm_into for `input` ([R, in], the quantization of an x [..., in] with `sizes`): [..., out] in `dtype`.
 at::Tensor scaled_linear(const fp8_tensor& input, c10::IntArrayRef sizes, at::ScalarType dtype,
                          const at::Tensor& weight, const at::Tensor& weight_scale, const at::Tensor& bias) {
   TORCH_CHECK(input.data.size(1) == weight.size(1), "a float8 linear layer of weight ", weight.sizes(), " got input ",
               sizes);
-  // Fast accumulation (cuBLASLt's FP8 mode on Hopper): its cost in quality is measured with the rest (docs/models.md).
-  auto out = at::_scaled_mm(input.data, weight.t(), input.scale, weight_scale,
-                            bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, std::nullopt, dtype,
-                            /*use_fast_accum=*/input.data.is_cuda());
+  auto out = at::empty({input.data.size(0), weight.size(0)}, input.data.options().dtype(dtype));
+  scaled_gemm_into(out, input.data, input.scale, weight, weight_scale, bias);
   auto out_sizes = sizes.vec();
   out_sizes.back() = weight.size(0);
   return out.view(out_sizes);
