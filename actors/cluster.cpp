@@ -482,6 +482,10 @@ process_run::process_run(const runtime::process_placement& placement, const clus
 
 process_run::~process_run() {
   cluster_.reset();
+  // Every thread that spawned an actor holds the system's logger (a thread-local reference CAF sets in spawn), and
+  // the system's destructor waits until the logger is gone. The destructor drops the reference of the thread it
+  // runs on; it runs on another thread here, so this one drops its own first.
+  caf::logger::set_current_actor_system(nullptr);
   // The system's destructor on a thread of its own, waited for `shutdown_grace`.
   auto finished = std::make_shared<std::promise<void>>();
   auto done = finished->get_future();

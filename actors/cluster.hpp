@@ -112,7 +112,8 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
 /// `await_detached_threads`; CAF fixed a race there after 0.17). The system is destroyed on a thread of its own; when
 /// that takes longer than `shutdown_grace`, the process goes on without it, logs a warning, and
 /// `actor_system_abandoned()` turns true: the program should then end with std::_Exit (static destructors would run
-/// beside the stuck thread).
+/// beside the stuck thread). The calling thread's reference to the system's logger (CAF's spawn sets one, and the
+/// destructor waits for the logger's end) is dropped first: actors spawned by the caller do not hold the end up.
 class process_run {
  public:
   process_run(const runtime::process_placement& placement, const cluster_options& options);

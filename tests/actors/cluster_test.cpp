@@ -2,6 +2,7 @@
 // CAF's binary serialisation (CAF 0.17 turns an unregistered type into an empty message across nodes), and the
 // CPU tensor link carries tensors in order, byte for byte, and times out with a clear error.
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <caf/all.hpp>
@@ -155,6 +156,31 @@ TEST(CpuTensorLink, ADescriptionThatDoesNotFitTheBytesIsAnError) {
   store_pair pair(std::chrono::seconds(10));
   pair.zero_to_one->send({torch::ones({3})});
   EXPECT_THROW(pair.one_to_zero->receive({runtime::describe_tensor("x", torch::ones({4}))}, c10::kCPU), error);
+}
+
+// CAF's spawn leaves the spawning thread holding the system's logger, and the system's destructor waits for the
+// logger's end: a process_run whose caller spawned actors (and asked them through a scoped actor) still ends at once.
+// Without its end dropping the caller's reference, the destructor, on a thread of its own, waits out the grace.
+TEST(ProcessRun, EndsAtOnceAfterItsCallerSpawnedActors) {
+  cluster_options options;
+  options.shutdown_grace = std::chrono::seconds(20);
+  std::optional<process_run> run;
+  run.emplace(runtime::process_placement{}, options);
+  {
+    auto doubler = run->system().spawn([]() -> caf::behavior { return {[](int x) { return 2 * x; }}; });
+    auto detached = run->system().spawn<caf::detached>([]() -> caf::behavior { return {[](int x) { return x; }}; });
+    caf::scoped_actor self{run->system()};
+    int answer = 0;
+    self->request(doubler, std::chrono::seconds(10), 21).receive([&](int x) { answer = x; }, [](caf::error&) {});
+    EXPECT_EQ(answer, 42);
+    self->send_exit(doubler, caf::exit_reason::user_shutdown);
+    self->send_exit(detached, caf::exit_reason::user_shutdown);
+  }
+  const auto ending_began = std::chrono::steady_clock::now();
+  run.reset();
+  const auto ending_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - ending_began).count();
+  EXPECT_LT(ending_ms, 10000);
 }
 
 // CAF 0.17.6's actor system can wait forever at its end for the thread of a detached actor that has quit. Here a
