@@ -19,6 +19,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "models/nn/fp8_activation.hpp"
+
 namespace hybridiff::models::cuda_kernels {
 
 enum class element_type { float32, float16, bfloat16 };
@@ -68,11 +70,6 @@ bool layer_norm_modulate_supported(std::int64_t channels, element_type type);
 /// out = (h - mean) / sqrt(var + eps) · (1 + scale) + shift over each row (biased variance, float32, two passes
 /// over the row held in registers: one block per row). Enqueued on `stream`; returns the launch error, if any.
 cudaError_t layer_norm_modulate(const layer_norm_modulate_args& args, element_type type, cudaStream_t stream);
-
-/// What the float8 quantization applies to its input first, so that the activation's output is never stored in
-/// 16 bits: gelu_tanh(x) (SD3's feed-forward), geglu: x · gelu(gate) (erf GELU; SDXL's GEGLU, its value and gate
-/// halves as two tensors of one layout).
-enum class fp8_activation { none, gelu_tanh, geglu };
 
 /// The most runs `quantize_fp8_e4m3` takes.
 constexpr std::int64_t max_fp8_runs = 64;

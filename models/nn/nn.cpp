@@ -1,6 +1,7 @@
 #include "models/nn/nn.hpp"
 
 #include "models/errors.hpp"
+#include "models/nn/fp8_activation.hpp"
 
 #ifdef HYBRIDIFF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -282,14 +283,11 @@ fp8_tensor quantize_with_aten(const at::Tensor& values) {
   return {(values.to(at::kFloat) / scale).clamp(-e4m3_max, e4m3_max).to(at::kFloat8_e4m3fn), scale};
 }
 
-// What a quantization applies to its input first (see cuda_kernels::fp8_activation).
-enum class activation_before { none, gelu_tanh, geglu };
-
 // f(x) by ATen ops, in x's dtype (the unfused path).
-at::Tensor apply(activation_before activation, const at::Tensor& x, const at::Tensor& gate) {
+at::Tensor apply(fp8_activation activation, const at::Tensor& x, const at::Tensor& gate) {
   switch (activation) {
-    case activation_before::gelu_tanh: return at::gelu(x, "tanh");
-    case activation_before::geglu: return x * at::gelu(gate);
+    case fp8_activation::gelu_tanh: return at::gelu(x, "tanh");
+    case fp8_activation::geglu: return x * at::gelu(gate);
     default: return x;
   }
 }
@@ -306,7 +304,7 @@ bool quantizable_runs(const at::Tensor& x) {
 // Our kernels' quantization of f(x) [..., D] into [R, D] rows, or nothing where they do not take x: a 16-bit or
 // float32 CUDA tensor, contiguous or in runs (quantizable_runs; otherwise a contiguous copy is quantized), and a gate
 // of x's layout.
-std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, activation_before activation,
+std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, fp8_activation activation,
                                                 const at::Tensor& input_gate) {
   const auto type = input.is_cuda() ? kernel_element_type(input.scalar_type()) : std::nullopt;
   if (!type || input.dim() < 1) return std::nullopt;
@@ -334,10 +332,7 @@ std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, activat
   args.multiprocessors = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
   auto state = at::empty({cuda_kernels::quantize_fp8_state_floats(args, *type)}, x.options().dtype(at::kFloat));
   args.state = state.data_ptr<float>();
-  const auto kernel_activation = activation == activation_before::gelu_tanh ? cuda_kernels::fp8_activation::gelu_tanh
-                                 : activation == activation_before::geglu   ? cuda_kernels::fp8_activation::geglu
-                                                                            : cuda_kernels::fp8_activation::none;
-  check_launch(cuda_kernels::quantize_fp8_e4m3(args, *type, kernel_activation, current_stream(x)),
+  check_launch(cuda_kernels::quantize_fp8_e4m3(args, *type, activation, current_stream(x)),
                "float8 quantization kernels");
   result.scale = state.narrow(0, 0, 1);
   return result;
@@ -345,7 +340,7 @@ std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, activat
 #endif
 
 // f(x) [..., D] quantized per tensor into [R, D] rows: our kernels on CUDA, else ATen ops.
-fp8_tensor quantize_activated(const at::Tensor& x, activation_before activation, const at::Tensor& gate) {
+fp8_tensor quantize_activated(const at::Tensor& x, fp8_activation activation, const at::Tensor& gate) {
   TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "quantize_fp8: an empty input ", x.sizes());
 #ifdef HYBRIDIFF_WITH_CUDA
   if (auto quantized = quantize_with_kernels(x, activation, gate)) return *quantized;
@@ -361,7 +356,7 @@ fp8_tensor quantize_fp8(const at::Tensor& x) {
   if (last.source && last.source->lock().get() == x.unsafeGetTensorImpl() && last.version == x._version() &&
       last.site == site)
     return last.quantized;
-  auto result = quantize_activated(x, activation_before::none, {});
+  auto result = quantize_activated(x, fp8_activation::none, {});
   last.source.emplace(x.getIntrusivePtr());
   last.version = x._version();
   last.site = site;
@@ -417,8 +412,8 @@ at::Tensor linear_part(const Linear& layer, const at::Tensor& x, std::int64_t fi
 at::Tensor feed_forward_gelu_tanh(const Linear& in, const Linear& out, const at::Tensor& x) {
   if (!out->fp8()) return out->forward(linear_gelu_tanh(in, x));
   const auto hidden = in->forward(x);  // [..., hidden], before the GELU
-  return scaled_linear(quantize_activated(hidden, activation_before::gelu_tanh, {}), hidden.sizes(),
-                       hidden.scalar_type(), out->weight, out->weight_scale, out->bias);
+  return scaled_linear(quantize_activated(hidden, fp8_activation::gelu_tanh, {}), hidden.sizes(), hidden.scalar_type(),
+                       out->weight, out->weight_scale, out->bias);
 }
 
 at::Tensor geglu_feed_forward(const Linear& proj, const Linear& out, const at::Tensor& x) {
@@ -426,7 +421,7 @@ at::Tensor geglu_feed_forward(const Linear& proj, const Linear& out, const at::T
   auto value = linear_part(proj, x, 0, half);  // [..., hidden]
   auto gate = linear_part(proj, x, half, half);
   if (!out->fp8()) return out->forward(value.mul_(at::gelu_(gate)));
-  return scaled_linear(quantize_activated(value, activation_before::geglu, gate), value.sizes(), value.scalar_type(),
+  return scaled_linear(quantize_activated(value, fp8_activation::geglu, gate), value.sizes(), value.scalar_type(),
                        out->weight, out->weight_scale, out->bias);
 }
 
