@@ -15,6 +15,7 @@
 #include "actors/parallel_driver.hpp"
 #include "actors/tau_controller.hpp"
 #include "models/errors.hpp"
+#include "models/nn/nn.hpp"
 
 namespace hybridiff::actors {
 namespace {
@@ -48,27 +49,6 @@ void finish_pending_work(const at::Tensor& tensor) {
 #else
   (void)tensor;
 #endif
-}
-
-// The step's rel-MAE, which the driver needs before it can plan the next step. On the CPU one pass over the two
-// predictions (float32 values, double sums): the eight ATen ops of the device path took 0.2 ms of a CPU step's
-// 0.36 ms overhead at 32×32. On a device: one read-back (both means at once).
-double relative_mae_of(const at::Tensor& cond, const at::Tensor& uncond) {
-  if (cond.is_cpu() && uncond.is_cpu()) {
-    const auto c = cond.to(at::kFloat).contiguous(), u = uncond.to(at::kFloat).contiguous();
-    TORCH_CHECK(c.sizes() == u.sizes(), "the branches' predictions differ in shape: ", c.sizes(), " and ", u.sizes());
-    const float* conditional = c.data_ptr<float>();
-    const float* unconditional = u.data_ptr<float>();
-    double difference = 0, base = 0;
-    for (std::int64_t i = 0; i < c.numel(); ++i) {
-      difference += std::abs(static_cast<double>(conditional[i]) - unconditional[i]);
-      base += std::abs(static_cast<double>(unconditional[i]));
-    }
-    const auto count = static_cast<double>(c.numel());
-    return schedule::relative_mae(difference / count, base / count);
-  }
-  auto means = torch::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(torch::kCPU, torch::kDouble);
-  return schedule::relative_mae(means[0].item<double>(), means[1].item<double>());
 }
 
 // One request of a step, to one worker.
@@ -238,10 +218,12 @@ class parallel_driver {
     auto halves = both.chunk(2, 0);
     return models::guide(halves[0], halves[1], plan_.guidance);
   }
-  at::Tensor guided(at::Tensor uncond, at::Tensor cond, step_trace& row) const {
-    row.metric = relative_mae_of(cond, uncond);
+  // The guided prediction and the step's rel-MAE, which the driver needs before it can plan the next step.
+  at::Tensor guided(const at::Tensor& uncond, const at::Tensor& cond, step_trace& row) const {
+    auto measured = models::guide_and_measure(uncond, cond, plan_.guidance);
+    row.metric = schedule::relative_mae(measured.mean_abs_difference, measured.mean_abs_uncond);
     spdlog::trace("step {}: metric read", row.step);
-    return models::guide(uncond, cond, plan_.guidance);
+    return measured.guided;
   }
 
   // Whether a worker whose request failed has died (the supervisor waits a moment for the down message).

@@ -98,4 +98,13 @@ std::int64_t quantize_fp8_state_floats(const quantize_fp8_args& args, element_ty
 cudaError_t quantize_fp8_e4m3(const quantize_fp8_args& args, element_type type, fp8_activation activation,
                               cudaStream_t stream);
 
+/// The driver's end of a CFG step (guide_measure.cu): guided ← uncond + guidance·(cond − uncond) over `count`
+/// elements of `type` (each 16-byte aligned), with the roundings of ATen's three ops in `type`, and the means of
+/// |cond − uncond| and |uncond| as ATen's mean of a `type` tensor gives them, into workspace[0] and [1] (the rel-MAE
+/// of the tau controller). Two kernels where ATen takes ten ops; per-block partial sums added in a fixed order, so a
+/// run repeats its metric exactly. `workspace` holds `guide_and_measure_workspace` doubles.
+std::int64_t guide_and_measure_workspace(std::int64_t count, element_type type, int multiprocessors);
+cudaError_t guide_and_measure(const void* uncond, const void* cond, void* guided, std::int64_t count, float guidance,
+                              element_type type, double* workspace, int multiprocessors, cudaStream_t stream);
+
 }  // namespace hybridiff::models::cuda_kernels

@@ -425,6 +425,53 @@ at::Tensor geglu_feed_forward(const Linear& proj, const Linear& out, const at::T
                        out->weight, out->weight_scale, out->bias);
 }
 
+measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& cond, double guidance) {
+  TORCH_CHECK(
+      uncond.sizes() == cond.sizes() && uncond.scalar_type() == cond.scalar_type() && uncond.device() == cond.device(),
+      "the branches' predictions differ: ", uncond.sizes(), " ", uncond.scalar_type(), " on ", uncond.device(), " and ",
+      cond.sizes(), " ", cond.scalar_type(), " on ", cond.device());
+  measured_guidance result;
+#ifdef HYBRIDIFF_WITH_CUDA
+  const auto type = uncond.is_cuda() ? kernel_element_type(uncond.scalar_type()) : std::nullopt;
+  if (type && uncond.numel() > 0 && uncond.is_contiguous() && cond.is_contiguous() && aligned_to_16_bytes(uncond) &&
+      aligned_to_16_bytes(cond)) {
+    const c10::cuda::CUDAGuard guard(uncond.device());
+    const int multiprocessors = at::cuda::getDeviceProperties(uncond.device().index())->multiProcessorCount;
+    result.guided = at::empty_like(uncond);
+    auto workspace = at::empty({cuda_kernels::guide_and_measure_workspace(uncond.numel(), *type, multiprocessors)},
+                               uncond.options().dtype(at::kDouble));
+    check_launch(cuda_kernels::guide_and_measure(uncond.data_ptr(), cond.data_ptr(), result.guided.data_ptr(),
+                                                 uncond.numel(), static_cast<float>(guidance), *type,
+                                                 workspace.data_ptr<double>(), multiprocessors, current_stream(uncond)),
+                 "guidance kernels");
+    const auto means = workspace.narrow(0, 0, 2).to(at::kCPU);  // the step's one wait for the device
+    result.mean_abs_difference = means[0].item<double>();
+    result.mean_abs_uncond = means[1].item<double>();
+    return result;
+  }
+#endif
+  if (uncond.is_cpu()) {
+    // One pass (float32 values, double sums): eight ATen ops took 0.2 ms of a CPU step's 0.36 ms of overhead at 32².
+    const auto c = cond.to(at::kFloat).contiguous(), u = uncond.to(at::kFloat).contiguous();
+    const float* conditional = c.data_ptr<float>();
+    const float* unconditional = u.data_ptr<float>();
+    double difference = 0, base = 0;
+    for (std::int64_t i = 0; i < c.numel(); ++i) {
+      difference += std::abs(static_cast<double>(conditional[i]) - unconditional[i]);
+      base += std::abs(static_cast<double>(unconditional[i]));
+    }
+    const auto count = static_cast<double>(std::max<std::int64_t>(1, c.numel()));
+    result.mean_abs_difference = difference / count;
+    result.mean_abs_uncond = base / count;
+  } else {
+    auto means = at::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(at::kCPU, at::kDouble);
+    result.mean_abs_difference = means[0].item<double>();
+    result.mean_abs_uncond = means[1].item<double>();
+  }
+  result.guided = uncond + guidance * (cond - uncond);
+  return result;
+}
+
 int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select) {
   int quantized = 0;
   for (const auto& item : module.named_modules()) {

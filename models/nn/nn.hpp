@@ -60,6 +60,17 @@ struct fp8_tensor {
 /// the projections that read one input (q, k and v; a GEGLU's halves) quantize it once.
 fp8_tensor quantize_fp8(const at::Tensor& x);
 
+/// A CFG step's guided prediction uncond + guidance·(cond − uncond) and the means the tau controller's rel-MAE is
+/// made of: mean|cond − uncond| and mean|uncond|.
+struct measured_guidance {
+  at::Tensor guided;
+  double mean_abs_difference = 0, mean_abs_uncond = 0;
+};
+/// On CUDA two kernels of ours and one read-back (models/nn/guide_measure.cu), with ATen's roundings: the guided
+/// tensor equals ATen's three ops' and the means ATen's, rounded to the predictions' dtype as ATen's mean rounds
+/// them. On the CPU one pass over float32 copies (double sums) and ATen's guidance. Elsewhere ATen's ops.
+measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& cond, double guidance);
+
 /// Quantizes (LinearImpl::quantize_to_fp8) the Linear layers of `module` that `select` takes by their name in
 /// `module` (the checkpoint key prefix) and whose sides are multiples of 16; returns how many it quantized.
 int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select);
