@@ -74,7 +74,7 @@ TEST_P(Fp8OnCuda, ScaledGemmStaysWithinFloat8RoundingOfTheFloat32Layer) {
 }
 
 // The fused paths of our kernels against the unfused ones: a feed-forward's activation applied inside the
-// quantization (computed in float32, not rounded to 16 bits first: a few elements land one e4m3 step apart), one
+// quantization (computed in float32, not rounded to 16 bits first: some elements land one e4m3 step apart), one
 // stream's rows of a joint [B, N + S, D] tensor quantized in place (B runs, no contiguous copy: the same bytes),
 // and linear_into's GEMM per image block against one GEMM over every row.
 TEST_P(Fp8OnCuda, FusedPathsEqualTheUnfusedOps) {
@@ -91,8 +91,13 @@ TEST_P(Fp8OnCuda, FusedPathsEqualTheUnfusedOps) {
   out->quantize_to_fp8();
   const auto gelu_unfused = out(at::gelu(hidden, "tanh")).to(torch::kFloat);
   const auto geglu_unfused = out(halves[0].contiguous() * at::gelu(halves[1].contiguous())).to(torch::kFloat);
-  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_unfused), 1e-2);
-  EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_unfused), 1e-2);
+  // The unfused path rounds the activation to the dtype first (up to 2^-11 relative in fp16, 2^-8 in bf16): that
+  // moves a share of about 2^-8 / 2^-3 (fp16; 2^-5 in bf16) of the elements to the neighbouring e4m3 value, one
+  // step (2^-3) each: sqrt(share) · 2^-3 ≈ 0.008 (fp16) and 0.022 (bf16; measured 0.018-0.020 on an H100) in
+  // relative L2. About twice that is allowed.
+  const double unfused_tolerance = GetParam() == at::kBFloat16 ? 4e-2 : 2e-2;
+  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_unfused), unfused_tolerance);
+  EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_unfused), unfused_tolerance);
   EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_reference), fp8_tolerance);
   EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_reference), fp8_tolerance);
 
