@@ -96,7 +96,8 @@ TEST_P(Fp8OnCuda, FusedPathsEqualTheUnfusedOps) {
   // step (2^-3) each: sqrt(share) · 2^-3 ≈ 0.008 (fp16) and 0.022 (bf16; measured 0.018-0.020 on an H100) in
   // relative L2. About twice that is allowed.
   const double unfused_tolerance = GetParam() == at::kBFloat16 ? 4e-2 : 2e-2;
-  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_unfused), unfused_tolerance);
+  EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_unfused),
+            unfused_tolerance);
   EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_unfused), unfused_tolerance);
   EXPECT_LT(test::relative_error(feed_forward_gelu_tanh(in, out, x).to(torch::kFloat), gelu_reference), fp8_tolerance);
   EXPECT_LT(test::relative_error(geglu_feed_forward(proj, out, x).to(torch::kFloat), geglu_reference), fp8_tolerance);
