@@ -148,18 +148,25 @@ class parallel_driver {
         --i;  // redo this step degraded
         continue;
       }
-      // The controller (asked unless a survivor finishes the image) decides while the sampler steps: its answer
-      // is needed only for the next step.
+      row.step_ms = milliseconds_since(step_began);  // the workers' part
+      // The sampler step is queued before the metric is read: the device computes the guidance while the host
+      // queues the step, and the read then waits for the metric's copy alone.
+      latents_ = sampler_->step(prediction, i, latents_);
+      spdlog::trace("step {}: sampler stepped", i);
+      if (pending_metric_) {
+        const auto means = pending_metric_();
+        pending_metric_ = nullptr;
+        row.metric = schedule::relative_mae(means.mean_abs_difference, means.mean_abs_uncond);
+        spdlog::trace("step {}: metric read", i);
+      }
+      // The controller (asked unless a survivor finishes the image) decides the next step's phase.
       using decision_handle = decltype(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
                                                       std::int32_t{}, double{}, bool{}, double{}));
       std::optional<decision_handle> answer;
-      row.step_ms = milliseconds_since(step_began);  // the workers' part; the sampler step runs beside the decision
       if (!survivor_ && !solo_)
         answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
                                       static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
                                       row.step_ms));
-      latents_ = sampler_->step(prediction, i, latents_);
-      spdlog::trace("step {}: sampler stepped", i);
       if (answer) {
         step_decision decision;
         answer->receive(
@@ -197,6 +204,7 @@ class parallel_driver {
   std::shared_ptr<runtime::activation_cache> window_peers_;  // the window's owned outputs of the last step
   int window_begin_ = 0;                                     // the window's fill step
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
+  std::function<models::guidance_means()> pending_metric_;  // set by guided(), read once the sampler stepped
   std::optional<int> survivor_;
 
   at::Tensor timestep(std::int64_t index) const {
@@ -218,11 +226,11 @@ class parallel_driver {
     auto halves = both.chunk(2, 0);
     return models::guide(halves[0], halves[1], plan_.guidance);
   }
-  // The guided prediction and the step's rel-MAE, which the driver needs before it can plan the next step.
-  at::Tensor guided(const at::Tensor& uncond, const at::Tensor& cond, step_trace& row) const {
+  // The guided prediction; the step's rel-MAE, which the driver needs before it plans the next step, is read
+  // from `pending_metric_` after the sampler step is queued.
+  at::Tensor guided(const at::Tensor& uncond, const at::Tensor& cond) {
     auto measured = models::guide_and_measure(uncond, cond, plan_.guidance);
-    row.metric = schedule::relative_mae(measured.mean_abs_difference, measured.mean_abs_uncond);
-    spdlog::trace("step {}: metric read", row.step);
+    pending_metric_ = std::move(measured.means);
     return measured.guided;
   }
 
@@ -320,12 +328,12 @@ class parallel_driver {
     if (asyncdiff_) {  // warm-up: the whole batched model on one worker
       auto replies = ask(predict_atom::value, to_each({0}, work), row);
       auto halves = output_of(replies, 0).chunk(2, 0);
-      return guided(halves[0], halves[1], row);
+      return guided(halves[0], halves[1]);
     }
     const int cond_worker = world_ / 2;
     if (options_.branch_stages == 1) {
       auto replies = ask(predict_atom::value, to_each({0, cond_worker}, work), row);
-      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker));
     }
     // Each branch split over its two workers (0, 1: unconditional; 2, 3: conditional) as a 2-stage AsyncDiff
     // pipeline. The first `warmup` steps of a CFG run are full passes, recording the activations; the later ones
@@ -335,7 +343,7 @@ class parallel_driver {
     if (cfg_run_++ < options_.warmup) {
       auto replies = ask(fill_atom::value, to_each(everyone(), work), row);
       for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b}, false);
-      return guided(output_of(replies, 0), output_of(replies, cond_worker), row);
+      return guided(output_of(replies, 0), output_of(replies, cond_worker));
     }
     row.mode = "cfg-pipeline";
     std::vector<targeted> requests;
@@ -343,7 +351,7 @@ class parallel_driver {
       requests.push_back({w, with_peers(work, branch_peers_[w / 2], session_.branch_inputs[w])});
     auto replies = ask(stage_atom::value, requests, row);
     for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
-    return guided(output_of(replies, 1), output_of(replies, 3), row);
+    return guided(output_of(replies, 1), output_of(replies, 3));
   }
 
   at::Tensor fill_step(std::int64_t i, step_trace& row) {

@@ -107,4 +107,10 @@ std::int64_t guide_and_measure_workspace(std::int64_t count, element_type type, 
 cudaError_t guide_and_measure(const void* uncond, const void* cond, void* guided, std::int64_t count, float guidance,
                               element_type type, double* workspace, int multiprocessors, cudaStream_t stream);
 
+/// The Euler (discrete) sampler's step over `count` elements of `type`, each array 16-byte aligned (euler_step.cu):
+/// next ← x + (x − (x − σ·output))/σ · (σ_next − σ) with x = sample in float32 and the result rounded to `type`,
+/// with the roundings of the seven ATen ops it replaces (diffusers' expression, kept for equal results).
+cudaError_t euler_step(const void* sample, const void* output, void* next, std::int64_t count, float sigma,
+                       float sigma_next, element_type type, int multiprocessors, cudaStream_t stream);
+
 }  // namespace hybridiff::models::cuda_kernels

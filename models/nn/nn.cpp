@@ -5,6 +5,7 @@
 
 #ifdef HYBRIDIFF_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "models/nn/cuda_kernels.hpp"
@@ -444,9 +445,16 @@ measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& 
                                                  uncond.numel(), static_cast<float>(guidance), *type,
                                                  workspace.data_ptr<double>(), multiprocessors, current_stream(uncond)),
                  "guidance kernels");
-    const auto means = workspace.narrow(0, 0, 2).to(at::kCPU);  // the step's one wait for the device
-    result.mean_abs_difference = means[0].item<double>();
-    result.mean_abs_uncond = means[1].item<double>();
+    // Pinned, so that the copy is queued on the stream instead of waiting for it; the event marks its end.
+    auto host = at::empty({2}, at::TensorOptions(at::kDouble).pinned_memory(true));
+    host.copy_(workspace.narrow(0, 0, 2), /*non_blocking=*/true);
+    auto copied = std::make_shared<at::cuda::CUDAEvent>();
+    copied->record(at::cuda::getCurrentCUDAStream(uncond.device().index()));
+    result.means = [host, copied] {
+      copied->synchronize();
+      const double* values = host.data_ptr<double>();
+      return guidance_means{values[0], values[1]};
+    };
     return result;
   }
 #endif
@@ -461,15 +469,35 @@ measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& 
       base += std::abs(static_cast<double>(unconditional[i]));
     }
     const auto count = static_cast<double>(std::max<std::int64_t>(1, c.numel()));
-    result.mean_abs_difference = difference / count;
-    result.mean_abs_uncond = base / count;
+    const guidance_means means{difference / count, base / count};
+    result.means = [means] { return means; };
   } else {
-    auto means = at::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(at::kCPU, at::kDouble);
-    result.mean_abs_difference = means[0].item<double>();
-    result.mean_abs_uncond = means[1].item<double>();
+    const auto read = at::stack({(cond - uncond).abs().mean(), uncond.abs().mean()}).to(at::kCPU, at::kDouble);
+    const guidance_means means{read[0].item<double>(), read[1].item<double>()};
+    result.means = [means] { return means; };
   }
   result.guided = uncond + guidance * (cond - uncond);
   return result;
+}
+
+at::Tensor euler_step_on_device(const at::Tensor& sample, const at::Tensor& output, float sigma, float sigma_next) {
+#ifdef HYBRIDIFF_WITH_CUDA
+  const auto type = output.is_cuda() ? kernel_element_type(output.scalar_type()) : std::nullopt;
+  if (!type || sample.scalar_type() != output.scalar_type() || sample.sizes() != output.sizes() ||
+      sample.device() != output.device() || output.numel() == 0 || !sample.is_contiguous() || !output.is_contiguous() ||
+      !aligned_to_16_bytes(sample) || !aligned_to_16_bytes(output))
+    return {};
+  const c10::cuda::CUDAGuard guard(output.device());
+  const int multiprocessors = at::cuda::getDeviceProperties(output.device().index())->multiProcessorCount;
+  auto next = at::empty_like(output);
+  check_launch(cuda_kernels::euler_step(sample.data_ptr(), output.data_ptr(), next.data_ptr(), output.numel(), sigma,
+                                        sigma_next, *type, multiprocessors, current_stream(output)),
+               "Euler step kernel");
+  return next;
+#else
+  (void)sample, (void)output, (void)sigma, (void)sigma_next;
+  return {};
+#endif
 }
 
 int quantize_linears_to_fp8(torch::nn::Module& module, const std::function<bool(const std::string&)>& select) {

@@ -60,16 +60,27 @@ struct fp8_tensor {
 /// the projections that read one input (q, k and v; a GEGLU's halves) quantize it once.
 fp8_tensor quantize_fp8(const at::Tensor& x);
 
-/// A CFG step's guided prediction uncond + guidance·(cond − uncond) and the means the tau controller's rel-MAE is
-/// made of: mean|cond − uncond| and mean|uncond|.
-struct measured_guidance {
-  at::Tensor guided;
+/// The means the tau controller's rel-MAE is made of: mean|cond − uncond| and mean|uncond|.
+struct guidance_means {
   double mean_abs_difference = 0, mean_abs_uncond = 0;
 };
-/// On CUDA two kernels of ours and one read-back (models/nn/guide_measure.cu), with ATen's roundings: the guided
-/// tensor equals ATen's three ops' and the means ATen's, rounded to the predictions' dtype as ATen's mean rounds
-/// them. On the CPU one pass over float32 copies (double sums) and ATen's guidance. Elsewhere ATen's ops.
+/// A CFG step's guided prediction uncond + guidance·(cond − uncond), and its means once read.
+struct measured_guidance {
+  at::Tensor guided;
+  /// Waits for the means and returns them. On CUDA they are copied to pinned host memory behind the guidance
+  /// kernels, so the caller can queue more work (the sampler step) before this wait; it waits for that copy only.
+  std::function<guidance_means()> means;
+};
+/// On CUDA two kernels of ours and one copy of the means (models/nn/guide_measure.cu), with ATen's roundings: the
+/// guided tensor equals ATen's three ops' and the means ATen's, rounded to the predictions' dtype as ATen's mean
+/// rounds them. On the CPU one pass over float32 copies (double sums) and ATen's guidance. Elsewhere ATen's ops.
 measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& cond, double guidance);
+
+/// The Euler sampler's step x + (x − (x − σ·output))/σ · (σ_next − σ), x = sample in float32, rounded to output's
+/// dtype: on CUDA one kernel of ours (models/nn/euler_step.cu) equal bit for bit to ATen's seven ops. An undefined
+/// tensor where it does not apply (not CUDA, dtypes differ, not contiguous or not 16-byte aligned): the caller
+/// then runs ATen's ops.
+at::Tensor euler_step_on_device(const at::Tensor& sample, const at::Tensor& output, float sigma, float sigma_next);
 
 /// Quantizes (LinearImpl::quantize_to_fp8) the Linear layers of `module` that `select` takes by their name in
 /// `module` (the checkpoint key prefix) and whose sides are multiples of 16; returns how many it quantized.

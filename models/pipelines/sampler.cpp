@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "models/errors.hpp"
+#include "models/nn/nn.hpp"
 
 namespace hybridiff::models {
 
@@ -161,6 +162,11 @@ class euler_sampler : public sampler {
 
   at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) override {
     check_index(index);
+    // On CUDA one kernel with these ops' roundings: their seven launches took 0.17 ms of host time per step.
+    if (auto next = euler_step_on_device(sample, model_output, static_cast<float>(sigma_values_[index]),
+                                         static_cast<float>(sigma_values_[index + 1]));
+        next.defined())
+      return next;
     auto x = sample.to(torch::kFloat32);
     auto sigma = sigmas_[index], sigma_next = sigmas_[index + 1];  // float32 scalars, as diffusers
     auto denoised = x - sigma * model_output;
