@@ -108,11 +108,10 @@ class diffusion_pipeline {
   const std::vector<lora_spec>& active_loras() const { return active_loras_; }
   /// The denoiser's module (UNet or transformer): its parameters and submodules under their checkpoint names.
   virtual torch::nn::Module& denoiser() = 0;
-  /// Stores the denoiser's token-wise linear layers in float8 e4m3 (LinearImpl::quantize_to_fp8): a UNet's
-  /// attention blocks (proj_in, proj_out, attention projections, feed-forwards), a transformer's blocks but their
-  /// adaLN modulation layers (which see one pooled vector per image). The convolutions, norms, embeddings and
-  /// modulations keep `placement().dtype`. Afterwards placement().fp8 is true, and use_loras refuses to swap
-  /// (LoRAs given at load were merged before). Returns how many layers it quantized.
+  /// Stores the denoiser's linear layers where float8 gains in float8 e4m3 (LinearImpl::quantize_to_fp8): the
+  /// feed-forwards of a UNet's attention blocks; the feed-forwards and the image stream's q, k and v of a
+  /// transformer's blocks. Everything else keeps `placement().dtype`. Afterwards placement().fp8 is true, and
+  /// use_loras refuses to swap (LoRAs given at load were merged before). Returns how many layers it quantized.
   int quantize_denoiser_to_fp8();
 
   const load_options& placement() const { return placement_; }

@@ -127,7 +127,7 @@ TEST(Fp8Linear, SidesThatAreNotMultiplesOf16StayUnquantized) {
   EXPECT_EQ(skipped->weight.scalar_type(), at::kFloat);
 }
 
-// Which layers a pipeline stores in float8: the token-wise ones. Returns the float8 parameter names.
+// The float8 parameter names of a pipeline's denoiser.
 std::vector<std::string> float8_weights(diffusion_pipeline& pipeline) {
   std::vector<std::string> names;
   for (const auto& item : pipeline.denoiser().named_parameters())
@@ -142,19 +142,30 @@ std::unique_ptr<diffusion_pipeline> load_in_fp8(const std::string& fixture) {
   return load_pipeline(test::fixtures_dir() / fixture, options);
 }
 
-// tiny-sdxl loaded as a user's folder with fp8: the attention blocks' linear layers are float8, everything else
-// float32; 8 Euler steps land within float8's error of diffusers' float32 latents (measured 0.029), yet not on them.
-TEST(Fp8Pipeline, SdxlQuantizesTheAttentionBlocksAndStaysNearDiffusers) {
+// Whether `name` is a parameter of a layer named with one of `layers` (".ff.net.2" for "....ff.net.2.weight").
+bool of_layer(const std::string& name, const std::vector<std::string>& layers) {
+  const auto layer = name.substr(0, name.rfind('.'));
+  return std::any_of(layers.begin(), layers.end(), [&](const std::string& tail) {
+    return layer.size() >= tail.size() && layer.compare(layer.size() - tail.size(), tail.size(), tail) == 0;
+  });
+}
+
+// tiny-sdxl loaded as a user's folder with fp8: the feed-forwards of the attention blocks are float8, everything
+// else float32; 8 Euler steps land within float8's error of diffusers' float32 latents, yet not on them.
+TEST(Fp8Pipeline, SdxlQuantizesTheFeedForwardsAndStaysNearDiffusers) {
   auto pipeline = load_in_fp8("tiny-sdxl");
   const auto quantized = float8_weights(*pipeline);
   ASSERT_FALSE(quantized.empty());
-  for (const auto& name : quantized) EXPECT_NE(name.find("attentions."), std::string::npos) << name;
+  for (const auto& name : quantized) {
+    EXPECT_NE(name.find("attentions."), std::string::npos) << name;
+    EXPECT_TRUE(of_layer(name, {".ff.net.0.proj", ".ff.net.2"})) << name;
+  }
   auto& unet = pipeline->denoiser();
-  EXPECT_EQ(unet.named_parameters()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"].scalar_type(),
-            at::kFloat8_e4m3fn);
-  EXPECT_EQ(
-      unet.named_parameters()["down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj.weight"].scalar_type(),
-      at::kFloat8_e4m3fn);
+  const std::string block = "down_blocks.1.attentions.0.transformer_blocks.0.";
+  EXPECT_EQ(unet.named_parameters()[block + "ff.net.0.proj.weight"].scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(unet.named_parameters()[block + "ff.net.2.weight"].scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(unet.named_parameters()[block + "attn1.to_q.weight"].scalar_type(), at::kFloat);
+  EXPECT_EQ(unet.named_parameters()["down_blocks.1.attentions.0.proj_in.weight"].scalar_type(), at::kFloat);
   EXPECT_EQ(unet.named_parameters()["conv_in.weight"].scalar_type(), at::kFloat);
   EXPECT_EQ(unet.named_parameters()["time_embedding.linear_1.weight"].scalar_type(), at::kFloat);
   EXPECT_TRUE(pipeline->placement().fp8);
@@ -169,19 +180,25 @@ TEST(Fp8Pipeline, SdxlQuantizesTheAttentionBlocksAndStaysNearDiffusers) {
   EXPECT_THROW(pipeline->use_loras({{test::fixtures_dir() / "none.safetensors", 1.0}}), error);
 }
 
-// tiny-sd3: the transformer blocks' projections and feed-forwards are float8, their adaLN modulation layers (one
-// pooled vector per image) and the embedders float32; the 8-step latents stay within float8's error of diffusers'.
-TEST(Fp8Pipeline, Sd3QuantizesTheBlocksButTheirModulationAndStaysNearDiffusers) {
+// tiny-sd3: the blocks' image-stream q, k, v and feed-forwards are float8; their out-projections, context stream,
+// adaLN modulation and the embedders float32; the 8-step latents stay within float8's error of diffusers'.
+TEST(Fp8Pipeline, Sd3QuantizesTheImageStreamsQkvAndFeedForwardsAndStaysNearDiffusers) {
   auto pipeline = load_in_fp8("tiny-sd3");
   const auto quantized = float8_weights(*pipeline);
   ASSERT_FALSE(quantized.empty());
   for (const auto& name : quantized) {
     EXPECT_EQ(name.rfind("transformer_blocks.", 0), 0u) << name;
-    EXPECT_EQ(name.find("norm1"), std::string::npos) << name;
+    EXPECT_TRUE(of_layer(name, {".attn.to_q", ".attn.to_k", ".attn.to_v", ".ff.net.0.proj", ".ff.net.2"})) << name;
   }
   auto& transformer = pipeline->denoiser();
-  EXPECT_EQ(transformer.named_parameters()["transformer_blocks.0.attn.to_q.weight"].scalar_type(), at::kFloat8_e4m3fn);
-  EXPECT_EQ(transformer.named_parameters()["transformer_blocks.0.norm1.linear.weight"].scalar_type(), at::kFloat);
+  for (const char* name : {"attn.to_q", "attn.to_k", "attn.to_v", "ff.net.0.proj", "ff.net.2"})
+    EXPECT_EQ(transformer.named_parameters()[std::string("transformer_blocks.0.") + name + ".weight"].scalar_type(),
+              at::kFloat8_e4m3fn)
+        << name;
+  for (const char* name : {"attn.to_out.0", "attn.add_q_proj", "ff_context.net.0.proj", "norm1.linear"})
+    EXPECT_EQ(transformer.named_parameters()[std::string("transformer_blocks.0.") + name + ".weight"].scalar_type(),
+              at::kFloat)
+        << name;
   EXPECT_EQ(transformer.named_parameters()["context_embedder.weight"].scalar_type(), at::kFloat);
 
   const auto distance = test::relative_error(generate_latents(*pipeline, test::golden_request("tiny-sd3")),
