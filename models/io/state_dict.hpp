@@ -35,8 +35,9 @@ struct load_options {
   /// The component's weights when they do not come from its folder's files (a single-file checkpoint read under
   /// diffusers' names); the pipelines set it from the model_folder's component.
   std::shared_ptr<const checkpoint> weights;
-  /// The denoiser's token-wise linear layers (attention projections, feed-forwards) in float8 e4m3, quantized after
-  /// loading and LoRA merges (diffusion_pipeline::quantize_denoiser_to_fp8); `dtype` stays everything else's.
+  /// The denoiser's linear layers where float8 gains (feed-forwards; a transformer's image-stream q, k, v) in
+  /// float8 e4m3, quantized after loading and LoRA merges (diffusion_pipeline::quantize_denoiser_to_fp8); `dtype`
+  /// stays everything else's.
   bool fp8 = false;
 };
 
