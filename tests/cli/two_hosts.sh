@@ -4,7 +4,7 @@
 # second; rank 0 is reached by address, as on a cluster.
 #   two_hosts.sh HYBRIDIFF OUT_DIR GENERATE_ARGS...     writes OUT_DIR/rank0.safetensors; exit 77: no namespaces
 # With CUT_AFTER=TEXT the link between the hosts goes down (no packet passes, no connection closes: a pulled cable)
-# once rank 1's log holds TEXT; the time is logged as "[HH:MM:SS.mmm] cut the link between the hosts".
+# once rank 1's log holds TEXT; the time just before it is logged as "[HH:MM:SS.mmm] cut the link between the hosts".
 set -u
 binary=$1 out=$2
 shift 2
@@ -28,8 +28,10 @@ rank1=$!
 : > "$out/cut.log"
 if [ -n "${CUT_AFTER:-}" ]; then
   (for _ in $(seq 1200); do grep -q -- "$CUT_AFTER" "$out/rank1.log" && break; sleep 0.05; done
+   # The time is read before the cut: rank 1 sees its own link go down at once, before a later `date` returns.
+   at=$(date +%H:%M:%S.%3N)
    ip netns exec "$host1" ip link set "v${tag}b" down
-   echo "[$(date +%H:%M:%S.%3N)] cut the link between the hosts" > "$out/cut.log") &
+   echo "[$at] cut the link between the hosts" > "$out/cut.log") &
 fi
 ip netns exec "$host0" env $env RANK=0 timeout 120 "$binary" generate "$@" --output "$out/rank0.png" \
   --save-latents "$out/rank0.safetensors" > "$out/rank0.log" 2>&1
