@@ -149,24 +149,30 @@ class parallel_driver {
         continue;
       }
       row.step_ms = milliseconds_since(step_began);  // the workers' part
-      // The sampler step is queued before the metric is read: the device computes the guidance while the host
-      // queues the step, and the read then waits for the metric's copy alone.
-      latents_ = sampler_->step(prediction, i, latents_);
-      spdlog::trace("step {}: sampler stepped", i);
-      if (pending_metric_) {
-        const auto means = pending_metric_();
-        pending_metric_ = nullptr;
-        row.metric = schedule::relative_mae(means.mean_abs_difference, means.mean_abs_uncond);
-        spdlog::trace("step {}: metric read", i);
-      }
-      // The controller (asked unless a survivor finishes the image) decides the next step's phase.
+      // The controller (asked unless a survivor finishes the image) decides the next step's phase from this step's
+      // rel-MAE. Where the metric is on the host already, it is asked before the sampler steps and decides
+      // meanwhile; where it is still being copied from the device, the sampler step is queued first (the device
+      // computes the guidance while the host queues the step), and the read then waits for the copy alone.
       using decision_handle = decltype(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
                                                       std::int32_t{}, double{}, bool{}, double{}));
       std::optional<decision_handle> answer;
-      if (!survivor_ && !solo_)
-        answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
-                                      static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
-                                      row.step_ms));
+      const auto ask_controller = [&] {
+        if (pending_metric_) {
+          const auto means = pending_metric_();
+          pending_metric_ = nullptr;
+          row.metric = schedule::relative_mae(means.mean_abs_difference, means.mean_abs_uncond);
+          spdlog::trace("step {}: metric read", i);
+        }
+        if (!survivor_ && !solo_)
+          answer.emplace(self_->request(controller_.actor, options_.step_timeout, metric_atom::value,
+                                        static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
+                                        row.step_ms));
+      };
+      const bool metric_on_device = pending_metric_ && pending_metric_on_device_;
+      if (!metric_on_device) ask_controller();
+      latents_ = sampler_->step(prediction, i, latents_);
+      spdlog::trace("step {}: sampler stepped", i);
+      if (metric_on_device) ask_controller();
       if (answer) {
         step_decision decision;
         answer->receive(
@@ -204,7 +210,8 @@ class parallel_driver {
   std::shared_ptr<runtime::activation_cache> window_peers_;  // the window's owned outputs of the last step
   int window_begin_ = 0;                                     // the window's fill step
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
-  std::function<models::guidance_means()> pending_metric_;  // set by guided(), read once the sampler stepped
+  std::function<models::guidance_means()> pending_metric_;  // set by guided(), read by the step loop
+  bool pending_metric_on_device_ = false;                   // whether reading it waits for the device
   std::optional<int> survivor_;
 
   at::Tensor timestep(std::int64_t index) const {
@@ -227,10 +234,11 @@ class parallel_driver {
     return models::guide(halves[0], halves[1], plan_.guidance);
   }
   // The guided prediction; the step's rel-MAE, which the driver needs before it plans the next step, is read
-  // from `pending_metric_` after the sampler step is queued.
+  // from `pending_metric_` by the step loop.
   at::Tensor guided(const at::Tensor& uncond, const at::Tensor& cond) {
     auto measured = models::guide_and_measure(uncond, cond, plan_.guidance);
     pending_metric_ = std::move(measured.means);
+    pending_metric_on_device_ = measured.means_on_device;
     return measured.guided;
   }
 

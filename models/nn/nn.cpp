@@ -455,6 +455,7 @@ measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& 
       const double* values = host.data_ptr<double>();
       return guidance_means{values[0], values[1]};
     };
+    result.means_on_device = true;
     return result;
   }
 #endif

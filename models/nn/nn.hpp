@@ -70,6 +70,8 @@ struct measured_guidance {
   /// Waits for the means and returns them. On CUDA they are copied to pinned host memory behind the guidance
   /// kernels, so the caller can queue more work (the sampler step) before this wait; it waits for that copy only.
   std::function<guidance_means()> means;
+  /// Whether means() waits for the device (the CUDA kernels' copy); false where the means are already on the host.
+  bool means_on_device = false;
 };
 /// On CUDA two kernels of ours and one copy of the means (models/nn/guide_measure.cu), with ATen's roundings: the
 /// guided tensor equals ATen's three ops' and the means ATen's, rounded to the predictions' dtype as ATen's mean
