@@ -158,8 +158,8 @@ class parallel_driver {
       std::optional<decision_handle> answer;
       const auto ask_controller = [&] {
         if (pending_metric_) {
-          const auto means = pending_metric_();
-          pending_metric_ = nullptr;
+          const auto means = pending_metric_->means();
+          pending_metric_.reset();
           row.metric = schedule::relative_mae(means.mean_abs_difference, means.mean_abs_uncond);
           spdlog::trace("step {}: metric read", i);
         }
@@ -168,7 +168,7 @@ class parallel_driver {
                                         static_cast<std::int32_t>(i), row.metric.value_or(0.0), row.metric.has_value(),
                                         row.step_ms));
       };
-      const bool metric_on_device = pending_metric_ && pending_metric_on_device_;
+      const bool metric_on_device = pending_metric_ && pending_metric_->means_on_device;
       if (!metric_on_device) ask_controller();
       latents_ = sampler_->step(prediction, i, latents_);
       spdlog::trace("step {}: sampler stepped", i);
@@ -210,8 +210,7 @@ class parallel_driver {
   std::shared_ptr<runtime::activation_cache> window_peers_;  // the window's owned outputs of the last step
   int window_begin_ = 0;                                     // the window's fill step
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
-  std::function<models::guidance_means()> pending_metric_;  // set by guided(), read by the step loop
-  bool pending_metric_on_device_ = false;                   // whether reading it waits for the device
+  std::optional<models::measured_guidance> pending_metric_;  // set by guided(), its means read by the step loop
   std::optional<int> survivor_;
 
   at::Tensor timestep(std::int64_t index) const {
@@ -236,10 +235,8 @@ class parallel_driver {
   // The guided prediction; the step's rel-MAE, which the driver needs before it plans the next step, is read
   // from `pending_metric_` by the step loop.
   at::Tensor guided(const at::Tensor& uncond, const at::Tensor& cond) {
-    auto measured = models::guide_and_measure(uncond, cond, plan_.guidance);
-    pending_metric_ = std::move(measured.means);
-    pending_metric_on_device_ = measured.means_on_device;
-    return measured.guided;
+    pending_metric_ = models::guide_and_measure(uncond, cond, plan_.guidance);
+    return pending_metric_->guided;
   }
 
   // Whether a worker whose request failed has died (the supervisor waits a moment for the down message).

@@ -157,6 +157,10 @@ bool aligned_to_16_bytes(const at::Tensor& t) { return reinterpret_cast<std::uin
 
 cudaStream_t current_stream(const at::Tensor& x) { return at::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
 
+int multiprocessors_of(const at::Tensor& x) {
+  return at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+}
+
 void check_launch(cudaError_t status, const std::string& kernels) {
   if (status != cudaSuccess) throw error(kernels + " failed to launch: " + cudaGetErrorString(status));
 }
@@ -330,7 +334,7 @@ std::optional<fp8_tensor> quantize_with_kernels(const at::Tensor& input, fp8_act
   args.segments = segments;
   args.segment_stride = stride;
   args.q = result.data.data_ptr();
-  args.multiprocessors = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+  args.multiprocessors = multiprocessors_of(x);
   auto state = at::empty({cuda_kernels::quantize_fp8_state_floats(args, *type)}, x.options().dtype(at::kFloat));
   args.state = state.data_ptr<float>();
   check_launch(cuda_kernels::quantize_fp8_e4m3(args, *type, activation, current_stream(x)),
@@ -437,7 +441,7 @@ measured_guidance guide_and_measure(const at::Tensor& uncond, const at::Tensor& 
   if (type && uncond.numel() > 0 && uncond.is_contiguous() && cond.is_contiguous() && aligned_to_16_bytes(uncond) &&
       aligned_to_16_bytes(cond)) {
     const c10::cuda::CUDAGuard guard(uncond.device());
-    const int multiprocessors = at::cuda::getDeviceProperties(uncond.device().index())->multiProcessorCount;
+    const int multiprocessors = multiprocessors_of(uncond);
     result.guided = at::empty_like(uncond);
     auto workspace = at::empty({cuda_kernels::guide_and_measure_workspace(uncond.numel(), *type, multiprocessors)},
                                uncond.options().dtype(at::kDouble));
@@ -489,7 +493,7 @@ at::Tensor euler_step_on_device(const at::Tensor& sample, const at::Tensor& outp
       !aligned_to_16_bytes(sample) || !aligned_to_16_bytes(output))
     return {};
   const c10::cuda::CUDAGuard guard(output.device());
-  const int multiprocessors = at::cuda::getDeviceProperties(output.device().index())->multiProcessorCount;
+  const int multiprocessors = multiprocessors_of(output);
   auto next = at::empty_like(output);
   check_launch(cuda_kernels::euler_step(sample.data_ptr(), output.data_ptr(), next.data_ptr(), output.numel(), sigma,
                                         sigma_next, *type, multiprocessors, current_stream(output)),
