@@ -1,6 +1,6 @@
 // Parallel generation on one GPU (several workers of one process) with CUDA graphs against the same generation
 // eager: full passes and stale-activation steps (pipeline steps, split-branch CFG steps) replayed from graphs must
-// give the eager latents. Skipped without CUDA.
+// give the eager latents; CFG workers must give the sequential latents. Skipped without CUDA.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -76,6 +76,39 @@ TEST(ParallelCudaGraphs, StaleActivationStepsReplayedEqualEagerOnes) {
     EXPECT_NE(modes.find("pipeline"), std::string::npos) << model << ", " << name << ": " << modes;
     EXPECT_LT(test::relative_error(graphed.latents.cpu(), eager.latents.cpu()), graphs_vs_eager_tolerance)
         << model << ", " << name;
+  }
+}
+
+// Two CFG workers on one GPU, each on a stream of its own, must give the latents of the same request batched on one
+// worker (fp32: 1e-4 relative, as above; a prediction read before its worker's kernels ended would be off by far
+// more), eager and replayed from graphs, and each worker's time lies within its step's. 256² so that a step's
+// kernels run long enough for an early read to show.
+TEST(ParallelOnOneGpu, CfgWorkersEqualTheBatchedSequentialSteps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const test::full_float32_convolutions float32;
+  caf::actor_system_config config;
+  caf::actor_system system{config};
+  const c10::Device cuda(c10::kCUDA, 0);
+  const std::shared_ptr<models::diffusion_pipeline> pipeline =
+      models::load_pipeline(test::fixtures_dir() / "tiny-sdxl", {cuda, at::kFloat, ""});
+  const std::vector<std::shared_ptr<models::diffusion_pipeline>> one{pipeline}, two{pipeline, pipeline};
+  auto request = test::tiny_request(6);
+  request.height = request.width = 256;
+  parallel_options sequential;
+  auto expected = generate_parallel(system, one, request, sequential);
+  parallel_options cfg;
+  cfg.mode = parallel_mode::cfg;
+  apply_worker_defaults(cfg, 2, std::nullopt);
+  for (const bool graphs : {false, true}) {
+    cfg.cuda_graphs = graphs;
+    auto result = generate_parallel(system, two, request, cfg);
+    EXPECT_LT(test::relative_error(result.latents.cpu(), expected.latents.cpu()), graphs_vs_eager_tolerance)
+        << (graphs ? "graphs" : "eager");
+    for (const auto& row : result.trace)
+      for (double worker_ms : row.worker_ms) {
+        EXPECT_GT(worker_ms, 0.0) << "step " << row.step;
+        EXPECT_LE(worker_ms, row.step_ms + 0.01) << "step " << row.step;
+      }
   }
 }
 
