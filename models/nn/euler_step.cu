@@ -1,5 +1,3 @@
-#include <algorithm>
-
 #include "models/nn/cuda_elements.cuh"
 #include "models/nn/cuda_kernels.hpp"
 
@@ -23,20 +21,8 @@ __device__ T euler_one(T sample, T output, float sigma, float inverse_sigma, flo
 template <typename T>
 __global__ void euler_step_kernel(const T* sample, const T* output, T* next, std::int64_t count, float sigma,
                                   float inverse_sigma, float sigma_step) {
-  constexpr int V = element<T>::vector;
-  const std::int64_t vectors = count / V;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * threads;
-  for (std::int64_t v = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; v < vectors; v += stride) {
-    const auto s = reinterpret_cast<const pack<T>*>(sample)[v];
-    const auto o = reinterpret_cast<const pack<T>*>(output)[v];
-    pack<T> out;
-#pragma unroll
-    for (int i = 0; i < V; ++i) out.values[i] = euler_one(s.values[i], o.values[i], sigma, inverse_sigma, sigma_step);
-    reinterpret_cast<pack<T>*>(next)[v] = out;
-  }
-  if (blockIdx.x == 0)
-    for (std::int64_t i = vectors * V + threadIdx.x; i < count; i += threads)
-      next[i] = euler_one(sample[i], output[i], sigma, inverse_sigma, sigma_step);
+  map_pairs<threads>(sample, output, next, count,
+                     [=](T s, T o) { return euler_one(s, o, sigma, inverse_sigma, sigma_step); });
 }
 
 }  // namespace
@@ -44,9 +30,7 @@ __global__ void euler_step_kernel(const T* sample, const T* output, T* next, std
 cudaError_t euler_step(const void* sample, const void* output, void* next, std::int64_t count, float sigma,
                        float sigma_next, element_type type, int multiprocessors, cudaStream_t stream) {
   if (count <= 0) return cudaErrorInvalidValue;
-  const std::int64_t vectors = (count + vector_of(type) - 1) / vector_of(type);
-  const int blocks = static_cast<int>(
-      std::max<std::int64_t>(1, std::min<std::int64_t>((vectors + threads - 1) / threads, 4 * multiprocessors)));
+  const int blocks = blocks_for_vectors(count, type, threads, multiprocessors, 4);
   // Host-side float arithmetic, as ATen computes the reciprocal of a host scalar divisor and σ_next − σ.
   const float inverse_sigma = 1.0f / sigma, sigma_step = sigma_next - sigma;
   return dispatch(type, [&](auto zero) -> cudaError_t {

@@ -1,5 +1,3 @@
-#include <algorithm>
-
 #include "models/nn/cuda_elements.cuh"
 #include "models/nn/cuda_kernels.hpp"
 
@@ -45,21 +43,9 @@ __device__ T guide_one(T u, T c, float guidance, float& difference, float& base)
 template <typename T>
 __global__ void guide_and_sum(const T* uncond, const T* cond, T* guided, std::int64_t count, float guidance,
                               double* partials) {
-  constexpr int V = element<T>::vector;
-  const std::int64_t vectors = count / V;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * threads;
   float difference = 0.f, base = 0.f;
-  for (std::int64_t v = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; v < vectors; v += stride) {
-    const auto u = reinterpret_cast<const pack<T>*>(uncond)[v];
-    const auto c = reinterpret_cast<const pack<T>*>(cond)[v];
-    pack<T> out;
-#pragma unroll
-    for (int i = 0; i < V; ++i) out.values[i] = guide_one(u.values[i], c.values[i], guidance, difference, base);
-    reinterpret_cast<pack<T>*>(guided)[v] = out;
-  }
-  if (blockIdx.x == 0)
-    for (std::int64_t i = vectors * V + threadIdx.x; i < count; i += threads)
-      guided[i] = guide_one(uncond[i], cond[i], guidance, difference, base);
+  map_pairs<threads>(uncond, cond, guided, count,
+                     [&](T u, T c) { return guide_one(u, c, guidance, difference, base); });
   difference = block_sum(difference);
   base = block_sum(base);
   if (threadIdx.x == 0) {
@@ -84,9 +70,7 @@ __global__ void mean_of_partials(const double* partials, int blocks, std::int64_
 }
 
 int blocks_for(std::int64_t count, element_type type, int multiprocessors) {
-  const std::int64_t vectors = (count + vector_of(type) - 1) / vector_of(type);
-  return static_cast<int>(
-      std::max<std::int64_t>(1, std::min<std::int64_t>((vectors + threads - 1) / threads, 2 * multiprocessors)));
+  return blocks_for_vectors(count, type, threads, multiprocessors, 2);  // two partial sums a multiprocessor
 }
 
 }  // namespace
