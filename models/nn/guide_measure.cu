@@ -70,7 +70,7 @@ __global__ void mean_of_partials(const double* partials, int blocks, std::int64_
 }
 
 int blocks_for(std::int64_t count, element_type type, int multiprocessors) {
-  return blocks_for_vectors(count, type, threads, multiprocessors, 2);  // two partial sums a multiprocessor
+  return blocks_for_vectors(count, type, threads, multiprocessors, 2);  // two blocks a multiprocessor
 }
 
 }  // namespace
