@@ -230,15 +230,12 @@ caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::v
   return promise;
 }
 
-// A step: its tensors travel over the link, the remote answer describes the reply's tensors.
-caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, remote_call kind,
-                                                          const step_request_ptr& request) {
-  tensor_bundle bundle;
-  bundle.add("latents", request->latents);
-  bundle.add("timestep", request->timestep);
-  if (request->conditioning) bundle.add("conditioning", *request->conditioning);
-  if (request->peers) bundle.add("peer", *request->peers);
-  auto read = [self, step = request->step](double compute_ms, const tensor_metas& metas) {
+// Sends `bundle` and `call` to the remote worker; the remote answer (compute time, the reply's tensors) becomes a
+// step_reply.
+template <class... Ts>
+caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, const tensor_bundle& bundle,
+                                                         std::int32_t step, Ts... call) {
+  auto read = [self, step](double compute_ms, const tensor_metas& metas) {
     spdlog::trace("step {}: rank {} answered", step, self->state.rank);
     received_bundle received(metas, self->state.link->receive(metas, self->state.device));
     spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, metas.size());
@@ -248,8 +245,28 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
     reply->owned = received.cache("owned");
     return step_reply_ptr(std::move(reply));
   };
-  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<double, tensor_metas>{}, read,
-                                     call_atom::value, static_cast<std::int32_t>(kind), request->step, bundle.metas);
+  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<double, tensor_metas>{}, read, call...);
+}
+
+// A step: its tensors travel over the link.
+caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, remote_call kind,
+                                                         const step_request_ptr& request) {
+  tensor_bundle bundle;
+  bundle.add("latents", request->latents);
+  bundle.add("timestep", request->timestep);
+  if (request->conditioning) bundle.add("conditioning", *request->conditioning);
+  if (request->peers) bundle.add("peer", *request->peers);
+  if (request->other_branch.defined()) bundle.add("other_branch", request->other_branch);
+  return forward_call(self, bundle, request->step, call_atom::value, static_cast<std::int32_t>(kind), request->step,
+                      bundle.metas);
+}
+
+// A guided run's start: the latents travel over the link, the sampler's settings in the message.
+caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, const guided_run_ptr& run) {
+  tensor_bundle bundle;
+  bundle.add("sample", run->sample);
+  return forward_call(self, bundle, run->step, run_cfg_atom::value, run->step, run->sampler, run->steps, run->guidance,
+                      bundle.metas);
 }
 
 template <class Answer>
@@ -282,6 +299,10 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](predict_atom, const step_request_ptr& request) { return forward_step(self, remote_call::predict, request); },
       [=](fill_atom, const step_request_ptr& request) { return forward_step(self, remote_call::fill, request); },
       [=](stage_atom, const step_request_ptr& request) { return forward_step(self, remote_call::stage, request); },
+      [=](run_cfg_atom, const guided_run_ptr& run) { return forward_run(self, run); },
+      [=](next_cfg_atom, const step_request_ptr& request) {
+        return forward_step(self, remote_call::next_cfg, request);
+      },
       [=](reconfigure_atom, std::int32_t role) {
         return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
       },
@@ -326,6 +347,36 @@ caf::response_promise relay(host_pointer self, Ts... message) {
   return promise;
 }
 
+// An answer of `problem` to the current request.
+caf::response_promise failed(host_pointer self, const std::string& problem) {
+  auto promise = self->make_response_promise();
+  promise.deliver(failure(problem));
+  return promise;
+}
+
+// Asks the local worker for a step and answers rank 0 with the compute time and the reply's descriptions, its
+// tensors sent over the link first (or with the worker's error).
+template <class... Ts>
+caf::response_promise relay_step(host_pointer self, std::int32_t step, Ts... message) {
+  auto promise = self->make_response_promise();
+  self->request(self->state.worker, self->state.timeout, message...)
+      .await(
+          [=](const step_reply_ptr& reply) mutable {
+            try {
+              tensor_bundle bundle;
+              bundle.add("prediction", reply->prediction);
+              bundle.add("owned", reply->owned);
+              self->state.link.get()->send(bundle.tensors);
+              promise.deliver(reply->compute_ms, bundle.metas);
+              spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
+            } catch (const std::exception& problem) {
+              promise.deliver(failure(problem.what()));
+            }
+          },
+          [=](caf::error& problem) mutable { promise.deliver(problem); });
+  return promise;
+}
+
 caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor worker, pending_link link,
                           c10::Device device, std::chrono::milliseconds timeout, debug_fault fault) {
   self->state = {worker, std::move(link), device, timeout, fault, 0};
@@ -336,8 +387,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
     self->quit(down.reason ? down.reason : caf::make_error(caf::exit_reason::remote_link_unreachable));
   });
   return {
-      [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_metas& metas) {
-        auto promise = self->make_response_promise();
+      [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_metas& metas) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto request = std::make_shared<step_request>();
         spdlog::trace("step {}: request in", step);
@@ -350,33 +400,34 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           if (received.has("conditioning.context"))
             request->conditioning = std::make_shared<const models::branch_conditioning>(received.conditioning("conditioning"));
           request->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
+          if (received.has("other_branch")) request->other_branch = received.get("other_branch");
         } catch (const std::exception& problem) {
-          promise.deliver(failure(problem.what()));
-          return promise;
+          return failed(self, problem.what());
         }
-        auto answer = [=](const step_reply_ptr& reply) mutable {
-          try {
-            tensor_bundle bundle;
-            bundle.add("prediction", reply->prediction);
-            bundle.add("owned", reply->owned);
-            self->state.link.get()->send(bundle.tensors);
-            promise.deliver(reply->compute_ms, bundle.metas);
-            spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
-          } catch (const std::exception& problem) {
-            promise.deliver(failure(problem.what()));
-          }
-        };
-        auto fail = [=](caf::error& problem) mutable { promise.deliver(problem); };
-        auto& worker = self->state.worker;
-        const auto timeout = self->state.timeout;
         const step_request_ptr work = request;
         switch (static_cast<remote_call>(kind)) {
-          case remote_call::predict: self->request(worker, timeout, predict_atom::value, work).await(answer, fail); break;
-          case remote_call::fill: self->request(worker, timeout, fill_atom::value, work).await(answer, fail); break;
-          case remote_call::stage: self->request(worker, timeout, stage_atom::value, work).await(answer, fail); break;
-          default: promise.deliver(failure("unknown remote call kind " + std::to_string(kind)));
+          case remote_call::predict: return relay_step(self, step, predict_atom::value, work);
+          case remote_call::fill: return relay_step(self, step, fill_atom::value, work);
+          case remote_call::stage: return relay_step(self, step, stage_atom::value, work);
+          case remote_call::next_cfg: return relay_step(self, step, next_cfg_atom::value, work);
         }
-        return promise;
+        return failed(self, "unknown remote call kind " + std::to_string(kind));
+      },
+      [=](run_cfg_atom, std::int32_t step, const std::string& sampler, std::int64_t steps, double guidance,
+          const tensor_metas& metas) -> caf::response_promise {
+        self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
+        auto run = std::make_shared<guided_run>();
+        try {
+          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          run->sample = received.get("sample");
+        } catch (const std::exception& problem) {
+          return failed(self, problem.what());
+        }
+        run->step = step;
+        run->sampler = sampler;
+        run->steps = steps;
+        run->guidance = guidance;
+        return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
       },
       [=](prepare_atom, const tensor_metas& metas) {
         auto setup = std::make_shared<image_setup>();
@@ -385,9 +436,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           setup->conditioning = received.conditioning("conditioning");
           setup->window = received.conditioning("window");
         } catch (const std::exception& problem) {
-          auto promise = self->make_response_promise();
-          promise.deliver(failure(problem.what()));
-          return promise;
+          return failed(self, problem.what());
         }
         return relay<bool>(self, prepare_atom::value, image_setup_ptr(setup));
       },

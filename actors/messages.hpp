@@ -15,12 +15,24 @@ struct step_request {
   std::shared_ptr<const runtime::activation_cache> peers;  ///< stage: the owners' outputs of the previous step
   /// predict: run with this conditioning instead of the worker's own (degraded mode: both branches batched)
   std::shared_ptr<const models::branch_conditioning> conditioning;
+  /// next_cfg (no latents, no timestep): the other guidance branch's prediction of step − 1
+  at::Tensor other_branch;
 };
 
 struct step_reply {
   at::Tensor prediction;
   double compute_ms = 0;
   runtime::activation_cache owned;  ///< fill and stage: the worker's owned modules' outputs
+};
+
+/// A guided run's start: the latents before `step` (not yet scaled for the denoiser) and what the worker's own
+/// sampler needs to step them as the driver does.
+struct guided_run {
+  std::int32_t step = 0;
+  at::Tensor sample;
+  std::string sampler;  ///< the request's sampler name ("" = the model folder's)
+  std::int64_t steps = 0;
+  double guidance = 1;
 };
 
 /// What a worker needs to start an image.

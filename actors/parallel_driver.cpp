@@ -71,7 +71,8 @@ class parallel_driver {
         plan_(plan),
         world_(options_.workers),
         asyncdiff_(options_.mode == parallel_mode::asyncdiff),
-        solo_(options_.mode == parallel_mode::none) {
+        solo_(options_.mode == parallel_mode::none),
+        sampler_name_(request.sampler) {
     auto& lead = *session.lead;
     // Workers of other processes that served another session since this one's last image compute other components.
     if (session.shared_remote_workers)
@@ -192,6 +193,17 @@ class parallel_driver {
   }
 
  private:
+  using reply_handle = decltype(std::declval<caf::scoped_actor&>()->request(std::declval<const worker_actor&>(),
+                                                                            decltype(parallel_options::step_timeout){},
+                                                                            predict_atom::value, step_request_ptr()));
+  // A request on its way: its worker, its step and when it left (for the trace's round trip).
+  struct pending_reply {
+    int worker;
+    std::int32_t step;
+    reply_handle handle;
+    std::chrono::steady_clock::time_point sent;
+  };
+
   session_state& session_;
   caf::actor_system& system_;
   caf::scoped_actor& self_;
@@ -199,7 +211,8 @@ class parallel_driver {
   const models::generation_plan& plan_;
   const int world_;
   const bool asyncdiff_;
-  const bool solo_;  // none on one remote worker: every step a batched full pass, no tau controller
+  const bool solo_;                 // none on one remote worker: every step a batched full pass, no tau controller
+  const std::string sampler_name_;  // the request's
   exit_on_scope_end<tau_controller_actor> controller_;
   std::shared_ptr<const models::branch_conditioning> both_branches_;
   std::unique_ptr<models::sampler> sampler_;
@@ -212,6 +225,7 @@ class parallel_driver {
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
   std::optional<models::measured_guidance> pending_metric_;  // set by guided(), its means read by the step loop
   std::optional<int> survivor_;
+  std::optional<pending_reply> cond_ahead_;  // a guided run: the conditional worker's request for the next step
 
   at::Tensor timestep(std::int64_t index) const {
     index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
@@ -247,45 +261,48 @@ class parallel_driver {
     return lost;
   }
 
+  template <class Atom, class Payload>
+  pending_reply send(int w, std::int32_t step, Atom atom, Payload payload) {
+    return {w, step, self_->request(session_.worker(w), options_.step_timeout, atom, std::move(payload)),
+            std::chrono::steady_clock::now()};
+  }
+
+  // The reply to `pending`, its times recorded in `row`. A worker whose actor is gone is reported as
+  // `worker_lost`; any other failure as hybridiff::error.
+  step_reply_ptr collect(pending_reply& pending, step_trace& row) {
+    const int w = pending.worker;
+    step_reply_ptr reply;
+    std::string failure;
+    bool lost = false;
+    pending.handle.receive([&](const step_reply_ptr& answer) { reply = answer; },
+                           [&](caf::error& problem) {
+                             const bool timed_out = problem == caf::sec::request_timeout;
+                             lost = !timed_out && has_died(w);
+                             failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
+                                                       std::to_string(options_.step_timeout.count()) + " ms"
+                                                 : describe_error(system_, problem);
+                           });
+    if (lost) throw worker_lost{w};
+    if (!failure.empty()) throw error("step " + std::to_string(pending.step) + ": " + failure);
+    // An upper bound of the worker's overhead: replies are collected in order.
+    row.worker_ms[w] = reply->compute_ms;
+    row.worker_overhead_ms[w] = std::max(0.0, milliseconds_since(pending.sent) - reply->compute_ms);
+    return reply;
+  }
+
   // Sends each request to its worker at once, then collects the replies (the workers run in parallel) into `row`.
-  // A worker whose actor is gone is reported as `worker_lost`; any other failure as hybridiff::error.
   template <class Atom>
   std::vector<step_reply_ptr> ask(Atom atom, const std::vector<targeted>& requests, step_trace& row) {
     std::vector<step_reply_ptr> replies(world_);
-    using handle_type = decltype(self_->request(session_.worker(0), options_.step_timeout, atom, step_request_ptr()));
-    std::vector<std::pair<int, handle_type>> pending;
+    std::vector<pending_reply> pending;
     finish_pending_work(latents_);
-    const auto sent = std::chrono::steady_clock::now();
-    std::vector<double> round_trip_ms(world_, 0.0);
-    spdlog::trace("step {}: {} request(s) out", requests.front().work->step, requests.size());
+    const auto step = requests.front().work->step;
+    spdlog::trace("step {}: {} request(s) out", step, requests.size());
     // The highest workers first: they are the remote ones, whose requests take longest to reach their worker.
     for (auto request = requests.rbegin(); request != requests.rend(); ++request)
-      pending.emplace_back(request->worker, self_->request(session_.worker(request->worker), options_.step_timeout,
-                                                           atom, step_request_ptr(request->work)));
-    for (auto& [w, handle] : pending) {
-      std::string failure;
-      bool lost = false;
-      handle.receive(
-          [&, w = w](const step_reply_ptr& reply) {
-            replies[w] = reply;
-            round_trip_ms[w] = milliseconds_since(sent);  // an upper bound: replies are collected in order
-          },
-          [&, w = w](caf::error& problem) {
-            const bool timed_out = problem == caf::sec::request_timeout;
-            lost = !timed_out && has_died(w);
-            failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
-                                      std::to_string(options_.step_timeout.count()) + " ms"
-                                : describe_error(system_, problem);
-          });
-      if (lost) throw worker_lost{w};
-      if (!failure.empty()) throw error("step " + std::to_string(requests.front().work->step) + ": " + failure);
-    }
-    for (std::size_t w = 0; w < replies.size(); ++w) {
-      if (!replies[w]) continue;
-      row.worker_ms[w] = replies[w]->compute_ms;
-      row.worker_overhead_ms[w] = std::max(0.0, round_trip_ms[w] - replies[w]->compute_ms);
-    }
-    spdlog::trace("step {}: every reply in", requests.front().work->step);
+      pending.push_back(send(request->worker, step, atom, step_request_ptr(request->work)));
+    for (auto& p : pending) replies[p.worker] = collect(p, row);
+    spdlog::trace("step {}: every reply in", step);
     return replies;
   }
   std::vector<targeted> to_each(const std::vector<int>& workers, const std::shared_ptr<step_request>& work) const {
@@ -336,6 +353,7 @@ class parallel_driver {
       return guided(halves[0], halves[1]);
     }
     const int cond_worker = world_ / 2;
+    if (options_.branch_stages == 1 && options_.mode == parallel_mode::cfg) return looped_cfg_step(i, row);
     if (options_.branch_stages == 1) {
       auto replies = ask(predict_atom::value, to_each({0, cond_worker}, work), row);
       return guided(output_of(replies, 0), output_of(replies, cond_worker));
@@ -357,6 +375,37 @@ class parallel_driver {
     auto replies = ask(stage_atom::value, requests, row);
     for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
     return guided(output_of(replies, 1), output_of(replies, 3));
+  }
+
+  // Mode cfg (every step guided, no window): the conditional worker steps its own copy of the latents (a guided
+  // run). Each step the driver sends it the unconditional prediction as soon as it has it, before the conditional
+  // one of the same step arrives: the worker then guides, steps and predicts the next step while its answer
+  // travels and the driver guides and steps, instead of waiting for the driver's latents (a round trip a step).
+  at::Tensor looped_cfg_step(std::int64_t i, step_trace& row) {
+    const int cond_worker = world_ / 2;
+    const auto step = static_cast<std::int32_t>(i);
+    if (!cond_ahead_) {
+      auto run = std::make_shared<guided_run>();
+      run->step = step;
+      run->sample = latents_;
+      run->sampler = sampler_name_;
+      run->steps = plan_.steps;
+      run->guidance = plan_.guidance;
+      finish_pending_work(latents_);
+      cond_ahead_ = send(cond_worker, step, run_cfg_atom::value, guided_run_ptr(run));
+    }
+    const auto uncond = ask(predict_atom::value, to_each({0}, work_for(i, false)), row)[0]->prediction;
+    std::optional<pending_reply> next;
+    if (i + 1 < plan_.steps) {
+      auto exchange = std::make_shared<step_request>();
+      exchange->step = step + 1;
+      exchange->other_branch = uncond;
+      next = send(cond_worker, step + 1, next_cfg_atom::value, step_request_ptr(exchange));
+    }
+    auto ahead = std::move(*cond_ahead_);
+    cond_ahead_ = std::move(next);  // before collecting: a lost worker leaves this one to take_over
+    auto cond = collect(ahead, row);
+    return guided(uncond.to(latents_.device()), cond->prediction.to(latents_.device()));
   }
 
   at::Tensor fill_step(std::int64_t i, step_trace& row) {
@@ -425,6 +474,10 @@ class parallel_driver {
 
   void take_over(std::int64_t i, int lost) {
     session_.lost = lost;
+    if (cond_ahead_) {  // a guided run ends: its request is answered (or fails) before the survivor's first
+      cond_ahead_->handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
+      cond_ahead_.reset();
+    }
     for (int w = 0; w < world_ && !survivor_; ++w)
       if (w != lost && !has_died(w)) survivor_ = w;
     if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");

@@ -15,9 +15,11 @@ namespace hybridiff::actors {
 struct step_request;
 struct step_reply;
 struct image_setup;
+struct guided_run;
 using step_request_ptr = std::shared_ptr<const step_request>;
 using step_reply_ptr = std::shared_ptr<const step_reply>;
 using image_setup_ptr = std::shared_ptr<const image_setup>;
+using guided_run_ptr = std::shared_ptr<const guided_run>;
 
 using predict_atom = caf::atom_constant<caf::atom("predict")>;    ///< a full forward pass (CFG branch)
 using fill_atom = caf::atom_constant<caf::atom("fill")>;          ///< first window step: full pass, fill caches
@@ -29,6 +31,9 @@ using lost_atom = caf::atom_constant<caf::atom("lost")>;          ///< is a work
 using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the supervisor's wait for a down message ended
 using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< a worker's components (module names)
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new image: conditioning, CFG branch, no cache
+using run_cfg_atom =
+    caf::atom_constant<caf::atom("runcfg")>;  ///< start stepping own latents: a guided run's first step
+using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;  ///< the other branch's prediction: step, then predict
 
 /// The text of a failed request: the message our actors put in the error's context, else CAF's rendering.
 inline std::string describe_error(caf::actor_system& system, const caf::error& failure) {
@@ -45,14 +50,22 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// guidance branch split as a pipeline over several workers); `pipeline_stage` answers fill and stage with its
 /// window component. A request the current behaviour does not serve is answered with an error naming both.
 /// reconfigure replies with the new role. assign sets the modules the worker owns in pipelined steps (window
-/// split, branch split: owned modules, then those whose outputs it hands on) and whether full passes and stale steps replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
-using worker_actor = caf::typed_actor<caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
-                                      caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
-                                      caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
-                                      caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>,
-                                      caf::replies_to<assign_atom, module_names, module_names, module_names,
-                                                      module_names, bool>::with<bool>,
-                                      caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>>;
+/// split, branch split: owned modules, then those whose outputs it hands on) and whether full passes and stale steps
+/// replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches. A
+/// guided run (`cfg_branch`, mode cfg's conditional branch): run_cfg hands the worker the latents and the sampler at a
+/// step and answers its branch's prediction there; each next_cfg brings the other branch's prediction of the step
+/// before, with which the worker guides, steps its own copy of the latents and answers its prediction of the next step.
+/// The driver sends next_cfg before it has this worker's previous answer, so the worker computes while the answer
+/// travels and the driver steps its own latents (the same numbers on both sides).
+using worker_actor = caf::typed_actor<
+    caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
+    caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
+    caf::replies_to<stage_atom, step_request_ptr>::with<step_reply_ptr>,
+    caf::replies_to<reconfigure_atom, std::int32_t>::with<std::int32_t>,
+    caf::replies_to<assign_atom, module_names, module_names, module_names, module_names, bool>::with<bool>,
+    caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>,
+    caf::replies_to<run_cfg_atom, guided_run_ptr>::with<step_reply_ptr>,
+    caf::replies_to<next_cfg_atom, step_request_ptr>::with<step_reply_ptr>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
 /// slope the detector computed (NaN when none) and tau1, tau2 (−1 while undecided).
@@ -84,3 +97,4 @@ using supervisor_actor = caf::typed_actor<caf::replies_to<lost_atom, std::int32_
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_request_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_reply_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::image_setup_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::guided_run_ptr)

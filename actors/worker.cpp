@@ -12,12 +12,24 @@
 #include <torch/torch.h>
 
 #include "actors/messages.hpp"
+#include "models/nn/nn.hpp"
 
 namespace hybridiff::actors {
 namespace {
 
+// A guided run in progress (run_cfg, then next_cfg): the worker's copy of the latents and of the sampler.
+struct guided_loop {
+  std::unique_ptr<models::sampler> sampler;
+  at::Tensor sample;          // the latents before `step`, on the worker's device
+  at::Tensor timesteps;       // the sampler's, on the worker's device (read per step without a host copy)
+  at::Tensor own_prediction;  // this branch's prediction at `step`
+  std::int32_t step = 0;
+  double guidance = 1;
+};
+
 struct worker_state {
   std::shared_ptr<runtime::stage_worker> worker;
+  std::optional<guided_loop> loop;  // while a guided run lasts
 #ifdef HYBRIDIFF_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // on a CUDA device: the worker's own
 #endif
@@ -114,6 +126,7 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
     return caf::make_error(caf::sec::runtime_error,
                            "worker " + std::to_string(worker.rank()) + " (prepare): " + failure.what());
   }
+  self->state.loop.reset();
   self->become(cfg_branch(self));
   return true;
 }
@@ -135,6 +148,52 @@ caf::result<step_reply_ptr> stage(worker_pointer self, const step_request_ptr& r
   });
 }
 
+// The loop's prediction at its step, with the worker's own conditioning (what predict computes on the driver's
+// scaled latents).
+at::Tensor predict_at_loop_step(runtime::stage_worker& worker, guided_loop& loop) {
+  const auto input = loop.sampler->scale_model_input(loop.sample, loop.step);
+  loop.own_prediction = worker.predict(input, loop.timesteps[loop.step]);
+  return loop.own_prediction;
+}
+
+caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& run) {
+  self->state.loop.reset();
+  return answer(self, "run_cfg", [&](runtime::stage_worker& worker, step_reply&) {
+    if (run->step < 0 || run->step >= run->steps)
+      throw std::invalid_argument("a guided run cannot start at step " + std::to_string(run->step) + " of " +
+                                  std::to_string(run->steps));
+    guided_loop loop;
+    const auto device = worker.pipeline().placement().device;
+    loop.sampler = worker.pipeline().make_sampler(run->sampler);
+    loop.sampler->set_timesteps(run->steps);
+    loop.timesteps = loop.sampler->timesteps().to(device);
+    loop.sample = run->sample.to(device);
+    loop.step = run->step;
+    loop.guidance = run->guidance;
+    auto prediction = predict_at_loop_step(worker, loop);
+    self->state.loop = std::move(loop);
+    return prediction;
+  });
+}
+
+// Guides with the other branch's prediction of the loop's step as the driver does (the same function, so the same
+// numbers), steps the latents, and predicts the next step.
+caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr& request) {
+  auto& loop = self->state.loop;
+  if (!loop || request->step != loop->step + 1)
+    return caf::make_error(caf::sec::runtime_error,
+                           "worker " + std::to_string(self->state.worker->rank()) + " got next_cfg for step " +
+                               std::to_string(request->step) +
+                               (loop ? " after step " + std::to_string(loop->step) : " outside a guided run"));
+  return answer(self, "next_cfg", [&](runtime::stage_worker&, step_reply&) {
+    const auto other = request->other_branch.to(loop->own_prediction.device());
+    const auto guided = models::guide_and_measure(other, loop->own_prediction, loop->guidance).guided;
+    loop->sample = loop->sampler->step(guided, loop->step, loop->sample);
+    ++loop->step;
+    return predict_at_loop_step(*self->state.worker, *loop);
+  });
+}
+
 // A CFG branch: full forward passes with the worker's branch conditioning, or its branch component when the
 // branch is split over several workers.
 worker_actor::behavior_type cfg_branch(worker_pointer self) {
@@ -147,14 +206,18 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](fill_atom, const step_request_ptr& request) { return fill(self, request, runtime::split_scope::branch); },
       [=](stage_atom, const step_request_ptr& request) { return stage(self, request, runtime::split_scope::branch); },
       [=](reconfigure_atom, std::int32_t role) {
-        if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) self->become(pipeline_stage(self));
+        if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) {
+          self->state.loop.reset();
+          self->become(pipeline_stage(self));
+        }
         return role;
       },
       [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
-          const module_names& branch_handed_on, bool cuda_graphs) {
-        return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
-      },
+          const module_names& branch_handed_on,
+          bool cuda_graphs) { return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs); },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
+      [=](run_cfg_atom, const guided_run_ptr& run) { return run_cfg(self, run); },
+      [=](next_cfg_atom, const step_request_ptr& request) { return next_cfg(self, request); },
   };
 }
 
@@ -174,10 +237,15 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         return role;
       },
       [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
-          const module_names& branch_handed_on, bool cuda_graphs) {
-        return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs);
-      },
+          const module_names& branch_handed_on,
+          bool cuda_graphs) { return assign(self, window, window_handed_on, branch, branch_handed_on, cuda_graphs); },
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
+      [=](run_cfg_atom, const guided_run_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "run_cfg", "pipeline_stage");
+      },
+      [=](next_cfg_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "next_cfg", "pipeline_stage");
+      },
   };
 }
 
