@@ -252,8 +252,8 @@ caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, con
 caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, remote_call kind,
                                                          const step_request_ptr& request) {
   tensor_bundle bundle;
-  bundle.add("latents", request->latents);
-  bundle.add("timestep", request->timestep);
+  if (request->latents.defined()) bundle.add("latents", request->latents);  // not in next_cfg
+  if (request->timestep.defined()) bundle.add("timestep", request->timestep);
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
   if (request->other_branch.defined()) bundle.add("other_branch", request->other_branch);
@@ -266,7 +266,7 @@ caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, cons
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
   return forward_call(self, bundle, run->step, run_cfg_atom::value, run->step, run->sampler, run->steps, run->guidance,
-                      bundle.metas);
+                      run->conditional, bundle.metas);
 }
 
 template <class Answer>
@@ -395,8 +395,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
           spdlog::trace("step {}: {} tensor(s) in", step, metas.size());
           request->step = step;
-          request->latents = received.get("latents");
-          request->timestep = received.get("timestep");
+          if (received.has("latents")) request->latents = received.get("latents");
+          if (received.has("timestep")) request->timestep = received.get("timestep");
           if (received.has("conditioning.context"))
             request->conditioning = std::make_shared<const models::branch_conditioning>(received.conditioning("conditioning"));
           request->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
@@ -414,7 +414,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return failed(self, "unknown remote call kind " + std::to_string(kind));
       },
       [=](run_cfg_atom, std::int32_t step, const std::string& sampler, std::int64_t steps, double guidance,
-          const tensor_metas& metas) -> caf::response_promise {
+          bool conditional, const tensor_metas& metas) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<guided_run>();
         try {
@@ -427,6 +427,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->sampler = sampler;
         run->steps = steps;
         run->guidance = guidance;
+        run->conditional = conditional;
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
       },
       [=](prepare_atom, const tensor_metas& metas) {

@@ -33,6 +33,7 @@ struct guided_run {
   std::string sampler;  ///< the request's sampler name ("" = the model folder's)
   std::int64_t steps = 0;
   double guidance = 1;
+  bool conditional = true;  ///< the worker's own branch is the conditional one (else the unconditional one)
 };
 
 /// What a worker needs to start an image.

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <numeric>
 #include <optional>
 
@@ -225,7 +226,7 @@ class parallel_driver {
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
   std::optional<models::measured_guidance> pending_metric_;  // set by guided(), its means read by the step loop
   std::optional<int> survivor_;
-  std::optional<pending_reply> cond_ahead_;  // a guided run: the conditional worker's request for the next step
+  std::deque<pending_reply> guided_requests_;  // a guided run's unanswered requests, in the order sent
 
   at::Tensor timestep(std::int64_t index) const {
     index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
@@ -377,35 +378,50 @@ class parallel_driver {
     return guided(output_of(replies, 1), output_of(replies, 3));
   }
 
-  // Mode cfg (every step guided, no window): the conditional worker steps its own copy of the latents (a guided
-  // run). Each step the driver sends it the unconditional prediction as soon as it has it, before the conditional
-  // one of the same step arrives: the worker then guides, steps and predicts the next step while its answer
-  // travels and the driver guides and steps, instead of waiting for the driver's latents (a round trip a step).
+  // Mode cfg (every step guided, no window): each branch's worker steps its own copy of the latents (a guided run).
+  // As soon as one branch's prediction arrives the driver forwards it to the other branch's worker, which guides,
+  // steps and predicts the next step with it; the driver guides and steps its own copy (for the tau controller, the
+  // observer and the result) while the workers compute. A step thus waits for one hop between the workers instead
+  // of a round trip to each worker after the driver's own step.
   at::Tensor looped_cfg_step(std::int64_t i, step_trace& row) {
-    const int cond_worker = world_ / 2;
+    const int workers[2] = {0, world_ / 2};  // the unconditional branch's worker, the conditional one's
     const auto step = static_cast<std::int32_t>(i);
-    if (!cond_ahead_) {
-      auto run = std::make_shared<guided_run>();
-      run->step = step;
-      run->sample = latents_;
-      run->sampler = sampler_name_;
-      run->steps = plan_.steps;
-      run->guidance = plan_.guidance;
+    if (guided_requests_.empty()) {  // the run starts: both workers get the latents and the sampler's settings
       finish_pending_work(latents_);
-      cond_ahead_ = send(cond_worker, step, run_cfg_atom::value, guided_run_ptr(run));
+      spdlog::trace("step {}: 2 request(s) out", step);
+      for (int b : {1, 0}) {  // the conditional worker first: a remote one's request takes longest
+        auto run = std::make_shared<guided_run>();
+        run->step = step;
+        run->sample = latents_;
+        run->sampler = sampler_name_;
+        run->steps = plan_.steps;
+        run->guidance = plan_.guidance;
+        run->conditional = b == 1;
+        guided_requests_.push_back(send(workers[b], step, run_cfg_atom::value, guided_run_ptr(run)));
+      }
     }
-    const auto uncond = ask(predict_atom::value, to_each({0}, work_for(i, false)), row)[0]->prediction;
-    std::optional<pending_reply> next;
-    if (i + 1 < plan_.steps) {
+    at::Tensor predictions[2];
+    // The unconditional prediction first: it comes from the local worker, and the other worker needs it first.
+    for (int b : {0, 1}) {
+      auto pending = take_guided_request(workers[b]);
+      predictions[b] = collect(pending, row)->prediction;
+      if (i + 1 == plan_.steps) continue;
       auto exchange = std::make_shared<step_request>();
       exchange->step = step + 1;
-      exchange->other_branch = uncond;
-      next = send(cond_worker, step + 1, next_cfg_atom::value, step_request_ptr(exchange));
+      exchange->other_branch = predictions[b];
+      spdlog::trace("step {}: {} request(s) out", step + 1, 1);
+      guided_requests_.push_back(send(workers[1 - b], step + 1, next_cfg_atom::value, step_request_ptr(exchange)));
     }
-    auto ahead = std::move(*cond_ahead_);
-    cond_ahead_ = std::move(next);  // before collecting: a lost worker leaves this one to take_over
-    auto cond = collect(ahead, row);
-    return guided(uncond.to(latents_.device()), cond->prediction.to(latents_.device()));
+    return guided(predictions[0].to(latents_.device()), predictions[1].to(latents_.device()));
+  }
+
+  // The guided run's oldest unanswered request to worker w (taken out: collecting it consumes it).
+  pending_reply take_guided_request(int w) {
+    auto found = std::find_if(guided_requests_.begin(), guided_requests_.end(),
+                              [w](const pending_reply& pending) { return pending.worker == w; });
+    auto pending = std::move(*found);
+    guided_requests_.erase(found);
+    return pending;
   }
 
   at::Tensor fill_step(std::int64_t i, step_trace& row) {
@@ -474,10 +490,9 @@ class parallel_driver {
 
   void take_over(std::int64_t i, int lost) {
     session_.lost = lost;
-    if (cond_ahead_) {  // a guided run ends: its request is answered (or fails) before the survivor's first
-      cond_ahead_->handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
-      cond_ahead_.reset();
-    }
+    // A guided run ends: its requests are answered (or fail) before the survivor's first.
+    for (auto& pending : guided_requests_) pending.handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
+    guided_requests_.clear();
     for (int w = 0; w < world_ && !survivor_; ++w)
       if (w != lost && !has_died(w)) survivor_ = w;
     if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");

@@ -31,9 +31,8 @@ using lost_atom = caf::atom_constant<caf::atom("lost")>;          ///< is a work
 using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the supervisor's wait for a down message ended
 using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< a worker's components (module names)
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new image: conditioning, CFG branch, no cache
-using run_cfg_atom =
-    caf::atom_constant<caf::atom("runcfg")>;  ///< start stepping own latents: a guided run's first step
-using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;  ///< the other branch's prediction: step, then predict
+using run_cfg_atom = caf::atom_constant<caf::atom("runcfg")>;     ///< a guided run's first step: latents, sampler
+using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;   ///< the other branch's prediction: step, predict
 
 /// The text of a failed request: the message our actors put in the error's context, else CAF's rendering.
 inline std::string describe_error(caf::actor_system& system, const caf::error& failure) {
@@ -51,12 +50,12 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// window component. A request the current behaviour does not serve is answered with an error naming both.
 /// reconfigure replies with the new role. assign sets the modules the worker owns in pipelined steps (window
 /// split, branch split: owned modules, then those whose outputs it hands on) and whether full passes and stale steps
-/// replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches. A
-/// guided run (`cfg_branch`, mode cfg's conditional branch): run_cfg hands the worker the latents and the sampler at a
-/// step and answers its branch's prediction there; each next_cfg brings the other branch's prediction of the step
-/// before, with which the worker guides, steps its own copy of the latents and answers its prediction of the next step.
-/// The driver sends next_cfg before it has this worker's previous answer, so the worker computes while the answer
-/// travels and the driver steps its own latents (the same numbers on both sides).
+/// replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
+/// A guided run (`cfg_branch`, mode cfg): run_cfg hands the worker the latents and the sampler's settings at a step
+/// and answers its branch's prediction there; each next_cfg brings the other branch's prediction of the step before,
+/// with which the worker guides, steps its own copy of the latents and answers its prediction of the next step. The
+/// driver forwards each branch's prediction to the other branch's worker as it arrives and steps its own copy
+/// meanwhile (the same numbers everywhere: the same functions on the same values).
 using worker_actor = caf::typed_actor<
     caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
     caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,

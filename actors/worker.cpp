@@ -25,6 +25,7 @@ struct guided_loop {
   at::Tensor own_prediction;  // this branch's prediction at `step`
   std::int32_t step = 0;
   double guidance = 1;
+  bool conditional = true;  // which branch own_prediction is
 };
 
 struct worker_state {
@@ -170,6 +171,7 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
     loop.sample = run->sample.to(device);
     loop.step = run->step;
     loop.guidance = run->guidance;
+    loop.conditional = run->conditional;
     auto prediction = predict_at_loop_step(worker, loop);
     self->state.loop = std::move(loop);
     return prediction;
@@ -187,7 +189,10 @@ caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr
                                (loop ? " after step " + std::to_string(loop->step) : " outside a guided run"));
   return answer(self, "next_cfg", [&](runtime::stage_worker&, step_reply&) {
     const auto other = request->other_branch.to(loop->own_prediction.device());
-    const auto guided = models::guide_and_measure(other, loop->own_prediction, loop->guidance).guided;
+    const auto& own = loop->own_prediction;
+    const auto guided = (loop->conditional ? models::guide_and_measure(other, own, loop->guidance)
+                                           : models::guide_and_measure(own, other, loop->guidance))
+                            .guided;
     loop->sample = loop->sampler->step(guided, loop->step, loop->sample);
     ++loop->step;
     return predict_at_loop_step(*self->state.worker, *loop);

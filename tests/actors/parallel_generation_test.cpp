@@ -510,67 +510,74 @@ class failing_pipeline : public models::diffusion_pipeline {
   bool die_ = false;
 };
 
-// A conditional worker's guided run (mode cfg): run_cfg predicts at its step on the latents it is handed; each
-// next_cfg guides with the other branch's prediction, steps the worker's own sampler (DPM++ 2M: its second-order
-// history included) and predicts the next step. Each answer must be what the pipeline computes on latents stepped
-// by hand; requests out of order, or in the wrong behaviour, get errors that say so.
+// A worker's guided run (mode cfg): run_cfg predicts at its step on the latents it is handed; each next_cfg guides
+// with the other branch's prediction, steps the worker's own sampler (DPM++ 2M: its second-order history included)
+// and predicts the next step. Each answer must be what the pipeline computes on latents stepped by hand, for the
+// worker of either branch; requests out of order, or in the wrong behaviour, get errors that say so.
 TEST_F(ParallelGeneration, AGuidedRunStepsTheWorkersOwnLatentsAsTheDriverWould) {
   torch::NoGradGuard no_grad;
   auto pipeline = tiny("tiny-sdxl");
   auto request = tiny_request(4);
   request.sampler = "dpm++2m";
-  auto start = start_by_hand(*pipeline, request);
-  auto sampler = pipeline->make_sampler(request.sampler);
-  sampler->set_timesteps(start.plan.steps);
-  auto latents = start.latents;
-
-  auto worker = actors::spawn_worker(system_, std::make_shared<runtime::stage_worker>(pipeline, 1));
+  const auto start = start_by_hand(*pipeline, request);
   caf::scoped_actor self{system_};
   const auto timeout = std::chrono::seconds(60);
-  auto setup = std::make_shared<const actors::image_setup>(actors::image_setup{start.cond.positive, {}});
-  self->request(worker, timeout, actors::prepare_atom::value, actors::image_setup_ptr(setup))
-      .receive([](bool) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
-  auto answer = [&](auto atom, auto payload) {
-    at::Tensor prediction;
-    std::string failure;
-    self->request(worker, timeout, atom, payload)
-        .receive([&](const actors::step_reply_ptr& reply) { prediction = reply->prediction; },
-                 [&](caf::error& e) { failure = actors::describe_error(system_, e); });
-    return std::make_pair(prediction, failure);
-  };
+  for (const bool conditional : {true, false}) {
+    SCOPED_TRACE(conditional ? "conditional branch" : "unconditional branch");
+    auto sampler = pipeline->make_sampler(request.sampler);
+    sampler->set_timesteps(start.plan.steps);
+    auto latents = start.latents;
+    const auto& own = conditional ? start.cond.positive : start.cond.negative;
+    const auto& other = conditional ? start.cond.negative : start.cond.positive;
 
-  auto run = std::make_shared<actors::guided_run>();
-  run->sample = latents;
-  run->sampler = request.sampler;
-  run->steps = start.plan.steps;
-  run->guidance = start.plan.guidance;
-  auto [prediction, failure] = answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run));
-  for (std::int64_t i = 0; i < start.plan.steps; ++i) {
-    ASSERT_EQ(failure, "") << "step " << i;
-    const auto x = sampler->scale_model_input(latents, i);
-    const auto t = sampler->timesteps()[i];
-    const auto cond = pipeline->predict(x, t, start.cond.positive);
-    const auto uncond = pipeline->predict(x, t, start.cond.negative);
-    EXPECT_LT(test::relative_error(prediction, cond), same_computation_tolerance) << "step " << i;
-    latents = sampler->step(models::guide(uncond, cond, start.plan.guidance), i, latents);
-    if (i + 1 == start.plan.steps) break;
-    auto exchange = std::make_shared<actors::step_request>();
-    exchange->step = static_cast<std::int32_t>(i + 1);
-    exchange->other_branch = uncond;
-    std::tie(prediction, failure) = answer(actors::next_cfg_atom::value, actors::step_request_ptr(exchange));
+    auto worker = actors::spawn_worker(system_, std::make_shared<runtime::stage_worker>(pipeline, 1));
+    auto setup = std::make_shared<const actors::image_setup>(actors::image_setup{own, {}});
+    self->request(worker, timeout, actors::prepare_atom::value, actors::image_setup_ptr(setup))
+        .receive([](bool) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
+    auto answer = [&](auto atom, auto payload) {
+      at::Tensor prediction;
+      std::string failure;
+      self->request(worker, timeout, atom, payload)
+          .receive([&](const actors::step_reply_ptr& reply) { prediction = reply->prediction; },
+                   [&](caf::error& e) { failure = actors::describe_error(system_, e); });
+      return std::make_pair(prediction, failure);
+    };
+
+    auto run = std::make_shared<actors::guided_run>();
+    run->sample = latents;
+    run->sampler = request.sampler;
+    run->steps = start.plan.steps;
+    run->guidance = start.plan.guidance;
+    run->conditional = conditional;
+    auto [prediction, failure] = answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run));
+    for (std::int64_t i = 0; i < start.plan.steps; ++i) {
+      ASSERT_EQ(failure, "") << "step " << i;
+      const auto x = sampler->scale_model_input(latents, i);
+      const auto t = sampler->timesteps()[i];
+      const auto expected = pipeline->predict(x, t, own), other_branch = pipeline->predict(x, t, other);
+      EXPECT_LT(test::relative_error(prediction, expected), same_computation_tolerance) << "step " << i;
+      const auto guided = conditional ? models::guide(other_branch, expected, start.plan.guidance)
+                                      : models::guide(expected, other_branch, start.plan.guidance);
+      latents = sampler->step(guided, i, latents);
+      if (i + 1 == start.plan.steps) break;
+      auto exchange = std::make_shared<actors::step_request>();
+      exchange->step = static_cast<std::int32_t>(i + 1);
+      exchange->other_branch = other_branch;
+      std::tie(prediction, failure) = answer(actors::next_cfg_atom::value, actors::step_request_ptr(exchange));
+    }
+
+    auto stray = std::make_shared<actors::step_request>();
+    stray->step = 7;
+    stray->other_branch = prediction;
+    EXPECT_EQ(answer(actors::next_cfg_atom::value, actors::step_request_ptr(stray)).second,
+              "worker 1 got next_cfg for step 7 after step 3");
+    self->request(worker, timeout, actors::reconfigure_atom::value,
+                  static_cast<std::int32_t>(actors::worker_role::pipeline_stage))
+        .receive([](std::int32_t) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
+    EXPECT_EQ(answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run)).second,
+              "worker 1 got a run_cfg request in its pipeline_stage behaviour");
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
   }
-
-  auto stray = std::make_shared<actors::step_request>();
-  stray->step = 7;
-  stray->other_branch = prediction;
-  EXPECT_EQ(answer(actors::next_cfg_atom::value, actors::step_request_ptr(stray)).second,
-            "worker 1 got next_cfg for step 7 after step 3");
-  self->request(worker, timeout, actors::reconfigure_atom::value,
-                static_cast<std::int32_t>(actors::worker_role::pipeline_stage))
-      .receive([](std::int32_t) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
-  EXPECT_EQ(answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run)).second,
-            "worker 1 got a run_cfg request in its pipeline_stage behaviour");
-  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
 }
 
 TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {

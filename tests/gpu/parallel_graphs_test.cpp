@@ -2,7 +2,9 @@
 // eager: full passes and stale-activation steps (pipeline steps, split-branch CFG steps) replayed from graphs must
 // give the eager latents; CFG workers must give the sequential latents. Skipped without CUDA.
 #include <gtest/gtest.h>
+
 #include <torch/torch.h>
+#include <chrono>
 
 #include <caf/all.hpp>
 
@@ -81,7 +83,8 @@ TEST(ParallelCudaGraphs, StaleActivationStepsReplayedEqualEagerOnes) {
 
 // Two CFG workers on one GPU, each on a stream of its own, must give the latents of the same request batched on one
 // worker (fp32: 1e-4 relative, as above; a prediction read before its worker's kernels ended would be off by far
-// more), eager and replayed from graphs, and each worker's time lies within its step's. 256² so that a step's
+// more), eager and replayed from graphs, and each worker's times add up to no more than the image's (a worker's
+// request for a step leaves during the step before, so its time may straddle the boundary). 256² so that a step's
 // kernels run long enough for an early read to show.
 TEST(ParallelOnOneGpu, CfgWorkersEqualTheBatchedSequentialSteps) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
@@ -101,14 +104,19 @@ TEST(ParallelOnOneGpu, CfgWorkersEqualTheBatchedSequentialSteps) {
   apply_worker_defaults(cfg, 2, std::nullopt);
   for (const bool graphs : {false, true}) {
     cfg.cuda_graphs = graphs;
+    const auto began = std::chrono::steady_clock::now();
     auto result = generate_parallel(system, two, request, cfg);
+    const double image_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
     EXPECT_LT(test::relative_error(result.latents.cpu(), expected.latents.cpu()), graphs_vs_eager_tolerance)
         << (graphs ? "graphs" : "eager");
-    for (const auto& row : result.trace)
-      for (double worker_ms : row.worker_ms) {
-        EXPECT_GT(worker_ms, 0.0) << "step " << row.step;
-        EXPECT_LE(worker_ms, row.step_ms + 0.01) << "step " << row.step;
+    std::vector<double> busy(2, 0.0);
+    for (const auto& row : result.trace) {
+      for (int w : {0, 1}) {
+        EXPECT_GT(row.worker_ms[w], 0.0) << "worker " << w << ", step " << row.step;
+        busy[w] += row.worker_ms[w];
       }
+    }
+    for (int w : {0, 1}) EXPECT_LE(busy[w], image_ms) << "worker " << w;
   }
 }
 
