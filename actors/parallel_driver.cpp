@@ -347,6 +347,7 @@ class parallel_driver {
   }
 
   at::Tensor cfg_step(std::int64_t i, step_trace& row) {
+    if (options_.mode == parallel_mode::cfg && options_.branch_stages == 1) return looped_cfg_step(i, row);
     auto work = work_for(i, asyncdiff_);
     if (asyncdiff_) {  // warm-up: the whole batched model on one worker
       auto replies = ask(predict_atom::value, to_each({0}, work), row);
@@ -354,7 +355,6 @@ class parallel_driver {
       return guided(halves[0], halves[1]);
     }
     const int cond_worker = world_ / 2;
-    if (options_.branch_stages == 1 && options_.mode == parallel_mode::cfg) return looped_cfg_step(i, row);
     if (options_.branch_stages == 1) {
       auto replies = ask(predict_atom::value, to_each({0, cond_worker}, work), row);
       return guided(output_of(replies, 0), output_of(replies, cond_worker));
@@ -409,8 +409,11 @@ class parallel_driver {
       auto exchange = std::make_shared<step_request>();
       exchange->step = step + 1;
       exchange->other_branch = predictions[b];
-      spdlog::trace("step {}: {} request(s) out", step + 1, 1);
       guided_requests_.push_back(send(workers[1 - b], step + 1, next_cfg_atom::value, step_request_ptr(exchange)));
+      if (b == 0)
+        spdlog::trace("step {}: the unconditional prediction forwarded", step);
+      else
+        spdlog::trace("step {}: 2 request(s) out", step + 1);  // the next step's, as trace_hops.py cuts steps
     }
     return guided(predictions[0].to(latents_.device()), predictions[1].to(latents_.device()));
   }
