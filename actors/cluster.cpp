@@ -604,9 +604,16 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
   }
   spdlog::info("rank {} serves its worker to rank 0 at {} over the {} transport", placement.rank, rank_zero,
                runtime::to_string(options.transport));
+  // Rank 0 is watched here as well as by the host: the host may be blocked in a transfer through rank 0's store (a
+  // frozen rank 0 answers nothing until the request timeout), and then it cannot take its own down message.
+  self->monitor(registry);
   caf::error reason;
-  self->receive([&](caf::down_msg& down) { reason = down.reason; });
+  self->receive([&](caf::down_msg& down) {
+    const bool rank_zero_gone = down.source == registry.address();
+    reason = rank_zero_gone && !down.reason ? caf::make_error(caf::exit_reason::remote_link_unreachable) : down.reason;
+  });
   if (reason && reason != caf::exit_reason::normal) {
+    caf::anon_send_exit(host, caf::exit_reason::user_shutdown);  // taken once its transfer gives up, if it is blocked
     // Logged as well as thrown: the log line carries the time the loss was noticed.
     const auto lost = "rank 0 at " + rank_zero + " was lost (" + system.render(reason) + ")";
     spdlog::error("{}", lost);
