@@ -103,8 +103,14 @@ class store_link : public tensor_link {
       return tensors;  // the sender pushed nothing
     std::vector<std::uint8_t> bytes;
     try {
-      // queuePop blocks until an entry arrives; the store's timeout bounds the wait.
-      bytes = store_->queuePop(incoming_, /*block=*/true);
+      // The sender pushes before it sends the descriptions, so the entry is mostly there already: a plain pop is one
+      // round trip to the store, a blocking one two (a wait, then the pop). The blocking pop is bounded by the store's
+      // timeout.
+      try {
+        bytes = store_->queuePop(incoming_, /*block=*/false);
+      } catch (const c10::DistQueueEmptyError&) {
+        bytes = store_->queuePop(incoming_, /*block=*/true);
+      }
     } catch (const c10::Error& failure) {
       throw error(describe() + ": " + names_of(metas) + " did not arrive within " + std::to_string(timeout_.count()) +
                   " ms (" + failure.what_without_backtrace() + ")");

@@ -140,6 +140,18 @@ TEST(CpuTensorLink, CarriesTensorsInOrderByteForByte) {
   EXPECT_TRUE(torch::equal(second[0], torch::full({2}, 2.0)));
 }
 
+TEST(CpuTensorLink, ATensorSentWhileTheReceiverWaitsArrives) {
+  // Mostly the entry is in the store before its description reaches the receiver; here it comes later.
+  store_pair pair(std::chrono::seconds(10));
+  std::thread late_sender([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    pair.zero_to_one->send({torch::full({3}, 7.0)});
+  });
+  auto received = pair.one_to_zero->receive({runtime::describe_tensor("late", torch::ones({3}))}, c10::kCPU);
+  late_sender.join();
+  EXPECT_TRUE(torch::equal(received[0], torch::full({3}, 7.0)));
+}
+
 TEST(CpuTensorLink, ATensorThatNeverComesIsATimeoutNamingIt) {
   store_pair pair(std::chrono::milliseconds(500));
   try {
