@@ -1,10 +1,11 @@
 // Parallel generation on one GPU (several workers of one process) with CUDA graphs against the same generation
 // eager: full passes and stale-activation steps (pipeline steps, split-branch CFG steps) replayed from graphs must
 // give the eager latents; CFG workers must give the sequential latents. Skipped without CUDA.
+#include <chrono>
+
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
-#include <chrono>
 
 #include <caf/all.hpp>
 
