@@ -19,7 +19,6 @@
 namespace hybridiff::actors {
 
 using runtime::tensor_meta;
-using tensor_metas = std::vector<tensor_meta>;
 
 void configure_cluster(caf::actor_system_config& config, const cluster_options& options) {
   // One late heartbeat must not lose a peer: the timeout spans at least two intervals.
@@ -33,8 +32,7 @@ void configure_cluster(caf::actor_system_config& config, const cluster_options& 
   // lost like a peer whose process died, instead of only when a request times out (minutes).
   config.set("middleman.heartbeat-interval", caf::timespan{options.heartbeat_interval});
   config.set("middleman.connection-timeout", caf::timespan{options.connection_timeout});
-  config.add_message_type<tensor_meta>("hybridiff::tensor_meta");
-  config.add_message_type<tensor_metas>("hybridiff::tensor_metas");
+  config.add_message_type<tensor_parcel>("hybridiff::tensor_parcel");
 }
 
 void debug_fault::trigger_at(int count, const std::string& where) const {
@@ -46,15 +44,16 @@ void debug_fault::trigger_at(int count, const std::string& where) const {
 
 namespace {
 
-// A message's tensors: their descriptions (which travel in the CAF message) and the tensors themselves (which
-// travel over the link, in the same order). Names: latents, timestep, prediction, conditioning.* and window.*
-// (a branch_conditioning's fields), peer:MODULE:K and owned:MODULE:K (an activation cache's entries).
+// A message's tensors: the parcel that travels in the CAF message (their descriptions; the bytes too once the
+// link's send gave them) and the tensors themselves, in the same order. Names: latents, timestep, prediction,
+// conditioning.* and window.* (a branch_conditioning's fields), peer:MODULE:K and owned:MODULE:K (an activation
+// cache's entries).
 struct tensor_bundle {
-  tensor_metas metas;
+  tensor_parcel parcel;
   std::vector<at::Tensor> tensors;
 
   void add(const std::string& name, const at::Tensor& tensor) {
-    metas.push_back(runtime::describe_tensor(name, tensor));
+    parcel.metas.push_back(runtime::describe_tensor(name, tensor));
     tensors.push_back(tensor);
   }
   void add(const std::string& prefix, const models::branch_conditioning& conditioning) {
@@ -68,11 +67,12 @@ struct tensor_bundle {
   }
 };
 
-// The inverse of tensor_bundle: the received tensors by name.
+// The inverse of tensor_bundle: the parcel's tensors, taken from `link`, by name.
 class received_bundle {
  public:
-  received_bundle(const tensor_metas& metas, std::vector<at::Tensor> tensors) {
-    for (std::size_t i = 0; i < metas.size(); ++i) by_name_.emplace(metas[i].name, std::move(tensors[i]));
+  received_bundle(const tensor_parcel& parcel, runtime::tensor_link& link, const c10::Device& device) {
+    auto tensors = link.receive(parcel.metas, parcel.bytes, device);
+    for (std::size_t i = 0; i < parcel.metas.size(); ++i) by_name_.emplace(parcel.metas[i].name, std::move(tensors[i]));
   }
   bool has(const std::string& name) const { return by_name_.count(name) > 0; }
   at::Tensor get(const std::string& name) const {
@@ -190,30 +190,22 @@ using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
 
 std::string rank_prefix(proxy_pointer self) { return "rank " + std::to_string(self->state.rank) + ": "; }
 
-// Sends `tensors` over the link, then `call` to the remote worker; `read` turns the remote answer into this
-// actor's answer. `then`, not `await`: while a call is out the proxy must still see the down message of a lost
-// rank (the driver sends a worker one request at a time, so answers cannot overtake each other).
+// Sends `call` to the remote worker; `read` turns the remote answer into this actor's answer. `then`, not `await`:
+// while a call is out the proxy must still see the down message of a lost rank (the driver sends a worker one
+// request at a time, so answers cannot overtake each other).
 template <class... Remote>
 struct remote_answer {};  // the types of the remote worker's answer
 
 template <class Answer, class... Remote, class Read, class... Ts>
-caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::vector<at::Tensor>& tensors,
-                                                remote_answer<Remote...>, Read read, Ts... call) {
+caf::typed_response_promise<Answer> call_remote(proxy_pointer self, remote_answer<Remote...>, Read read, Ts... call) {
   auto promise = self->make_response_promise<Answer>();
-  try {
-    self->state.link->send(tensors);
-    if (!tensors.empty()) spdlog::trace("rank {}: {} tensor(s) sent", self->state.rank, tensors.size());
-  } catch (const std::exception& problem) {
-    promise.deliver(failure(rank_prefix(self) + problem.what()));
-    return promise;
-  }
   const auto id = self->state.next_call++;
   self->state.open_calls.emplace(id, [promise](caf::error problem) mutable { promise.deliver(std::move(problem)); });
   auto settle = [=](auto deliver) {
     if (self->state.open_calls.erase(id) == 0) return;  // failed already: the rank was lost
     deliver();
   };
-  self->request(self->state.host, self->state.timeout, call...)
+  self->request(self->state.host, self->state.timeout, std::move(call)...)
       .then(
           [=](const Remote&... answer) mutable {
             settle([&] {
@@ -230,22 +222,37 @@ caf::typed_response_promise<Answer> call_remote(proxy_pointer self, const std::v
   return promise;
 }
 
+// call_remote with `bundle`'s tensors: sent over the link, then `call` with the bundle's parcel as its last element.
+template <class Answer, class... Remote, class Read, class... Ts>
+caf::typed_response_promise<Answer> call_remote_with(proxy_pointer self, tensor_bundle bundle,
+                                                     remote_answer<Remote...> answer, Read read, Ts... call) {
+  try {
+    bundle.parcel.bytes = self->state.link->send(bundle.tensors);
+    spdlog::trace("rank {}: {} tensor(s) sent", self->state.rank, bundle.tensors.size());
+  } catch (const std::exception& problem) {
+    auto promise = self->make_response_promise<Answer>();
+    promise.deliver(failure(rank_prefix(self) + problem.what()));
+    return promise;
+  }
+  return call_remote<Answer>(self, answer, read, call..., std::move(bundle.parcel));
+}
+
 // Sends `bundle` and `call` to the remote worker; the remote answer (compute time, the reply's tensors) becomes a
 // step_reply.
 template <class... Ts>
 caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, const tensor_bundle& bundle,
                                                          std::int32_t step, Ts... call) {
-  auto read = [self, step](double compute_ms, const tensor_metas& metas) {
+  auto read = [self, step](double compute_ms, const tensor_parcel& parcel) {
     spdlog::trace("step {}: rank {} answered", step, self->state.rank);
-    received_bundle received(metas, self->state.link->receive(metas, self->state.device));
-    spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, metas.size());
+    received_bundle received(parcel, *self->state.link, self->state.device);
+    spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, parcel.metas.size());
     auto reply = std::make_shared<step_reply>();
     reply->compute_ms = compute_ms;
     reply->prediction = received.get("prediction");
     reply->owned = received.cache("owned");
     return step_reply_ptr(std::move(reply));
   };
-  return call_remote<step_reply_ptr>(self, bundle.tensors, remote_answer<double, tensor_metas>{}, read, call...);
+  return call_remote_with<step_reply_ptr>(self, bundle, remote_answer<double, tensor_parcel>{}, read, call...);
 }
 
 // A step: its tensors travel over the link.
@@ -257,8 +264,7 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
   if (request->other_branch.defined()) bundle.add("other_branch", request->other_branch);
-  return forward_call(self, bundle, request->step, call_atom::value, static_cast<std::int32_t>(kind), request->step,
-                      bundle.metas);
+  return forward_call(self, bundle, request->step, call_atom::value, static_cast<std::int32_t>(kind), request->step);
 }
 
 // A guided run's start: the latents travel over the link, the sampler's settings in the message.
@@ -266,7 +272,7 @@ caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, cons
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
   return forward_call(self, bundle, run->step, run_cfg_atom::value, run->step, run->sampler, run->steps, run->guidance,
-                      run->conditional, bundle.metas);
+                      run->conditional);
 }
 
 template <class Answer>
@@ -304,18 +310,19 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
         return forward_step(self, remote_call::next_cfg, request);
       },
       [=](reconfigure_atom, std::int32_t role) {
-        return call_remote<std::int32_t>(self, {}, remote_answer<std::int32_t>{}, same<std::int32_t>, reconfigure_atom::value, role);
+        return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>,
+                                         reconfigure_atom::value, role);
       },
       [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
           const module_names& branch_handed_on, bool cuda_graphs) {
-        return call_remote<bool>(self, {}, remote_answer<bool>{}, same<bool>, assign_atom::value, window,
-                                 window_handed_on, branch, branch_handed_on, cuda_graphs);
+        return call_remote<bool>(self, remote_answer<bool>{}, same<bool>, assign_atom::value, window, window_handed_on,
+                                 branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
         tensor_bundle bundle;
         bundle.add("conditioning", setup->conditioning);
         bundle.add("window", setup->window);
-        return call_remote<bool>(self, bundle.tensors, remote_answer<bool>{}, same<bool>, prepare_atom::value, bundle.metas);
+        return call_remote_with<bool>(self, bundle, remote_answer<bool>{}, same<bool>, prepare_atom::value);
       },
   };
 }
@@ -366,8 +373,8 @@ caf::response_promise relay_step(host_pointer self, std::int32_t step, Ts... mes
               tensor_bundle bundle;
               bundle.add("prediction", reply->prediction);
               bundle.add("owned", reply->owned);
-              self->state.link.get()->send(bundle.tensors);
-              promise.deliver(reply->compute_ms, bundle.metas);
+              bundle.parcel.bytes = self->state.link.get()->send(bundle.tensors);
+              promise.deliver(reply->compute_ms, std::move(bundle.parcel));
               spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
             } catch (const std::exception& problem) {
               promise.deliver(failure(problem.what()));
@@ -387,13 +394,13 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
     self->quit(down.reason ? down.reason : caf::make_error(caf::exit_reason::remote_link_unreachable));
   });
   return {
-      [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_metas& metas) -> caf::response_promise {
+      [=](call_atom, std::int32_t kind, std::int32_t step, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto request = std::make_shared<step_request>();
         spdlog::trace("step {}: request in", step);
         try {
-          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
-          spdlog::trace("step {}: {} tensor(s) in", step, metas.size());
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
+          spdlog::trace("step {}: {} tensor(s) in", step, parcel.metas.size());
           request->step = step;
           if (received.has("latents")) request->latents = received.get("latents");
           if (received.has("timestep")) request->timestep = received.get("timestep");
@@ -414,11 +421,11 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return failed(self, "unknown remote call kind " + std::to_string(kind));
       },
       [=](run_cfg_atom, std::int32_t step, const std::string& sampler, std::int64_t steps, double guidance,
-          bool conditional, const tensor_metas& metas) -> caf::response_promise {
+          bool conditional, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<guided_run>();
         try {
-          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
           run->sample = received.get("sample");
         } catch (const std::exception& problem) {
           return failed(self, problem.what());
@@ -430,10 +437,10 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->conditional = conditional;
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
       },
-      [=](prepare_atom, const tensor_metas& metas) {
+      [=](prepare_atom, const tensor_parcel& parcel) {
         auto setup = std::make_shared<image_setup>();
         try {
-          received_bundle received(metas, self->state.link.get()->receive(metas, self->state.device));
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
           setup->conditioning = received.conditioning("conditioning");
           setup->window = received.conditioning("window");
         } catch (const std::exception& problem) {
@@ -604,16 +611,26 @@ void serve_worker(caf::actor_system& system, const runtime::process_placement& p
   }
   spdlog::info("rank {} serves its worker to rank 0 at {} over the {} transport", placement.rank, rank_zero,
                runtime::to_string(options.transport));
-  // Rank 0 is watched here as well as by the host: the host may be blocked in a transfer through rank 0's store (a
-  // frozen rank 0 answers nothing until the request timeout), and then it cannot take its own down message.
+  // Rank 0 is watched here as well as by the host: the host may be blocked in a transfer (an NCCL receive from a
+  // frozen rank 0 waits out the request timeout), and then it cannot take its own down message.
   self->monitor(registry);
   caf::error reason;
+  bool rank_zero_ended = false;
   self->receive([&](caf::down_msg& down) {
-    const bool rank_zero_gone = down.source == registry.address();
-    reason = rank_zero_gone && !down.reason ? caf::make_error(caf::exit_reason::remote_link_unreachable) : down.reason;
+    reason = down.reason;
+    rank_zero_ended = down.source == registry.address();
   });
+  if (rank_zero_ended) {
+    // After a finished run the host has ended too, but its down message may come second; an unblocked host ends at
+    // once on rank 0's loss. Only a blocked host stays silent.
+    self->receive([&](caf::down_msg& down) { reason = down.reason; },
+                  caf::after(std::chrono::seconds(1)) >>
+                      [&] {
+                        if (!reason) reason = caf::make_error(caf::exit_reason::remote_link_unreachable);
+                      });
+  }
   if (reason && reason != caf::exit_reason::normal) {
-    caf::anon_send_exit(host, caf::exit_reason::user_shutdown);  // taken once its transfer gives up, if it is blocked
+    caf::anon_send_exit(host, caf::exit_reason::user_shutdown);  // taken once a blocked transfer gives up
     // Logged as well as thrown: the log line carries the time the loss was noticed.
     const auto lost = "rank 0 at " + rank_zero + " was lost (" + system.render(reason) + ")";
     spdlog::error("{}", lost);

@@ -4,7 +4,8 @@
 // the actor that hosts its worker, and opens a tensor link to rank 0 (runtime/tensor_link.hpp) with the offer it
 // got back. On rank 0 each remote worker is represented by a proxy with the worker's interface: the driver cannot
 // tell a remote worker from a local one. CAF messages carry control data and tensor descriptions; tensor data
-// travels over the links, sent before the message that announces it.
+// travels over the links (NCCL: sent before the message that announces it) or, with the cpu transport, in the
+// message itself.
 
 #include <chrono>
 #include <cstdint>
@@ -28,6 +29,17 @@ typename Inspector::result_type inspect(Inspector& f, tensor_meta& x) {
 }  // namespace hybridiff::runtime
 
 namespace hybridiff::actors {
+
+/// What a CAF message carries of the tensors it announces: their descriptions and, with the cpu transport, their
+/// bytes (what runtime::tensor_link::send returned; empty with NCCL, which carries the data itself).
+struct tensor_parcel {
+  std::vector<runtime::tensor_meta> metas;
+  std::string bytes;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_parcel& x) {
+  return f(caf::meta::type_name("tensor_parcel"), x.metas, x.bytes);
+}
 
 using register_atom = caf::atom_constant<caf::atom("register")>;  ///< a rank's worker host reports to rank 0
 using collect_atom = caf::atom_constant<caf::atom("collect")>;    ///< rank 0: wait until every rank registered

@@ -104,7 +104,7 @@ class nccl_link : public tensor_link {
   }
 
  public:
-  void send(const std::vector<at::Tensor>& tensors) override {
+  std::string send(const std::vector<at::Tensor>& tensors) override {
     c10::cuda::CUDAGuard guard(device_);
     auto ready = after_current_work();
     std::vector<at::Tensor> staged;
@@ -119,9 +119,14 @@ class nccl_link : public tensor_link {
     }
     check(ncclGroupEnd(), describe() + ": ncclGroupEnd");
     await_comm(comm_, "sending");
+    return {};  // the link carried the data
   }
 
-  std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) override {
+  std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const std::string& carried,
+                                  const c10::Device& device) override {
+    if (!carried.empty())
+      throw error(describe() + ": " + std::to_string(carried.size()) +
+                  " bytes came in the message, as from the cpu transport; every rank must use the same transport");
     c10::cuda::CUDAGuard guard(device_);
     std::vector<at::Tensor> tensors;
     for (const auto& meta : metas)

@@ -1,8 +1,9 @@
 #pragma once
-// The data plane of a multi-process run. Tensors between two processes travel over a link (NCCL between GPUs, a
-// c10d TCPStore between CPUs); CAF messages carry only their descriptions (tensor_meta), never the data. A link
-// joins rank 0 and one other rank and is used by one thread on each side, so tensors arrive in the order they
-// were sent: a receiver allocates from the descriptions and takes them in that order.
+// The data plane of a multi-process run. Tensors between two processes travel over a link: NCCL between GPUs, or,
+// between CPUs, inside the CAF message that announces them. CAF messages always carry the tensors' descriptions
+// (tensor_meta); an NCCL link carries the data itself. An NCCL link joins rank 0 and one other rank and is used by
+// one thread on each side, so tensors arrive in the order they were sent: a receiver allocates from the
+// descriptions and takes them in that order.
 
 #include <chrono>
 #include <cstdint>
@@ -35,17 +36,21 @@ at::MemoryFormat wire_layout(const tensor_meta& meta);
 class tensor_link {
  public:
   virtual ~tensor_link() = default;
-  /// Sends the defined tensors of `tensors`, in order. May return before the peer has them (NCCL enqueues on the
-  /// link's stream; the caching allocator keeps the memory until the transfer is done).
-  virtual void send(const std::vector<at::Tensor>& tensors) = 0;
-  /// Receives the tensors that `metas` describe (undefined ones where dtype is −1) onto `device`. Throws
-  /// hybridiff::error naming the peer and the tensor when one does not arrive within the link's timeout.
-  virtual std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const c10::Device& device) = 0;
+  /// Sends the defined tensors of `tensors`, in order, and returns the bytes that must travel in the message that
+  /// announces them: the tensors themselves (cpu) or nothing (NCCL, which carries them). May return before the
+  /// peer has them (NCCL enqueues on the link's stream; the caching allocator keeps the memory until the transfer
+  /// is done).
+  virtual std::string send(const std::vector<at::Tensor>& tensors) = 0;
+  /// Receives the tensors that `metas` describe (undefined ones where dtype is −1) onto `device`; `carried` is what
+  /// the sender's `send` returned. Throws hybridiff::error naming the peer and the tensor when one does not arrive
+  /// within the link's timeout or does not fit its description.
+  virtual std::vector<at::Tensor> receive(const std::vector<tensor_meta>& metas, const std::string& carried,
+                                          const c10::Device& device) = 0;
   virtual std::string describe() const = 0;
 };
 
-/// cpu: a c10d TCPStore served by rank 0 on MASTER_PORT + 1 (every byte passes through rank 0); nccl: one NCCL
-/// communicator per link (GPU tensors only).
+/// cpu: the tensors' bytes in the CAF message that announces them (rank 0's CAF connections, no other port);
+/// nccl: one NCCL communicator per link (GPU tensors only).
 enum class transport_kind { cpu, nccl };
 /// "cpu", "nccl", or "auto": nccl for a CUDA device, else cpu. Throws hybridiff::error for other names and for
 /// nccl in a build without CUDA.
@@ -64,7 +69,7 @@ class link_factory {
   virtual std::unique_ptr<tensor_link> open(int peer, const std::vector<char>& offer) = 0;
 };
 
-/// `timeout` bounds every wait of the links: connecting, and each tensor's arrival.
+/// `timeout` bounds every wait of the NCCL links: connecting, and each tensor's arrival.
 std::unique_ptr<link_factory> make_link_factory(transport_kind kind, const process_placement& placement,
                                                 const c10::Device& device, std::chrono::milliseconds timeout);
 

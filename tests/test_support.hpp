@@ -23,7 +23,7 @@ class temp_dir {
   std::filesystem::path path_;
 };
 
-/// A TCP port P of 127.0.0.1 with P + 1 free too (a rendezvous port and the tensor store's); test processes
+/// A TCP port P of 127.0.0.1 with P + 1 free too (a local SLURM cluster takes consecutive ports); test processes
 /// running at once pick different ones. Below Linux's ephemeral range (32768+): a rank that retries connecting to a
 /// port in that range before anyone listens can be given that very port as its own source port and connect to
 /// itself (a TCP self-connect), then wait forever for its own handshake.

@@ -15,7 +15,7 @@ po::options_description process_options() {
   // clang-format off
   processes.add_options()
       ("transport", po::value<std::string>()->default_value("auto")->value_name("T"),
-       "how tensors travel between processes: nccl (GPUs), cpu (a TCPStore on rank 0 at MASTER_PORT + 1), or auto "
+       "how tensors travel between processes: nccl (GPUs), cpu (inside the CAF messages, no other port), or auto "
        "(nccl on a CUDA --device)")
       ("rendezvous-timeout", po::value<double>()->default_value(60)->value_name("S"),
        "rank 0: seconds for every other rank to register; other ranks: seconds to keep trying to reach rank 0")

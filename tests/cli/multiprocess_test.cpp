@@ -47,6 +47,7 @@ TEST_P(MultiProcess, GivesTheSameLatentsAsOneProcess) {
                             std::to_string(free_port_pair()) + " -- " + request + " --transport cpu --save-latents " +
                             quoted(dir / "many.safetensors") + " --output " + quoted(dir / "many.png"));
   ASSERT_EQ(many.exit_code, 0) << many.output;
+  EXPECT_EQ(many.output.find("was lost"), std::string::npos) << many.output;  // the run's end is no loss
   EXPECT_NE(many.output.find(std::to_string(c.processes - 1) + " remote worker(s) joined over the cpu transport"),
             std::string::npos)
       << many.output;
