@@ -191,8 +191,8 @@ using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
 std::string rank_prefix(proxy_pointer self) { return "rank " + std::to_string(self->state.rank) + ": "; }
 
 // Sends `call` to the remote worker; `read` turns the remote answer into this actor's answer. `then`, not `await`:
-// while a call is out the proxy must still see the down message of a lost rank (the driver sends a worker one
-// request at a time, so answers cannot overtake each other).
+// while a call is out the proxy must still see the down message of a lost rank (the worker host answers its calls
+// one at a time, in order, so answers cannot overtake each other).
 template <class... Remote>
 struct remote_answer {};  // the types of the remote worker's answer
 

@@ -1,6 +1,5 @@
 #include "runtime/tensor_link.hpp"
 
-#include <algorithm>
 #include <cstring>
 
 #include <torch/torch.h>
