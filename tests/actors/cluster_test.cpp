@@ -1,9 +1,8 @@
 // The pieces of a multi-process run that one process can check: every message that crosses processes survives
 // CAF's binary serialisation (CAF 0.17 turns an unregistered type into an empty message across nodes), and the
-// CPU tensor link carries tensors in order, byte for byte, and times out with a clear error.
+// CPU tensor link carries tensors byte for byte inside the message and names what does not fit.
 #include <chrono>
 #include <optional>
-#include <thread>
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -12,7 +11,6 @@
 
 #include "actors/cluster.hpp"
 #include "models/errors.hpp"
-#include "test_support.hpp"
 
 namespace hybridiff::actors {
 namespace {
