@@ -1,6 +1,8 @@
 #include "runtime/tensor_link.hpp"
 
+#include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include <torch/torch.h>
 
@@ -68,6 +70,12 @@ class message_link : public tensor_link {
       hosts.push_back(tensor.to(torch::kCPU).contiguous(wire_layout(tensor)));
       total += hosts.back().nbytes();
     }
+    // BASP, CAF 0.17's wire protocol, states a message's length in 32 bits; the rest of the message needs room too.
+    constexpr std::size_t most = std::numeric_limits<std::uint32_t>::max() - (std::size_t{1} << 20);
+    if (total > most)
+      throw error(describe() + ": " + std::to_string(total) +
+                  " bytes in one message, more than a CAF message can carry (" + std::to_string(most) +
+                  "); use the nccl transport");
     std::string bytes;
     bytes.reserve(total);
     for (const auto& host : hosts) bytes.append(static_cast<const char*>(host.data_ptr()), host.nbytes());

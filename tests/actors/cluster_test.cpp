@@ -156,6 +156,21 @@ TEST(CpuTensorLink, BytesThatDoNotFitTheDescriptionsAreAnErrorNamingThem) {
   }
 }
 
+TEST(CpuTensorLink, MoreBytesThanACafMessageCarriesAreAnError) {
+  cpu_link_pair pair;
+  const auto four_gib = torch::empty({std::int64_t{1} << 32}, torch::kUInt8);  // never written: no memory is touched
+  try {
+    pair.zero_to_one->send({four_gib});
+    FAIL() << "no error";
+  } catch (const error& problem) {
+    EXPECT_NE(std::string(problem.what())
+                  .find("cpu link to rank 1: 4294967296 bytes in one message, more than a CAF message can carry"),
+              std::string::npos)
+        << problem.what();
+    EXPECT_NE(std::string(problem.what()).find("use the nccl transport"), std::string::npos) << problem.what();
+  }
+}
+
 // CAF's spawn leaves the spawning thread holding the system's logger, and the system's destructor waits for the
 // logger's end: a process_run whose caller spawned actors (and asked them through a scoped actor) still ends at once.
 // Without its end dropping the caller's reference, the destructor, on a thread of its own, waits out the grace.
