@@ -190,9 +190,9 @@ caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr
   return answer(self, "next_cfg", [&](runtime::stage_worker&, step_reply&) {
     const auto other = request->other_branch.to(loop->own_prediction.device());
     const auto& own = loop->own_prediction;
-    const auto guided = (loop->conditional ? models::guide_and_measure(other, own, loop->guidance)
-                                           : models::guide_and_measure(own, other, loop->guidance))
-                            .guided;
+    const auto& uncond = loop->conditional ? other : own;
+    const auto& cond = loop->conditional ? own : other;
+    const auto guided = models::guide_and_measure(uncond, cond, loop->guidance).guided;
     loop->sample = loop->sampler->step(guided, loop->step, loop->sample);
     ++loop->step;
     return predict_at_loop_step(*self->state.worker, *loop);
