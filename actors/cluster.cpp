@@ -184,6 +184,10 @@ struct proxy_state {
   // Open calls: CAF 0.17 drops an undelivered promise silently, so a lost rank must fail them by hand.
   std::map<std::uint64_t, std::function<void(caf::error)>> open_calls;
   std::uint64_t next_call = 0;
+  // A guided run of the remote worker: its peer (the other branch's worker) gets its predictions from here, and
+  // the remote worker gets the peer's through here (peer_cfg).
+  worker_actor guided_peer;
+  std::int64_t guided_steps = 0;
   static inline const char* name = "hybridiff.remote_worker";
 };
 using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
@@ -237,12 +241,33 @@ caf::typed_response_promise<Answer> call_remote_with(proxy_pointer self, tensor_
   return call_remote<Answer>(self, answer, read, call..., std::move(bundle.parcel));
 }
 
+// The end of the remote worker's guided run (its last step answered, or another call): its peer is let go.
+void end_guided_run(proxy_pointer self) {
+  if (self->state.guided_peer) self->demonitor(self->state.guided_peer.address());
+  self->state.guided_peer = nullptr;
+}
+
+// A guided run's prediction at `step` from the remote worker, to its peer (before the driver: the peer's next step
+// waits for it).
+void hand_to_peer(proxy_pointer self, std::int32_t step, const at::Tensor& prediction) {
+  auto& state = self->state;
+  if (!state.guided_peer) return;
+  if (step + 1 >= state.guided_steps) {
+    end_guided_run(self);
+    return;
+  }
+  auto exchange = std::make_shared<step_request>();
+  exchange->step = step + 1;
+  exchange->other_branch = prediction;
+  self->send(state.guided_peer, peer_cfg_atom::value, step_request_ptr(std::move(exchange)));
+}
+
 // Sends `bundle` and `call` to the remote worker; the remote answer (compute time, the reply's tensors) becomes a
-// step_reply.
+// step_reply, whose prediction also goes to the peer when it is a guided run's (`guided`).
 template <class... Ts>
 caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, const tensor_bundle& bundle,
-                                                         std::int32_t step, Ts... call) {
-  auto read = [self, step](double compute_ms, const tensor_parcel& parcel) {
+                                                         std::int32_t step, bool guided, Ts... call) {
+  auto read = [self, step, guided](double compute_ms, const tensor_parcel& parcel) {
     spdlog::trace("step {}: rank {} answered", step, self->state.rank);
     received_bundle received(parcel, *self->state.link, self->state.device);
     spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, parcel.metas.size());
@@ -250,6 +275,7 @@ caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, con
     reply->compute_ms = compute_ms;
     reply->prediction = received.get("prediction");
     reply->owned = received.cache("owned");
+    if (guided) hand_to_peer(self, step, reply->prediction);
     return step_reply_ptr(std::move(reply));
   };
   return call_remote_with<step_reply_ptr>(self, bundle, remote_answer<double, tensor_parcel>{}, read, call...);
@@ -263,16 +289,40 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
   if (request->timestep.defined()) bundle.add("timestep", request->timestep);
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
-  if (request->other_branch.defined()) bundle.add("other_branch", request->other_branch);
-  return forward_call(self, bundle, request->step, call_atom::value, static_cast<std::int32_t>(kind), request->step);
+  const bool guided = kind == remote_call::next_cfg;
+  if (!guided) end_guided_run(self);
+  return forward_call(self, bundle, request->step, guided, call_atom::value, static_cast<std::int32_t>(kind),
+                      request->step);
 }
 
-// A guided run's start: the latents travel over the link, the sampler's settings in the message.
+// A guided run's start: the latents travel over the link, the sampler's settings in the message. The run's peer
+// stays here: the remote worker's predictions reach it from this proxy.
 caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, const guided_run_ptr& run) {
+  end_guided_run(self);
+  self->state.guided_peer = run->peer;
+  self->state.guided_steps = run->steps;
+  if (run->peer) self->monitor(run->peer);
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
-  return forward_call(self, bundle, run->step, run_cfg_atom::value, run->step, run->sampler, run->steps, run->guidance,
-                      run->conditional);
+  return forward_call(self, bundle, run->step, true, run_cfg_atom::value, run->step, run->sampler, run->steps,
+                      run->guidance, run->conditional);
+}
+
+// The peer's prediction for the remote worker's guided run, over the link (no answer: the remote worker's next_cfg
+// answers). An undefined prediction says the peer was lost.
+void forward_peer_prediction(proxy_pointer self, const step_request_ptr& exchange) {
+  tensor_bundle bundle;
+  if (exchange->other_branch.defined()) bundle.add("other_branch", exchange->other_branch);
+  try {
+    bundle.parcel.bytes = self->state.link->send(bundle.tensors);
+  } catch (const std::exception& problem) {  // the link is broken: so are the calls that wait on it
+    for (auto& [id, fail] : self->state.open_calls) fail(failure(rank_prefix(self) + problem.what()));
+    self->state.open_calls.clear();
+    return;
+  }
+  // Anonymous: a typed actor cannot send to the untyped host. One path (this actor, rank R's connection) keeps it
+  // in order with the calls, and so with their transfers on the link.
+  caf::anon_send(self->state.host, peer_cfg_atom::value, exchange->step, std::move(bundle.parcel));
 }
 
 template <class Answer>
@@ -291,6 +341,15 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
   // The remote process is gone: so is this worker (the supervisor, which monitors the proxy, reports the loss).
   self->monitor(host);
   self->set_down_handler([=](caf::down_msg& down) {
+    if (down.source != self->state.host.address()) {  // a guided run's peer: the remote worker must not wait for it
+      if (!self->state.guided_peer || down.source != self->state.guided_peer.address()) return;
+      spdlog::warn("rank {}: the other branch's worker was lost ({})", self->state.rank,
+                   self->system().render(down.reason));
+      end_guided_run(self);
+      auto lost = std::make_shared<step_request>();  // no prediction: lost
+      forward_peer_prediction(self, lost);
+      return;
+    }
     if (!down.reason || down.reason == caf::exit_reason::normal) {  // the run is over and the rank left
       self->quit();
       return;
@@ -309,7 +368,9 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](next_cfg_atom, const step_request_ptr& request) {
         return forward_step(self, remote_call::next_cfg, request);
       },
+      [=](peer_cfg_atom, const step_request_ptr& exchange) { forward_peer_prediction(self, exchange); },
       [=](reconfigure_atom, std::int32_t role) {
+        end_guided_run(self);
         return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>,
                                          reconfigure_atom::value, role);
       },
@@ -319,6 +380,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
                                  branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
+        end_guided_run(self);
         tensor_bundle bundle;
         bundle.add("conditioning", setup->conditioning);
         bundle.add("window", setup->window);
@@ -362,12 +424,14 @@ caf::response_promise failed(host_pointer self, const std::string& problem) {
 }
 
 // Asks the local worker for a step and answers rank 0 with the compute time and the reply's descriptions, its
-// tensors sent over the link first (or with the worker's error).
+// tensors sent over the link first (or with the worker's error). `then`, not `await`: a guided run's next_cfg is
+// answered only once the peer's prediction, a later message, has come through this actor. The link's transfers
+// stay in the order of the messages: each answer's tensors leave with its message.
 template <class... Ts>
 caf::response_promise relay_step(host_pointer self, std::int32_t step, Ts... message) {
   auto promise = self->make_response_promise();
   self->request(self->state.worker, self->state.timeout, message...)
-      .await(
+      .then(
           [=](const step_reply_ptr& reply) mutable {
             try {
               tensor_bundle bundle;
@@ -407,7 +471,6 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           if (received.has("conditioning.context"))
             request->conditioning = std::make_shared<const models::branch_conditioning>(received.conditioning("conditioning"));
           request->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
-          if (received.has("other_branch")) request->other_branch = received.get("other_branch");
         } catch (const std::exception& problem) {
           return failed(self, problem.what());
         }
@@ -436,6 +499,19 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->guidance = guidance;
         run->conditional = conditional;
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
+      },
+      [=](peer_cfg_atom, std::int32_t step, const tensor_parcel& parcel) {
+        auto exchange = std::make_shared<step_request>();
+        exchange->step = step;
+        try {
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
+          if (received.has("other_branch")) exchange->other_branch = received.get("other_branch");
+        } catch (const std::exception& problem) {  // no request to answer: the rank ends, rank 0 hears why
+          spdlog::error("step {}: the other branch's prediction: {}", step, problem.what());
+          self->quit(failure(problem.what()));
+          return;
+        }
+        self->send(self->state.worker, peer_cfg_atom::value, step_request_ptr(std::move(exchange)));
       },
       [=](prepare_atom, const tensor_parcel& parcel) {
         auto setup = std::make_shared<image_setup>();

@@ -15,7 +15,7 @@ struct step_request {
   std::shared_ptr<const runtime::activation_cache> peers;  ///< stage: the owners' outputs of the previous step
   /// predict: run with this conditioning instead of the worker's own (degraded mode: both branches batched)
   std::shared_ptr<const models::branch_conditioning> conditioning;
-  /// next_cfg (no latents, no timestep): the other guidance branch's prediction of step − 1
+  /// peer_cfg (no latents, no timestep): the other guidance branch's prediction of step − 1
   at::Tensor other_branch;
 };
 
@@ -34,6 +34,8 @@ struct guided_run {
   std::int64_t steps = 0;
   double guidance = 1;
   bool conditional = true;  ///< the worker's own branch is the conditional one (else the unconditional one)
+  /// the other branch's worker, which gets this one's predictions as peer_cfg (none: the caller forwards them)
+  worker_actor peer;
 };
 
 /// What a worker needs to start an image.

@@ -269,21 +269,25 @@ class parallel_driver {
   }
 
   // The reply to `pending`, its times recorded in `row`. A worker whose actor is gone is reported as
-  // `worker_lost`; any other failure as hybridiff::error.
-  step_reply_ptr collect(pending_reply& pending, step_trace& row) {
+  // `worker_lost`, as is the worker `peer` whose output the reply waited for (a guided run's other branch); any
+  // other failure as hybridiff::error.
+  step_reply_ptr collect(pending_reply& pending, step_trace& row, std::optional<int> peer = std::nullopt) {
     const int w = pending.worker;
     step_reply_ptr reply;
     std::string failure;
-    bool lost = false;
+    std::optional<int> lost;
     pending.handle.receive([&](const step_reply_ptr& answer) { reply = answer; },
                            [&](caf::error& problem) {
                              const bool timed_out = problem == caf::sec::request_timeout;
-                             lost = !timed_out && has_died(w);
+                             if (!timed_out && has_died(w))
+                               lost = w;
+                             else if (!timed_out && peer && has_died(*peer))
+                               lost = *peer;
                              failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
                                                        std::to_string(options_.step_timeout.count()) + " ms"
                                                  : describe_error(system_, problem);
                            });
-    if (lost) throw worker_lost{w};
+    if (lost) throw worker_lost{*lost};
     if (!failure.empty()) throw error("step " + std::to_string(pending.step) + ": " + failure);
     // An upper bound of the worker's overhead: replies are collected in order.
     row.worker_ms[w] = reply->compute_ms;
@@ -378,17 +382,16 @@ class parallel_driver {
     return guided(output_of(replies, 1), output_of(replies, 3));
   }
 
-  // Mode cfg (every step guided, no window): each branch's worker steps its own copy of the latents (a guided run).
-  // As soon as one branch's prediction arrives the driver forwards it to the other branch's worker, which guides,
-  // steps and predicts the next step with it; the driver guides and steps its own copy (for the tau controller, the
-  // observer and the result) while the workers compute. A step thus waits for one hop between the workers instead
-  // of a round trip to each worker after the driver's own step.
+  // Mode cfg (every step guided, no window): each branch's worker steps its own copy of the latents (a guided run)
+  // and hands each of its predictions straight to the other branch's worker, which guides, steps and predicts the
+  // next step with it. The driver reads both predictions of every step and guides and steps its own copy (for the
+  // tau controller, the observer and the result) while the workers compute: it is not on the path between them.
   at::Tensor looped_cfg_step(std::int64_t i, step_trace& row) {
     const int workers[2] = {0, world_ / 2};  // the unconditional branch's worker, the conditional one's
     const auto step = static_cast<std::int32_t>(i);
+    spdlog::trace("step {}: 2 request(s) out", step);
     if (guided_requests_.empty()) {  // the run starts: both workers get the latents and the sampler's settings
       finish_pending_work(latents_);
-      spdlog::trace("step {}: 2 request(s) out", step);
       for (int b : {1, 0}) {  // the conditional worker first: a remote one's request takes longest
         auto run = std::make_shared<guided_run>();
         run->step = step;
@@ -397,23 +400,18 @@ class parallel_driver {
         run->steps = plan_.steps;
         run->guidance = plan_.guidance;
         run->conditional = b == 1;
+        run->peer = session_.worker(workers[1 - b]);
         guided_requests_.push_back(send(workers[b], step, run_cfg_atom::value, guided_run_ptr(run)));
       }
     }
     at::Tensor predictions[2];
-    // The unconditional prediction first: it comes from the local worker, and the other worker needs it first.
     for (int b : {0, 1}) {
       auto pending = take_guided_request(workers[b]);
-      predictions[b] = collect(pending, row)->prediction;
+      predictions[b] = collect(pending, row, workers[1 - b])->prediction;
       if (i + 1 == plan_.steps) continue;
-      auto exchange = std::make_shared<step_request>();
-      exchange->step = step + 1;
-      exchange->other_branch = predictions[b];
-      guided_requests_.push_back(send(workers[1 - b], step + 1, next_cfg_atom::value, step_request_ptr(exchange)));
-      if (b == 0)
-        spdlog::trace("step {}: the unconditional prediction forwarded", step);
-      else
-        spdlog::trace("step {}: 2 request(s) out", step + 1);  // the next step's, as trace_hops.py cuts steps
+      auto next = std::make_shared<step_request>();  // asked now, answered once computed
+      next->step = step + 1;
+      guided_requests_.push_back(send(workers[b], step + 1, next_cfg_atom::value, step_request_ptr(next)));
     }
     return guided(predictions[0].to(latents_.device()), predictions[1].to(latents_.device()));
   }

@@ -32,7 +32,8 @@ using grace_atom = caf::atom_constant<caf::atom("grace")>;        ///< the super
 using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< a worker's components (module names)
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new image: conditioning, CFG branch, no cache
 using run_cfg_atom = caf::atom_constant<caf::atom("runcfg")>;     ///< a guided run's first step: latents, sampler
-using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;   ///< the other branch's prediction: step, predict
+using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;   ///< a guided run: the prediction at a step
+using peer_cfg_atom = caf::atom_constant<caf::atom("peercfg")>;   ///< a guided run: the other branch's prediction
 
 /// The text of a failed request: the message our actors put in the error's context, else CAF's rendering.
 inline std::string describe_error(caf::actor_system& system, const caf::error& failure) {
@@ -52,10 +53,13 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// split, branch split: owned modules, then those whose outputs it hands on) and whether full passes and stale steps
 /// replay CUDA graphs; prepare starts an image: the image's conditioning, the cfg_branch behaviour, empty caches.
 /// A guided run (`cfg_branch`, mode cfg): run_cfg hands the worker the latents and the sampler's settings at a step
-/// and answers its branch's prediction there; each next_cfg brings the other branch's prediction of the step before,
-/// with which the worker guides, steps its own copy of the latents and answers its prediction of the next step. The
-/// driver forwards each branch's prediction to the other branch's worker as it arrives and steps its own copy
-/// meanwhile (the same numbers everywhere: the same functions on the same values).
+/// and answers its branch's prediction there. From then on the two branches' workers exchange predictions
+/// themselves: each peer_cfg brings the other branch's prediction of the step before, with which the worker guides,
+/// steps its own copy of the latents and predicts the next step, which it sends to its peer (the run's other
+/// worker, when the run names one) before anything else. next_cfg asks for the prediction at a step: answered at
+/// once when it is computed, else as soon as it is. The driver only reads the predictions (for its own copy of the
+/// latents, the tau controller and the result): it is not on the path from one worker to the other. Both sides
+/// compute the same numbers: the same functions on the same values.
 using worker_actor = caf::typed_actor<
     caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
     caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
@@ -64,7 +68,8 @@ using worker_actor = caf::typed_actor<
     caf::replies_to<assign_atom, module_names, module_names, module_names, module_names, bool>::with<bool>,
     caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>,
     caf::replies_to<run_cfg_atom, guided_run_ptr>::with<step_reply_ptr>,
-    caf::replies_to<next_cfg_atom, step_request_ptr>::with<step_reply_ptr>>;
+    caf::replies_to<next_cfg_atom, step_request_ptr>::with<step_reply_ptr>,
+    caf::reacts_to<peer_cfg_atom, step_request_ptr>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
 /// slope the detector computed (NaN when none) and tau1, tau2 (−1 while undecided).

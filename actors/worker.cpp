@@ -1,6 +1,7 @@
 #include "actors/worker.hpp"
 
 #include <chrono>
+#include <deque>
 #include <optional>
 
 #include <c10/util/Exception.h>
@@ -17,15 +18,23 @@
 namespace hybridiff::actors {
 namespace {
 
-// A guided run in progress (run_cfg, then next_cfg): the worker's copy of the latents and of the sampler.
+// A guided run in progress (run_cfg, then peer_cfg and next_cfg): the worker's copy of the latents and of the
+// sampler, and the predictions on their way to the driver.
 struct guided_loop {
   std::unique_ptr<models::sampler> sampler;
   at::Tensor sample;          // the latents before `step`, on the worker's device
   at::Tensor timesteps;       // the sampler's, on the worker's device (read per step without a host copy)
   at::Tensor own_prediction;  // this branch's prediction at `step`
   std::int32_t step = 0;
+  std::int64_t steps = 0;
   double guidance = 1;
   bool conditional = true;  // which branch own_prediction is
+  worker_actor peer;        // gets this branch's predictions (none: whoever started the run forwards them)
+  // Answers computed before next_cfg asked for them, oldest first (the workers may run ahead of the driver).
+  std::deque<std::pair<std::int32_t, caf::expected<step_reply_ptr>>> unread;
+  // The next_cfg that came before its step was computed.
+  std::optional<std::pair<std::int32_t, caf::typed_response_promise<step_reply_ptr>>> waiting;
+  bool ended = false;  // a step failed or the peer was lost: nothing more is computed
 };
 
 struct worker_state {
@@ -71,7 +80,7 @@ class on_own_stream {
 
 // Runs `compute` and packs its result; any exception becomes an error reply (the request never hangs).
 template <class Compute>
-caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Compute compute) {
+caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, Compute compute) {
   auto& worker = *self->state.worker;
   try {
     auto started = std::chrono::steady_clock::now();
@@ -91,10 +100,20 @@ caf::result<step_reply_ptr> answer(worker_pointer self, const char* what, Comput
   }
 }
 
+std::string worker_name(worker_pointer self) { return "worker " + std::to_string(self->state.worker->rank()); }
+
+// Ends the guided run in progress: a next_cfg still waiting gets `why`.
+void end_guided_run(worker_pointer self, const std::string& why) {
+  auto& loop = self->state.loop;
+  if (!loop) return;
+  if (loop->waiting) loop->waiting->second.deliver(caf::make_error(caf::sec::runtime_error, why));
+  if (loop->peer) self->demonitor(loop->peer.address());
+  loop.reset();
+}
+
 caf::error wrong_behaviour(worker_pointer self, const char* request, const char* behaviour) {
-  return caf::make_error(caf::sec::unexpected_message, "worker " + std::to_string(self->state.worker->rank()) +
-                                                           " got a " + request + " request in its " + behaviour +
-                                                           " behaviour");
+  return caf::make_error(caf::sec::unexpected_message,
+                         worker_name(self) + " got a " + request + " request in its " + behaviour + " behaviour");
 }
 
 worker_actor::behavior_type pipeline_stage(worker_pointer self);
@@ -127,7 +146,7 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
     return caf::make_error(caf::sec::runtime_error,
                            "worker " + std::to_string(worker.rank()) + " (prepare): " + failure.what());
   }
-  self->state.loop.reset();
+  end_guided_run(self, worker_name(self) + ": a new image began");
   self->become(cfg_branch(self));
   return true;
 }
@@ -157,46 +176,112 @@ at::Tensor predict_at_loop_step(runtime::stage_worker& worker, guided_loop& loop
   return loop.own_prediction;
 }
 
+// Sends the loop's prediction at its step (complete: `answer` waited for the device) to the peer, if the run has
+// one and a step follows: the other branch's next step waits for it, so it goes before the driver's answer.
+void hand_to_peer(worker_pointer self, const guided_loop& loop) {
+  if (!loop.peer || loop.step + 1 >= loop.steps) return;
+  auto exchange = std::make_shared<step_request>();
+  exchange->step = loop.step + 1;
+  exchange->other_branch = loop.own_prediction;
+  self->send(loop.peer, peer_cfg_atom::value, step_request_ptr(std::move(exchange)));
+}
+
 caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& run) {
-  self->state.loop.reset();
-  return answer(self, "run_cfg", [&](runtime::stage_worker& worker, step_reply&) {
+  end_guided_run(self, worker_name(self) + ": a new guided run began");
+  guided_loop loop;
+  auto reply = answer(self, "run_cfg", [&](runtime::stage_worker& worker, step_reply&) {
     if (run->step < 0 || run->step >= run->steps)
       throw std::invalid_argument("a guided run cannot start at step " + std::to_string(run->step) + " of " +
                                   std::to_string(run->steps));
-    guided_loop loop;
     const auto device = worker.pipeline().placement().device;
     loop.sampler = worker.pipeline().make_sampler(run->sampler);
     loop.sampler->set_timesteps(run->steps);
     loop.timesteps = loop.sampler->timesteps().to(device);
     loop.sample = run->sample.to(device);
     loop.step = run->step;
+    loop.steps = run->steps;
     loop.guidance = run->guidance;
     loop.conditional = run->conditional;
-    auto prediction = predict_at_loop_step(worker, loop);
-    self->state.loop = std::move(loop);
-    return prediction;
+    loop.peer = run->peer;
+    return predict_at_loop_step(worker, loop);
   });
+  if (reply) {
+    hand_to_peer(self, loop);
+    if (loop.peer) self->monitor(loop.peer);  // a lost peer ends the run: nothing waits for it forever
+    self->state.loop = std::move(loop);
+  }
+  return reply;
 }
 
-// Guides with the other branch's prediction of the loop's step as the driver does (the same function, so the same
-// numbers), steps the latents, and predicts the next step.
-caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr& request) {
+// The answer of the loop's step `step`: to the next_cfg waiting for it, else kept until one asks.
+void settle(guided_loop& loop, std::int32_t step, caf::expected<step_reply_ptr> reply) {
+  if (!reply) loop.ended = true;
+  if (loop.waiting && loop.waiting->first == step) {
+    if (reply)
+      loop.waiting->second.deliver(*reply);
+    else
+      loop.waiting->second.deliver(reply.error());
+    loop.waiting.reset();
+  } else {
+    loop.unread.emplace_back(step, std::move(reply));
+  }
+}
+
+// The other branch's prediction of the loop's step: guides with it as the driver does (the same function, so the
+// same numbers), steps the latents, and predicts the next step.
+void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
   auto& loop = self->state.loop;
-  if (!loop || request->step != loop->step + 1)
-    return caf::make_error(caf::sec::runtime_error,
-                           "worker " + std::to_string(self->state.worker->rank()) + " got next_cfg for step " +
-                               std::to_string(request->step) +
-                               (loop ? " after step " + std::to_string(loop->step) : " outside a guided run"));
-  return answer(self, "next_cfg", [&](runtime::stage_worker&, step_reply&) {
-    const auto other = request->other_branch.to(loop->own_prediction.device());
+  if (!loop || loop->ended) {  // after the run ended (a failure, a new image): nobody waits for this step
+    spdlog::debug("{}: the other branch's prediction of step {} came outside a guided run", worker_name(self),
+                  exchange->step - 1);
+    return;
+  }
+  if (!exchange->other_branch.defined()) {  // a remote worker's stand-in says the peer was lost
+    settle(*loop, loop->step + 1,
+           caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost"));
+    return;
+  }
+  if (exchange->step != loop->step + 1) {
+    settle(*loop, loop->step + 1,
+           caf::make_error(caf::sec::runtime_error, worker_name(self) + " got the other branch's prediction of step " +
+                                                        std::to_string(exchange->step - 1) + " at step " +
+                                                        std::to_string(loop->step)));
+    return;
+  }
+  auto reply = answer(self, "next_cfg", [&](runtime::stage_worker& worker, step_reply&) {
+    const auto other = exchange->other_branch.to(loop->own_prediction.device());
     const auto& own = loop->own_prediction;
     const auto& uncond = loop->conditional ? other : own;
     const auto& cond = loop->conditional ? own : other;
     const auto guided = models::guide_and_measure(uncond, cond, loop->guidance).guided;
     loop->sample = loop->sampler->step(guided, loop->step, loop->sample);
     ++loop->step;
-    return predict_at_loop_step(*self->state.worker, *loop);
+    return predict_at_loop_step(worker, *loop);
   });
+  if (reply) hand_to_peer(self, *loop);
+  settle(*loop, exchange->step, std::move(reply));
+}
+
+// The prediction at a step of the guided run: answered now if it is computed, else as soon as it is.
+caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr& request) {
+  auto& loop = self->state.loop;
+  auto refuse = [&](const std::string& when) -> caf::result<step_reply_ptr> {
+    return caf::make_error(caf::sec::runtime_error,
+                           worker_name(self) + " got next_cfg for step " + std::to_string(request->step) + " " + when);
+  };
+  if (!loop) return refuse("outside a guided run");
+  if (!loop->unread.empty()) {
+    if (loop->unread.front().first != request->step)
+      return refuse("while step " + std::to_string(loop->unread.front().first) + "'s prediction is unread");
+    auto reply = std::move(loop->unread.front().second);
+    loop->unread.pop_front();
+    return reply;
+  }
+  if (request->step != loop->step + 1 || loop->waiting || loop->ended)
+    return refuse("after step " + std::to_string(loop->step));
+  auto promise = self->make_response_promise<step_reply_ptr>();
+  loop->waiting.emplace(request->step, promise);
+  return promise;
 }
 
 // A CFG branch: full forward passes with the worker's branch conditioning, or its branch component when the
@@ -212,7 +297,7 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](stage_atom, const step_request_ptr& request) { return stage(self, request, runtime::split_scope::branch); },
       [=](reconfigure_atom, std::int32_t role) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) {
-          self->state.loop.reset();
+          end_guided_run(self, worker_name(self) + " left its guided run for the pipeline window");
           self->become(pipeline_stage(self));
         }
         return role;
@@ -223,6 +308,7 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](prepare_atom, const image_setup_ptr& setup) { return prepare(self, setup); },
       [=](run_cfg_atom, const guided_run_ptr& run) { return run_cfg(self, run); },
       [=](next_cfg_atom, const step_request_ptr& request) { return next_cfg(self, request); },
+      [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },
   };
 }
 
@@ -251,11 +337,20 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
       [=](next_cfg_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
         return wrong_behaviour(self, "next_cfg", "pipeline_stage");
       },
+      [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },  // ended: dropped
   };
 }
 
 worker_actor::behavior_type start_worker(worker_pointer self, std::shared_ptr<runtime::stage_worker> worker) {
   self->state.worker = std::move(worker);
+  // The peer of a guided run is lost: the step that waits for its prediction fails, naming it.
+  self->set_down_handler([=](caf::down_msg& down) {
+    auto& loop = self->state.loop;
+    if (!loop || loop->ended || down.source != loop->peer.address()) return;
+    settle(*loop, loop->step + 1,
+           caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost (" +
+                                                        self->system().render(down.reason) + ")"));
+  });
   return cfg_branch(self);
 }
 

@@ -510,10 +510,11 @@ class failing_pipeline : public models::diffusion_pipeline {
   bool die_ = false;
 };
 
-// A worker's guided run (mode cfg): run_cfg predicts at its step on the latents it is handed; each next_cfg guides
-// with the other branch's prediction, steps the worker's own sampler (DPM++ 2M: its second-order history included)
-// and predicts the next step. Each answer must be what the pipeline computes on latents stepped by hand, for the
-// worker of either branch; requests out of order, or in the wrong behaviour, get errors that say so.
+// A worker's guided run (mode cfg): run_cfg predicts at its step on the latents it is handed; each peer_cfg (the
+// other branch's prediction) makes it guide, step its own sampler (DPM++ 2M: its second-order history included) and
+// predict the next step, which next_cfg reads whether it comes before (the worker waits) or after the peer_cfg.
+// Each answer must be what the pipeline computes on latents stepped by hand, for the worker of either branch;
+// messages out of order, or in the wrong behaviour, get errors that say so.
 TEST_F(ParallelGeneration, AGuidedRunStepsTheWorkersOwnLatentsAsTheDriverWould) {
   torch::NoGradGuard no_grad;
   auto pipeline = tiny("tiny-sdxl");
@@ -534,13 +535,23 @@ TEST_F(ParallelGeneration, AGuidedRunStepsTheWorkersOwnLatentsAsTheDriverWould) 
     auto setup = std::make_shared<const actors::image_setup>(actors::image_setup{own, {}});
     self->request(worker, timeout, actors::prepare_atom::value, actors::image_setup_ptr(setup))
         .receive([](bool) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
-    auto answer = [&](auto atom, auto payload) {
+    auto answer_of = [&](auto& handle) {
       at::Tensor prediction;
       std::string failure;
-      self->request(worker, timeout, atom, payload)
-          .receive([&](const actors::step_reply_ptr& reply) { prediction = reply->prediction; },
-                   [&](caf::error& e) { failure = actors::describe_error(system_, e); });
+      handle.receive([&](const actors::step_reply_ptr& reply) { prediction = reply->prediction; },
+                     [&](caf::error& e) { failure = actors::describe_error(system_, e); });
       return std::make_pair(prediction, failure);
+    };
+    auto next_cfg = [&](std::int64_t step) {
+      auto next = std::make_shared<actors::step_request>();
+      next->step = static_cast<std::int32_t>(step);
+      return self->request(worker, timeout, actors::next_cfg_atom::value, actors::step_request_ptr(next));
+    };
+    auto peer_cfg = [&](std::int64_t step, const at::Tensor& other_branch) {
+      auto exchange = std::make_shared<actors::step_request>();
+      exchange->step = static_cast<std::int32_t>(step);
+      exchange->other_branch = other_branch;
+      self->send(worker, actors::peer_cfg_atom::value, actors::step_request_ptr(exchange));
     };
 
     auto run = std::make_shared<actors::guided_run>();
@@ -549,7 +560,8 @@ TEST_F(ParallelGeneration, AGuidedRunStepsTheWorkersOwnLatentsAsTheDriverWould) 
     run->steps = start.plan.steps;
     run->guidance = start.plan.guidance;
     run->conditional = conditional;
-    auto [prediction, failure] = answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run));
+    auto started = self->request(worker, timeout, actors::run_cfg_atom::value, actors::guided_run_ptr(run));
+    auto [prediction, failure] = answer_of(started);
     for (std::int64_t i = 0; i < start.plan.steps; ++i) {
       ASSERT_EQ(failure, "") << "step " << i;
       const auto x = sampler->scale_model_input(latents, i);
@@ -560,24 +572,60 @@ TEST_F(ParallelGeneration, AGuidedRunStepsTheWorkersOwnLatentsAsTheDriverWould) 
                                       : models::guide(expected, other_branch, start.plan.guidance);
       latents = sampler->step(guided, i, latents);
       if (i + 1 == start.plan.steps) break;
-      auto exchange = std::make_shared<actors::step_request>();
-      exchange->step = static_cast<std::int32_t>(i + 1);
-      exchange->other_branch = other_branch;
-      std::tie(prediction, failure) = answer(actors::next_cfg_atom::value, actors::step_request_ptr(exchange));
+      if (i % 2 == 0) {  // asked first: the worker waits for the other branch's prediction
+        auto asked = next_cfg(i + 1);
+        peer_cfg(i + 1, other_branch);
+        std::tie(prediction, failure) = answer_of(asked);
+      } else {  // computed first: the answer waits for the question
+        peer_cfg(i + 1, other_branch);
+        auto asked = next_cfg(i + 1);
+        std::tie(prediction, failure) = answer_of(asked);
+      }
     }
 
-    auto stray = std::make_shared<actors::step_request>();
-    stray->step = 7;
-    stray->other_branch = prediction;
-    EXPECT_EQ(answer(actors::next_cfg_atom::value, actors::step_request_ptr(stray)).second,
-              "worker 1 got next_cfg for step 7 after step 3");
+    auto stray = next_cfg(7);
+    EXPECT_EQ(answer_of(stray).second, "worker 1 got next_cfg for step 7 after step 3");
+    peer_cfg(7, prediction);
+    auto after_stray = next_cfg(4);
+    EXPECT_EQ(answer_of(after_stray).second, "worker 1 got the other branch's prediction of step 6 at step 3");
     self->request(worker, timeout, actors::reconfigure_atom::value,
                   static_cast<std::int32_t>(actors::worker_role::pipeline_stage))
         .receive([](std::int32_t) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
-    EXPECT_EQ(answer(actors::run_cfg_atom::value, actors::guided_run_ptr(run)).second,
-              "worker 1 got a run_cfg request in its pipeline_stage behaviour");
+    auto refused = self->request(worker, timeout, actors::run_cfg_atom::value, actors::guided_run_ptr(run));
+    EXPECT_EQ(answer_of(refused).second, "worker 1 got a run_cfg request in its pipeline_stage behaviour");
     caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
   }
+}
+
+// A guided run's peer is lost while the worker waits for its prediction: the waiting next_cfg fails, naming the
+// loss, instead of waiting forever (the driver then finishes the image on the survivor).
+TEST_F(ParallelGeneration, AGuidedRunWhosePeerIsLostFailsTheWaitingStep) {
+  torch::NoGradGuard no_grad;
+  auto pipeline = tiny("tiny-sdxl");
+  const auto start = start_by_hand(*pipeline, tiny_request(4));
+  caf::scoped_actor self{system_};
+  const auto timeout = std::chrono::seconds(60);
+  auto worker = actors::spawn_worker(system_, std::make_shared<runtime::stage_worker>(pipeline, 1));
+  auto peer = actors::spawn_worker(system_, std::make_shared<runtime::stage_worker>(pipeline, 2));
+  auto setup = std::make_shared<const actors::image_setup>(actors::image_setup{start.cond.positive, {}});
+  self->request(worker, timeout, actors::prepare_atom::value, actors::image_setup_ptr(setup))
+      .receive([](bool) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
+  auto run = std::make_shared<actors::guided_run>();
+  run->sample = start.latents;
+  run->steps = start.plan.steps;
+  run->guidance = start.plan.guidance;
+  run->peer = peer;
+  self->request(worker, timeout, actors::run_cfg_atom::value, actors::guided_run_ptr(run))
+      .receive([](const actors::step_reply_ptr&) {}, [&](caf::error& e) { ADD_FAILURE() << system_.render(e); });
+  auto next = std::make_shared<actors::step_request>();
+  next->step = 1;
+  auto waiting = self->request(worker, timeout, actors::next_cfg_atom::value, actors::step_request_ptr(next));
+  caf::anon_send_exit(peer, caf::exit_reason::user_shutdown);
+  std::string failure;
+  waiting.receive([](const actors::step_reply_ptr&) { ADD_FAILURE() << "step 1 cannot be computed"; },
+                  [&](caf::error& e) { failure = actors::describe_error(system_, e); });
+  EXPECT_NE(failure.find("worker 1: the other branch's worker was lost"), std::string::npos) << failure;
+  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
 }
 
 TEST_F(ParallelGeneration, AWorkerThatThrowsEndsTheRequestWithAClearError) {
