@@ -78,9 +78,10 @@ class on_own_stream {
 #endif
 };
 
-// Runs `compute` and packs its result; any exception becomes an error reply (the request never hangs).
+// Runs `compute` (for step `step`) and packs its result; any exception becomes an error reply (the request never
+// hangs). The trace line gives the step: bench/trace_hops.py reads the workers' times per step from it.
 template <class Compute>
-caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, Compute compute) {
+caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, std::int32_t step, Compute compute) {
   auto& worker = *self->state.worker;
   try {
     auto started = std::chrono::steady_clock::now();
@@ -89,7 +90,7 @@ caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, Comp
     reply->prediction = compute(worker, *reply);
     stream.finish();  // compute time includes the wait for the device: per-worker times in the trace are real
     reply->compute_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-    spdlog::trace("worker {}: {} computed in {:.3f} ms", worker.rank(), what, reply->compute_ms);
+    spdlog::trace("step {}: worker {} {} computed in {:.3f} ms", step, worker.rank(), what, reply->compute_ms);
     return step_reply_ptr(std::move(reply));
   } catch (const c10::Error& failure) {
     return caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(worker.rank()) + " (" + what +
@@ -153,14 +154,14 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
 
 // fill and stage requests in `scope`: the first step of a pipelined run, and a stale-activation step.
 caf::result<step_reply_ptr> fill(worker_pointer self, const step_request_ptr& request, runtime::split_scope scope) {
-  return answer(self, "fill", [&](runtime::stage_worker& worker, step_reply& reply) {
+  return answer(self, "fill", request->step, [&](runtime::stage_worker& worker, step_reply& reply) {
     auto out = worker.fill(request->latents, request->timestep, scope);
     reply.owned = worker.owned_outputs(scope);
     return out;
   });
 }
 caf::result<step_reply_ptr> stage(worker_pointer self, const step_request_ptr& request, runtime::split_scope scope) {
-  return answer(self, "stage", [&](runtime::stage_worker& worker, step_reply& reply) {
+  return answer(self, "stage", request->step, [&](runtime::stage_worker& worker, step_reply& reply) {
     static const runtime::activation_cache none;
     auto out = worker.pipeline_step(request->latents, request->timestep, request->peers ? *request->peers : none, scope);
     reply.owned = worker.owned_outputs(scope);
@@ -189,7 +190,7 @@ void hand_to_peer(worker_pointer self, const guided_loop& loop) {
 caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& run) {
   end_guided_run(self, worker_name(self) + ": a new guided run began");
   guided_loop loop;
-  auto reply = answer(self, "run_cfg", [&](runtime::stage_worker& worker, step_reply&) {
+  auto reply = answer(self, "run_cfg", run->step, [&](runtime::stage_worker& worker, step_reply&) {
     if (run->step < 0 || run->step >= run->steps)
       throw std::invalid_argument("a guided run cannot start at step " + std::to_string(run->step) + " of " +
                                   std::to_string(run->steps));
@@ -248,7 +249,7 @@ void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
                                                         std::to_string(loop->step)));
     return;
   }
-  auto reply = answer(self, "next_cfg", [&](runtime::stage_worker& worker, step_reply&) {
+  auto reply = answer(self, "next_cfg", exchange->step, [&](runtime::stage_worker& worker, step_reply&) {
     const auto other = exchange->other_branch.to(loop->own_prediction.device());
     const auto& own = loop->own_prediction;
     const auto& uncond = loop->conditional ? other : own;
@@ -289,7 +290,7 @@ caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr
 worker_actor::behavior_type cfg_branch(worker_pointer self) {
   return {
       [=](predict_atom, const step_request_ptr& request) {
-        return answer(self, "predict", [&](runtime::stage_worker& worker, step_reply&) {
+        return answer(self, "predict", request->step, [&](runtime::stage_worker& worker, step_reply&) {
           return worker.predict(request->latents, request->timestep, request->conditioning.get());
         });
       },
