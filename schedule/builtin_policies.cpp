@@ -1,5 +1,7 @@
 #include "schedule/builtin_policies.hpp"
 
+#include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -14,6 +16,14 @@ phase single_window_policy::phase_of(int step) const {
   if (!window_begin_ || step < *window_begin_ || step > *tau2_) return phase::cfg;
   return step == *window_begin_ ? phase::fill : phase::pipeline;
 }
+
+int single_window_policy::cfg_certain_through(int step) const {
+  if (!window_begin_) return std::max(step, undecided_cfg_through(step));
+  if (step < *window_begin_) return *window_begin_ - 1;
+  return step > *tau2_ ? std::numeric_limits<int>::max() : step;  // one window: after it, CFG to the end
+}
+
+int slope_policy::undecided_cfg_through(int step) const { return std::max(step, L_slope_); }
 
 slope_policy::slope_policy(int L_slope, double eps_slope, int k, int tau_cap)
     : L_slope_(L_slope), k_(k), tau_cap_(tau_cap), eps_slope_(eps_slope) {}

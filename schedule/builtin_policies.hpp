@@ -1,6 +1,7 @@
 #pragma once
 // The built-in schedule policies: the reference's slope detector, a fixed window, never and always.
 
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -15,8 +16,13 @@ class single_window_policy : public schedule_policy {
   phase phase_of(int step) const override;
   std::optional<int> tau1() const override { return tau1_; }
   std::optional<int> tau2() const override { return tau2_; }
+  /// Decided: up to the fill step, or to the end after the window. Undecided: undecided_cfg_through.
+  int cfg_certain_through(int step) const override;
 
  protected:
+  /// Before the window is decided: the last step it cannot begin after (this policy's own rule).
+  virtual int undecided_cfg_through(int step) const { return step; }
+
   std::optional<int> tau1_, tau2_;
   std::optional<int> window_begin_;  ///< the fill step
 };
@@ -30,6 +36,10 @@ class slope_policy : public single_window_policy {
   void end_step(const step_observation& finished) override;
   std::optional<double> last_slope() const override { return last_slope_; }
   bool fell_back() const override { return fell_back_; }
+
+ protected:
+  /// The slope needs L + 1 metrics: the earliest window fills step L + 1 (and the fallback's, cap, is later).
+  int undecided_cfg_through(int step) const override;
 
  private:
   int L_slope_, k_, tau_cap_;
@@ -50,6 +60,9 @@ class fixed_policy : public single_window_policy {
 class never_policy : public single_window_policy {
  public:
   void end_step(const step_observation&) override {}
+
+ protected:
+  int undecided_cfg_through(int) const override { return std::numeric_limits<int>::max(); }
 };
 
 /// CFG for steps 0 .. warmup − 2, fill at warmup − 1, pipeline to the end (pure AsyncDiff).

@@ -47,6 +47,11 @@ class schedule_policy {
   virtual std::optional<double> last_slope() const { return std::nullopt; }
   /// Whether the window came from a fallback rather than a detection.
   virtual bool fell_back() const { return false; }
+  /// Asked at the start of CFG step `step`: the last step through which every step runs CFG whatever end_step is
+  /// told from now on (at least `step`; past the last step is fine). A promise: the CFG workers step ahead on it
+  /// without waiting for each step's decision, and a policy that breaks it fails the image. The default promises
+  /// this step only.
+  virtual int cfg_certain_through(int step) const { return step; }
 };
 
 /// What a policy is built with besides its parameters: the request's step count and the defaults the model and

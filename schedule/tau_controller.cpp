@@ -1,5 +1,6 @@
 #include "schedule/tau_controller.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "schedule/builtin_policies.hpp"
@@ -94,7 +95,16 @@ phase tau_controller::phase_of(int step) const {
   if (p == phase::pipeline && after_cfg)
     throw std::logic_error("schedule policy: step " + std::to_string(step) +
                            " is a pipeline step right after a CFG step (a window starts with a fill step)");
+  if (p != phase::cfg && step <= promised_cfg_through_)
+    throw std::logic_error("schedule policy: step " + std::to_string(step) + " is a " + to_string(p) +
+                           " step, but the policy promised CFG through step " + std::to_string(promised_cfg_through_));
   return p;
+}
+
+int tau_controller::promise_cfg(int step) {
+  const int through = std::min(std::max(policy_->cfg_certain_through(step), step), steps_ - 1);
+  promised_cfg_through_ = std::max(promised_cfg_through_, through);
+  return through;
 }
 
 bool tau_controller::end_step(int step, std::optional<double> metric, double step_ms) {

@@ -80,12 +80,16 @@ class tau_controller {
   std::optional<double> last_slope() const { return policy_->last_slope(); }
   /// Whether tau1 came from a fallback (the slope detector's tau_cap).
   bool fell_back() const { return policy_->fell_back(); }
+  /// At the start of CFG step `step`: the last step through which the policy promises CFG (at least `step`, at most
+  /// the last step). phase_of throws std::logic_error for a later non-CFG step that a promise covered.
+  int promise_cfg(int step);
 
  private:
   std::unique_ptr<schedule_policy> policy_;
   int steps_;
   std::optional<phase> last_;  ///< the phase of the last recorded step, last_step_
   int last_step_ = -1;
+  int promised_cfg_through_ = -1;
   std::optional<int> first_fill_, first_window_end_;
 };
 

@@ -156,6 +156,65 @@ TEST(SchedulePolicy, AWindowWithoutAFillStepIsRefusedNamingTheStep) {
   }
 }
 
+// A promise of CFG steps (schedule_policy::cfg_certain_through) must hold whatever the metrics: for each built-in
+// policy and many metric series, every step a promise covers runs CFG. The promises reach as far as each rule
+// allows: the slope detector's first L steps (it needs L + 1 metrics), up to a decided window's fill step, and to
+// the end after the window; `never`, the whole image.
+TEST(SchedulePolicy, PromisedCfgStepsRunCfgWhateverTheMetrics) {
+  const int steps = 50;
+  for (const std::string spec : {"slope:L=12,eps=4e-4,k=5,cap=15", "slope:L=5,eps=1e-3,k=3,cap=20",
+                                 "fixed:tau1=10,tau2=20", "never", "always:warmup=3"}) {
+    for (unsigned seed = 0; seed < 20; ++seed) {
+      SCOPED_TRACE(spec + ", seed " + std::to_string(seed));
+      schedule_settings settings;
+      settings.steps = steps;
+      settings.policy_spec = spec;
+      tau_controller controller(settings);
+      const auto metrics = metric_series(seed, steps);
+      std::vector<std::pair<int, int>> promises;  // (step, through)
+      std::vector<phase> phases;
+      for (int i = 0; i < steps; ++i) {
+        phases.push_back(controller.phase_of(i));
+        if (phases.back() == phase::cfg) promises.emplace_back(i, controller.promise_cfg(i));
+        controller.end_step(i, metrics[i]);
+      }
+      for (const auto& [step, through] : promises) {
+        EXPECT_GE(through, step);
+        EXPECT_LT(through, steps);
+        for (int j = step; j <= through; ++j) EXPECT_EQ(phases[j], phase::cfg) << "promised at " << step;
+      }
+      ASSERT_FALSE(promises.empty());
+      const int first = promises.front().second;  // promised at step 0
+      if (spec.rfind("slope:L=12", 0) == 0) EXPECT_EQ(first, 12);
+      if (spec.rfind("slope:L=5", 0) == 0) EXPECT_EQ(first, 5);
+      if (spec.rfind("fixed", 0) == 0) EXPECT_EQ(first, 9);
+      if (spec == "never") EXPECT_EQ(first, steps - 1);
+      if (spec.rfind("always", 0) == 0) EXPECT_EQ(first, 1);
+      if (spec.rfind("never", 0) != 0 && spec.rfind("always", 0) != 0)  // after the window: CFG to the end
+        EXPECT_EQ(promises.back().second, steps - 1);
+    }
+  }
+}
+
+TEST(SchedulePolicy, APolicyThatBreaksItsCfgPromiseIsRefusedNamingTheStep) {
+  class liar : public schedule_policy {
+    phase phase_of(int step) const override { return step == 3 ? phase::fill : phase::cfg; }
+    void end_step(const step_observation&) override {}
+    int cfg_certain_through(int) const override { return 6; }
+  };
+  tau_controller controller(std::make_unique<liar>(), 10);
+  EXPECT_EQ(controller.phase_of(0), phase::cfg);
+  EXPECT_EQ(controller.promise_cfg(0), 6);
+  for (int step = 0; step < 3; ++step) controller.end_step(step, 0.1);
+  try {
+    controller.phase_of(3);
+    ADD_FAILURE() << "no error";
+  } catch (const std::logic_error& bad) {
+    EXPECT_EQ(std::string(bad.what()),
+              "schedule policy: step 3 is a fill step, but the policy promised CFG through step 6");
+  }
+}
+
 TEST(SchedulePolicy, APolicySeesEachStepsPhaseMetricAndTime) {
   struct recorder : schedule_policy {
     std::vector<step_observation>* seen;
