@@ -187,7 +187,7 @@ struct proxy_state {
   // A guided run of the remote worker: its peer (the other branch's worker) gets its predictions from here, and
   // the remote worker gets the peer's through here (peer_cfg).
   worker_actor guided_peer;
-  std::int64_t guided_steps = 0;
+  std::int32_t guided_last = 0;  // the run's last step
   static inline const char* name = "hybridiff.remote_worker";
 };
 using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
@@ -252,7 +252,7 @@ void end_guided_run(proxy_pointer self) {
 void hand_to_peer(proxy_pointer self, std::int32_t step, const at::Tensor& prediction) {
   auto& state = self->state;
   if (!state.guided_peer) return;
-  if (step + 1 >= state.guided_steps) {
+  if (step >= state.guided_last) {
     end_guided_run(self);
     return;
   }
@@ -300,12 +300,12 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
 caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, const guided_run_ptr& run) {
   end_guided_run(self);
   self->state.guided_peer = run->peer;
-  self->state.guided_steps = run->steps;
+  self->state.guided_last = run->last;
   if (run->peer) self->monitor(run->peer);
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
-  return forward_call(self, bundle, run->step, true, run_cfg_atom::value, run->step, run->sampler, run->steps,
-                      run->guidance, run->conditional);
+  return forward_call(self, bundle, run->step, true, run_cfg_atom::value, run->step, run->last, run->sampler,
+                      run->steps, run->guidance, run->conditional);
 }
 
 // The peer's prediction for the remote worker's guided run, over the link (no answer: the remote worker's next_cfg
@@ -483,8 +483,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         }
         return failed(self, "unknown remote call kind " + std::to_string(kind));
       },
-      [=](run_cfg_atom, std::int32_t step, const std::string& sampler, std::int64_t steps, double guidance,
-          bool conditional, const tensor_parcel& parcel) -> caf::response_promise {
+      [=](run_cfg_atom, std::int32_t step, std::int32_t last, const std::string& sampler, std::int64_t steps,
+          double guidance, bool conditional, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<guided_run>();
         try {
@@ -494,6 +494,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           return failed(self, problem.what());
         }
         run->step = step;
+        run->last = last;
         run->sampler = sampler;
         run->steps = steps;
         run->guidance = guidance;

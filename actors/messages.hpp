@@ -32,6 +32,7 @@ struct guided_run {
   at::Tensor sample;
   std::string sampler;  ///< the request's sampler name ("" = the model folder's)
   std::int64_t steps = 0;
+  std::int32_t last = 0;  ///< the run's last step (the policy's promise of CFG steps; steps − 1 at most)
   double guidance = 1;
   bool conditional = true;  ///< the worker's own branch is the conditional one (else the unconditional one)
   /// the other branch's worker, which gets this one's predictions as peer_cfg (none: the caller forwards them)

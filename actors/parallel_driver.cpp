@@ -120,8 +120,12 @@ class parallel_driver {
     std::int32_t phase_number = 0;
     if (!solo_)
       self_->request(controller_.actor, options_.step_timeout, phase_atom::value, std::int32_t{0})
-          .receive([&](std::int32_t p) { phase_number = p; },
-                   [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
+          .receive(
+              [&](const step_decision& decision) {
+                phase_number = decision.next_phase;
+                cfg_through_ = decision.cfg_through;
+              },
+              [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
       step_trace row;
       row.step = static_cast<int>(i);
@@ -181,6 +185,7 @@ class parallel_driver {
             [&](const step_decision& d) { decision = d; },
             [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
         phase_number = decision.next_phase;
+        cfg_through_ = decision.cfg_through;
         if (!std::isnan(decision.slope)) row.slope = decision.slope;
         if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
         if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
@@ -227,6 +232,8 @@ class parallel_driver {
   std::optional<models::measured_guidance> pending_metric_;  // set by guided(), its means read by the step loop
   std::optional<int> survivor_;
   std::deque<pending_reply> guided_requests_;  // a guided run's unanswered requests, in the order sent
+  std::int32_t guided_last_ = -1;              // the last step of the guided run in progress (or of the last one)
+  std::int32_t cfg_through_ = -1;              // the controller's CFG promise for the current step
 
   at::Tensor timestep(std::int64_t index) const {
     index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
@@ -351,7 +358,7 @@ class parallel_driver {
   }
 
   at::Tensor cfg_step(std::int64_t i, step_trace& row) {
-    if (options_.mode == parallel_mode::cfg && options_.branch_stages == 1) return looped_cfg_step(i, row);
+    if (guided_last_ >= i || starts_guided_run(i)) return looped_cfg_step(i, row);
     auto work = work_for(i, asyncdiff_);
     if (asyncdiff_) {  // warm-up: the whole batched model on one worker
       auto replies = ask(predict_atom::value, to_each({0}, work), row);
@@ -382,7 +389,13 @@ class parallel_driver {
     return guided(output_of(replies, 1), output_of(replies, 3));
   }
 
-  // Mode cfg (every step guided, no window): each branch's worker steps its own copy of the latents (a guided run)
+  // Whether CFG step i starts a guided run: each branch on one worker, and the policy promises CFG beyond this step
+  // (mode cfg: the whole image). A sampler that steps on its history (DPM++ 2M) is copied only at step 0.
+  bool starts_guided_run(std::int64_t i) const {
+    return options_.branch_stages == 1 && !asyncdiff_ && cfg_through_ > i && (i == 0 || !sampler_->remembers_steps());
+  }
+
+  // A guided run, over the CFG steps the policy promises: each branch's worker steps its own copy of the latents
   // and hands each of its predictions straight to the other branch's worker, which guides, steps and predicts the
   // next step with it. The driver reads both predictions of every step and guides and steps its own copy (for the
   // tau controller, the observer and the result) while the workers compute: it is not on the path between them.
@@ -390,7 +403,8 @@ class parallel_driver {
     const int workers[2] = {0, world_ / 2};  // the unconditional branch's worker, the conditional one's
     const auto step = static_cast<std::int32_t>(i);
     spdlog::trace("step {}: 2 request(s) out", step);
-    if (guided_requests_.empty()) {  // the run starts: both workers get the latents and the sampler's settings
+    if (guided_last_ < i) {  // the run starts: both workers get the latents and the sampler's settings
+      guided_last_ = cfg_through_;
       finish_pending_work(latents_);
       for (int b : {1, 0}) {  // the conditional worker first: a remote one's request takes longest
         auto run = std::make_shared<guided_run>();
@@ -400,6 +414,7 @@ class parallel_driver {
         run->steps = plan_.steps;
         run->guidance = plan_.guidance;
         run->conditional = b == 1;
+        run->last = guided_last_;
         run->peer = session_.worker(workers[1 - b]);
         guided_requests_.push_back(send(workers[b], step, run_cfg_atom::value, guided_run_ptr(run)));
       }
@@ -408,7 +423,7 @@ class parallel_driver {
     for (int b : {0, 1}) {
       auto pending = take_guided_request(workers[b]);
       predictions[b] = collect(pending, row, workers[1 - b])->prediction;
-      if (i + 1 == plan_.steps) continue;
+      if (i == guided_last_) continue;
       auto next = std::make_shared<step_request>();  // asked now, answered once computed
       next->step = step + 1;
       guided_requests_.push_back(send(workers[b], step + 1, next_cfg_atom::value, step_request_ptr(next)));
@@ -494,6 +509,7 @@ class parallel_driver {
     // A guided run ends: its requests are answered (or fail) before the survivor's first.
     for (auto& pending : guided_requests_) pending.handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
     guided_requests_.clear();
+    guided_last_ = -1;
     for (int w = 0; w < world_ && !survivor_; ++w)
       if (w != lost && !has_died(w)) survivor_ = w;
     if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");

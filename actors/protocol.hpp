@@ -72,22 +72,25 @@ using worker_actor = caf::typed_actor<
     caf::reacts_to<peer_cfg_atom, step_request_ptr>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
-/// slope the detector computed (NaN when none) and tau1, tau2 (−1 while undecided).
+/// slope the detector computed (NaN when none), tau1, tau2 (−1 while undecided) and, when the next step is CFG,
+/// the last step through which the policy promises CFG (−1 otherwise).
 struct step_decision {
   std::int32_t next_phase = 0;
   double slope = 0;
   std::int32_t tau1 = -1, tau2 = -1;
+  std::int32_t cfg_through = -1;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_decision& x) {
-  return f(caf::meta::type_name("step_decision"), x.next_phase, x.slope, x.tau1, x.tau2);
+  return f(caf::meta::type_name("step_decision"), x.next_phase, x.slope, x.tau1, x.tau2, x.cfg_through);
 }
 
-/// The tau controller: `phase` answers the phase of a step (schedule::phase as int32); `metric` records the end
-/// of a step (step, rel-MAE, whether the step had one) and answers the decision, after telling every worker to
-/// reconfigure when the next step enters or leaves the pipeline window.
+/// The tau controller: `phase` answers the decision for a step before any ran (its phase in next_phase, its CFG
+/// promise); `metric` records the end of a step (step, rel-MAE, whether the step had one, its time) and answers
+/// the decision for the next, after telling every worker to reconfigure when the next step enters or leaves the
+/// pipeline window.
 using tau_controller_actor =
-    caf::typed_actor<caf::replies_to<phase_atom, std::int32_t>::with<std::int32_t>,
+    caf::typed_actor<caf::replies_to<phase_atom, std::int32_t>::with<step_decision>,
                      caf::replies_to<metric_atom, std::int32_t, double, bool, double>::with<step_decision>>;
 
 /// The supervisor monitors every worker. `lost` answers whether a worker's actor is gone (a failed request is

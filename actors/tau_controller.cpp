@@ -8,6 +8,7 @@ namespace {
 struct controller_state {
   std::unique_ptr<schedule::tau_controller> controller;
   std::vector<worker_actor> workers;
+  int steps = 0;
   worker_role configured = worker_role::cfg_branch;  // what every worker currently is
   static inline const char* name = "hybridiff.tau_controller";
 };
@@ -29,6 +30,7 @@ void configure(controller_pointer self, worker_role role) {
 
 tau_controller_actor::behavior_type controller(controller_pointer self, schedule::schedule_settings settings,
                                                std::vector<worker_actor> workers) {
+  self->state.steps = settings.steps;
   self->state.controller = std::make_unique<schedule::tau_controller>(std::move(settings));
   self->state.workers = std::move(workers);
   // A policy that breaks the rules (a window without a fill step) fails the image with its message.
@@ -36,11 +38,16 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
     return caf::make_error(caf::sec::runtime_error, std::string(problem.what()));
   };
   return {
-      [=](phase_atom, std::int32_t step) -> caf::result<std::int32_t> {
+      [=](phase_atom, std::int32_t step) -> caf::result<step_decision> {
         try {
-          const auto p = self->state.controller->phase_of(step);
+          auto& controller = *self->state.controller;
+          const auto p = controller.phase_of(step);
           configure(self, role_of(p));
-          return static_cast<std::int32_t>(p);
+          step_decision decision;
+          decision.next_phase = static_cast<std::int32_t>(p);
+          decision.slope = std::numeric_limits<double>::quiet_NaN();
+          if (p == schedule::phase::cfg) decision.cfg_through = controller.promise_cfg(step);
+          return decision;
         } catch (const std::exception& problem) {
           return refuse(problem);
         }
@@ -57,6 +64,8 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
           decision.slope = controller.last_slope().value_or(std::numeric_limits<double>::quiet_NaN());
           decision.tau1 = controller.tau1().value_or(-1);
           decision.tau2 = controller.tau2().value_or(-1);
+          if (next == schedule::phase::cfg && step + 1 < self->state.steps)
+            decision.cfg_through = controller.promise_cfg(step + 1);
           return decision;
         } catch (const std::exception& problem) {
           return refuse(problem);

@@ -26,7 +26,7 @@ struct guided_loop {
   at::Tensor timesteps;       // the sampler's, on the worker's device (read per step without a host copy)
   at::Tensor own_prediction;  // this branch's prediction at `step`
   std::int32_t step = 0;
-  std::int64_t steps = 0;
+  std::int32_t last = 0;  // the run's last step
   double guidance = 1;
   bool conditional = true;  // which branch own_prediction is
   worker_actor peer;        // gets this branch's predictions (none: whoever started the run forwards them)
@@ -180,7 +180,7 @@ at::Tensor predict_at_loop_step(runtime::stage_worker& worker, guided_loop& loop
 // Sends the loop's prediction at its step (complete: `answer` waited for the device) to the peer, if the run has
 // one and a step follows: the other branch's next step waits for it, so it goes before the driver's answer.
 void hand_to_peer(worker_pointer self, const guided_loop& loop) {
-  if (!loop.peer || loop.step + 1 >= loop.steps) return;
+  if (!loop.peer || loop.step >= loop.last) return;
   auto exchange = std::make_shared<step_request>();
   exchange->step = loop.step + 1;
   exchange->other_branch = loop.own_prediction;
@@ -191,16 +191,16 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
   end_guided_run(self, worker_name(self) + ": a new guided run began");
   guided_loop loop;
   auto reply = answer(self, "run_cfg", run->step, [&](runtime::stage_worker& worker, step_reply&) {
-    if (run->step < 0 || run->step >= run->steps)
-      throw std::invalid_argument("a guided run cannot start at step " + std::to_string(run->step) + " of " +
-                                  std::to_string(run->steps));
+    if (run->step < 0 || run->step > run->last || run->last >= run->steps)
+      throw std::invalid_argument("a guided run cannot run steps " + std::to_string(run->step) + " to " +
+                                  std::to_string(run->last) + " of " + std::to_string(run->steps));
     const auto device = worker.pipeline().placement().device;
     loop.sampler = worker.pipeline().make_sampler(run->sampler);
     loop.sampler->set_timesteps(run->steps);
     loop.timesteps = loop.sampler->timesteps().to(device);
     loop.sample = run->sample.to(device);
     loop.step = run->step;
-    loop.steps = run->steps;
+    loop.last = run->last;
     loop.guidance = run->guidance;
     loop.conditional = run->conditional;
     loop.peer = run->peer;
@@ -242,7 +242,7 @@ void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
            caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost"));
     return;
   }
-  if (exchange->step != loop->step + 1) {
+  if (exchange->step != loop->step + 1 || exchange->step > loop->last) {
     settle(*loop, loop->step + 1,
            caf::make_error(caf::sec::runtime_error, worker_name(self) + " got the other branch's prediction of step " +
                                                         std::to_string(exchange->step - 1) + " at step " +
@@ -278,7 +278,7 @@ caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr
     loop->unread.pop_front();
     return reply;
   }
-  if (request->step != loop->step + 1 || loop->waiting || loop->ended)
+  if (request->step != loop->step + 1 || request->step > loop->last || loop->waiting || loop->ended)
     return refuse("after step " + std::to_string(loop->step));
   auto promise = self->make_response_promise<step_reply_ptr>();
   loop->waiting.emplace(request->step, promise);

@@ -302,6 +302,7 @@ class dpm_sampler : public sampler {
   }
 
   std::string name() const override { return "dpm++2m"; }
+  bool remembers_steps() const override { return true; }
 
  private:
   config values_;

@@ -32,6 +32,9 @@ class sampler {
   virtual at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) = 0;
   /// "euler", "ddim", "dpm++2m" or "flow-euler".
   virtual std::string name() const = 0;
+  /// Whether a step also uses earlier steps' outputs (DPM++ 2M): a fresh copy of such a sampler steps the same
+  /// only from step 0.
+  virtual bool remembers_steps() const { return false; }
 
  protected:
   void check_index(std::int64_t index) const;
