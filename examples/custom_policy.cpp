@@ -4,6 +4,7 @@
 //
 //   build/custom_policy "two-windows:first=12,second=30,k=5" sneaker.png
 #include <iostream>
+#include <limits>
 
 #include <caf/all.hpp>
 
@@ -29,6 +30,13 @@ class two_windows : public hybridiff::schedule::schedule_policy {
   }
   // Told after every step (its phase, rel-MAE, wall time); this policy decided everything up front.
   void end_step(const hybridiff::schedule::step_observation&) override {}
+  // Knowing every phase, it promises each CFG step's run up to the next window (to the end after the last): the
+  // two guidance branches' workers then exchange predictions and step ahead without waiting for each decision.
+  int cfg_certain_through(int step) const override {
+    for (int begin : begins_)
+      if (step < begin) return begin - 1;
+    return std::numeric_limits<int>::max();
+  }
 
  private:
   int begins_[2];
