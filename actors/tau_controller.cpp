@@ -8,7 +8,6 @@ namespace {
 struct controller_state {
   std::unique_ptr<schedule::tau_controller> controller;
   std::vector<worker_actor> workers;
-  int steps = 0;
   worker_role configured = worker_role::cfg_branch;  // what every worker currently is
   static inline const char* name = "hybridiff.tau_controller";
 };
@@ -30,7 +29,6 @@ void configure(controller_pointer self, worker_role role) {
 
 tau_controller_actor::behavior_type controller(controller_pointer self, schedule::schedule_settings settings,
                                                std::vector<worker_actor> workers) {
-  self->state.steps = settings.steps;
   self->state.controller = std::make_unique<schedule::tau_controller>(std::move(settings));
   self->state.workers = std::move(workers);
   // A policy that breaks the rules (a window without a fill step) fails the image with its message.
@@ -64,8 +62,7 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
           decision.slope = controller.last_slope().value_or(std::numeric_limits<double>::quiet_NaN());
           decision.tau1 = controller.tau1().value_or(-1);
           decision.tau2 = controller.tau2().value_or(-1);
-          if (next == schedule::phase::cfg && step + 1 < self->state.steps)
-            decision.cfg_through = controller.promise_cfg(step + 1);
+          if (next == schedule::phase::cfg) decision.cfg_through = controller.promise_cfg(step + 1);
           return decision;
         } catch (const std::exception& problem) {
           return refuse(problem);
