@@ -194,6 +194,12 @@ using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
 
 std::string rank_prefix(proxy_pointer self) { return "rank " + std::to_string(self->state.rank) + ": "; }
 
+// Every call still waiting for the remote worker fails with `why` (CAF would drop their promises silently).
+void fail_open_calls(proxy_pointer self, const std::string& why) {
+  for (auto& [id, fail] : self->state.open_calls) fail(failure(rank_prefix(self) + why));
+  self->state.open_calls.clear();
+}
+
 // Sends `call` to the remote worker; `read` turns the remote answer into this actor's answer. `then`, not `await`:
 // while a call is out the proxy must still see the down message of a lost rank (the worker host answers its calls
 // one at a time, in order, so answers cannot overtake each other).
@@ -316,8 +322,7 @@ void forward_peer_prediction(proxy_pointer self, const step_request_ptr& exchang
   try {
     bundle.parcel.bytes = self->state.link->send(bundle.tensors);
   } catch (const std::exception& problem) {  // the link is broken: so are the calls that wait on it
-    for (auto& [id, fail] : self->state.open_calls) fail(failure(rank_prefix(self) + problem.what()));
-    self->state.open_calls.clear();
+    fail_open_calls(self, problem.what());
     return;
   }
   // Anonymous: a typed actor cannot send to the untyped host. One path (this actor, rank R's connection) keeps it
@@ -356,8 +361,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
     }
     const auto why = self->system().render(down.reason);
     spdlog::error("rank {} was lost ({})", self->state.rank, why);
-    for (auto& [id, fail] : self->state.open_calls) fail(failure(rank_prefix(self) + "lost (" + why + ")"));
-    self->state.open_calls.clear();
+    fail_open_calls(self, "lost (" + why + ")");
     self->quit(down.reason);
   });
   return {

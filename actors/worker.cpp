@@ -78,6 +78,8 @@ class on_own_stream {
 #endif
 };
 
+std::string worker_name(worker_pointer self) { return "worker " + std::to_string(self->state.worker->rank()); }
+
 // Runs `compute` (for step `step`) and packs its result; any exception becomes an error reply (the request never
 // hangs). The trace line gives the step: bench/trace_hops.py reads the workers' times per step from it.
 template <class Compute>
@@ -93,15 +95,12 @@ caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, std:
     spdlog::trace("step {}: worker {} {} computed in {:.3f} ms", step, worker.rank(), what, reply->compute_ms);
     return step_reply_ptr(std::move(reply));
   } catch (const c10::Error& failure) {
-    return caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(worker.rank()) + " (" + what +
-                                                        "): " + failure.what_without_backtrace());
-  } catch (const std::exception& failure) {
     return caf::make_error(caf::sec::runtime_error,
-                           "worker " + std::to_string(worker.rank()) + " (" + what + "): " + failure.what());
+                           worker_name(self) + " (" + what + "): " + failure.what_without_backtrace());
+  } catch (const std::exception& failure) {
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + " (" + what + "): " + failure.what());
   }
 }
-
-std::string worker_name(worker_pointer self) { return "worker " + std::to_string(self->state.worker->rank()); }
 
 // Ends the guided run in progress: a next_cfg still waiting gets `why`.
 void end_guided_run(worker_pointer self, const std::string& why) {
@@ -144,8 +143,7 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
     worker.set_window_conditioning(setup->window);
     stream.finish();
   } catch (const std::exception& failure) {
-    return caf::make_error(caf::sec::runtime_error,
-                           "worker " + std::to_string(worker.rank()) + " (prepare): " + failure.what());
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + " (prepare): " + failure.what());
   }
   end_guided_run(self, worker_name(self) + ": a new image began");
   self->become(cfg_branch(self));
