@@ -373,6 +373,17 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
         return forward_step(self, remote_call::next_cfg, request);
       },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { forward_peer_prediction(self, exchange); },
+      // Window runs keep to one process: the driver asks a remote stage for each step instead.
+      [=](run_window_atom, const window_run_ptr&) -> caf::result<step_reply_ptr> {
+        return failure(rank_prefix(self) + "a window run cannot include a worker of another process");
+      },
+      [=](next_stage_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
+        return failure(rank_prefix(self) + "a window run cannot include a worker of another process");
+      },
+      [=](peer_stage_atom, const step_request_ptr& exchange) {
+        spdlog::error("{}a window run's hand-over for step {} cannot reach a worker of another process",
+                      rank_prefix(self), exchange->step);
+      },
       [=](reconfigure_atom, std::int32_t role) {
         end_guided_run(self);
         return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>,

@@ -17,6 +17,7 @@ struct step_request {
   std::shared_ptr<const models::branch_conditioning> conditioning;
   /// peer_cfg (no latents, no timestep): the other guidance branch's prediction of step − 1
   at::Tensor other_branch;
+  // peer_stage: another stage's outputs of step − 1 in `peers`; from the output stage also `latents`.
 };
 
 struct step_reply {
@@ -37,6 +38,27 @@ struct guided_run {
   bool conditional = true;  ///< the worker's own branch is the conditional one (else the unconditional one)
   /// the other branch's worker, which gets this one's predictions as peer_cfg (none: the caller forwards them)
   worker_actor peer;
+};
+
+/// A window run's start (stride 1): its first pipeline step, with the fill step's activations, and what each stage
+/// needs to go on by itself.
+struct window_run {
+  std::int32_t step = 0;  ///< the run's first step
+  std::int32_t last = 0;  ///< its last step (the policy's promise of pipeline steps)
+  at::Tensor latents;     ///< the denoiser's input at `step` (scaled; asyncdiff: both branches stacked)
+  at::Tensor timesteps;   ///< [last − step + 1]: the denoiser's timestep at each step of the run (time shift applied)
+  std::shared_ptr<const runtime::activation_cache> peers;  ///< the other stages' fill-step outputs it computes on
+  /// the stages this one hands over to after each step, with the modules of its outputs each computes on
+  std::vector<std::pair<worker_actor, module_names>> hand_on;
+  std::vector<worker_actor> producers;  ///< the stages that hand over to this one (each step waits for all)
+  /// The output stage: its output is the step's prediction; it steps its copy of the latents (as the driver does)
+  /// and hands the next step's input on with its outputs (every other stage waits for it).
+  bool output = false;
+  at::Tensor sample;  ///< the latents before `step` (unscaled)
+  std::string sampler;
+  std::int64_t steps = 0;
+  bool batched = false;  ///< asyncdiff: the output stacks both branches, guided with `guidance` before the step
+  double guidance = 1;
 };
 
 /// What a worker needs to start an image.

@@ -124,6 +124,7 @@ class parallel_driver {
               [&](const step_decision& decision) {
                 phase_number = decision.next_phase;
                 cfg_through_ = decision.cfg_through;
+                if (decision.window_through >= 0) window_through_ = decision.window_through;
               },
               [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
@@ -186,6 +187,7 @@ class parallel_driver {
             [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
         phase_number = decision.next_phase;
         cfg_through_ = decision.cfg_through;
+        if (decision.window_through >= 0) window_through_ = decision.window_through;  // kept through the window
         if (!std::isnan(decision.slope)) row.slope = decision.slope;
         if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
         if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
@@ -231,9 +233,11 @@ class parallel_driver {
   at::Tensor held_;  // stride 2: the prediction computed ahead for the next step
   std::optional<models::measured_guidance> pending_metric_;  // set by guided(), its means read by the step loop
   std::optional<int> survivor_;
-  std::deque<pending_reply> guided_requests_;  // a guided run's unanswered requests, in the order sent
-  std::int32_t guided_last_ = -1;              // the last step of the guided run in progress (or of the last one)
-  std::int32_t cfg_through_ = -1;              // the controller's CFG promise for the current step
+  std::deque<pending_reply> run_requests_;  // a guided or window run's unanswered requests, in the order sent
+  std::int32_t guided_last_ = -1;           // the last step of the guided run in progress (or of the last one)
+  std::int32_t window_last_ = -1;           // the last step of the window run in progress (or of the last one)
+  std::int32_t cfg_through_ = -1;           // the controller's CFG promise for the current step
+  std::int32_t window_through_ = -1;        // its promise of pipeline steps, made at the window's fill step
 
   at::Tensor timestep(std::int64_t index) const {
     index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
@@ -276,9 +280,9 @@ class parallel_driver {
   }
 
   // The reply to `pending`, its times recorded in `row`. A worker whose actor is gone is reported as
-  // `worker_lost`, as is the worker `peer` whose output the reply waited for (a guided run's other branch); any
-  // other failure as hybridiff::error.
-  step_reply_ptr collect(pending_reply& pending, step_trace& row, std::optional<int> peer = std::nullopt) {
+  // `worker_lost`, as is one of the `suspects` whose output the reply waited for (a run's other workers); any other
+  // failure as hybridiff::error.
+  step_reply_ptr collect(pending_reply& pending, step_trace& row, const std::vector<int>& suspects = {}) {
     const int w = pending.worker;
     step_reply_ptr reply;
     std::string failure;
@@ -286,10 +290,9 @@ class parallel_driver {
     pending.handle.receive([&](const step_reply_ptr& answer) { reply = answer; },
                            [&](caf::error& problem) {
                              const bool timed_out = problem == caf::sec::request_timeout;
-                             if (!timed_out && has_died(w))
-                               lost = w;
-                             else if (!timed_out && peer && has_died(*peer))
-                               lost = *peer;
+                             if (!timed_out && has_died(w)) lost = w;
+                             for (int suspect : suspects)
+                               if (!timed_out && !lost && has_died(suspect)) lost = suspect;
                              failure = timed_out ? "worker " + std::to_string(w) + " did not answer within " +
                                                        std::to_string(options_.step_timeout.count()) + " ms"
                                                  : describe_error(system_, problem);
@@ -416,27 +419,27 @@ class parallel_driver {
         run->conditional = b == 1;
         run->last = guided_last_;
         run->peer = session_.worker(workers[1 - b]);
-        guided_requests_.push_back(send(workers[b], step, run_cfg_atom::value, guided_run_ptr(run)));
+        run_requests_.push_back(send(workers[b], step, run_cfg_atom::value, guided_run_ptr(run)));
       }
     }
     at::Tensor predictions[2];
     for (int b : {0, 1}) {
-      auto pending = take_guided_request(workers[b]);
-      predictions[b] = collect(pending, row, workers[1 - b])->prediction;
+      auto pending = take_run_request(workers[b]);
+      predictions[b] = collect(pending, row, {workers[1 - b]})->prediction;
       if (i == guided_last_) continue;
       auto next = std::make_shared<step_request>();  // asked now, answered once computed
       next->step = step + 1;
-      guided_requests_.push_back(send(workers[b], step + 1, next_cfg_atom::value, step_request_ptr(next)));
+      run_requests_.push_back(send(workers[b], step + 1, next_cfg_atom::value, step_request_ptr(next)));
     }
     return guided(predictions[0].to(latents_.device()), predictions[1].to(latents_.device()));
   }
 
-  // The guided run's oldest unanswered request to worker w (taken out: collecting it consumes it).
-  pending_reply take_guided_request(int w) {
-    auto found = std::find_if(guided_requests_.begin(), guided_requests_.end(),
+  // The run's oldest unanswered request to worker w (taken out: collecting it consumes it).
+  pending_reply take_run_request(int w) {
+    auto found = std::find_if(run_requests_.begin(), run_requests_.end(),
                               [w](const pending_reply& pending) { return pending.worker == w; });
     auto pending = std::move(*found);
-    guided_requests_.erase(found);
+    run_requests_.erase(found);
     return pending;
   }
 
@@ -464,7 +467,9 @@ class parallel_driver {
     auto work = work_for(i, asyncdiff_);
     std::vector<step_reply_ptr> replies;
     at::Tensor output;
-    if (options_.stride == 1) {
+    if (options_.stride == 1 && (window_last_ >= i || starts_window_run(i))) {
+      return looped_pipeline_step(i, row);
+    } else if (options_.stride == 1) {
       work->timestep = timestep(i - shift);
       replies = ask(stage_atom::value, window_requests(everyone(), work), row);
       output = output_of(replies, session_.output_worker);
@@ -488,6 +493,83 @@ class parallel_driver {
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
+  // Whether pipeline step i starts a window run: stride 1, the policy promises pipeline steps beyond this one, every
+  // worker in this process (the stages hand over in-process), and a sampler that the output stage can copy here.
+  bool starts_window_run(std::int64_t i) const {
+    return options_.stride == 1 && window_through_ > i && static_cast<int>(session_.replicas.size()) == world_ &&
+           !sampler_->remembers_steps();
+  }
+
+  // A window run, over the pipeline steps the policy promises: each stage hands its outputs of every step straight
+  // to the stages that compute on them, and the output stage steps its own copy of the latents and hands the next
+  // input on with them; a stage computes a step as soon as all of its hand-overs are in. The driver reads every
+  // stage's answer of each step and steps its own copy (for the observer and the result): it is not on the path
+  // from one stage to the next.
+  at::Tensor looped_pipeline_step(std::int64_t i, step_trace& row) {
+    const auto step = static_cast<std::int32_t>(i);
+    spdlog::trace("step {}: {} request(s) out", step, world_);
+    if (window_last_ < i) start_window_run(i);
+    std::vector<step_reply_ptr> replies(world_);
+    for (int w = 0; w < world_; ++w) {
+      std::vector<int> others;
+      for (int other = 0; other < world_; ++other)
+        if (other != w) others.push_back(other);
+      auto pending = take_run_request(w);
+      replies[w] = collect(pending, row, others);
+      if (i == window_last_) continue;
+      auto next = std::make_shared<step_request>();  // asked now, answered once computed
+      next->step = step + 1;
+      run_requests_.push_back(send(w, step + 1, next_stage_atom::value, step_request_ptr(next)));
+    }
+    const auto output = output_of(replies, session_.output_worker);
+    return asyncdiff_ ? guided_batch(output) : output;
+  }
+
+  // Hands every stage the run's first step (the fill step's activations it computes on), whom it hands its outputs
+  // to, and the output stage the sampler.
+  void start_window_run(std::int64_t i) {
+    window_last_ = window_through_;
+    spdlog::debug("step {}: a window run through step {}", i, window_last_);
+    const int shift = options_.time_shift ? 1 : 0;  // as pipeline_step
+    std::vector<at::Tensor> timesteps;
+    for (std::int64_t s = i; s <= window_last_; ++s) timesteps.push_back(timestep(s - shift));
+    const auto run_timesteps = torch::stack(timesteps);
+    const auto work = work_for(i, asyncdiff_);
+    // Stage p hands stage c the outputs of p that c computes on; the output stage hands every stage the next input.
+    std::vector<std::vector<std::pair<worker_actor, module_names>>> hand_on(world_);
+    std::vector<std::vector<worker_actor>> producers(world_);
+    for (int p = 0; p < world_; ++p)
+      for (int c = 0; c < world_; ++c) {
+        if (c == p) continue;
+        module_names modules;
+        for (const auto& module : session_.assignments[p].window_handed_on)
+          if (session_.window_inputs[c].count(module) &&
+              (session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0))
+            modules.push_back(module);
+        if (modules.empty() && p != session_.output_worker) continue;
+        hand_on[p].emplace_back(session_.worker(c), std::move(modules));
+        producers[c].push_back(session_.worker(p));
+      }
+    finish_pending_work(latents_);
+    for (int w = world_ - 1; w >= 0; --w) {
+      auto run = std::make_shared<window_run>();
+      run->step = static_cast<std::int32_t>(i);
+      run->last = window_last_;
+      run->latents = work->latents;
+      run->timesteps = run_timesteps;
+      run->peers = with_peers(work, *window_peers_, session_.window_inputs[w])->peers;
+      run->hand_on = std::move(hand_on[w]);
+      run->producers = std::move(producers[w]);
+      run->output = w == session_.output_worker;
+      run->sample = latents_;
+      run->sampler = sampler_name_;
+      run->steps = plan_.steps;
+      run->batched = asyncdiff_;
+      run->guidance = plan_.guidance;
+      run_requests_.push_back(send(w, run->step, run_window_atom::value, window_run_ptr(run)));
+    }
+  }
+
   // A full pass of both branches batched on `worker` (the numerics of mode none): every step of a solo session,
   // and the steps a survivor computes after a worker's actor died (supervision: it finishes the image in
   // sequential CFG from the step that failed; the window is given up).
@@ -507,9 +589,9 @@ class parallel_driver {
   void take_over(std::int64_t i, int lost) {
     session_.lost = lost;
     // A guided run ends: its requests are answered (or fail) before the survivor's first.
-    for (auto& pending : guided_requests_) pending.handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
-    guided_requests_.clear();
-    guided_last_ = -1;
+    for (auto& pending : run_requests_) pending.handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
+    run_requests_.clear();
+    guided_last_ = window_last_ = -1;
     for (int w = 0; w < world_ && !survivor_; ++w)
       if (w != lost && !has_died(w)) survivor_ = w;
     if (!survivor_) throw error("step " + std::to_string(i) + ": every worker was lost");

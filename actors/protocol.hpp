@@ -16,10 +16,12 @@ struct step_request;
 struct step_reply;
 struct image_setup;
 struct guided_run;
+struct window_run;
 using step_request_ptr = std::shared_ptr<const step_request>;
 using step_reply_ptr = std::shared_ptr<const step_reply>;
 using image_setup_ptr = std::shared_ptr<const image_setup>;
 using guided_run_ptr = std::shared_ptr<const guided_run>;
+using window_run_ptr = std::shared_ptr<const window_run>;
 
 using predict_atom = caf::atom_constant<caf::atom("predict")>;    ///< a full forward pass (CFG branch)
 using fill_atom = caf::atom_constant<caf::atom("fill")>;          ///< first window step: full pass, fill caches
@@ -34,6 +36,9 @@ using prepare_atom = caf::atom_constant<caf::atom("prepare")>;    ///< a new ima
 using run_cfg_atom = caf::atom_constant<caf::atom("runcfg")>;     ///< a guided run's first step: latents, sampler
 using next_cfg_atom = caf::atom_constant<caf::atom("nextcfg")>;   ///< a guided run: the prediction at a step
 using peer_cfg_atom = caf::atom_constant<caf::atom("peercfg")>;   ///< a guided run: the other branch's prediction
+using run_window_atom = caf::atom_constant<caf::atom("runwin")>;  ///< a window run's first step: inputs, hand-overs
+using next_stage_atom = caf::atom_constant<caf::atom("nextstage")>;  ///< a window run: the stage's output at a step
+using peer_stage_atom = caf::atom_constant<caf::atom("peerstage")>;  ///< a window run: another stage's hand-over
 
 /// The text of a failed request: the message our actors put in the error's context, else CAF's rendering.
 inline std::string describe_error(caf::actor_system& system, const caf::error& failure) {
@@ -60,6 +65,12 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// once when it is computed, else as soon as it is. The driver only reads the predictions (for its own copy of the
 /// latents, the tau controller and the result): it is not on the path from one worker to the other. Both sides
 /// compute the same numbers: the same functions on the same values.
+/// A window run (`pipeline_stage`, stride 1, the pipeline steps a policy promises after a fill step) is the same
+/// for the window: run_window hands each stage the run's first input and the fill step's activations, whom to hand
+/// its outputs to and, for the output stage, the sampler; from then on each stage sends its owned outputs of every
+/// step straight to the stages that compute on them (peer_stage; the output stage steps its own copy of the
+/// latents and sends the next step's input with them) and computes a step as soon as every hand-over of it is in.
+/// next_stage reads a stage's output at a step, as next_cfg does.
 using worker_actor = caf::typed_actor<
     caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
     caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,
@@ -69,20 +80,26 @@ using worker_actor = caf::typed_actor<
     caf::replies_to<prepare_atom, image_setup_ptr>::with<bool>,
     caf::replies_to<run_cfg_atom, guided_run_ptr>::with<step_reply_ptr>,
     caf::replies_to<next_cfg_atom, step_request_ptr>::with<step_reply_ptr>,
-    caf::reacts_to<peer_cfg_atom, step_request_ptr>>;
+    caf::reacts_to<peer_cfg_atom, step_request_ptr>,
+    caf::replies_to<run_window_atom, window_run_ptr>::with<step_reply_ptr>,
+    caf::replies_to<next_stage_atom, step_request_ptr>::with<step_reply_ptr>,
+    caf::reacts_to<peer_stage_atom, step_request_ptr>>;
 
 /// The tau controller's answer to the end of a step: the next step's phase (schedule::phase as a number), the
 /// slope the detector computed (NaN when none), tau1, tau2 (−1 while undecided) and, when the next step is CFG,
-/// the last step through which the policy promises CFG (−1 otherwise).
+/// the last step through which the policy promises CFG (−1 otherwise); when it is a fill step, the last step
+/// through which the policy promises the window's pipeline steps (−1 otherwise).
 struct step_decision {
   std::int32_t next_phase = 0;
   double slope = 0;
   std::int32_t tau1 = -1, tau2 = -1;
   std::int32_t cfg_through = -1;
+  std::int32_t window_through = -1;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_decision& x) {
-  return f(caf::meta::type_name("step_decision"), x.next_phase, x.slope, x.tau1, x.tau2, x.cfg_through);
+  return f(caf::meta::type_name("step_decision"), x.next_phase, x.slope, x.tau1, x.tau2, x.cfg_through,
+           x.window_through);
 }
 
 /// The tau controller: `phase` answers the decision for a step before any ran (its phase in next_phase, its CFG
@@ -105,3 +122,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_request_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::step_reply_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::image_setup_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::guided_run_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(hybridiff::actors::window_run_ptr)

@@ -45,6 +45,7 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
           decision.next_phase = static_cast<std::int32_t>(p);
           decision.slope = std::numeric_limits<double>::quiet_NaN();
           if (p == schedule::phase::cfg) decision.cfg_through = controller.promise_cfg(step);
+          if (p == schedule::phase::fill) decision.window_through = controller.promise_window(step);
           return decision;
         } catch (const std::exception& problem) {
           return refuse(problem);
@@ -63,6 +64,7 @@ tau_controller_actor::behavior_type controller(controller_pointer self, schedule
           decision.tau1 = controller.tau1().value_or(-1);
           decision.tau2 = controller.tau2().value_or(-1);
           if (next == schedule::phase::cfg) decision.cfg_through = controller.promise_cfg(step + 1);
+          if (next == schedule::phase::fill) decision.window_through = controller.promise_window(step + 1);
           return decision;
         } catch (const std::exception& problem) {
           return refuse(problem);

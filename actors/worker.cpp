@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <deque>
+#include <map>
 #include <optional>
+#include <set>
 
 #include <c10/util/Exception.h>
 #ifdef HYBRIDIFF_WITH_CUDA
@@ -18,6 +20,34 @@
 namespace hybridiff::actors {
 namespace {
 
+// The answers of a run (guided or window) to the driver's reads: the workers compute ahead of the driver.
+struct run_answers {
+  // Answers computed before a read asked for them, oldest first.
+  std::deque<std::pair<std::int32_t, caf::expected<step_reply_ptr>>> unread;
+  // The read that came before its step was computed.
+  std::optional<std::pair<std::int32_t, caf::typed_response_promise<step_reply_ptr>>> waiting;
+  bool ended = false;  // a step failed or a peer was lost: nothing more is computed
+
+  // The answer of step `step`: to the read waiting for it, else kept until one asks.
+  void settle(std::int32_t step, caf::expected<step_reply_ptr> reply) {
+    if (!reply) ended = true;
+    if (waiting && waiting->first == step) {
+      if (reply)
+        waiting->second.deliver(*reply);
+      else
+        waiting->second.deliver(reply.error());
+      waiting.reset();
+    } else {
+      unread.emplace_back(step, std::move(reply));
+    }
+  }
+  // The run ends: a read still waiting gets `why`.
+  void end(const std::string& why) {
+    if (waiting) waiting->second.deliver(caf::make_error(caf::sec::runtime_error, why));
+    waiting.reset();
+  }
+};
+
 // A guided run in progress (run_cfg, then peer_cfg and next_cfg): the worker's copy of the latents and of the
 // sampler, and the predictions on their way to the driver.
 struct guided_loop {
@@ -30,16 +60,38 @@ struct guided_loop {
   double guidance = 1;
   bool conditional = true;  // which branch own_prediction is
   worker_actor peer;        // gets this branch's predictions (none: whoever started the run forwards them)
-  // Answers computed before next_cfg asked for them, oldest first (the workers may run ahead of the driver).
-  std::deque<std::pair<std::int32_t, caf::expected<step_reply_ptr>>> unread;
-  // The next_cfg that came before its step was computed.
-  std::optional<std::pair<std::int32_t, caf::typed_response_promise<step_reply_ptr>>> waiting;
-  bool ended = false;  // a step failed or the peer was lost: nothing more is computed
+  run_answers answers;
+};
+
+// A window run in progress (run_window, then peer_stage and next_stage): the hand-overs of the steps not yet
+// computed and, on the output stage, its copy of the latents and of the sampler.
+// What has come for one step of a window run from the stages it computes on.
+struct hand_over {
+  at::Tensor latents;
+  runtime::activation_cache peers;
+  std::size_t count = 0;  // producers heard from
+};
+
+struct window_loop {
+  std::int32_t first = 0, step = 0, last = 0;  // the run's first step, the last computed, its last
+  at::Tensor timesteps;                        // [last − first + 1], on the worker's device
+  std::vector<std::pair<worker_actor, std::set<std::string>>> hand_on;
+  std::vector<worker_actor> producers;
+  std::map<std::int32_t, hand_over> arrived;  // by step, after `step`
+  bool output = false;
+  std::unique_ptr<models::sampler> sampler;  // the output stage's
+  at::Tensor sample;                         // the output stage's latents before step + 1
+  bool batched = false;
+  double guidance = 1;
+  run_answers answers;
 };
 
 struct worker_state {
   std::shared_ptr<runtime::stage_worker> worker;
-  std::optional<guided_loop> loop;  // while a guided run lasts
+  std::optional<guided_loop> loop;    // while a guided run lasts
+  std::optional<window_loop> window;  // while a window run lasts
+  // Hand-overs that came before this stage's run_window (another stage started and computed first), by step.
+  std::map<std::int32_t, hand_over> early;
 #ifdef HYBRIDIFF_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // on a CUDA device: the worker's own
 #endif
@@ -106,9 +158,40 @@ caf::expected<step_reply_ptr> answer(worker_pointer self, const char* what, std:
 void end_guided_run(worker_pointer self, const std::string& why) {
   auto& loop = self->state.loop;
   if (!loop) return;
-  if (loop->waiting) loop->waiting->second.deliver(caf::make_error(caf::sec::runtime_error, why));
+  loop->answers.end(why);
   if (loop->peer) self->demonitor(loop->peer.address());
   loop.reset();
+}
+
+// Ends the window run in progress: a next_stage still waiting gets `why`.
+void end_window_run(worker_pointer self, const std::string& why) {
+  auto& window = self->state.window;
+  if (!window) return;
+  window->answers.end(why);
+  for (auto& producer : window->producers) self->demonitor(producer.address());
+  window.reset();
+}
+
+// A read of a run's answer at step `asked` (next_cfg, next_stage): answered now if it is computed, else as soon as
+// it is. `computed`: the run's last computed step; `last`: its last step.
+caf::result<step_reply_ptr> read_answer(worker_pointer self, run_answers& answers, const char* what, std::int32_t asked,
+                                        std::int32_t computed, std::int32_t last) {
+  auto refuse = [&](const std::string& when) -> caf::result<step_reply_ptr> {
+    return caf::make_error(caf::sec::runtime_error,
+                           worker_name(self) + " got " + what + " for step " + std::to_string(asked) + " " + when);
+  };
+  if (!answers.unread.empty()) {
+    if (answers.unread.front().first != asked)
+      return refuse("while step " + std::to_string(answers.unread.front().first) + "'s answer is unread");
+    auto reply = std::move(answers.unread.front().second);
+    answers.unread.pop_front();
+    return reply;
+  }
+  if (asked != computed + 1 || asked > last || answers.waiting || answers.ended)
+    return refuse("after step " + std::to_string(computed));
+  auto promise = self->make_response_promise<step_reply_ptr>();
+  answers.waiting.emplace(asked, promise);
+  return promise;
 }
 
 caf::error wrong_behaviour(worker_pointer self, const char* request, const char* behaviour) {
@@ -146,6 +229,8 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
     return caf::make_error(caf::sec::runtime_error, worker_name(self) + " (prepare): " + failure.what());
   }
   end_guided_run(self, worker_name(self) + ": a new image began");
+  end_window_run(self, worker_name(self) + ": a new image began");
+  self->state.early.clear();
   self->become(cfg_branch(self));
   return true;
 }
@@ -212,39 +297,26 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
   return reply;
 }
 
-// The answer of the loop's step `step`: to the next_cfg waiting for it, else kept until one asks.
-void settle(guided_loop& loop, std::int32_t step, caf::expected<step_reply_ptr> reply) {
-  if (!reply) loop.ended = true;
-  if (loop.waiting && loop.waiting->first == step) {
-    if (reply)
-      loop.waiting->second.deliver(*reply);
-    else
-      loop.waiting->second.deliver(reply.error());
-    loop.waiting.reset();
-  } else {
-    loop.unread.emplace_back(step, std::move(reply));
-  }
-}
-
 // The other branch's prediction of the loop's step: guides with it as the driver does (the same function, so the
 // same numbers), steps the latents, and predicts the next step.
 void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
   auto& loop = self->state.loop;
-  if (!loop || loop->ended) {  // after the run ended (a failure, a new image): nobody waits for this step
+  if (!loop || loop->answers.ended) {  // after the run ended (a failure, a new image): nobody waits for this step
     spdlog::debug("{}: the other branch's prediction of step {} came outside a guided run", worker_name(self),
                   exchange->step - 1);
     return;
   }
   if (!exchange->other_branch.defined()) {  // a remote worker's stand-in says the peer was lost
-    settle(*loop, loop->step + 1,
-           caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost"));
+    loop->answers.settle(loop->step + 1, caf::make_error(caf::sec::runtime_error,
+                                                         worker_name(self) + ": the other branch's worker was lost"));
     return;
   }
   if (exchange->step != loop->step + 1 || exchange->step > loop->last) {
-    settle(*loop, loop->step + 1,
-           caf::make_error(caf::sec::runtime_error, worker_name(self) + " got the other branch's prediction of step " +
-                                                        std::to_string(exchange->step - 1) + " at step " +
-                                                        std::to_string(loop->step)));
+    loop->answers.settle(
+        loop->step + 1,
+        caf::make_error(caf::sec::runtime_error, worker_name(self) + " got the other branch's prediction of step " +
+                                                     std::to_string(exchange->step - 1) + " at step " +
+                                                     std::to_string(loop->step)));
     return;
   }
   auto reply = answer(self, "next_cfg", exchange->step, [&](runtime::stage_worker& worker, step_reply&) {
@@ -258,29 +330,148 @@ void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
     return predict_at_loop_step(worker, *loop);
   });
   if (reply) hand_to_peer(self, *loop);
-  settle(*loop, exchange->step, std::move(reply));
+  loop->answers.settle(exchange->step, std::move(reply));
 }
 
 // The prediction at a step of the guided run: answered now if it is computed, else as soon as it is.
 caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr& request) {
   auto& loop = self->state.loop;
-  auto refuse = [&](const std::string& when) -> caf::result<step_reply_ptr> {
-    return caf::make_error(caf::sec::runtime_error,
-                           worker_name(self) + " got next_cfg for step " + std::to_string(request->step) + " " + when);
-  };
-  if (!loop) return refuse("outside a guided run");
-  if (!loop->unread.empty()) {
-    if (loop->unread.front().first != request->step)
-      return refuse("while step " + std::to_string(loop->unread.front().first) + "'s prediction is unread");
-    auto reply = std::move(loop->unread.front().second);
-    loop->unread.pop_front();
-    return reply;
+  if (!loop)
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + " got next_cfg for step " +
+                                                        std::to_string(request->step) + " outside a guided run");
+  return read_answer(self, loop->answers, "next_cfg", request->step, loop->step, loop->last);
+}
+
+// Computes the window run's next step (its hand-overs are all in), answers it, hands its outputs on: the output
+// stage also steps its latents and hands the next step's input on. Repeats while the next step's hand-overs are in
+// (they may have come before this stage finished the step before).
+void advance_window(worker_pointer self) {
+  auto& window = *self->state.window;
+  while (!window.answers.ended && window.step < window.last) {
+    const auto step = window.step + 1;
+    auto found = window.arrived.find(step);
+    if (found == window.arrived.end() || found->second.count < window.producers.size() ||
+        !found->second.latents.defined())
+      return;
+    auto inputs = std::move(found->second);
+    window.arrived.erase(found);
+    at::Tensor next_input;
+    auto reply = answer(self, "stage", step, [&](runtime::stage_worker& worker, step_reply&) {
+      auto out = worker.pipeline_step(inputs.latents, window.timesteps[step - window.first], inputs.peers,
+                                      runtime::split_scope::window);
+      if (window.output && step < window.last) {  // the driver's step, on this stage's copy: the same numbers
+        auto prediction = out;
+        if (window.batched) {
+          auto halves = out.chunk(2, 0);
+          prediction = models::guide(halves[0], halves[1], window.guidance);
+        }
+        window.sample = window.sampler->step(prediction, step, window.sample);
+        next_input = window.sampler->scale_model_input(window.sample, step + 1);
+        if (window.batched) next_input = torch::cat({next_input, next_input}, 0);
+      }
+      return out;
+    });
+    window.step = step;
+    if (reply && step < window.last) {
+      const auto owned = self->state.worker->owned_outputs(runtime::split_scope::window);
+      for (const auto& [stage, modules] : window.hand_on) {
+        auto exchange = std::make_shared<step_request>();
+        exchange->step = step + 1;
+        exchange->latents = next_input;  // undefined unless this is the output stage
+        auto peers = std::make_shared<runtime::activation_cache>();
+        for (const auto& [module, value] : owned)
+          if (modules.count(module)) peers->emplace(module, value);
+        exchange->peers = std::move(peers);
+        self->send(stage, peer_stage_atom::value, step_request_ptr(std::move(exchange)));
+      }
+      if (window.output) window.arrived[step + 1].latents = next_input;
+    }
+    window.answers.settle(step, std::move(reply));
   }
-  if (request->step != loop->step + 1 || request->step > loop->last || loop->waiting || loop->ended)
-    return refuse("after step " + std::to_string(loop->step));
+}
+
+caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr& run) {
+  end_window_run(self, worker_name(self) + ": a new window run began");
+  if (run->step < 1 || run->step > run->last || run->last >= run->steps ||
+      run->timesteps.numel() != run->last - run->step + 1)
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a window run cannot run steps " +
+                                                        std::to_string(run->step) + " to " + std::to_string(run->last) +
+                                                        " of " + std::to_string(run->steps) + " on " +
+                                                        std::to_string(run->timesteps.numel()) + " timesteps");
+  window_loop window;
+  auto& worker = *self->state.worker;
+  const auto device = worker.pipeline().placement().device;
+  window.first = run->step;
+  window.step = run->step - 1;
+  window.last = run->last;
+  window.timesteps = run->timesteps.to(device);
+  for (const auto& [stage, modules] : run->hand_on)
+    window.hand_on.emplace_back(stage, std::set<std::string>(modules.begin(), modules.end()));
+  window.producers = run->producers;
+  window.output = run->output;
+  window.batched = run->batched;
+  window.guidance = run->guidance;
+  try {
+    if (window.output) {
+      window.sampler = worker.pipeline().make_sampler(run->sampler);
+      window.sampler->set_timesteps(run->steps);
+      window.sample = run->sample.to(device);
+    }
+  } catch (const std::exception& failure) {
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + " (run_window): " + failure.what());
+  }
+  for (auto& [step, arrived] : self->state.early)  // the other stages' hand-overs that came before the run
+    if (step > run->step && step <= run->last) window.arrived[step] = std::move(arrived);
+  self->state.early.clear();
+  auto& first = window.arrived[run->step];  // the first step's inputs came with the run
+  first.latents = run->latents;
+  if (run->peers) first.peers = *run->peers;
+  first.count = window.producers.size();
+  for (auto& producer : window.producers) self->monitor(producer);  // a lost one ends the run: nothing waits forever
+  self->state.window = std::move(window);
   auto promise = self->make_response_promise<step_reply_ptr>();
-  loop->waiting.emplace(request->step, promise);
+  self->state.window->answers.waiting.emplace(run->step, promise);
+  advance_window(self);
   return promise;
+}
+
+void add_hand_over(hand_over& into, const step_request& exchange) {
+  if (exchange.latents.defined()) into.latents = exchange.latents;
+  if (exchange.peers)
+    for (const auto& [module, value] : *exchange.peers) into.peers[module] = value;
+  ++into.count;
+}
+
+// Another stage's hand-over of a step of the window run (its outputs; from the output stage also the input).
+void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
+  auto& window = self->state.window;
+  if (!window) {  // before this stage's run_window: kept for it (a new image drops it)
+    add_hand_over(self->state.early[exchange->step], *exchange);
+    return;
+  }
+  if (window->answers.ended) {  // after the run failed: nobody waits for it
+    spdlog::debug("{}: a stage's hand-over for step {} came after the window run failed", worker_name(self),
+                  exchange->step);
+    return;
+  }
+  if (exchange->step <= window->step || exchange->step > window->last) {
+    window->answers.settle(
+        window->step + 1, caf::make_error(caf::sec::runtime_error, worker_name(self) + " got a hand-over for step " +
+                                                                       std::to_string(exchange->step) + " after step " +
+                                                                       std::to_string(window->step)));
+    return;
+  }
+  add_hand_over(window->arrived[exchange->step], *exchange);
+  advance_window(self);
+}
+
+// A stage's output at a step of the window run: answered now if it is computed, else as soon as it is.
+caf::result<step_reply_ptr> next_stage(worker_pointer self, const step_request_ptr& request) {
+  auto& window = self->state.window;
+  if (!window)
+    return caf::make_error(caf::sec::runtime_error, worker_name(self) + " got next_stage for step " +
+                                                        std::to_string(request->step) + " outside a window run");
+  return read_answer(self, window->answers, "next_stage", request->step, window->step, window->last);
 }
 
 // A CFG branch: full forward passes with the worker's branch conditioning, or its branch component when the
@@ -308,6 +499,11 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](run_cfg_atom, const guided_run_ptr& run) { return run_cfg(self, run); },
       [=](next_cfg_atom, const step_request_ptr& request) { return next_cfg(self, request); },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },
+      [=](run_window_atom, const window_run_ptr&) -> caf::result<step_reply_ptr> {
+        return wrong_behaviour(self, "run_window", "cfg_branch");
+      },
+      [=](next_stage_atom, const step_request_ptr& request) { return next_stage(self, request); },
+      [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },  // ended: dropped
   };
 }
 
@@ -321,6 +517,7 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
       [=](stage_atom, const step_request_ptr& request) { return stage(self, request, runtime::split_scope::window); },
       [=](reconfigure_atom, std::int32_t role) {
         if (role == static_cast<std::int32_t>(worker_role::cfg_branch)) {
+          end_window_run(self, worker_name(self) + " left its window run for CFG steps");
           self->state.worker->clear_cache();
           self->become(cfg_branch(self));
         }
@@ -337,18 +534,37 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         return wrong_behaviour(self, "next_cfg", "pipeline_stage");
       },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },  // ended: dropped
+      [=](run_window_atom, const window_run_ptr& run) { return run_window(self, run); },
+      [=](next_stage_atom, const step_request_ptr& request) { return next_stage(self, request); },
+      [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },
   };
 }
 
 worker_actor::behavior_type start_worker(worker_pointer self, std::shared_ptr<runtime::stage_worker> worker) {
   self->state.worker = std::move(worker);
-  // The peer of a guided run is lost: the step that waits for its prediction fails, naming it.
+  // A step whose exception escapes the handlers ends the worker: the reads waiting on its runs hear it first (CAF
+  // would drop their promises silently, and the driver would wait for them until its timeout).
+  self->set_exception_handler([=](std::exception_ptr&) -> caf::error {
+    const auto why = worker_name(self) + " ended: a step failed beyond its handler";
+    end_guided_run(self, why);
+    end_window_run(self, why);
+    return caf::make_error(caf::sec::runtime_error, why);
+  });
+  // The peer of a guided run or a producer of a window run is lost: the step that waits for it fails, naming it.
   self->set_down_handler([=](caf::down_msg& down) {
+    const auto lost = " (" + self->system().render(down.reason) + ")";
     auto& loop = self->state.loop;
-    if (!loop || loop->ended || down.source != loop->peer.address()) return;
-    settle(*loop, loop->step + 1,
-           caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost (" +
-                                                        self->system().render(down.reason) + ")"));
+    if (loop && !loop->answers.ended && down.source == loop->peer.address())
+      loop->answers.settle(
+          loop->step + 1,
+          caf::make_error(caf::sec::runtime_error, worker_name(self) + ": the other branch's worker was lost" + lost));
+    auto& window = self->state.window;
+    if (!window || window->answers.ended || window->step >= window->last) return;
+    for (const auto& producer : window->producers)
+      if (down.source == producer.address())
+        window->answers.settle(
+            window->step + 1,
+            caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a stage it computes on was lost" + lost));
   });
   return cfg_branch(self);
 }

@@ -37,6 +37,12 @@ class two_windows : public hybridiff::schedule::schedule_policy {
       if (step < begin) return begin - 1;
     return std::numeric_limits<int>::max();
   }
+  // And each window's pipeline steps at its fill step: the stages then hand activations to each other directly.
+  int window_certain_through(int step) const override {
+    for (int begin : begins_)
+      if (step == begin && phase_of(begin + k_ - 1) == phase::pipeline) return begin + k_ - 1;
+    return step;
+  }
 
  private:
   int begins_[2];

@@ -23,6 +23,10 @@ int single_window_policy::cfg_certain_through(int step) const {
   return step > *tau2_ ? std::numeric_limits<int>::max() : step;  // one window: after it, CFG to the end
 }
 
+int single_window_policy::window_certain_through(int step) const {
+  return window_begin_ && step == *window_begin_ ? *tau2_ : step;
+}
+
 int slope_policy::undecided_cfg_through(int step) const { return std::max(step, L_slope_); }
 
 slope_policy::slope_policy(int L_slope, double eps_slope, int k, int tau_cap)

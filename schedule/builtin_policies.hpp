@@ -18,6 +18,8 @@ class single_window_policy : public schedule_policy {
   std::optional<int> tau2() const override { return tau2_; }
   /// Decided: up to the fill step, or to the end after the window. Undecided: undecided_cfg_through.
   int cfg_certain_through(int step) const override;
+  /// At the fill step: tau2, the window's last step.
+  int window_certain_through(int step) const override;
 
  protected:
   /// Before the window is decided: the last step it cannot begin after (this policy's own rule).

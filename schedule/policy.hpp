@@ -52,6 +52,10 @@ class schedule_policy {
   /// without waiting for each step's decision, and a policy that breaks it fails the image. The default promises
   /// this step only.
   virtual int cfg_certain_through(int step) const { return step; }
+  /// Asked at the start of fill step `step`: the last step through which every step after it is a pipeline step of
+  /// this window whatever end_step is told from now on (at least `step`: none promised). A promise: the window's
+  /// stages step ahead on it, and a policy that breaks it fails the image. The default promises none.
+  virtual int window_certain_through(int step) const { return step; }
 };
 
 /// What a policy is built with besides its parameters: the request's step count and the defaults the model and

@@ -98,7 +98,18 @@ phase tau_controller::phase_of(int step) const {
   if (p != phase::cfg && step <= promised_cfg_through_)
     throw std::logic_error("schedule policy: step " + std::to_string(step) + " is a " + to_string(p) +
                            " step, but the policy promised CFG through step " + std::to_string(promised_cfg_through_));
+  if (p != phase::pipeline && step >= promised_window_from_ && step <= promised_window_through_)
+    throw std::logic_error("schedule policy: step " + std::to_string(step) + " is a " + to_string(p) +
+                           " step, but the policy promised the window's pipeline steps through step " +
+                           std::to_string(promised_window_through_));
   return p;
+}
+
+int tau_controller::promise_window(int step) {
+  const int through = std::min(std::max(policy_->window_certain_through(step), step), steps_ - 1);
+  promised_window_from_ = step + 1;
+  promised_window_through_ = through;
+  return through;
 }
 
 int tau_controller::promise_cfg(int step) {

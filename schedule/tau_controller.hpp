@@ -83,6 +83,10 @@ class tau_controller {
   /// At the start of CFG step `step`: the last step through which the policy promises CFG (at least `step`, at most
   /// the last step). phase_of throws std::logic_error for a later non-CFG step that a promise covered.
   int promise_cfg(int step);
+  /// At the start of fill step `step`: the last step through which the policy promises the window's pipeline steps
+  /// (at least `step`, at most the last step). phase_of throws std::logic_error for a step up to it that is not a
+  /// pipeline step.
+  int promise_window(int step);
 
  private:
   std::unique_ptr<schedule_policy> policy_;
@@ -90,6 +94,7 @@ class tau_controller {
   std::optional<phase> last_;  ///< the phase of the last recorded step, last_step_
   int last_step_ = -1;
   int promised_cfg_through_ = -1;
+  int promised_window_from_ = 0, promised_window_through_ = -1;  ///< pipeline steps promised at a fill step
   std::optional<int> first_fill_, first_window_end_;
 };
 

@@ -171,13 +171,21 @@ TEST(SchedulePolicy, PromisedCfgStepsRunCfgWhateverTheMetrics) {
       settings.policy_spec = spec;
       tau_controller controller(settings);
       const auto metrics = metric_series(seed, steps);
-      std::vector<std::pair<int, int>> promises;  // (step, through)
+      std::vector<std::pair<int, int>> promises, window_promises;  // (step, through)
       std::vector<phase> phases;
       for (int i = 0; i < steps; ++i) {
         phases.push_back(controller.phase_of(i));
         if (phases.back() == phase::cfg) promises.emplace_back(i, controller.promise_cfg(i));
+        if (phases.back() == phase::fill) window_promises.emplace_back(i, controller.promise_window(i));
         controller.end_step(i, metrics[i]);
       }
+      // A built-in's window promise at its fill step reaches the window's last pipeline step.
+      for (const auto& [fill, through] : window_promises) {
+        int window_end = fill;
+        while (window_end + 1 < steps && phases[window_end + 1] == phase::pipeline) ++window_end;
+        EXPECT_EQ(through, window_end) << "window filled at " << fill;
+      }
+      EXPECT_EQ(window_promises.size(), spec == "never" ? 0u : 1u);
       for (const auto& [step, through] : promises) {
         EXPECT_GE(through, step);
         EXPECT_LT(through, steps);
@@ -212,6 +220,29 @@ TEST(SchedulePolicy, APolicyThatBreaksItsCfgPromiseIsRefusedNamingTheStep) {
   } catch (const std::logic_error& bad) {
     EXPECT_EQ(std::string(bad.what()),
               "schedule policy: step 3 is a fill step, but the policy promised CFG through step 6");
+  }
+}
+
+TEST(SchedulePolicy, APolicyThatBreaksItsWindowPromiseIsRefusedNamingTheStep) {
+  class liar : public schedule_policy {
+    phase phase_of(int step) const override {
+      return step == 2 ? phase::fill : step == 3 || step == 4 ? phase::pipeline : phase::cfg;
+    }
+    void end_step(const step_observation&) override {}
+    int window_certain_through(int) const override { return 6; }
+  };
+  tau_controller controller(std::make_unique<liar>(), 10);
+  for (int step = 0; step < 2; ++step) controller.end_step(step, 0.1);
+  EXPECT_EQ(controller.phase_of(2), phase::fill);
+  EXPECT_EQ(controller.promise_window(2), 6);
+  for (int step = 2; step < 5; ++step) controller.end_step(step, std::nullopt);
+  try {
+    controller.phase_of(5);
+    ADD_FAILURE() << "no error";
+  } catch (const std::logic_error& bad) {
+    EXPECT_EQ(std::string(bad.what()),
+              "schedule policy: step 5 is a cfg step, but the policy promised the window's pipeline steps through "
+              "step 6");
   }
 }
 
