@@ -5,6 +5,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <set>
 #include <thread>
 
 #include <caf/io/all.hpp>
@@ -188,6 +189,11 @@ struct proxy_state {
   // the remote worker gets the peer's through here (peer_cfg).
   worker_actor guided_peer;
   std::int32_t guided_last = 0;  // the run's last step
+  // A window run of the remote stage: the stages it hands over to get its outputs from here (with the next input
+  // when it is the output stage), and its producers are watched here (a lost one is passed on).
+  std::vector<std::pair<worker_actor, std::set<std::string>>> window_hand_on;
+  std::vector<worker_actor> window_producers;
+  std::int32_t window_last = -1;  // the run's last step (−1: no window run)
   static inline const char* name = "hybridiff.remote_worker";
 };
 using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
@@ -253,6 +259,26 @@ void end_guided_run(proxy_pointer self) {
   self->state.guided_peer = nullptr;
 }
 
+// The end of the remote stage's window run: its producers are let go.
+void end_window_run(proxy_pointer self) {
+  for (auto& producer : self->state.window_producers) self->demonitor(producer.address());
+  self->state.window_producers.clear();
+  self->state.window_hand_on.clear();
+  self->state.window_last = -1;
+}
+
+// A window run's answer at `step` from the remote stage: its outputs (and the next input) to the stages that compute
+// on them, before the driver.
+void hand_on_window(proxy_pointer self, std::int32_t step, const step_reply& reply) {
+  auto& state = self->state;
+  if (step >= state.window_last) {
+    end_window_run(self);
+    return;
+  }
+  for (const auto& [stage, modules] : state.window_hand_on)
+    self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, reply.next_input, reply.owned, modules));
+}
+
 // A guided run's prediction at `step` from the remote worker, to its peer (before the driver: the peer's next step
 // waits for it).
 void hand_to_peer(proxy_pointer self, std::int32_t step, const at::Tensor& prediction) {
@@ -268,12 +294,16 @@ void hand_to_peer(proxy_pointer self, std::int32_t step, const at::Tensor& predi
   self->send(state.guided_peer, peer_cfg_atom::value, step_request_ptr(std::move(exchange)));
 }
 
+// Which run's answer a call reads: its outputs are handed on from here.
+enum class run_kind { none, guided, window };
+
 // Sends `bundle` and `call` to the remote worker; the remote answer (compute time, the reply's tensors) becomes a
-// step_reply, whose prediction also goes to the peer when it is a guided run's (`guided`).
+// step_reply, whose prediction also goes to the peer when it is a guided run's, and whose outputs go to the stages
+// that compute on them when it is a window run's.
 template <class... Ts>
 caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, const tensor_bundle& bundle,
-                                                         std::int32_t step, bool guided, Ts... call) {
-  auto read = [self, step, guided](double compute_ms, const tensor_parcel& parcel) {
+                                                         std::int32_t step, run_kind run, Ts... call) {
+  auto read = [self, step, run](double compute_ms, const tensor_parcel& parcel) {
     spdlog::trace("step {}: rank {} answered", step, self->state.rank);
     received_bundle received(parcel, *self->state.link, self->state.device);
     spdlog::trace("step {}: rank {}'s {} tensor(s) in", step, self->state.rank, parcel.metas.size());
@@ -281,7 +311,9 @@ caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, con
     reply->compute_ms = compute_ms;
     reply->prediction = received.get("prediction");
     reply->owned = received.cache("owned");
-    if (guided) hand_to_peer(self, step, reply->prediction);
+    if (received.has("next_input")) reply->next_input = received.get("next_input");
+    if (run == run_kind::guided) hand_to_peer(self, step, reply->prediction);
+    if (run == run_kind::window) hand_on_window(self, step, *reply);
     return step_reply_ptr(std::move(reply));
   };
   return call_remote_with<step_reply_ptr>(self, bundle, remote_answer<double, tensor_parcel>{}, read, call...);
@@ -295,9 +327,12 @@ caf::typed_response_promise<step_reply_ptr> forward_step(proxy_pointer self, rem
   if (request->timestep.defined()) bundle.add("timestep", request->timestep);
   if (request->conditioning) bundle.add("conditioning", *request->conditioning);
   if (request->peers) bundle.add("peer", *request->peers);
-  const bool guided = kind == remote_call::next_cfg;
-  if (!guided) end_guided_run(self);
-  return forward_call(self, bundle, request->step, guided, call_atom::value, static_cast<std::int32_t>(kind),
+  const auto run = kind == remote_call::next_cfg     ? run_kind::guided
+                   : kind == remote_call::next_stage ? run_kind::window
+                                                     : run_kind::none;
+  if (run != run_kind::guided) end_guided_run(self);
+  if (run != run_kind::window) end_window_run(self);
+  return forward_call(self, bundle, request->step, run, call_atom::value, static_cast<std::int32_t>(kind),
                       request->step);
 }
 
@@ -310,8 +345,44 @@ caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, cons
   if (run->peer) self->monitor(run->peer);
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
-  return forward_call(self, bundle, run->step, true, run_cfg_atom::value, run->step, run->last, run->sampler,
-                      run->steps, run->guidance, run->conditional);
+  return forward_call(self, bundle, run->step, run_kind::guided, run_cfg_atom::value, run->step, run->last,
+                      run->sampler, run->steps, run->guidance, run->conditional);
+}
+
+// A window run's start: the inputs travel over the link, the settings in the message. Whom the remote stage hands
+// over to and whom it waits for stay here: its outputs reach the other stages from this proxy, and this proxy
+// watches its producers.
+caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer self, const window_run_ptr& run) {
+  end_guided_run(self);
+  end_window_run(self);
+  auto& state = self->state;
+  for (const auto& [stage, modules] : run->hand_on)
+    state.window_hand_on.emplace_back(stage, std::set<std::string>(modules.begin(), modules.end()));
+  state.window_producers = run->producers;
+  state.window_last = run->last;
+  for (auto& producer : state.window_producers) self->monitor(producer);
+  tensor_bundle bundle;
+  bundle.add("latents", run->latents);
+  bundle.add("timesteps", run->timesteps);
+  if (run->peers) bundle.add("peer", *run->peers);
+  if (run->sample.defined()) bundle.add("sample", run->sample);
+  return forward_call(self, bundle, run->step, run_kind::window, run_window_atom::value, run->step, run->last,
+                      run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance);
+}
+
+// Another stage's hand-over for the remote stage's window run, over the link (no answer). `lost`: a producer was
+// lost (the remote stage's waiting step fails).
+void forward_hand_over(proxy_pointer self, const step_request_ptr& exchange, bool lost) {
+  tensor_bundle bundle;
+  if (exchange->latents.defined()) bundle.add("latents", exchange->latents);
+  if (exchange->peers) bundle.add("peer", *exchange->peers);
+  try {
+    bundle.parcel.bytes = self->state.link->send(bundle.tensors);
+  } catch (const std::exception& problem) {  // the link is broken: so are the calls that wait on it
+    fail_open_calls(self, problem.what());
+    return;
+  }
+  caf::anon_send(self->state.host, peer_stage_atom::value, exchange->step, lost, std::move(bundle.parcel));
 }
 
 // The peer's prediction for the remote worker's guided run, over the link (no answer: the remote worker's next_cfg
@@ -346,7 +417,18 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
   // The remote process is gone: so is this worker (the supervisor, which monitors the proxy, reports the loss).
   self->monitor(host);
   self->set_down_handler([=](caf::down_msg& down) {
-    if (down.source != self->state.host.address()) {  // a guided run's peer: the remote worker must not wait for it
+    if (down.source != self->state.host.address()) {  // a run's peer or producer: the remote worker must not wait
+      auto& producers = self->state.window_producers;
+      for (auto& producer : producers)
+        if (down.source == producer.address()) {
+          spdlog::warn("rank {}: a stage its worker computes on was lost ({})", self->state.rank,
+                       self->system().render(down.reason));
+          auto lost = std::make_shared<step_request>();
+          lost->step = self->state.window_last;
+          end_window_run(self);
+          forward_hand_over(self, lost, true);
+          return;
+        }
       if (!self->state.guided_peer || down.source != self->state.guided_peer.address()) return;
       spdlog::warn("rank {}: the other branch's worker was lost ({})", self->state.rank,
                    self->system().render(down.reason));
@@ -373,19 +455,14 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
         return forward_step(self, remote_call::next_cfg, request);
       },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { forward_peer_prediction(self, exchange); },
-      // Window runs keep to one process: the driver asks a remote stage for each step instead.
-      [=](run_window_atom, const window_run_ptr&) -> caf::result<step_reply_ptr> {
-        return failure(rank_prefix(self) + "a window run cannot include a worker of another process");
+      [=](run_window_atom, const window_run_ptr& run) { return forward_window_run(self, run); },
+      [=](next_stage_atom, const step_request_ptr& request) {
+        return forward_step(self, remote_call::next_stage, request);
       },
-      [=](next_stage_atom, const step_request_ptr&) -> caf::result<step_reply_ptr> {
-        return failure(rank_prefix(self) + "a window run cannot include a worker of another process");
-      },
-      [=](peer_stage_atom, const step_request_ptr& exchange) {
-        spdlog::error("{}a window run's hand-over for step {} cannot reach a worker of another process",
-                      rank_prefix(self), exchange->step);
-      },
+      [=](peer_stage_atom, const step_request_ptr& exchange) { forward_hand_over(self, exchange, false); },
       [=](reconfigure_atom, std::int32_t role) {
         end_guided_run(self);
+        end_window_run(self);
         return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>,
                                          reconfigure_atom::value, role);
       },
@@ -396,6 +473,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
         end_guided_run(self);
+        end_window_run(self);
         tensor_bundle bundle;
         bundle.add("conditioning", setup->conditioning);
         bundle.add("window", setup->window);
@@ -452,6 +530,7 @@ caf::response_promise relay_step(host_pointer self, std::int32_t step, Ts... mes
               tensor_bundle bundle;
               bundle.add("prediction", reply->prediction);
               bundle.add("owned", reply->owned);
+              if (reply->next_input.defined()) bundle.add("next_input", reply->next_input);
               bundle.parcel.bytes = self->state.link.get()->send(bundle.tensors);
               promise.deliver(reply->compute_ms, std::move(bundle.parcel));
               spdlog::trace("step {}: reply and {} tensor(s) out", step, bundle.tensors.size());
@@ -495,6 +574,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           case remote_call::fill: return relay_step(self, step, fill_atom::value, work);
           case remote_call::stage: return relay_step(self, step, stage_atom::value, work);
           case remote_call::next_cfg: return relay_step(self, step, next_cfg_atom::value, work);
+          case remote_call::next_stage: return relay_step(self, step, next_stage_atom::value, work);
         }
         return failed(self, "unknown remote call kind " + std::to_string(kind));
       },
@@ -515,6 +595,46 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->guidance = guidance;
         run->conditional = conditional;
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
+      },
+      [=](run_window_atom, std::int32_t step, std::int32_t last, std::int32_t hand_overs, bool output,
+          const std::string& sampler, std::int64_t steps, bool batched, double guidance,
+          const tensor_parcel& parcel) -> caf::response_promise {
+        self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
+        auto run = std::make_shared<window_run>();
+        try {
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
+          run->latents = received.get("latents");
+          run->timesteps = received.get("timesteps");
+          run->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
+          if (received.has("sample")) run->sample = received.get("sample");
+        } catch (const std::exception& problem) {
+          return failed(self, problem.what());
+        }
+        run->step = step;
+        run->last = last;
+        run->hand_overs = hand_overs;  // its producers' hand-overs come through rank 0's stand-in, as its own go
+        run->output = output;
+        run->sampler = sampler;
+        run->steps = steps;
+        run->batched = batched;
+        run->guidance = guidance;
+        return relay_step(self, step, run_window_atom::value, window_run_ptr(run));
+      },
+      [=](peer_stage_atom, std::int32_t step, bool lost, const tensor_parcel& parcel) {
+        auto exchange = std::make_shared<step_request>();
+        exchange->step = step;
+        try {
+          received_bundle received(parcel, *self->state.link.get(), self->state.device);
+          if (!lost) {
+            if (received.has("latents")) exchange->latents = received.get("latents");
+            exchange->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
+          }
+        } catch (const std::exception& problem) {  // no request to answer: the rank ends, rank 0 hears why
+          spdlog::error("step {}: a stage's hand-over: {}", step, problem.what());
+          self->quit(failure(problem.what()));
+          return;
+        }
+        self->send(self->state.worker, peer_stage_atom::value, step_request_ptr(std::move(exchange)));
       },
       [=](peer_cfg_atom, std::int32_t step, const tensor_parcel& parcel) {
         auto exchange = std::make_shared<step_request>();

@@ -48,7 +48,7 @@ using call_atom = caf::atom_constant<caf::atom("call")>;          ///< a step re
 using done_atom = caf::atom_constant<caf::atom("done")>;          ///< the run is over: a worker rank exits
 
 /// Remote step kinds in call messages.
-enum class remote_call : std::int32_t { predict = 0, fill = 1, stage = 2, next_cfg = 3 };
+enum class remote_call : std::int32_t { predict = 0, fill = 1, stage = 2, next_cfg = 3, next_stage = 4 };
 
 /// Fault injection for testing deployments: at its `after`-th step (rank 0) or step request (other ranks) a process
 /// kills itself (SIGKILL: the OS closes its connections) or, with `freeze`, stops (SIGSTOP: its connections stay open

@@ -1,6 +1,9 @@
 #pragma once
 // The payloads behind protocol.hpp's handles (in-process transport: tensors shared by reference).
 
+#include <set>
+#include <string>
+
 #include <ATen/core/Tensor.h>
 
 #include "actors/protocol.hpp"
@@ -17,14 +20,30 @@ struct step_request {
   std::shared_ptr<const models::branch_conditioning> conditioning;
   /// peer_cfg (no latents, no timestep): the other guidance branch's prediction of step − 1
   at::Tensor other_branch;
-  // peer_stage: another stage's outputs of step − 1 in `peers`; from the output stage also `latents`.
+  // peer_stage: another stage's outputs of step − 1 in `peers`; from the output stage also `latents`. Neither: a
+  // remote stage's stand-in says a producer was lost.
 };
 
 struct step_reply {
   at::Tensor prediction;
   double compute_ms = 0;
-  runtime::activation_cache owned;  ///< fill and stage: the worker's owned modules' outputs
+  runtime::activation_cache owned;  ///< fill and stage (a window run's too): the worker's handed-on outputs
+  at::Tensor next_input;            ///< a window run's output stage: the next step's input it hands on
 };
+
+/// A window run's hand-over to another stage for `step`: the entries of `owned` that stage computes on
+/// (`modules`), and from the output stage the step's input.
+inline step_request_ptr make_hand_over(std::int32_t step, const at::Tensor& next_input,
+                                       const runtime::activation_cache& owned, const std::set<std::string>& modules) {
+  auto exchange = std::make_shared<step_request>();
+  exchange->step = step;
+  exchange->latents = next_input;
+  auto peers = std::make_shared<runtime::activation_cache>();
+  for (const auto& [module, value] : owned)
+    if (modules.count(module)) peers->emplace(module, value);
+  exchange->peers = std::move(peers);
+  return exchange;
+}
 
 /// A guided run's start: the latents before `step` (not yet scaled for the denoiser) and what the worker's own
 /// sampler needs to step them as the driver does.
@@ -50,7 +69,8 @@ struct window_run {
   std::shared_ptr<const runtime::activation_cache> peers;  ///< the other stages' fill-step outputs it computes on
   /// the stages this one hands over to after each step, with the modules of its outputs each computes on
   std::vector<std::pair<worker_actor, module_names>> hand_on;
-  std::vector<worker_actor> producers;  ///< the stages that hand over to this one (each step waits for all)
+  std::vector<worker_actor> producers;  ///< the stages that hand over to this one, watched (none in a remote stage)
+  std::int32_t hand_overs = 0;          ///< how many hand-overs each step waits for (one per producer)
   /// The output stage: its output is the step's prediction; it steps its copy of the latents (as the driver does)
   /// and hands the next step's input on with its outputs (every other stage waits for it).
   bool output = false;

@@ -493,11 +493,10 @@ class parallel_driver {
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
-  // Whether pipeline step i starts a window run: stride 1, the policy promises pipeline steps beyond this one, every
-  // worker in this process (the stages hand over in-process), and a sampler that the output stage can copy here.
+  // Whether pipeline step i starts a window run: stride 1, the policy promises pipeline steps beyond this one, and a
+  // sampler that the output stage can copy here.
   bool starts_window_run(std::int64_t i) const {
-    return options_.stride == 1 && window_through_ > i && static_cast<int>(session_.replicas.size()) == world_ &&
-           !sampler_->remembers_steps();
+    return options_.stride == 1 && window_through_ > i && !sampler_->remembers_steps();
   }
 
   // A window run, over the pipeline steps the policy promises: each stage hands its outputs of every step straight
@@ -559,6 +558,7 @@ class parallel_driver {
       run->timesteps = run_timesteps;
       run->peers = with_peers(work, *window_peers_, session_.window_inputs[w])->peers;
       run->hand_on = std::move(hand_on[w]);
+      run->hand_overs = static_cast<std::int32_t>(producers[w].size());
       run->producers = std::move(producers[w]);
       run->output = w == session_.output_worker;
       run->sample = latents_;

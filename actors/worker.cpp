@@ -76,7 +76,8 @@ struct window_loop {
   std::int32_t first = 0, step = 0, last = 0;  // the run's first step, the last computed, its last
   at::Tensor timesteps;                        // [last − first + 1], on the worker's device
   std::vector<std::pair<worker_actor, std::set<std::string>>> hand_on;
-  std::vector<worker_actor> producers;
+  std::vector<worker_actor> producers;        // watched: a lost one fails the step that waits for it
+  std::size_t hand_overs = 0;                 // per step
   std::map<std::int32_t, hand_over> arrived;  // by step, after `step`
   bool output = false;
   std::unique_ptr<models::sampler> sampler;  // the output stage's
@@ -350,13 +351,11 @@ void advance_window(worker_pointer self) {
   while (!window.answers.ended && window.step < window.last) {
     const auto step = window.step + 1;
     auto found = window.arrived.find(step);
-    if (found == window.arrived.end() || found->second.count < window.producers.size() ||
-        !found->second.latents.defined())
+    if (found == window.arrived.end() || found->second.count < window.hand_overs || !found->second.latents.defined())
       return;
     auto inputs = std::move(found->second);
     window.arrived.erase(found);
-    at::Tensor next_input;
-    auto reply = answer(self, "stage", step, [&](runtime::stage_worker& worker, step_reply&) {
+    auto reply = answer(self, "stage", step, [&](runtime::stage_worker& worker, step_reply& reply) {
       auto out = worker.pipeline_step(inputs.latents, window.timesteps[step - window.first], inputs.peers,
                                       runtime::split_scope::window);
       if (window.output && step < window.last) {  // the driver's step, on this stage's copy: the same numbers
@@ -366,25 +365,19 @@ void advance_window(worker_pointer self) {
           prediction = models::guide(halves[0], halves[1], window.guidance);
         }
         window.sample = window.sampler->step(prediction, step, window.sample);
-        next_input = window.sampler->scale_model_input(window.sample, step + 1);
-        if (window.batched) next_input = torch::cat({next_input, next_input}, 0);
+        auto next_input = window.sampler->scale_model_input(window.sample, step + 1);
+        reply.next_input = window.batched ? torch::cat({next_input, next_input}, 0) : next_input;
       }
+      // Handed on with the answer too: a remote stage's stand-in hands them to the stages in rank 0's process.
+      if (step < window.last) reply.owned = worker.owned_outputs(runtime::split_scope::window);
       return out;
     });
     window.step = step;
     if (reply && step < window.last) {
-      const auto owned = self->state.worker->owned_outputs(runtime::split_scope::window);
-      for (const auto& [stage, modules] : window.hand_on) {
-        auto exchange = std::make_shared<step_request>();
-        exchange->step = step + 1;
-        exchange->latents = next_input;  // undefined unless this is the output stage
-        auto peers = std::make_shared<runtime::activation_cache>();
-        for (const auto& [module, value] : owned)
-          if (modules.count(module)) peers->emplace(module, value);
-        exchange->peers = std::move(peers);
-        self->send(stage, peer_stage_atom::value, step_request_ptr(std::move(exchange)));
-      }
-      if (window.output) window.arrived[step + 1].latents = next_input;
+      const auto& done = **reply;
+      for (const auto& [stage, modules] : window.hand_on)
+        self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, done.next_input, done.owned, modules));
+      if (window.output) window.arrived[step + 1].latents = done.next_input;
     }
     window.answers.settle(step, std::move(reply));
   }
@@ -408,6 +401,7 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   for (const auto& [stage, modules] : run->hand_on)
     window.hand_on.emplace_back(stage, std::set<std::string>(modules.begin(), modules.end()));
   window.producers = run->producers;
+  window.hand_overs = static_cast<std::size_t>(run->hand_overs);
   window.output = run->output;
   window.batched = run->batched;
   window.guidance = run->guidance;
@@ -426,7 +420,7 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   auto& first = window.arrived[run->step];  // the first step's inputs came with the run
   first.latents = run->latents;
   if (run->peers) first.peers = *run->peers;
-  first.count = window.producers.size();
+  first.count = window.hand_overs;
   for (auto& producer : window.producers) self->monitor(producer);  // a lost one ends the run: nothing waits forever
   self->state.window = std::move(window);
   auto promise = self->make_response_promise<step_reply_ptr>();
@@ -445,13 +439,19 @@ void add_hand_over(hand_over& into, const step_request& exchange) {
 // Another stage's hand-over of a step of the window run (its outputs; from the output stage also the input).
 void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
   auto& window = self->state.window;
+  const bool lost = !exchange->peers && !exchange->latents.defined();  // a remote stage's stand-in: a producer lost
   if (!window) {  // before this stage's run_window: kept for it (a new image drops it)
-    add_hand_over(self->state.early[exchange->step], *exchange);
+    if (!lost) add_hand_over(self->state.early[exchange->step], *exchange);
     return;
   }
   if (window->answers.ended) {  // after the run failed: nobody waits for it
     spdlog::debug("{}: a stage's hand-over for step {} came after the window run failed", worker_name(self),
                   exchange->step);
+    return;
+  }
+  if (lost) {
+    window->answers.settle(window->step + 1, caf::make_error(caf::sec::runtime_error,
+                                                             worker_name(self) + ": a stage it computes on was lost"));
     return;
   }
   if (exchange->step <= window->step || exchange->step > window->last) {
