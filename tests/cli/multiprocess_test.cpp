@@ -185,9 +185,9 @@ TEST(MultiProcessHosts, ACutLinkIsNoticedWithinSecondsOnBothSides) {
 // Rank `waited` runs in the foreground; `after` runs once it has exited, before waiting for the other rank (it may
 // signal a rank's process: rankR.pid in `dir` holds the id of rank R's `timeout`, whose child is the rank).
 test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
-                               const std::string& after = ":", int waited = 0) {
+                               const std::string& after = ":", int waited = 0, const std::string& schedule = "cfg") {
   const auto common = "generate --model " + model_folder("tiny-sdxl") +
-                      " --prompt fox --steps 30 --image_size 64 --parallel cfg --transport cpu --trace " +
+                      " --prompt fox --steps 30 --image_size 64 --parallel " + schedule + " --transport cpu --trace " +
                       quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
   const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
   const auto rank = [&](int r, const std::string& extra) {
@@ -199,6 +199,16 @@ test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& ext
   const int other = 1 - waited;
   return run_shell(rank(other, other == 0 ? extra0 : extra1) + " & " + rank(waited, waited == 0 ? extra0 : extra1) +
                    "; " + after + "; wait; cat " + quoted(dir / "rank0.log") + " " + quoted(dir / "rank1.log"));
+}
+
+// The mode of every step in the trace written by run_two_ranks, space-separated.
+std::string traced_modes(const test::temp_dir& dir) {
+  std::ifstream trace(dir / "trace.csv");
+  std::string row, modes;
+  std::getline(trace, row);
+  while (std::getline(trace, row))
+    modes += row.substr(row.find(',') + 1, row.find(',', row.find(',') + 1) - row.find(',') - 1) + " ";
+  return modes;
 }
 
 TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded) {
@@ -213,13 +223,26 @@ TEST(MultiProcessFaults, AKilledWorkerRankIsReportedAndRankZeroFinishesDegraded)
   // The first steps on both ranks, then rank 0 alone from the step that failed on. Rank 1's fifth call asks for
   // step 4's prediction (run_cfg at step 0, next_cfg from then on); the driver sends it once rank 1's answer for
   // step 3 is in, so the kill comes after that answer: from step 4 on, rank 0 is alone.
-  std::ifstream trace(dir / "trace.csv");
-  std::string row, modes;
-  std::getline(trace, row);
-  while (std::getline(trace, row)) modes += row.substr(row.find(',') + 1, row.find(',', row.find(',') + 1) - row.find(',') - 1) + " ";
   std::string degraded_from_4;
   for (int step = 0; step < 30; ++step) degraded_from_4 += step < 4 ? "cfg " : "cfg-degraded ";
-  EXPECT_EQ(modes, degraded_from_4);
+  EXPECT_EQ(traced_modes(dir), degraded_from_4);
+}
+
+TEST(MultiProcessFaults, AStageRankKilledInAWindowRunLeavesRankZeroToFinishDegraded) {
+  // Hybrid with its window at steps 2-20: rank 1's calls are run_cfg (step 0), next_cfg (1), fill (2), run_window
+  // (3) and next_stage (4), which kills it. Rank 0's stage computes step 4 on the outputs rank 1 handed over with
+  // its step 3, then waits for rank 1's step 4: the lost rank fails it (rank 0's stand-in is gone), and rank 0
+  // finishes alone from step 4 instead of waiting for a request timeout.
+  test::temp_dir dir;
+  auto result = run_two_ranks(dir, "", "--debug-kill-after 5", ":", 0, "hybrid --tau1 2 --tau2 20");
+  EXPECT_NE(result.output.find("rank 1 exit 137"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("rank 0 exit 0"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("step 4: worker 1 was lost; finishing the image on worker 0 in sequential CFG"),
+            std::string::npos)
+      << result.output;
+  std::string degraded_from_4 = "cfg cfg fill pipeline ";
+  for (int step = 4; step < 30; ++step) degraded_from_4 += "cfg-degraded ";
+  EXPECT_EQ(traced_modes(dir), degraded_from_4);
 }
 
 TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFinishesDegraded) {
