@@ -348,14 +348,19 @@ class parallel_driver {
     return all;
   }
 
-  // The owned outputs of `workers`' replies (window scope: SD3's reference conditioning exchanges no block).
+  // Whether the window's stages exchange `module`'s output (SD3's reference conditioning exchanges no block).
+  bool exchanged_in_window(const std::string& module) const {
+    return session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0;
+  }
+
+  // The owned outputs of `workers`' replies (window scope: see exchanged_in_window).
   runtime::activation_cache merge_owned(const std::vector<step_reply_ptr>& replies, const std::vector<int>& workers,
                                         bool window) const {
     runtime::activation_cache merged;
     for (int w : workers) {
       if (!replies[w]) continue;
       for (const auto& [module, value] : replies[w]->owned)
-        if (!window || session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0) merged[module] = value;
+        if (!window || exchanged_in_window(module)) merged[module] = value;
     }
     return merged;
   }
@@ -464,12 +469,11 @@ class parallel_driver {
 
   at::Tensor pipeline_step(std::int64_t i, step_trace& row) {
     const int shift = options_.time_shift ? 1 : 0;  // AsyncDiff App. A: the previous step's timestep
+    if (window_last_ >= i || starts_window_run(i)) return looped_pipeline_step(i, row);
     auto work = work_for(i, asyncdiff_);
     std::vector<step_reply_ptr> replies;
     at::Tensor output;
-    if (options_.stride == 1 && (window_last_ >= i || starts_window_run(i))) {
-      return looped_pipeline_step(i, row);
-    } else if (options_.stride == 1) {
+    if (options_.stride == 1) {
       work->timestep = timestep(i - shift);
       replies = ask(stage_atom::value, window_requests(everyone(), work), row);
       output = output_of(replies, session_.output_worker);
@@ -542,9 +546,7 @@ class parallel_driver {
         if (c == p) continue;
         module_names modules;
         for (const auto& module : session_.assignments[p].window_handed_on)
-          if (session_.window_inputs[c].count(module) &&
-              (session_.exchange_blocks || module.rfind("transformer_blocks.", 0) != 0))
-            modules.push_back(module);
+          if (session_.window_inputs[c].count(module) && exchanged_in_window(module)) modules.push_back(module);
         if (modules.empty() && p != session_.output_worker) continue;
         hand_on[p].emplace_back(session_.worker(c), std::move(modules));
         producers[c].push_back(session_.worker(p));
@@ -561,7 +563,7 @@ class parallel_driver {
       run->hand_overs = static_cast<std::int32_t>(producers[w].size());
       run->producers = std::move(producers[w]);
       run->output = w == session_.output_worker;
-      run->sample = latents_;
+      if (run->output) run->sample = latents_;
       run->sampler = sampler_name_;
       run->steps = plan_.steps;
       run->batched = asyncdiff_;
@@ -588,7 +590,7 @@ class parallel_driver {
 
   void take_over(std::int64_t i, int lost) {
     session_.lost = lost;
-    // A guided run ends: its requests are answered (or fail) before the survivor's first.
+    // A guided or window run ends: its requests are answered (or fail) before the survivor's first.
     for (auto& pending : run_requests_) pending.handle.receive([](const step_reply_ptr&) {}, [](caf::error&) {});
     run_requests_.clear();
     guided_last_ = window_last_ = -1;

@@ -503,7 +503,7 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
         return wrong_behaviour(self, "run_window", "cfg_branch");
       },
       [=](next_stage_atom, const step_request_ptr& request) { return next_stage(self, request); },
-      [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },  // ended: dropped
+      [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },  // kept for a run
   };
 }
 
