@@ -120,13 +120,8 @@ class parallel_driver {
     std::int32_t phase_number = 0;
     if (!solo_)
       self_->request(controller_.actor, options_.step_timeout, phase_atom::value, std::int32_t{0})
-          .receive(
-              [&](const step_decision& decision) {
-                phase_number = decision.next_phase;
-                cfg_through_ = decision.cfg_through;
-                if (decision.window_through >= 0) window_through_ = decision.window_through;
-              },
-              [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
+          .receive([&](const step_decision& decision) { phase_number = follow(decision); },
+                   [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
     for (std::int64_t i = 0; i < plan_.steps; ++i) {
       step_trace row;
       row.step = static_cast<int>(i);
@@ -185,9 +180,7 @@ class parallel_driver {
         answer->receive(
             [&](const step_decision& d) { decision = d; },
             [&](caf::error& problem) { throw error("tau controller: " + describe_error(system_, problem)); });
-        phase_number = decision.next_phase;
-        cfg_through_ = decision.cfg_through;
-        if (decision.window_through >= 0) window_through_ = decision.window_through;  // kept through the window
+        phase_number = follow(decision);
         if (!std::isnan(decision.slope)) row.slope = decision.slope;
         if (decision.tau1 >= 0) row.tau1 = result.tau1 = decision.tau1;
         if (decision.tau2 >= 0) row.tau2 = result.tau2 = decision.tau2;
@@ -238,6 +231,14 @@ class parallel_driver {
   std::int32_t window_last_ = -1;           // the last step of the window run in progress (or of the last one)
   std::int32_t cfg_through_ = -1;           // the controller's CFG promise for the current step
   std::int32_t window_through_ = -1;        // its promise of pipeline steps, made at the window's fill step
+
+  // Takes the controller's promises from `decision` (a window's, made at its fill step, holds through the window)
+  // and answers the next step's phase.
+  std::int32_t follow(const step_decision& decision) {
+    cfg_through_ = decision.cfg_through;
+    if (decision.window_through >= 0) window_through_ = decision.window_through;
+    return decision.next_phase;
+  }
 
   at::Tensor timestep(std::int64_t index) const {
     index = std::clamp<std::int64_t>(index, 0, timesteps_.size(0) - 1);
