@@ -62,6 +62,9 @@ struct tensor_bundle {
     add(prefix + ".pooled", conditioning.pooled);
     add(prefix + ".time_ids", conditioning.time_ids);
   }
+  void add(const std::string& prefix, const models::sampler_memory& memory) {
+    for (const auto& [name, tensor] : memory) add(prefix + "." + name, tensor);
+  }
   void add(const std::string& prefix, const runtime::activation_cache& cache) {
     for (const auto& [module, value] : cache)
       for (std::size_t k = 0; k < value.size(); ++k) add(prefix + ":" + module + ":" + std::to_string(k), value[k]);
@@ -83,6 +86,13 @@ class received_bundle {
   }
   models::branch_conditioning conditioning(const std::string& prefix) const {
     return {get(prefix + ".context"), get(prefix + ".pooled"), get(prefix + ".time_ids")};
+  }
+  models::sampler_memory memory(const std::string& prefix) const {
+    models::sampler_memory memory;
+    const auto start = prefix + ".";
+    for (const auto& [name, tensor] : by_name_)
+      if (name.rfind(start, 0) == 0) memory.emplace(name.substr(start.size()), tensor);
+    return memory;
   }
   runtime::activation_cache cache(const std::string& prefix) const {
     runtime::activation_cache cache;
@@ -345,6 +355,7 @@ caf::typed_response_promise<step_reply_ptr> forward_run(proxy_pointer self, cons
   if (run->peer) self->monitor(run->peer);
   tensor_bundle bundle;
   bundle.add("sample", run->sample);
+  bundle.add("memory", run->memory);
   return forward_call(self, bundle, run->step, run_kind::guided, run_cfg_atom::value, run->step, run->last,
                       run->sampler, run->steps, run->guidance, run->conditional);
 }
@@ -366,6 +377,7 @@ caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer sel
   bundle.add("timesteps", run->timesteps);
   if (run->peers) bundle.add("peer", *run->peers);
   if (run->sample.defined()) bundle.add("sample", run->sample);
+  bundle.add("memory", run->memory);
   return forward_call(self, bundle, run->step, run_kind::window, run_window_atom::value, run->step, run->last,
                       run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance);
 }
@@ -585,6 +597,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         try {
           received_bundle received(parcel, *self->state.link.get(), self->state.device);
           run->sample = received.get("sample");
+          run->memory = received.memory("memory");
         } catch (const std::exception& problem) {
           return failed(self, problem.what());
         }
@@ -607,6 +620,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
           run->timesteps = received.get("timesteps");
           run->peers = std::make_shared<const runtime::activation_cache>(received.cache("peer"));
           if (received.has("sample")) run->sample = received.get("sample");
+          run->memory = received.memory("memory");
         } catch (const std::exception& problem) {
           return failed(self, problem.what());
         }

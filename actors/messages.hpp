@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "actors/protocol.hpp"
+#include "models/pipelines/sampler.hpp"
 #include "runtime/stage_worker.hpp"
 
 namespace hybridiff::actors {
@@ -50,7 +51,8 @@ inline step_request_ptr make_hand_over(std::int32_t step, const at::Tensor& next
 struct guided_run {
   std::int32_t step = 0;
   at::Tensor sample;
-  std::string sampler;  ///< the request's sampler name ("" = the model folder's)
+  std::string sampler;            ///< the request's sampler name ("" = the model folder's)
+  models::sampler_memory memory;  ///< the driver's sampler's memory before `step` (DPM++ 2M mid-image)
   std::int64_t steps = 0;
   std::int32_t last = 0;  ///< the run's last step (the policy's promise of CFG steps; steps − 1 at most)
   double guidance = 1;
@@ -76,6 +78,7 @@ struct window_run {
   bool output = false;
   at::Tensor sample;  ///< the latents before `step` (unscaled)
   std::string sampler;
+  models::sampler_memory memory;  ///< as guided_run's
   std::int64_t steps = 0;
   bool batched = false;  ///< asyncdiff: the output stacks both branches, guided with `guidance` before the step
   double guidance = 1;

@@ -399,9 +399,9 @@ class parallel_driver {
   }
 
   // Whether CFG step i starts a guided run: each branch on one worker, and the policy promises CFG beyond this step
-  // (mode cfg: the whole image). A sampler that steps on its history (DPM++ 2M) is copied only at step 0.
+  // (mode cfg: the whole image).
   bool starts_guided_run(std::int64_t i) const {
-    return options_.branch_stages == 1 && !asyncdiff_ && cfg_through_ > i && (i == 0 || !sampler_->remembers_steps());
+    return options_.branch_stages == 1 && !asyncdiff_ && cfg_through_ > i;
   }
 
   // A guided run, over the CFG steps the policy promises: each branch's worker steps its own copy of the latents
@@ -420,6 +420,7 @@ class parallel_driver {
         run->step = step;
         run->sample = latents_;
         run->sampler = sampler_name_;
+        run->memory = sampler_->memory();  // DPM++ 2M mid-image: the worker's copy steps on as the driver's
         run->steps = plan_.steps;
         run->guidance = plan_.guidance;
         run->conditional = b == 1;
@@ -498,11 +499,8 @@ class parallel_driver {
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
-  // Whether pipeline step i starts a window run: stride 1, the policy promises pipeline steps beyond this one, and a
-  // sampler that the output stage can copy here.
-  bool starts_window_run(std::int64_t i) const {
-    return options_.stride == 1 && window_through_ > i && !sampler_->remembers_steps();
-  }
+  // Whether pipeline step i starts a window run: stride 1, and the policy promises pipeline steps beyond this one.
+  bool starts_window_run(std::int64_t i) const { return options_.stride == 1 && window_through_ > i; }
 
   // A window run, over the pipeline steps the policy promises: each stage hands its outputs of every step straight
   // to the stages that compute on them, and the output stage steps its own copy of the latents and hands the next
@@ -564,7 +562,10 @@ class parallel_driver {
       run->hand_overs = static_cast<std::int32_t>(producers[w].size());
       run->producers = std::move(producers[w]);
       run->output = w == session_.output_worker;
-      if (run->output) run->sample = latents_;
+      if (run->output) {
+        run->sample = latents_;
+        run->memory = sampler_->memory();
+      }
       run->sampler = sampler_name_;
       run->steps = plan_.steps;
       run->batched = asyncdiff_;

@@ -253,6 +253,13 @@ caf::result<step_reply_ptr> stage(worker_pointer self, const step_request_ptr& r
   });
 }
 
+// A run's sampler memory (the driver's device) on the worker's device.
+models::sampler_memory on_device(const models::sampler_memory& memory, const c10::Device& device) {
+  models::sampler_memory moved;
+  for (const auto& [name, tensor] : memory) moved.emplace(name, tensor.to(device));
+  return moved;
+}
+
 // The loop's prediction at its step, with the worker's own conditioning (what predict computes on the driver's
 // scaled latents).
 at::Tensor predict_at_loop_step(runtime::stage_worker& worker, guided_loop& loop) {
@@ -281,6 +288,7 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
     const auto device = worker.pipeline().placement().device;
     loop.sampler = worker.pipeline().make_sampler(run->sampler);
     loop.sampler->set_timesteps(run->steps);
+    loop.sampler->recall(on_device(run->memory, device));
     loop.timesteps = loop.sampler->timesteps().to(device);
     loop.sample = run->sample.to(device);
     loop.step = run->step;
@@ -409,6 +417,7 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
     if (window.output) {
       window.sampler = worker.pipeline().make_sampler(run->sampler);
       window.sampler->set_timesteps(run->steps);
+      window.sampler->recall(on_device(run->memory, device));
       window.sample = run->sample.to(device);
     }
   } catch (const std::exception& failure) {

@@ -262,7 +262,6 @@ class dpm_sampler : public sampler {
     sigmas_ = float_tensor(sigmas);
     timesteps_ = float_tensor(timesteps);
     previous_x0_ = at::Tensor();
-    lower_order_steps_ = 0;
   }
 
   at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) override {
@@ -286,7 +285,7 @@ class dpm_sampler : public sampler {
                                (values_.get<bool>("lower_order_final") && steps < 15) ||
                                values_.get<std::string>("final_sigmas_type") == "zero");
     at::Tensor result;
-    if (lower_order_steps_ < 1 || final_first_order || !previous_x0_.defined()) {
+    if (final_first_order || !previous_x0_.defined()) {  // first order: diffusers' first step, or its final one
       result = (sigma_t / sigma_s0) * x - (alpha_t * (torch::exp(-h) - 1.0)) * x0;
     } else {
       auto [alpha_s1, sigma_s1] = alpha_sigma(index - 1);
@@ -297,18 +296,27 @@ class dpm_sampler : public sampler {
                0.5 * (alpha_t * (torch::exp(-h) - 1.0)) * d1;
     }
     previous_x0_ = x0;
-    if (lower_order_steps_ < 2) ++lower_order_steps_;
     return result.to(model_output.scalar_type());
   }
 
   std::string name() const override { return "dpm++2m"; }
-  bool remembers_steps() const override { return true; }
+
+  sampler_memory memory() const override {
+    if (!previous_x0_.defined()) return {};
+    return {{"previous_x0", previous_x0_}};
+  }
+
+  void recall(const sampler_memory& memory) override {
+    for (const auto& entry : memory)
+      if (entry.first != "previous_x0") sampler::recall({entry});  // names what this sampler does not keep
+    auto found = memory.find("previous_x0");
+    previous_x0_ = found == memory.end() ? at::Tensor() : found->second;
+  }
 
  private:
   config values_;
   at::Tensor alphas_cumprod_;
-  at::Tensor previous_x0_;
-  int lower_order_steps_ = 0;
+  at::Tensor previous_x0_;  // the last step's data prediction (none before the first step)
 };
 
 // Ref: diffusers/schedulers/scheduling_flow_match_euler_discrete.py (static shift, deterministic).
@@ -361,6 +369,12 @@ class flow_euler_sampler : public sampler {
 at::Tensor sampler::scale_model_input(const at::Tensor& sample, std::int64_t index) const {
   check_index(index);
   return sample;
+}
+
+void sampler::recall(const sampler_memory& memory) {
+  if (!memory.empty())
+    throw error("sampler " + name() + ": cannot take over '" + memory.begin()->first +
+                "' (it keeps nothing of that name from step to step)");
 }
 
 void sampler::check_index(std::int64_t index) const {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -9,6 +10,9 @@
 #include "models/io/config.hpp"
 
 namespace hybridiff::models {
+
+/// A sampler's state carried from step to step, by name (tensors on the sample's device).
+using sampler_memory = std::map<std::string, at::Tensor>;
 
 /// A diffusion sampler with diffusers' scheduler semantics: `set_timesteps`, `scale_model_input`, `step`.
 /// Steps are addressed by index into `timesteps()` (diffusers' `step_index`); `step` must be called in order
@@ -32,9 +36,12 @@ class sampler {
   virtual at::Tensor step(const at::Tensor& model_output, std::int64_t index, const at::Tensor& sample) = 0;
   /// "euler", "ddim", "dpm++2m" or "flow-euler".
   virtual std::string name() const = 0;
-  /// Whether a step also uses earlier steps' outputs (DPM++ 2M): a fresh copy of such a sampler steps the same
-  /// only from step 0.
-  virtual bool remembers_steps() const { return false; }
+  /// What earlier steps left for the next (DPM++ 2M: the last data prediction), by name; empty for samplers whose
+  /// step depends on its arguments only. A fresh copy given it with `recall` after `set_timesteps` steps on exactly
+  /// as this one does: how a parallel run's workers take over the sampler mid-image.
+  virtual sampler_memory memory() const { return {}; }
+  /// Takes over another copy's `memory()`. Throws naming the entry this sampler does not keep.
+  virtual void recall(const sampler_memory& memory);
 
  protected:
   void check_index(std::int64_t index) const;

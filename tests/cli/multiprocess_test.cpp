@@ -66,6 +66,7 @@ INSTANTIATE_TEST_SUITE_P(
     Modes, MultiProcess,
     ::testing::Values(distributed_case{"tiny-sdxl", "cfg", 2}, distributed_case{"tiny-sdxl", "asyncdiff", 2},
                       distributed_case{"tiny-sdxl", "hybrid --tau1 4 --tau2 8", 2},
+                      distributed_case{"tiny-sdxl", "hybrid --tau1 4 --tau2 8 --scheduler dpm++2m", 2},
                       distributed_case{"tiny-sdxl", "hybrid --L_slope 3 --tau_cap 5 --k 3", 2},
                       distributed_case{"tiny-sd3", "hybrid --tau1 4 --tau2 8", 2},
                       distributed_case{"tiny-sdxl", "cfg", 4},
