@@ -1,5 +1,6 @@
 #include "actors/cluster.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <functional>
@@ -216,14 +217,18 @@ void fail_open_calls(proxy_pointer self, const std::string& why) {
   self->state.open_calls.clear();
 }
 
-// Sends `call` to the remote worker; `read` turns the remote answer into this actor's answer. `then`, not `await`:
+// Sends `call` to the remote worker; `read` turns the remote answer into this actor's answer, `failed` hears that it
+// failed (`nothing` for most calls). `then`, not `await`:
 // while a call is out the proxy must still see the down message of a lost rank (the worker host answers its calls
 // one at a time, in order, so answers cannot overtake each other).
 template <class... Remote>
 struct remote_answer {};  // the types of the remote worker's answer
 
-template <class Answer, class... Remote, class Read, class... Ts>
-caf::typed_response_promise<Answer> call_remote(proxy_pointer self, remote_answer<Remote...>, Read read, Ts... call) {
+constexpr auto nothing = [] {};
+
+template <class Answer, class... Remote, class Read, class Failed, class... Ts>
+caf::typed_response_promise<Answer> call_remote(proxy_pointer self, remote_answer<Remote...>, Read read, Failed failed,
+                                                Ts... call) {
   auto promise = self->make_response_promise<Answer>();
   const auto id = self->state.next_call++;
   self->state.open_calls.emplace(id, [promise](caf::error problem) mutable { promise.deliver(std::move(problem)); });
@@ -243,15 +248,19 @@ caf::typed_response_promise<Answer> call_remote(proxy_pointer self, remote_answe
             });
           },
           [=](caf::error& problem) mutable {
-            settle([&] { promise.deliver(failure(rank_prefix(self) + describe_error(self->system(), problem))); });
+            settle([&] {
+              failed();
+              promise.deliver(failure(rank_prefix(self) + describe_error(self->system(), problem)));
+            });
           });
   return promise;
 }
 
 // call_remote with `bundle`'s tensors: sent over the link, then `call` with the bundle's parcel as its last element.
-template <class Answer, class... Remote, class Read, class... Ts>
+template <class Answer, class... Remote, class Read, class Failed, class... Ts>
 caf::typed_response_promise<Answer> call_remote_with(proxy_pointer self, tensor_bundle bundle,
-                                                     remote_answer<Remote...> answer, Read read, Ts... call) {
+                                                     remote_answer<Remote...> answer, Read read, Failed failed,
+                                                     Ts... call) {
   try {
     bundle.parcel.bytes = self->state.link->send(bundle.tensors);
     spdlog::trace("rank {}: {} tensor(s) sent", self->state.rank, bundle.tensors.size());
@@ -260,7 +269,7 @@ caf::typed_response_promise<Answer> call_remote_with(proxy_pointer self, tensor_
     promise.deliver(failure(rank_prefix(self) + problem.what()));
     return promise;
   }
-  return call_remote<Answer>(self, answer, read, call..., std::move(bundle.parcel));
+  return call_remote<Answer>(self, answer, read, failed, call..., std::move(bundle.parcel));
 }
 
 // The end of the remote worker's guided run (its last step answered, or another call): its peer is let go.
@@ -286,7 +295,18 @@ void hand_on_window(proxy_pointer self, std::int32_t step, const step_reply& rep
     return;
   }
   for (const auto& [stage, modules] : state.window_hand_on)
-    self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, reply.next_input, reply.owned, modules));
+    self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, reply, modules));
+}
+
+// The remote stage's window-run step after `step` failed: the stages it hands over to hear it as from a lost
+// producer (an empty hand-over), and the run ends here.
+void stage_failed(proxy_pointer self, std::int32_t step) {
+  for (const auto& consumer : self->state.window_hand_on) {
+    auto lost = std::make_shared<step_request>();
+    lost->step = step + 1;
+    self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
+  }
+  end_window_run(self);
 }
 
 // A guided run's prediction at `step` from the remote worker, to its peer (before the driver: the peer's next step
@@ -326,7 +346,11 @@ caf::typed_response_promise<step_reply_ptr> forward_call(proxy_pointer self, con
     if (run == run_kind::window) hand_on_window(self, step, *reply);
     return step_reply_ptr(std::move(reply));
   };
-  return call_remote_with<step_reply_ptr>(self, bundle, remote_answer<double, tensor_parcel>{}, read, call...);
+  // A window run's step that failed there: the stages that wait for the remote stage's hand-overs hear it.
+  auto failed = [self, step, run] {
+    if (run == run_kind::window) stage_failed(self, step);
+  };
+  return call_remote_with<step_reply_ptr>(self, bundle, remote_answer<double, tensor_parcel>{}, read, failed, call...);
 }
 
 // A step: its tensors travel over the link.
@@ -379,7 +403,8 @@ caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer sel
   if (run->sample.defined()) bundle.add("sample", run->sample);
   bundle.add("memory", run->memory);
   return forward_call(self, bundle, run->step, run_kind::window, run_window_atom::value, run->step, run->last,
-                      run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance);
+                      run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance,
+                      run->branches, run->conditional);
 }
 
 // Another stage's hand-over for the remote stage's window run, over the link (no answer). `lost`: a producer was
@@ -431,16 +456,20 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
   self->set_down_handler([=](caf::down_msg& down) {
     if (down.source != self->state.host.address()) {  // a run's peer or producer: the remote worker must not wait
       auto& producers = self->state.window_producers;
-      for (auto& producer : producers)
-        if (down.source == producer.address()) {
-          spdlog::warn("rank {}: a stage its worker computes on was lost ({})", self->state.rank,
-                       self->system().render(down.reason));
-          auto lost = std::make_shared<step_request>();
-          lost->step = self->state.window_last;
-          end_window_run(self);
-          forward_hand_over(self, lost, true);
-          return;
-        }
+      const auto lost_producer = std::find_if(producers.begin(), producers.end(),
+                                              [&](const worker_actor& p) { return down.source == p.address(); });
+      if (lost_producer != producers.end()) {
+        spdlog::warn("rank {}: a stage its worker computes on was lost ({})", self->state.rank,
+                     self->system().render(down.reason));
+        // Only the producers are let go: the remote stage's answers still on their way are handed on as they come
+        // (the stages that read them may be computing a step the loss does not touch).
+        for (auto& producer : producers) self->demonitor(producer.address());
+        producers.clear();
+        auto lost = std::make_shared<step_request>();
+        lost->step = self->state.window_last;
+        forward_hand_over(self, lost, true);
+        return;
+      }
       if (!self->state.guided_peer || down.source != self->state.guided_peer.address()) return;
       spdlog::warn("rank {}: the other branch's worker was lost ({})", self->state.rank,
                    self->system().render(down.reason));
@@ -471,17 +500,19 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](next_stage_atom, const step_request_ptr& request) {
         return forward_step(self, remote_call::next_stage, request);
       },
-      [=](peer_stage_atom, const step_request_ptr& exchange) { forward_hand_over(self, exchange, false); },
+      [=](peer_stage_atom, const step_request_ptr& exchange) {
+        forward_hand_over(self, exchange, !exchange->peers && !exchange->latents.defined());  // empty: a stage failed
+      },
       [=](reconfigure_atom, std::int32_t role) {
         end_guided_run(self);
         end_window_run(self);
-        return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>,
+        return call_remote<std::int32_t>(self, remote_answer<std::int32_t>{}, same<std::int32_t>, nothing,
                                          reconfigure_atom::value, role);
       },
       [=](assign_atom, const module_names& window, const module_names& window_handed_on, const module_names& branch,
           const module_names& branch_handed_on, bool cuda_graphs) {
-        return call_remote<bool>(self, remote_answer<bool>{}, same<bool>, assign_atom::value, window, window_handed_on,
-                                 branch, branch_handed_on, cuda_graphs);
+        return call_remote<bool>(self, remote_answer<bool>{}, same<bool>, nothing, assign_atom::value, window,
+                                 window_handed_on, branch, branch_handed_on, cuda_graphs);
       },
       [=](prepare_atom, const image_setup_ptr& setup) {
         end_guided_run(self);
@@ -489,7 +520,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
         tensor_bundle bundle;
         bundle.add("conditioning", setup->conditioning);
         bundle.add("window", setup->window);
-        return call_remote_with<bool>(self, bundle, remote_answer<bool>{}, same<bool>, prepare_atom::value);
+        return call_remote_with<bool>(self, bundle, remote_answer<bool>{}, same<bool>, nothing, prepare_atom::value);
       },
   };
 }
@@ -610,8 +641,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
       },
       [=](run_window_atom, std::int32_t step, std::int32_t last, std::int32_t hand_overs, bool output,
-          const std::string& sampler, std::int64_t steps, bool batched, double guidance,
-          const tensor_parcel& parcel) -> caf::response_promise {
+          const std::string& sampler, std::int64_t steps, bool batched, double guidance, bool branches,
+          bool conditional, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<window_run>();
         try {
@@ -632,6 +663,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->steps = steps;
         run->batched = batched;
         run->guidance = guidance;
+        run->branches = branches;
+        run->conditional = conditional;
         return relay_step(self, step, run_window_atom::value, window_run_ptr(run));
       },
       [=](peer_stage_atom, std::int32_t step, bool lost, const tensor_parcel& parcel) {

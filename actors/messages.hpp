@@ -32,16 +32,24 @@ struct step_reply {
   at::Tensor next_input;            ///< a window run's output stage: the next step's input it hands on
 };
 
-/// A window run's hand-over to another stage for `step`: the entries of `owned` that stage computes on
-/// (`modules`), and from the output stage the step's input.
-inline step_request_ptr make_hand_over(std::int32_t step, const at::Tensor& next_input,
-                                       const runtime::activation_cache& owned, const std::set<std::string>& modules) {
+/// In a split-branch run's hand-overs, the entry that carries a branch's prediction (its output stage's) beside
+/// the modules' outputs.
+inline std::string branch_prediction(bool conditional) { return conditional ? "prediction.cond" : "prediction.uncond"; }
+
+/// A window run's hand-over to another stage for `step`, from the reply of the step before: the entries of its
+/// `owned` that stage computes on (`modules`), the prediction under a branch_prediction name in `modules`, and from
+/// a window's output stage the step's input.
+inline step_request_ptr make_hand_over(std::int32_t step, const step_reply& reply,
+                                       const std::set<std::string>& modules) {
   auto exchange = std::make_shared<step_request>();
   exchange->step = step;
-  exchange->latents = next_input;
+  exchange->latents = reply.next_input;
   auto peers = std::make_shared<runtime::activation_cache>();
-  for (const auto& [module, value] : owned)
+  for (const auto& [module, value] : reply.owned)
     if (modules.count(module)) peers->emplace(module, value);
+  for (bool conditional : {false, true})
+    if (modules.count(branch_prediction(conditional)))
+      peers->emplace(branch_prediction(conditional), models::activation{reply.prediction});
   exchange->peers = std::move(peers);
   return exchange;
 }
@@ -62,7 +70,9 @@ struct guided_run {
 };
 
 /// A window run's start (stride 1): its first pipeline step, with the fill step's activations, and what each stage
-/// needs to go on by itself.
+/// needs to go on by itself. A split-branch run is one over CFG steps whose branches are each a 2-stage pipeline
+/// (`branches`): there every stage steps its own copy of the latents, with both branches' predictions of the step
+/// before, which the branches' output stages hand on (branch_prediction) with their outputs.
 struct window_run {
   std::int32_t step = 0;  ///< the run's first step
   std::int32_t last = 0;  ///< its last step (the policy's promise of pipeline steps)
@@ -74,7 +84,8 @@ struct window_run {
   std::vector<worker_actor> producers;  ///< the stages that hand over to this one, watched (none in a remote stage)
   std::int32_t hand_overs = 0;          ///< how many hand-overs each step waits for (one per producer)
   /// The output stage: its output is the step's prediction; it steps its copy of the latents (as the driver does)
-  /// and hands the next step's input on with its outputs (every other stage waits for it).
+  /// and hands the next step's input on with its outputs (every other stage waits for it). branches: the branch's
+  /// last stage, whose output is its branch's prediction (handed on, not the next input).
   bool output = false;
   at::Tensor sample;  ///< the latents before `step` (unscaled)
   std::string sampler;
@@ -82,6 +93,8 @@ struct window_run {
   std::int64_t steps = 0;
   bool batched = false;  ///< asyncdiff: the output stacks both branches, guided with `guidance` before the step
   double guidance = 1;
+  bool branches = false;     ///< a split-branch run (every stage gets `sample` and the sampler)
+  bool conditional = false;  ///< branches: the stage's branch
 };
 
 /// What a worker needs to start an image.

@@ -390,6 +390,13 @@ class parallel_driver {
       return guided(output_of(replies, 0), output_of(replies, cond_worker));
     }
     row.mode = "cfg-pipeline";
+    if (window_last_ >= i || cfg_through_ > i) {  // promised beyond this step: a split-branch run
+      if (window_last_ < i) start_window_run(i, true);
+      auto replies = read_run_step(i, row);
+      if (i == window_last_)  // the policy may go on with CFG steps it did not promise: requests then
+        for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
+      return guided(output_of(replies, 1), output_of(replies, 3));
+    }
     std::vector<targeted> requests;
     for (int w = 0; w < world_; ++w)
       requests.push_back({w, with_peers(work, branch_peers_[w / 2], session_.branch_inputs[w])});
@@ -508,9 +515,15 @@ class parallel_driver {
   // stage's answer of each step and steps its own copy (for the observer and the result): it is not on the path
   // from one stage to the next.
   at::Tensor looped_pipeline_step(std::int64_t i, step_trace& row) {
+    if (window_last_ < i) start_window_run(i, false);
+    const auto output = output_of(read_run_step(i, row), session_.output_worker);
+    return asyncdiff_ ? guided_batch(output) : output;
+  }
+
+  // Every stage's answer at step i of the window or split-branch run in progress; asks for the next step's.
+  std::vector<step_reply_ptr> read_run_step(std::int64_t i, step_trace& row) {
     const auto step = static_cast<std::int32_t>(i);
     spdlog::trace("step {}: {} request(s) out", step, world_);
-    if (window_last_ < i) start_window_run(i);
     std::vector<step_reply_ptr> replies(world_);
     for (int w = 0; w < world_; ++w) {
       std::vector<int> others;
@@ -523,30 +536,40 @@ class parallel_driver {
       next->step = step + 1;
       run_requests_.push_back(send(w, step + 1, next_stage_atom::value, step_request_ptr(next)));
     }
-    const auto output = output_of(replies, session_.output_worker);
-    return asyncdiff_ ? guided_batch(output) : output;
+    return replies;
   }
 
-  // Hands every stage the run's first step (the fill step's activations it computes on), whom it hands its outputs
-  // to, and the output stage the sampler.
-  void start_window_run(std::int64_t i) {
-    window_last_ = window_through_;
-    spdlog::debug("step {}: a window run through step {}", i, window_last_);
-    const int shift = options_.time_shift ? 1 : 0;  // as pipeline_step
+  // Hands every stage the run's first step (the activations of the step before that it computes on), whom it hands
+  // its outputs to, and the output stage the sampler. `branches`: a split-branch run over the promised CFG steps
+  // (every stage gets the sampler; each branch's output stage hands its prediction to every other stage).
+  void start_window_run(std::int64_t i, bool branches) {
+    window_last_ = branches ? cfg_through_ : window_through_;
+    spdlog::debug("step {}: a {} run through step {}", i, branches ? "split-branch" : "window", window_last_);
+    const int shift = options_.time_shift && !branches ? 1 : 0;  // as pipeline_step; CFG steps take their own
     std::vector<at::Tensor> timesteps;
     for (std::int64_t s = i; s <= window_last_; ++s) timesteps.push_back(timestep(s - shift));
     const auto run_timesteps = torch::stack(timesteps);
     const auto work = work_for(i, asyncdiff_);
-    // Stage p hands stage c the outputs of p that c computes on; the output stage hands every stage the next input.
+    // Stage p hands stage c the outputs of p that c computes on; the window's output stage hands every stage the
+    // next input, a branch's output stage (1, 3) its prediction.
+    const auto& inputs = branches ? session_.branch_inputs : session_.window_inputs;
+    auto outputs_to = [&](int p, int c) {
+      module_names modules;
+      if (branches && p / 2 != c / 2) return p % 2 == 1 ? module_names{branch_prediction(p / 2 == 1)} : modules;
+      const auto& handed_on =
+          branches ? session_.assignments[p].branch_handed_on : session_.assignments[p].window_handed_on;
+      for (const auto& module : handed_on)
+        if (inputs[c].count(module) && (branches || exchanged_in_window(module))) modules.push_back(module);
+      if (branches && p % 2 == 1) modules.push_back(branch_prediction(p / 2 == 1));
+      return modules;
+    };
     std::vector<std::vector<std::pair<worker_actor, module_names>>> hand_on(world_);
     std::vector<std::vector<worker_actor>> producers(world_);
     for (int p = 0; p < world_; ++p)
       for (int c = 0; c < world_; ++c) {
         if (c == p) continue;
-        module_names modules;
-        for (const auto& module : session_.assignments[p].window_handed_on)
-          if (session_.window_inputs[c].count(module) && exchanged_in_window(module)) modules.push_back(module);
-        if (modules.empty() && p != session_.output_worker) continue;
+        auto modules = outputs_to(p, c);
+        if (modules.empty() && (branches || p != session_.output_worker)) continue;
         hand_on[p].emplace_back(session_.worker(c), std::move(modules));
         producers[c].push_back(session_.worker(p));
       }
@@ -557,12 +580,14 @@ class parallel_driver {
       run->last = window_last_;
       run->latents = work->latents;
       run->timesteps = run_timesteps;
-      run->peers = with_peers(work, *window_peers_, session_.window_inputs[w])->peers;
+      run->peers = with_peers(work, branches ? branch_peers_[w / 2] : *window_peers_, inputs[w])->peers;
       run->hand_on = std::move(hand_on[w]);
       run->hand_overs = static_cast<std::int32_t>(producers[w].size());
       run->producers = std::move(producers[w]);
-      run->output = w == session_.output_worker;
-      if (run->output) {
+      run->output = branches ? w % 2 == 1 : w == session_.output_worker;
+      run->branches = branches;
+      run->conditional = w >= world_ / 2;
+      if (run->output || branches) {
         run->sample = latents_;
         run->memory = sampler_->memory();
       }

@@ -70,7 +70,11 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// its outputs to and, for the output stage, the sampler; from then on each stage sends its owned outputs of every
 /// step straight to the stages that compute on them (peer_stage; the output stage steps its own copy of the
 /// latents and sends the next step's input with them) and computes a step as soon as every hand-over of it is in.
-/// next_stage reads a stage's output at a step, as next_cfg does.
+/// next_stage reads a stage's output at a step, as next_cfg does. A stage whose step fails tells the stages it hands
+/// over to (an empty peer_stage, as for a lost producer), so that none waits for it.
+/// A split-branch run (`cfg_branch`, 4 workers: each guidance branch a 2-stage pipeline; the CFG steps a policy
+/// promises after the warm-up) is a window run in the branch split: every stage steps its own copy of the latents
+/// with both branches' predictions of the step before, which each branch's output stage hands on with its outputs.
 using worker_actor = caf::typed_actor<
     caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
     caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,

@@ -73,15 +73,18 @@ struct hand_over {
 };
 
 struct window_loop {
-  std::int32_t first = 0, step = 0, last = 0;  // the run's first step, the last computed, its last
-  at::Tensor timesteps;                        // [last − first + 1], on the worker's device
+  std::int32_t first = 0, step = 0, last = 0;                 // the run's first step, the last computed, its last
+  runtime::split_scope scope = runtime::split_scope::window;  // branch: a split-branch run
+  at::Tensor timesteps;                                       // [last − first + 1], on the worker's device
   std::vector<std::pair<worker_actor, std::set<std::string>>> hand_on;
   std::vector<worker_actor> producers;        // watched: a lost one fails the step that waits for it
   std::size_t hand_overs = 0;                 // per step
   std::map<std::int32_t, hand_over> arrived;  // by step, after `step`
   bool output = false;
-  std::unique_ptr<models::sampler> sampler;  // the output stage's
-  at::Tensor sample;                         // the output stage's latents before step + 1
+  bool branches = false;                     // a split-branch run: every stage steps its copy of the latents
+  bool conditional = false;                  // branches: the stage's branch
+  std::unique_ptr<models::sampler> sampler;  // the output stage's (branches: every stage's)
+  at::Tensor sample;                         // its latents before step + 1
   bool batched = false;
   double guidance = 1;
   run_answers answers;
@@ -351,6 +354,38 @@ caf::result<step_reply_ptr> next_cfg(worker_pointer self, const step_request_ptr
   return read_answer(self, loop->answers, "next_cfg", request->step, loop->step, loop->last);
 }
 
+// Settles the window run's answer at `step`. A failed step ends the run here, and the stages that wait for this
+// one's hand-overs hear it as from a lost producer (an empty hand-over): none of them waits for it forever.
+void settle_window(worker_pointer self, std::int32_t step, caf::expected<step_reply_ptr> reply) {
+  auto& window = *self->state.window;
+  const bool ends = !reply && !window.answers.ended;
+  window.answers.settle(step, std::move(reply));
+  if (!ends) return;
+  for (const auto& consumer : window.hand_on) {
+    auto lost = std::make_shared<step_request>();
+    lost->step = step + 1;
+    self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
+  }
+}
+
+// A split-branch run's input at `step`: guides with both branches' predictions of the step before (taken out of
+// `peers`: its own branch's kept by an output stage, the others handed on), as the driver does (the same function,
+// so the same numbers), and steps the stage's copy of the latents.
+at::Tensor branch_run_input(window_loop& window, std::int32_t step, runtime::activation_cache& peers) {
+  auto take = [&](bool conditional) {
+    auto found = peers.find(branch_prediction(conditional));
+    if (found == peers.end() || found->second.empty())
+      throw std::logic_error("no " + branch_prediction(conditional) + " for step " + std::to_string(step));
+    auto prediction = found->second.front().to(window.sample.device());
+    peers.erase(found);
+    return prediction;
+  };
+  const auto uncond = take(false), cond = take(true);
+  const auto guided = models::guide_and_measure(uncond, cond, window.guidance).guided;
+  window.sample = window.sampler->step(guided, step - 1, window.sample);
+  return window.sampler->scale_model_input(window.sample, step);
+}
+
 // Computes the window run's next step (its hand-overs are all in), answers it, hands its outputs on: the output
 // stage also steps its latents and hands the next step's input on. Repeats while the next step's hand-overs are in
 // (they may have come before this stage finished the step before).
@@ -359,14 +394,16 @@ void advance_window(worker_pointer self) {
   while (!window.answers.ended && window.step < window.last) {
     const auto step = window.step + 1;
     auto found = window.arrived.find(step);
-    if (found == window.arrived.end() || found->second.count < window.hand_overs || !found->second.latents.defined())
+    if (found == window.arrived.end() || found->second.count < window.hand_overs ||
+        (!window.branches && !found->second.latents.defined()))
       return;
     auto inputs = std::move(found->second);
     window.arrived.erase(found);
     auto reply = answer(self, "stage", step, [&](runtime::stage_worker& worker, step_reply& reply) {
-      auto out = worker.pipeline_step(inputs.latents, window.timesteps[step - window.first], inputs.peers,
-                                      runtime::split_scope::window);
-      if (window.output && step < window.last) {  // the driver's step, on this stage's copy: the same numbers
+      if (window.branches && step > window.first) inputs.latents = branch_run_input(window, step, inputs.peers);
+      auto out =
+          worker.pipeline_step(inputs.latents, window.timesteps[step - window.first], inputs.peers, window.scope);
+      if (window.output && !window.branches && step < window.last) {  // the driver's step, on this stage's copy
         auto prediction = out;
         if (window.batched) {
           auto halves = out.chunk(2, 0);
@@ -376,18 +413,22 @@ void advance_window(worker_pointer self) {
         auto next_input = window.sampler->scale_model_input(window.sample, step + 1);
         reply.next_input = window.batched ? torch::cat({next_input, next_input}, 0) : next_input;
       }
-      // Handed on with the answer too: a remote stage's stand-in hands them to the stages in rank 0's process.
-      if (step < window.last) reply.owned = worker.owned_outputs(runtime::split_scope::window);
+      // Handed on with the answer too: a remote stage's stand-in hands them to the stages in rank 0's process. A
+      // split-branch run's last outputs go to the driver: its CFG steps may go on as requests.
+      if (step < window.last || window.branches) reply.owned = worker.owned_outputs(window.scope);
       return out;
     });
     window.step = step;
     if (reply && step < window.last) {
       const auto& done = **reply;
       for (const auto& [stage, modules] : window.hand_on)
-        self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, done.next_input, done.owned, modules));
-      if (window.output) window.arrived[step + 1].latents = done.next_input;
+        self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, done, modules));
+      if (window.output && window.branches)
+        window.arrived[step + 1].peers[branch_prediction(window.conditional)] = {done.prediction};
+      else if (window.output)
+        window.arrived[step + 1].latents = done.next_input;
     }
-    window.answers.settle(step, std::move(reply));
+    settle_window(self, step, std::move(reply));
   }
 }
 
@@ -411,10 +452,13 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   window.producers = run->producers;
   window.hand_overs = static_cast<std::size_t>(run->hand_overs);
   window.output = run->output;
+  window.branches = run->branches;
+  window.conditional = run->conditional;
+  window.scope = run->branches ? runtime::split_scope::branch : runtime::split_scope::window;
   window.batched = run->batched;
   window.guidance = run->guidance;
   try {
-    if (window.output) {
+    if (window.output || window.branches) {
       window.sampler = worker.pipeline().make_sampler(run->sampler);
       window.sampler->set_timesteps(run->steps);
       window.sampler->recall(on_device(run->memory, device));
@@ -459,15 +503,15 @@ void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
     return;
   }
   if (lost) {
-    window->answers.settle(window->step + 1, caf::make_error(caf::sec::runtime_error,
-                                                             worker_name(self) + ": a stage it computes on was lost"));
+    settle_window(self, window->step + 1,
+                  caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a stage it computes on was lost"));
     return;
   }
   if (exchange->step <= window->step || exchange->step > window->last) {
-    window->answers.settle(
-        window->step + 1, caf::make_error(caf::sec::runtime_error, worker_name(self) + " got a hand-over for step " +
-                                                                       std::to_string(exchange->step) + " after step " +
-                                                                       std::to_string(window->step)));
+    settle_window(self, window->step + 1,
+                  caf::make_error(caf::sec::runtime_error, worker_name(self) + " got a hand-over for step " +
+                                                               std::to_string(exchange->step) + " after step " +
+                                                               std::to_string(window->step)));
     return;
   }
   add_hand_over(window->arrived[exchange->step], *exchange);
@@ -497,6 +541,7 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](reconfigure_atom, std::int32_t role) {
         if (role == static_cast<std::int32_t>(worker_role::pipeline_stage)) {
           end_guided_run(self, worker_name(self) + " left its guided run for the pipeline window");
+          end_window_run(self, worker_name(self) + " left its split-branch run for the pipeline window");
           self->become(pipeline_stage(self));
         }
         return role;
@@ -508,8 +553,9 @@ worker_actor::behavior_type cfg_branch(worker_pointer self) {
       [=](run_cfg_atom, const guided_run_ptr& run) { return run_cfg(self, run); },
       [=](next_cfg_atom, const step_request_ptr& request) { return next_cfg(self, request); },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },
-      [=](run_window_atom, const window_run_ptr&) -> caf::result<step_reply_ptr> {
-        return wrong_behaviour(self, "run_window", "cfg_branch");
+      [=](run_window_atom, const window_run_ptr& run) -> caf::result<step_reply_ptr> {
+        if (!run->branches) return wrong_behaviour(self, "run_window", "cfg_branch");
+        return run_window(self, run);
       },
       [=](next_stage_atom, const step_request_ptr& request) { return next_stage(self, request); },
       [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },  // kept for a run
@@ -543,7 +589,10 @@ worker_actor::behavior_type pipeline_stage(worker_pointer self) {
         return wrong_behaviour(self, "next_cfg", "pipeline_stage");
       },
       [=](peer_cfg_atom, const step_request_ptr& exchange) { peer_cfg(self, exchange); },  // ended: dropped
-      [=](run_window_atom, const window_run_ptr& run) { return run_window(self, run); },
+      [=](run_window_atom, const window_run_ptr& run) -> caf::result<step_reply_ptr> {
+        if (run->branches) return wrong_behaviour(self, "split-branch run_window", "pipeline_stage");
+        return run_window(self, run);
+      },
       [=](next_stage_atom, const step_request_ptr& request) { return next_stage(self, request); },
       [=](peer_stage_atom, const step_request_ptr& exchange) { peer_stage(self, exchange); },
   };
@@ -571,8 +620,8 @@ worker_actor::behavior_type start_worker(worker_pointer self, std::shared_ptr<ru
     if (!window || window->answers.ended || window->step >= window->last) return;
     for (const auto& producer : window->producers)
       if (down.source == producer.address())
-        window->answers.settle(
-            window->step + 1,
+        settle_window(
+            self, window->step + 1,
             caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a stage it computes on was lost" + lost));
   });
   return cfg_branch(self);

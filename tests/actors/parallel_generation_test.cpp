@@ -349,6 +349,14 @@ TEST_F(ParallelGeneration, FourWorkerCfgSplitsEachBranchAsATwoStagePipeline) {
   EXPECT_LT(test::relative_error(result.latents, split_branches_by_hand(*tiny("tiny-sdxl"), tiny_request(8), 2)),
             same_computation_tolerance);
   EXPECT_GT(test::relative_error(result.latents, run("tiny-sdxl", {}).latents), 1e-4);  // stale, not exact CFG
+  // The steps after the warm-up run as a split-branch run, every stage stepping its own copy of the latents; with
+  // DPM++ 2M it starts from the driver's sampler memory.
+  auto dpm_request = tiny_request(8);
+  dpm_request.sampler = "dpm++2m";
+  const std::vector<std::shared_ptr<models::diffusion_pipeline>> replicas(4, tiny("tiny-sdxl"));
+  EXPECT_LT(test::relative_error(generate_parallel(system_, replicas, dpm_request, cfg).latents,
+                                 split_branches_by_hand(*tiny("tiny-sdxl"), dpm_request, 2)),
+            same_computation_tolerance);
 
   cfg.warmup = 8;  // all steps whole: exact CFG
   EXPECT_LT(test::relative_error(run("tiny-sdxl", cfg).latents, run("tiny-sdxl", {}).latents), same_computation_tolerance);
@@ -688,6 +696,21 @@ TEST_F(ParallelGeneration, ALostWorkerLeavesTheImageToASurvivorInSequentialCfg) 
   EXPECT_EQ(survived.trace[2].mode, "fill");
   EXPECT_EQ(survived.trace[3].mode, "cfg-degraded");
   EXPECT_TRUE(torch::isfinite(survived.latents).all().item<bool>());
+
+  // A loss inside a split-branch run (4 workers): worker 2, the conditional branch's first stage, dies at step 3
+  // (calls: steps 0 (warm-up), 1, 2, 3). The stages that wait for it fail their step and tell theirs, so nobody
+  // waits for a hand-over that will not come; the survivor finishes the image from step 3.
+  parallel_options split;
+  split.mode = parallel_mode::cfg;
+  apply_worker_defaults(split, 4, std::nullopt);
+  split.step_timeout = std::chrono::seconds(30);  // a stage left waiting would fail the image instead of hanging
+  auto dies_in_run = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 4);
+  dies_in_run->die_ = true;
+  auto finished = generate_parallel(system_, {tiny("tiny-sdxl"), tiny("tiny-sdxl"), dies_in_run, tiny("tiny-sdxl")},
+                                    tiny_request(8), split);
+  EXPECT_EQ(finished.trace[2].mode, "cfg-pipeline");
+  EXPECT_EQ(finished.trace[3].mode, "cfg-degraded");
+  EXPECT_TRUE(torch::isfinite(finished.latents).all().item<bool>());
 
   // A session that lost a worker refuses later images with a clear error.
   auto dies_early = std::make_shared<failing_pipeline>(tiny("tiny-sdxl"), 2);

@@ -185,24 +185,39 @@ TEST(MultiProcessHosts, ACutLinkIsNoticedWithinSecondsOnBothSides) {
 // test instead of blocking it. Returns the combined output of both; `extra0`/`extra1` are each rank's own flags.
 // Rank `waited` runs in the foreground; `after` runs once it has exited, before waiting for the other rank (it may
 // signal a rank's process: rankR.pid in `dir` holds the id of rank R's `timeout`, whose child is the rank).
-test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
-                               const std::string& after = ":", int waited = 0, const std::string& schedule = "cfg") {
-  const auto common = "generate --model " + model_folder("tiny-sdxl") +
-                      " --prompt fox --steps 30 --image_size 64 --parallel " + schedule + " --transport cpu --trace " +
-                      quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png");
-  const auto env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair());
-  const auto rank = [&](int r, const std::string& extra) {
+// Rank r of `world` hand-started processes of one `generate` (tiny SDXL, 30 steps, --transport cpu), writing its
+// log to DIR/rankR.log (ending "rank R exit STATUS") and its pid to DIR/rankR.pid.
+struct hand_started_ranks {
+  const test::temp_dir& dir;
+  std::string env, common;
+
+  hand_started_ranks(const test::temp_dir& dir, int world, const std::string& schedule)
+      : dir(dir),
+        env("WORLD_SIZE=" + std::to_string(world) +
+            " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port_pair())),
+        common("generate --model " + model_folder("tiny-sdxl") +
+               " --prompt fox --steps 30 --image_size 64 --parallel " + schedule + " --transport cpu --trace " +
+               quoted(dir / "trace.csv") + " --output " + quoted(dir / "out.png")) {}
+
+  std::string rank(int r, const std::string& extra) const {
     const auto file = [&](const std::string& suffix) { return quoted(dir / ("rank" + std::to_string(r) + suffix)); };
     return "(" + env + " RANK=" + std::to_string(r) + " timeout 120 " + test::hybridiff_binary() + " " + common + " " +
            extra + " > " + file(".log") + " 2>&1 & echo $! > " + file(".pid") + "; wait $!; echo \"rank " +
            std::to_string(r) + " exit $?\" >> " + file(".log") + ")";
-  };
+  }
+  std::string log(int r) const { return quoted(dir / ("rank" + std::to_string(r) + ".log")); }
+};
+
+test::run_result run_two_ranks(const test::temp_dir& dir, const std::string& extra0, const std::string& extra1,
+                               const std::string& after = ":", int waited = 0, const std::string& schedule = "cfg") {
+  const hand_started_ranks ranks(dir, 2, schedule);
   const int other = 1 - waited;
-  return run_shell(rank(other, other == 0 ? extra0 : extra1) + " & " + rank(waited, waited == 0 ? extra0 : extra1) +
-                   "; " + after + "; wait; cat " + quoted(dir / "rank0.log") + " " + quoted(dir / "rank1.log"));
+  return run_shell(ranks.rank(other, other == 0 ? extra0 : extra1) + " & " +
+                   ranks.rank(waited, waited == 0 ? extra0 : extra1) + "; " + after + "; wait; cat " + ranks.log(0) +
+                   " " + ranks.log(1));
 }
 
-// The mode of every step in the trace written by run_two_ranks, space-separated.
+// The mode of every step in the trace written by hand-started ranks, space-separated.
 std::string traced_modes(const test::temp_dir& dir) {
   std::ifstream trace(dir / "trace.csv");
   std::string row, modes;
@@ -244,6 +259,28 @@ TEST(MultiProcessFaults, AStageRankKilledInAWindowRunLeavesRankZeroToFinishDegra
   std::string degraded_from_4 = "cfg cfg fill pipeline ";
   for (int step = 4; step < 30; ++step) degraded_from_4 += "cfg-degraded ";
   EXPECT_EQ(traced_modes(dir), degraded_from_4);
+}
+
+TEST(MultiProcessFaults, AStageRankKilledInASplitBranchRunLeavesRankZeroToFinishDegraded) {
+  // cfg on 4 processes: each branch a 2-stage pipeline, its steps after the warm-up one split-branch run. Rank 2,
+  // the conditional branch's first stage, is killed at its fourth call (fill at step 0, run_window at 1, next_stage
+  // for 2, then for 3). The stages that compute on it fail their step and tell the stages that compute on them,
+  // within rank 0's process and over the links, so nobody waits for a hand-over that will not come: rank 0
+  // finishes alone from step 3, and the other ranks end normally.
+  test::temp_dir dir;
+  const hand_started_ranks ranks(dir, 4, "cfg");
+  auto result = run_shell(ranks.rank(3, "") + " & " + ranks.rank(2, "--debug-kill-after 4") + " & " +
+                          ranks.rank(1, "") + " & " + ranks.rank(0, "") + "; wait; cat " + ranks.log(0) + " " +
+                          ranks.log(1) + " " + ranks.log(2) + " " + ranks.log(3));
+  EXPECT_NE(result.output.find("rank 2 exit 137"), std::string::npos) << result.output;
+  for (int r : {0, 1, 3})
+    EXPECT_NE(result.output.find("rank " + std::to_string(r) + " exit 0"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("step 3: worker 2 was lost; finishing the image on worker 0 in sequential CFG"),
+            std::string::npos)
+      << result.output;
+  std::string degraded_from_3 = "cfg cfg-pipeline cfg-pipeline ";
+  for (int step = 3; step < 30; ++step) degraded_from_3 += "cfg-degraded ";
+  EXPECT_EQ(traced_modes(dir), degraded_from_3);
 }
 
 TEST(MultiProcessFaults, AFrozenWorkerRankIsLostThroughHeartbeatsAndRankZeroFinishesDegraded) {
