@@ -204,7 +204,8 @@ struct proxy_state {
   // when it is the output stage), and its producers are watched here (a lost one is passed on).
   std::vector<std::pair<worker_actor, std::set<std::string>>> window_hand_on;
   std::vector<worker_actor> window_producers;
-  std::int32_t window_last = -1;  // the run's last step (−1: no window run)
+  std::int32_t window_last = -1;   // the run's last step (−1: no window run)
+  std::int32_t window_stride = 1;  // from one of its steps to the next
   static inline const char* name = "hybridiff.remote_worker";
 };
 using proxy_pointer = worker_actor::stateful_pointer<proxy_state>;
@@ -295,7 +296,7 @@ void hand_on_window(proxy_pointer self, std::int32_t step, const step_reply& rep
     return;
   }
   for (const auto& [stage, modules] : state.window_hand_on)
-    self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, reply, modules));
+    self->send(stage, peer_stage_atom::value, make_hand_over(step + state.window_stride, reply, modules));
 }
 
 // The remote stage's window-run step after `step` failed: the stages it hands over to hear it as from a lost
@@ -303,7 +304,7 @@ void hand_on_window(proxy_pointer self, std::int32_t step, const step_reply& rep
 void stage_failed(proxy_pointer self, std::int32_t step) {
   for (const auto& consumer : self->state.window_hand_on) {
     auto lost = std::make_shared<step_request>();
-    lost->step = step + 1;
+    lost->step = step + self->state.window_stride;
     self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
   }
   end_window_run(self);
@@ -395,6 +396,7 @@ caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer sel
     state.window_hand_on.emplace_back(stage, std::set<std::string>(modules.begin(), modules.end()));
   state.window_producers = run->producers;
   state.window_last = run->last;
+  state.window_stride = run->stride;
   for (auto& producer : state.window_producers) self->monitor(producer);
   tensor_bundle bundle;
   bundle.add("latents", run->latents);
@@ -403,8 +405,8 @@ caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer sel
   if (run->sample.defined()) bundle.add("sample", run->sample);
   bundle.add("memory", run->memory);
   return forward_call(self, bundle, run->step, run_kind::window, run_window_atom::value, run->step, run->last,
-                      run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance,
-                      run->branches, run->conditional);
+                      run->stride, run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance,
+                      run->branches, run->own_latents, run->prediction);
 }
 
 // Another stage's hand-over for the remote stage's window run, over the link (no answer). `lost`: a producer was
@@ -640,9 +642,9 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->conditional = conditional;
         return relay_step(self, step, run_cfg_atom::value, guided_run_ptr(run));
       },
-      [=](run_window_atom, std::int32_t step, std::int32_t last, std::int32_t hand_overs, bool output,
-          const std::string& sampler, std::int64_t steps, bool batched, double guidance, bool branches,
-          bool conditional, const tensor_parcel& parcel) -> caf::response_promise {
+      [=](run_window_atom, std::int32_t step, std::int32_t last, std::int32_t stride, std::int32_t hand_overs,
+          bool output, const std::string& sampler, std::int64_t steps, bool batched, double guidance, bool branches,
+          bool own_latents, const std::string& prediction, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<window_run>();
         try {
@@ -657,6 +659,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         }
         run->step = step;
         run->last = last;
+        run->stride = stride;
         run->hand_overs = hand_overs;  // its producers' hand-overs come through rank 0's stand-in, as its own go
         run->output = output;
         run->sampler = sampler;
@@ -664,7 +667,8 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->batched = batched;
         run->guidance = guidance;
         run->branches = branches;
-        run->conditional = conditional;
+        run->own_latents = own_latents;
+        run->prediction = prediction;
         return relay_step(self, step, run_window_atom::value, window_run_ptr(run));
       },
       [=](peer_stage_atom, std::int32_t step, bool lost, const tensor_parcel& parcel) {

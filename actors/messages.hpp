@@ -32,13 +32,16 @@ struct step_reply {
   at::Tensor next_input;            ///< a window run's output stage: the next step's input it hands on
 };
 
-/// In a split-branch run's hand-overs, the entry that carries a branch's prediction (its output stage's) beside
-/// the modules' outputs.
+/// Hand-over entries that carry a stage's prediction beside the modules' outputs, in the runs where every stage
+/// steps its own copy of the latents: a split-branch run's two branch predictions, and a stride-2 window's two
+/// predictions of a round (the extra worker's, for the round's first step; the output stage's, for its second).
 inline std::string branch_prediction(bool conditional) { return conditional ? "prediction.cond" : "prediction.uncond"; }
+inline std::string round_prediction(bool second) { return second ? "prediction.second" : "prediction.first"; }
+inline bool is_prediction_entry(const std::string& name) { return name.rfind("prediction.", 0) == 0; }
 
-/// A window run's hand-over to another stage for `step`, from the reply of the step before: the entries of its
-/// `owned` that stage computes on (`modules`), the prediction under a branch_prediction name in `modules`, and from
-/// a window's output stage the step's input.
+/// A window run's hand-over to another stage for `step`, from the reply of the run's step before: the entries of
+/// its `owned` that stage computes on (`modules`), its prediction under a prediction entry in `modules`, and from a
+/// stride-1 window's output stage the step's input.
 inline step_request_ptr make_hand_over(std::int32_t step, const step_reply& reply,
                                        const std::set<std::string>& modules) {
   auto exchange = std::make_shared<step_request>();
@@ -47,9 +50,8 @@ inline step_request_ptr make_hand_over(std::int32_t step, const step_reply& repl
   auto peers = std::make_shared<runtime::activation_cache>();
   for (const auto& [module, value] : reply.owned)
     if (modules.count(module)) peers->emplace(module, value);
-  for (bool conditional : {false, true})
-    if (modules.count(branch_prediction(conditional)))
-      peers->emplace(branch_prediction(conditional), models::activation{reply.prediction});
+  for (const auto& entry : modules)
+    if (is_prediction_entry(entry)) peers->emplace(entry, models::activation{reply.prediction});
   exchange->peers = std::move(peers);
   return exchange;
 }
@@ -69,23 +71,24 @@ struct guided_run {
   worker_actor peer;
 };
 
-/// A window run's start (stride 1): its first pipeline step, with the fill step's activations, and what each stage
-/// needs to go on by itself. A split-branch run is one over CFG steps whose branches are each a 2-stage pipeline
-/// (`branches`): there every stage steps its own copy of the latents, with both branches' predictions of the step
-/// before, which the branches' output stages hand on (branch_prediction) with their outputs.
+/// A window run's start: its first pipeline step, with the fill step's activations, and what each stage needs to
+/// go on by itself. In a stride-2 window its steps are the compute rounds (every other step). A split-branch run is
+/// one over CFG steps whose branches are each a 2-stage pipeline (`branches`). In both every stage steps its own copy
+/// of the latents (`own_latents`), with the predictions of the run's step before that the stages which compute them
+/// hand on as prediction entries with their outputs: both branches' (guided), or a round's two (stepped in turn).
 struct window_run {
   std::int32_t step = 0;  ///< the run's first step
-  std::int32_t last = 0;  ///< its last step (the policy's promise of pipeline steps)
-  at::Tensor latents;     ///< the denoiser's input at `step` (scaled; asyncdiff: both branches stacked)
-  at::Tensor timesteps;   ///< [last − step + 1]: the denoiser's timestep at each step of the run (time shift applied)
+  std::int32_t last = 0;  ///< its last step (the policy's promise of pipeline steps; stride 2: its last round)
+  std::int32_t stride = 1;
+  at::Tensor latents;    ///< the denoiser's input at `step` (scaled; asyncdiff: both branches stacked)
+  at::Tensor timesteps;  ///< [(last − step) / stride + 1]: this stage's timestep at each of its steps
   std::shared_ptr<const runtime::activation_cache> peers;  ///< the other stages' fill-step outputs it computes on
   /// the stages this one hands over to after each step, with the modules of its outputs each computes on
   std::vector<std::pair<worker_actor, module_names>> hand_on;
   std::vector<worker_actor> producers;  ///< the stages that hand over to this one, watched (none in a remote stage)
   std::int32_t hand_overs = 0;          ///< how many hand-overs each step waits for (one per producer)
-  /// The output stage: its output is the step's prediction; it steps its copy of the latents (as the driver does)
-  /// and hands the next step's input on with its outputs (every other stage waits for it). branches: the branch's
-  /// last stage, whose output is its branch's prediction (handed on, not the next input).
+  /// A stride-1 window's output stage: its output is the step's prediction; it steps its copy of the latents (as
+  /// the driver does) and hands the next step's input on with its outputs (every other stage waits for it).
   bool output = false;
   at::Tensor sample;  ///< the latents before `step` (unscaled)
   std::string sampler;
@@ -93,8 +96,9 @@ struct window_run {
   std::int64_t steps = 0;
   bool batched = false;  ///< asyncdiff: the output stacks both branches, guided with `guidance` before the step
   double guidance = 1;
-  bool branches = false;     ///< a split-branch run (every stage gets `sample` and the sampler)
-  bool conditional = false;  ///< branches: the stage's branch
+  bool branches = false;     ///< a split-branch run (the branch split; its predictions guided)
+  bool own_latents = false;  ///< every stage steps its own copy of the latents (`sample`, the sampler)
+  std::string prediction;    ///< own_latents: the entry under which this stage hands its prediction on (none: "")
 };
 
 /// What a worker needs to start an image.

@@ -392,7 +392,7 @@ class parallel_driver {
     row.mode = "cfg-pipeline";
     if (window_last_ >= i || cfg_through_ > i) {  // promised beyond this step: a split-branch run
       if (window_last_ < i) start_window_run(i, true);
-      auto replies = read_run_step(i, row);
+      auto replies = read_run_step(i, row, 1);
       if (i == window_last_)  // the policy may go on with CFG steps it did not promise: requests then
         for (int b : {0, 1}) branch_peers_[b] = merge_owned(replies, {2 * b, 2 * b + 1}, false);
       return guided(output_of(replies, 1), output_of(replies, 3));
@@ -486,7 +486,7 @@ class parallel_driver {
       work->timestep = timestep(i - shift);
       replies = ask(stage_atom::value, window_requests(everyone(), work), row);
       output = output_of(replies, session_.output_worker);
-    } else if ((i - window_begin_ - 1) % 2 == 0) {
+    } else if (compute_round(i)) {
       // Stride 2, a compute round: components 0 .. n−1 run on x_i at the next step's timestep (their output is
       // the next step's prediction); the extra worker runs the last component at this step's timestep.
       auto ahead = std::make_shared<step_request>(*work);
@@ -506,22 +506,39 @@ class parallel_driver {
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
-  // Whether pipeline step i starts a window run: stride 1, and the policy promises pipeline steps beyond this one.
-  bool starts_window_run(std::int64_t i) const { return options_.stride == 1 && window_through_ > i; }
+  // Stride 2: whether pipeline step i is a compute round (else the step between two, computed ahead).
+  bool compute_round(std::int64_t i) const { return (i - window_begin_ - 1) % 2 == 0; }
+
+  // Whether pipeline step i starts a window run: the policy promises pipeline steps beyond this one (stride 2: a
+  // round beyond this one).
+  bool starts_window_run(std::int64_t i) const {
+    return options_.stride == 1 ? window_through_ > i : compute_round(i) && window_through_ >= i + 2;
+  }
 
   // A window run, over the pipeline steps the policy promises: each stage hands its outputs of every step straight
   // to the stages that compute on them, and the output stage steps its own copy of the latents and hands the next
-  // input on with them; a stage computes a step as soon as all of its hand-overs are in. The driver reads every
-  // stage's answer of each step and steps its own copy (for the observer and the result): it is not on the path
-  // from one stage to the next.
+  // input on with them (stride 2: every stage steps its own copy on the round's two predictions, which the extra
+  // worker and the output stage hand on); a stage computes a step as soon as all of its hand-overs are in. The
+  // driver reads every stage's answer of each step and steps its own copy (for the observer and the result): it is
+  // not on the path from one stage to the next.
   at::Tensor looped_pipeline_step(std::int64_t i, step_trace& row) {
     if (window_last_ < i) start_window_run(i, false);
-    const auto output = output_of(read_run_step(i, row), session_.output_worker);
+    at::Tensor output;
+    if (options_.stride == 1) {
+      output = output_of(read_run_step(i, row, 1), session_.output_worker);
+    } else if (compute_round(i)) {
+      const auto replies = read_run_step(i, row, 2);
+      output = output_of(replies, session_.n);
+      held_ = output_of(replies, session_.output_worker);
+    } else {
+      output = held_;
+    }
     return asyncdiff_ ? guided_batch(output) : output;
   }
 
-  // Every stage's answer at step i of the window or split-branch run in progress; asks for the next step's.
-  std::vector<step_reply_ptr> read_run_step(std::int64_t i, step_trace& row) {
+  // Every stage's answer at step i of the window or split-branch run in progress; asks for its next step's, `stride`
+  // steps on.
+  std::vector<step_reply_ptr> read_run_step(std::int64_t i, step_trace& row, int stride) {
     const auto step = static_cast<std::int32_t>(i);
     spdlog::trace("step {}: {} request(s) out", step, world_);
     std::vector<step_reply_ptr> replies(world_);
@@ -533,34 +550,49 @@ class parallel_driver {
       replies[w] = collect(pending, row, others);
       if (i == window_last_) continue;
       auto next = std::make_shared<step_request>();  // asked now, answered once computed
-      next->step = step + 1;
-      run_requests_.push_back(send(w, step + 1, next_stage_atom::value, step_request_ptr(next)));
+      next->step = step + stride;
+      run_requests_.push_back(send(w, next->step, next_stage_atom::value, step_request_ptr(next)));
     }
     return replies;
   }
 
   // Hands every stage the run's first step (the activations of the step before that it computes on), whom it hands
-  // its outputs to, and the output stage the sampler. `branches`: a split-branch run over the promised CFG steps
-  // (every stage gets the sampler; each branch's output stage hands its prediction to every other stage).
+  // its outputs to, and the output stage the sampler. `branches`: a split-branch run over the promised CFG steps.
+  // Where every stage steps its own latents (split branches, stride 2) every stage gets the sampler, and the stages
+  // whose outputs are predictions hand them to every other stage: each branch's output stage (1, 3); a stride-2
+  // round's extra worker (n: the round's first step) and output stage (its second).
   void start_window_run(std::int64_t i, bool branches) {
-    window_last_ = branches ? cfg_through_ : window_through_;
+    const int stride = branches ? 1 : options_.stride;
+    const bool own_latents = branches || stride == 2;
+    window_last_ = branches ? cfg_through_ : static_cast<std::int32_t>(i + (window_through_ - i) / stride * stride);
     spdlog::debug("step {}: a {} run through step {}", i, branches ? "split-branch" : "window", window_last_);
     const int shift = options_.time_shift && !branches ? 1 : 0;  // as pipeline_step; CFG steps take their own
-    std::vector<at::Tensor> timesteps;
-    for (std::int64_t s = i; s <= window_last_; ++s) timesteps.push_back(timestep(s - shift));
-    const auto run_timesteps = torch::stack(timesteps);
+    auto timesteps_of = [&](int w) {  // stride 2: components 0 .. n−1 compute the round's second step
+      const int ahead = stride == 2 && w != session_.n ? 1 : 0;
+      std::vector<at::Tensor> timesteps;
+      for (std::int64_t s = i; s <= window_last_; s += stride) timesteps.push_back(timestep(s + ahead - shift));
+      return torch::stack(timesteps);
+    };
+    auto prediction_of = [&](int w) -> std::string {
+      if (branches) return w % 2 == 1 ? branch_prediction(w / 2 == 1) : "";
+      if (stride == 2)
+        return w == session_.n ? round_prediction(false) : w == session_.output_worker ? round_prediction(true) : "";
+      return "";
+    };
     const auto work = work_for(i, asyncdiff_);
-    // Stage p hands stage c the outputs of p that c computes on; the window's output stage hands every stage the
-    // next input, a branch's output stage (1, 3) its prediction.
+    // Stage p hands stage c the outputs of p that c computes on (not across branches; none from the stride-2 extra
+    // worker, whose outputs duplicate worker n−1's modules) and its prediction, if it hands one on; a stride-1
+    // window's output stage hands every stage the next input.
     const auto& inputs = branches ? session_.branch_inputs : session_.window_inputs;
     auto outputs_to = [&](int p, int c) {
       module_names modules;
-      if (branches && p / 2 != c / 2) return p % 2 == 1 ? module_names{branch_prediction(p / 2 == 1)} : modules;
+      const bool across = (branches && p / 2 != c / 2) || (stride == 2 && p == session_.n);
       const auto& handed_on =
           branches ? session_.assignments[p].branch_handed_on : session_.assignments[p].window_handed_on;
-      for (const auto& module : handed_on)
-        if (inputs[c].count(module) && (branches || exchanged_in_window(module))) modules.push_back(module);
-      if (branches && p % 2 == 1) modules.push_back(branch_prediction(p / 2 == 1));
+      if (!across)
+        for (const auto& module : handed_on)
+          if (inputs[c].count(module) && (branches || exchanged_in_window(module))) modules.push_back(module);
+      if (!prediction_of(p).empty()) modules.push_back(prediction_of(p));
       return modules;
     };
     std::vector<std::vector<std::pair<worker_actor, module_names>>> hand_on(world_);
@@ -569,7 +601,7 @@ class parallel_driver {
       for (int c = 0; c < world_; ++c) {
         if (c == p) continue;
         auto modules = outputs_to(p, c);
-        if (modules.empty() && (branches || p != session_.output_worker)) continue;
+        if (modules.empty() && (own_latents || p != session_.output_worker)) continue;
         hand_on[p].emplace_back(session_.worker(c), std::move(modules));
         producers[c].push_back(session_.worker(p));
       }
@@ -578,16 +610,18 @@ class parallel_driver {
       auto run = std::make_shared<window_run>();
       run->step = static_cast<std::int32_t>(i);
       run->last = window_last_;
+      run->stride = stride;
       run->latents = work->latents;
-      run->timesteps = run_timesteps;
+      run->timesteps = timesteps_of(w);
       run->peers = with_peers(work, branches ? branch_peers_[w / 2] : *window_peers_, inputs[w])->peers;
       run->hand_on = std::move(hand_on[w]);
       run->hand_overs = static_cast<std::int32_t>(producers[w].size());
       run->producers = std::move(producers[w]);
-      run->output = branches ? w % 2 == 1 : w == session_.output_worker;
+      run->output = !own_latents && w == session_.output_worker;
       run->branches = branches;
-      run->conditional = w >= world_ / 2;
-      if (run->output || branches) {
+      run->own_latents = own_latents;
+      run->prediction = prediction_of(w);
+      if (run->output || own_latents) {
         run->sample = latents_;
         run->memory = sampler_->memory();
       }

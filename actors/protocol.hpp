@@ -65,7 +65,7 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// once when it is computed, else as soon as it is. The driver only reads the predictions (for its own copy of the
 /// latents, the tau controller and the result): it is not on the path from one worker to the other. Both sides
 /// compute the same numbers: the same functions on the same values.
-/// A window run (`pipeline_stage`, stride 1, the pipeline steps a policy promises after a fill step) is the same
+/// A window run (`pipeline_stage`, the pipeline steps a policy promises after a fill step) is the same
 /// for the window: run_window hands each stage the run's first input and the fill step's activations, whom to hand
 /// its outputs to and, for the output stage, the sampler; from then on each stage sends its owned outputs of every
 /// step straight to the stages that compute on them (peer_stage; the output stage steps its own copy of the
@@ -75,6 +75,8 @@ using module_names = std::vector<std::string>;  ///< a component's modules, as i
 /// A split-branch run (`cfg_branch`, 4 workers: each guidance branch a 2-stage pipeline; the CFG steps a policy
 /// promises after the warm-up) is a window run in the branch split: every stage steps its own copy of the latents
 /// with both branches' predictions of the step before, which each branch's output stage hands on with its outputs.
+/// A stride-2 window run likewise: its steps are the compute rounds, and every stage steps its own copy twice per
+/// round, on the extra worker's prediction and then the output stage's, which both hand on.
 using worker_actor = caf::typed_actor<
     caf::replies_to<predict_atom, step_request_ptr>::with<step_reply_ptr>,
     caf::replies_to<fill_atom, step_request_ptr>::with<step_reply_ptr>,

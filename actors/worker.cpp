@@ -74,17 +74,19 @@ struct hand_over {
 
 struct window_loop {
   std::int32_t first = 0, step = 0, last = 0;                 // the run's first step, the last computed, its last
+  std::int32_t stride = 1;                                    // 2: the steps are a stride-2 window's rounds
   runtime::split_scope scope = runtime::split_scope::window;  // branch: a split-branch run
-  at::Tensor timesteps;                                       // [last − first + 1], on the worker's device
+  at::Tensor timesteps;                                       // one per step of the run, on the worker's device
   std::vector<std::pair<worker_actor, std::set<std::string>>> hand_on;
   std::vector<worker_actor> producers;        // watched: a lost one fails the step that waits for it
   std::size_t hand_overs = 0;                 // per step
   std::map<std::int32_t, hand_over> arrived;  // by step, after `step`
   bool output = false;
-  bool branches = false;                     // a split-branch run: every stage steps its copy of the latents
-  bool conditional = false;                  // branches: the stage's branch
-  std::unique_ptr<models::sampler> sampler;  // the output stage's (branches: every stage's)
-  at::Tensor sample;                         // its latents before step + 1
+  bool branches = false;
+  bool own_latents = false;                  // every stage steps its copy of the latents (branches, stride 2)
+  std::string prediction;                    // own_latents: the entry of this stage's prediction ("": none)
+  std::unique_ptr<models::sampler> sampler;  // the output stage's (own_latents: every stage's)
+  at::Tensor sample;                         // its latents before the next step
   bool batched = false;
   double guidance = 1;
   run_answers answers;
@@ -96,6 +98,8 @@ struct worker_state {
   std::optional<window_loop> window;  // while a window run lasts
   // Hand-overs that came before this stage's run_window (another stage started and computed first), by step.
   std::map<std::int32_t, hand_over> early;
+  // The peer's first prediction of a guided run that came before this worker's run_cfg (the peer's came first).
+  step_request_ptr early_peer;
 #ifdef HYBRIDIFF_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // on a CUDA device: the worker's own
 #endif
@@ -177,9 +181,9 @@ void end_window_run(worker_pointer self, const std::string& why) {
 }
 
 // A read of a run's answer at step `asked` (next_cfg, next_stage): answered now if it is computed, else as soon as
-// it is. `computed`: the run's last computed step; `last`: its last step.
+// it is. `computed`: the run's last computed step; `last`: its last step; `stride`: from one of its steps to the next.
 caf::result<step_reply_ptr> read_answer(worker_pointer self, run_answers& answers, const char* what, std::int32_t asked,
-                                        std::int32_t computed, std::int32_t last) {
+                                        std::int32_t computed, std::int32_t last, std::int32_t stride = 1) {
   auto refuse = [&](const std::string& when) -> caf::result<step_reply_ptr> {
     return caf::make_error(caf::sec::runtime_error,
                            worker_name(self) + " got " + what + " for step " + std::to_string(asked) + " " + when);
@@ -191,7 +195,7 @@ caf::result<step_reply_ptr> read_answer(worker_pointer self, run_answers& answer
     answers.unread.pop_front();
     return reply;
   }
-  if (asked != computed + 1 || asked > last || answers.waiting || answers.ended)
+  if (asked != computed + stride || asked > last || answers.waiting || answers.ended)
     return refuse("after step " + std::to_string(computed));
   auto promise = self->make_response_promise<step_reply_ptr>();
   answers.waiting.emplace(asked, promise);
@@ -235,6 +239,7 @@ caf::result<bool> prepare(worker_pointer self, const image_setup_ptr& setup) {
   end_guided_run(self, worker_name(self) + ": a new image began");
   end_window_run(self, worker_name(self) + ": a new image began");
   self->state.early.clear();
+  self->state.early_peer = nullptr;
   self->become(cfg_branch(self));
   return true;
 }
@@ -305,6 +310,10 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
     hand_to_peer(self, loop);
     if (loop.peer) self->monitor(loop.peer);  // a lost peer ends the run: nothing waits for it forever
     self->state.loop = std::move(loop);
+    // The peer's prediction of this step that came first: taken once this answer is out.
+    auto early = std::exchange(self->state.early_peer, nullptr);
+    if (early && early->step == run->step + 1)
+      self->send(caf::actor_cast<worker_actor>(self), peer_cfg_atom::value, early);
   }
   return reply;
 }
@@ -313,7 +322,11 @@ caf::result<step_reply_ptr> run_cfg(worker_pointer self, const guided_run_ptr& r
 // same numbers), steps the latents, and predicts the next step.
 void peer_cfg(worker_pointer self, const step_request_ptr& exchange) {
   auto& loop = self->state.loop;
-  if (!loop || loop->answers.ended) {  // after the run ended (a failure, a new image): nobody waits for this step
+  if ((!loop || loop->step >= loop->last) && exchange->other_branch.defined()) {  // before this worker's run_cfg
+    self->state.early_peer = exchange;                                            // kept for it (a new image drops it)
+    return;
+  }
+  if (!loop || loop->answers.ended) {  // after the run failed: nobody waits for this step
     spdlog::debug("{}: the other branch's prediction of step {} came outside a guided run", worker_name(self),
                   exchange->step - 1);
     return;
@@ -363,27 +376,40 @@ void settle_window(worker_pointer self, std::int32_t step, caf::expected<step_re
   if (!ends) return;
   for (const auto& consumer : window.hand_on) {
     auto lost = std::make_shared<step_request>();
-    lost->step = step + 1;
+    lost->step = step + window.stride;
     self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
   }
 }
 
-// A split-branch run's input at `step`: guides with both branches' predictions of the step before (taken out of
-// `peers`: its own branch's kept by an output stage, the others handed on), as the driver does (the same function,
-// so the same numbers), and steps the stage's copy of the latents.
-at::Tensor branch_run_input(window_loop& window, std::int32_t step, runtime::activation_cache& peers) {
-  auto take = [&](bool conditional) {
-    auto found = peers.find(branch_prediction(conditional));
+// The input at `step` of a run whose stages step their own latents: the predictions of the run's step before
+// (taken out of `peers`: this stage's own kept here, the others handed on) step the stage's copy of the latents as
+// the driver steps its own (the same functions, so the same numbers). Split branches: guided, one step; stride 2:
+// the round's two steps in turn, each guided first when both branches are stacked.
+at::Tensor own_latents_input(window_loop& window, std::int32_t step, runtime::activation_cache& peers) {
+  auto take = [&](const std::string& entry) {
+    auto found = peers.find(entry);
     if (found == peers.end() || found->second.empty())
-      throw std::logic_error("no " + branch_prediction(conditional) + " for step " + std::to_string(step));
+      throw std::logic_error("no " + entry + " for step " + std::to_string(step));
     auto prediction = found->second.front().to(window.sample.device());
     peers.erase(found);
     return prediction;
   };
-  const auto uncond = take(false), cond = take(true);
-  const auto guided = models::guide_and_measure(uncond, cond, window.guidance).guided;
-  window.sample = window.sampler->step(guided, step - 1, window.sample);
-  return window.sampler->scale_model_input(window.sample, step);
+  if (window.branches) {
+    const auto uncond = take(branch_prediction(false)), cond = take(branch_prediction(true));
+    const auto guided = models::guide_and_measure(uncond, cond, window.guidance).guided;
+    window.sample = window.sampler->step(guided, step - 1, window.sample);
+    return window.sampler->scale_model_input(window.sample, step);
+  }
+  for (const bool second : {false, true}) {
+    auto prediction = take(round_prediction(second));
+    if (window.batched) {
+      const auto halves = prediction.chunk(2, 0);
+      prediction = models::guide(halves[0], halves[1], window.guidance);
+    }
+    window.sample = window.sampler->step(prediction, step - 2 + (second ? 1 : 0), window.sample);
+  }
+  const auto input = window.sampler->scale_model_input(window.sample, step);
+  return window.batched ? torch::cat({input, input}, 0) : input;
 }
 
 // Computes the window run's next step (its hand-overs are all in), answers it, hands its outputs on: the output
@@ -392,18 +418,18 @@ at::Tensor branch_run_input(window_loop& window, std::int32_t step, runtime::act
 void advance_window(worker_pointer self) {
   auto& window = *self->state.window;
   while (!window.answers.ended && window.step < window.last) {
-    const auto step = window.step + 1;
+    const auto step = window.step + window.stride;
     auto found = window.arrived.find(step);
     if (found == window.arrived.end() || found->second.count < window.hand_overs ||
-        (!window.branches && !found->second.latents.defined()))
+        (!window.own_latents && !found->second.latents.defined()))
       return;
     auto inputs = std::move(found->second);
     window.arrived.erase(found);
     auto reply = answer(self, "stage", step, [&](runtime::stage_worker& worker, step_reply& reply) {
-      if (window.branches && step > window.first) inputs.latents = branch_run_input(window, step, inputs.peers);
-      auto out =
-          worker.pipeline_step(inputs.latents, window.timesteps[step - window.first], inputs.peers, window.scope);
-      if (window.output && !window.branches && step < window.last) {  // the driver's step, on this stage's copy
+      if (window.own_latents && step > window.first) inputs.latents = own_latents_input(window, step, inputs.peers);
+      const auto timestep = window.timesteps[(step - window.first) / window.stride];
+      auto out = worker.pipeline_step(inputs.latents, timestep, inputs.peers, window.scope);
+      if (window.output && step < window.last) {  // the driver's step, on this stage's copy
         auto prediction = out;
         if (window.batched) {
           auto halves = out.chunk(2, 0);
@@ -421,12 +447,13 @@ void advance_window(worker_pointer self) {
     window.step = step;
     if (reply && step < window.last) {
       const auto& done = **reply;
+      const auto next = step + window.stride;
       for (const auto& [stage, modules] : window.hand_on)
-        self->send(stage, peer_stage_atom::value, make_hand_over(step + 1, done, modules));
-      if (window.output && window.branches)
-        window.arrived[step + 1].peers[branch_prediction(window.conditional)] = {done.prediction};
+        self->send(stage, peer_stage_atom::value, make_hand_over(next, done, modules));
+      if (!window.prediction.empty())
+        window.arrived[next].peers[window.prediction] = {done.prediction};
       else if (window.output)
-        window.arrived[step + 1].latents = done.next_input;
+        window.arrived[next].latents = done.next_input;
     }
     settle_window(self, step, std::move(reply));
   }
@@ -434,8 +461,8 @@ void advance_window(worker_pointer self) {
 
 caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr& run) {
   end_window_run(self, worker_name(self) + ": a new window run began");
-  if (run->step < 1 || run->step > run->last || run->last >= run->steps ||
-      run->timesteps.numel() != run->last - run->step + 1)
+  if (run->step < 1 || run->step > run->last || run->last >= run->steps || run->stride < 1 ||
+      (run->last - run->step) % run->stride != 0 || run->timesteps.numel() != (run->last - run->step) / run->stride + 1)
     return caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a window run cannot run steps " +
                                                         std::to_string(run->step) + " to " + std::to_string(run->last) +
                                                         " of " + std::to_string(run->steps) + " on " +
@@ -444,8 +471,9 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   auto& worker = *self->state.worker;
   const auto device = worker.pipeline().placement().device;
   window.first = run->step;
-  window.step = run->step - 1;
+  window.step = run->step - run->stride;
   window.last = run->last;
+  window.stride = run->stride;
   window.timesteps = run->timesteps.to(device);
   for (const auto& [stage, modules] : run->hand_on)
     window.hand_on.emplace_back(stage, std::set<std::string>(modules.begin(), modules.end()));
@@ -453,12 +481,13 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   window.hand_overs = static_cast<std::size_t>(run->hand_overs);
   window.output = run->output;
   window.branches = run->branches;
-  window.conditional = run->conditional;
+  window.own_latents = run->own_latents;
+  window.prediction = run->prediction;
   window.scope = run->branches ? runtime::split_scope::branch : runtime::split_scope::window;
   window.batched = run->batched;
   window.guidance = run->guidance;
   try {
-    if (window.output || window.branches) {
+    if (window.output || window.own_latents) {
       window.sampler = worker.pipeline().make_sampler(run->sampler);
       window.sampler->set_timesteps(run->steps);
       window.sampler->recall(on_device(run->memory, device));
@@ -493,7 +522,7 @@ void add_hand_over(hand_over& into, const step_request& exchange) {
 void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
   auto& window = self->state.window;
   const bool lost = !exchange->peers && !exchange->latents.defined();  // a remote stage's stand-in: a producer lost
-  if (!window) {  // before this stage's run_window: kept for it (a new image drops it)
+  if (!window || window->step >= window->last) {  // before this stage's run_window: kept for it (a new image drops it)
     if (!lost) add_hand_over(self->state.early[exchange->step], *exchange);
     return;
   }
@@ -503,12 +532,12 @@ void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
     return;
   }
   if (lost) {
-    settle_window(self, window->step + 1,
+    settle_window(self, window->step + window->stride,
                   caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a stage it computes on was lost"));
     return;
   }
   if (exchange->step <= window->step || exchange->step > window->last) {
-    settle_window(self, window->step + 1,
+    settle_window(self, window->step + window->stride,
                   caf::make_error(caf::sec::runtime_error, worker_name(self) + " got a hand-over for step " +
                                                                std::to_string(exchange->step) + " after step " +
                                                                std::to_string(window->step)));
@@ -524,7 +553,7 @@ caf::result<step_reply_ptr> next_stage(worker_pointer self, const step_request_p
   if (!window)
     return caf::make_error(caf::sec::runtime_error, worker_name(self) + " got next_stage for step " +
                                                         std::to_string(request->step) + " outside a window run");
-  return read_answer(self, window->answers, "next_stage", request->step, window->step, window->last);
+  return read_answer(self, window->answers, "next_stage", request->step, window->step, window->last, window->stride);
 }
 
 // A CFG branch: full forward passes with the worker's branch conditioning, or its branch component when the
@@ -621,7 +650,7 @@ worker_actor::behavior_type start_worker(worker_pointer self, std::shared_ptr<ru
     for (const auto& producer : window->producers)
       if (down.source == producer.address())
         settle_window(
-            self, window->step + 1,
+            self, window->step + window->stride,
             caf::make_error(caf::sec::runtime_error, worker_name(self) + ": a stage it computes on was lost" + lost));
   });
   return cfg_branch(self);
