@@ -302,11 +302,7 @@ void hand_on_window(proxy_pointer self, std::int32_t step, const step_reply& rep
 // The remote stage's window-run step after `step` failed: the stages it hands over to hear it as from a lost
 // producer (an empty hand-over), and the run ends here.
 void stage_failed(proxy_pointer self, std::int32_t step) {
-  for (const auto& consumer : self->state.window_hand_on) {
-    auto lost = std::make_shared<step_request>();
-    lost->step = step + self->state.window_stride;
-    self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
-  }
+  hand_on_loss(self, self->state.window_hand_on, step + self->state.window_stride);
   end_window_run(self);
 }
 
@@ -406,12 +402,12 @@ caf::typed_response_promise<step_reply_ptr> forward_window_run(proxy_pointer sel
   bundle.add("memory", run->memory);
   return forward_call(self, bundle, run->step, run_kind::window, run_window_atom::value, run->step, run->last,
                       run->stride, run->hand_overs, run->output, run->sampler, run->steps, run->batched, run->guidance,
-                      run->branches, run->own_latents, run->prediction);
+                      run->branches, run->prediction);
 }
 
-// Another stage's hand-over for the remote stage's window run, over the link (no answer). `lost`: a producer was
-// lost (the remote stage's waiting step fails).
-void forward_hand_over(proxy_pointer self, const step_request_ptr& exchange, bool lost) {
+// Another stage's hand-over for the remote stage's window run, over the link (no answer). A lost hand-over (a
+// producer lost or failed) fails the remote stage's waiting step.
+void forward_hand_over(proxy_pointer self, const step_request_ptr& exchange) {
   tensor_bundle bundle;
   if (exchange->latents.defined()) bundle.add("latents", exchange->latents);
   if (exchange->peers) bundle.add("peer", *exchange->peers);
@@ -421,7 +417,8 @@ void forward_hand_over(proxy_pointer self, const step_request_ptr& exchange, boo
     fail_open_calls(self, problem.what());
     return;
   }
-  caf::anon_send(self->state.host, peer_stage_atom::value, exchange->step, lost, std::move(bundle.parcel));
+  caf::anon_send(self->state.host, peer_stage_atom::value, exchange->step, is_lost(*exchange),
+                 std::move(bundle.parcel));
 }
 
 // The peer's prediction for the remote worker's guided run, over the link (no answer: the remote worker's next_cfg
@@ -467,9 +464,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
         // (the stages that read them may be computing a step the loss does not touch).
         for (auto& producer : producers) self->demonitor(producer.address());
         producers.clear();
-        auto lost = std::make_shared<step_request>();
-        lost->step = self->state.window_last;
-        forward_hand_over(self, lost, true);
+        forward_hand_over(self, lost_hand_over(self->state.window_last));
         return;
       }
       if (!self->state.guided_peer || down.source != self->state.guided_peer.address()) return;
@@ -502,9 +497,7 @@ worker_actor::behavior_type proxy(proxy_pointer self, int rank, caf::actor host,
       [=](next_stage_atom, const step_request_ptr& request) {
         return forward_step(self, remote_call::next_stage, request);
       },
-      [=](peer_stage_atom, const step_request_ptr& exchange) {
-        forward_hand_over(self, exchange, !exchange->peers && !exchange->latents.defined());  // empty: a stage failed
-      },
+      [=](peer_stage_atom, const step_request_ptr& exchange) { forward_hand_over(self, exchange); },
       [=](reconfigure_atom, std::int32_t role) {
         end_guided_run(self);
         end_window_run(self);
@@ -644,7 +637,7 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
       },
       [=](run_window_atom, std::int32_t step, std::int32_t last, std::int32_t stride, std::int32_t hand_overs,
           bool output, const std::string& sampler, std::int64_t steps, bool batched, double guidance, bool branches,
-          bool own_latents, const std::string& prediction, const tensor_parcel& parcel) -> caf::response_promise {
+          const std::string& prediction, const tensor_parcel& parcel) -> caf::response_promise {
         self->state.fault.trigger_at(++self->state.calls, "step " + std::to_string(step));
         auto run = std::make_shared<window_run>();
         try {
@@ -667,7 +660,6 @@ caf::behavior worker_host(host_pointer self, caf::actor rank_zero, worker_actor 
         run->batched = batched;
         run->guidance = guidance;
         run->branches = branches;
-        run->own_latents = own_latents;
         run->prediction = prediction;
         return relay_step(self, step, run_window_atom::value, window_run_ptr(run));
       },

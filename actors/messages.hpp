@@ -56,6 +56,22 @@ inline step_request_ptr make_hand_over(std::int32_t step, const step_reply& repl
   return exchange;
 }
 
+/// The hand-over that says a producer was lost or its step failed: no outputs, no input. The stage that waits for
+/// it fails the step it waits on.
+inline step_request_ptr lost_hand_over(std::int32_t step) {
+  auto lost = std::make_shared<step_request>();
+  lost->step = step;
+  return lost;
+}
+inline bool is_lost(const step_request& exchange) { return !exchange.peers && !exchange.latents.defined(); }
+
+/// Sends `consumers` (a window run's stages, with what each reads) a lost hand-over for `step`.
+template <class Self>
+void hand_on_loss(Self self, const std::vector<std::pair<worker_actor, std::set<std::string>>>& consumers,
+                  std::int32_t step) {
+  for (const auto& consumer : consumers) self->send(consumer.first, peer_stage_atom::value, lost_hand_over(step));
+}
+
 /// A guided run's start: the latents before `step` (not yet scaled for the denoiser) and what the worker's own
 /// sampler needs to step them as the driver does.
 struct guided_run {
@@ -71,10 +87,13 @@ struct guided_run {
   worker_actor peer;
 };
 
+/// Whether every stage of a run steps its own copy of the latents: split branches, or a stride-2 window.
+inline bool stages_step_own_latents(bool branches, std::int32_t stride) { return branches || stride == 2; }
+
 /// A window run's start: its first pipeline step, with the fill step's activations, and what each stage needs to
 /// go on by itself. In a stride-2 window its steps are the compute rounds (every other step). A split-branch run is
 /// one over CFG steps whose branches are each a 2-stage pipeline (`branches`). In both every stage steps its own copy
-/// of the latents (`own_latents`), with the predictions of the run's step before that the stages which compute them
+/// of the latents (`own_latents()`), with the predictions of the run's step before that the stages which compute them
 /// hand on as prediction entries with their outputs: both branches' (guided), or a round's two (stepped in turn).
 struct window_run {
   std::int32_t step = 0;  ///< the run's first step
@@ -96,9 +115,11 @@ struct window_run {
   std::int64_t steps = 0;
   bool batched = false;  ///< asyncdiff: the output stacks both branches, guided with `guidance` before the step
   double guidance = 1;
-  bool branches = false;     ///< a split-branch run (the branch split; its predictions guided)
-  bool own_latents = false;  ///< every stage steps its own copy of the latents (`sample`, the sampler)
-  std::string prediction;    ///< own_latents: the entry under which this stage hands its prediction on (none: "")
+  bool branches = false;   ///< a split-branch run (the branch split; its predictions guided)
+  std::string prediction;  ///< own_latents: the entry under which this stage hands its prediction on (none: "")
+
+  /// Every stage steps its own copy of the latents (`sample`, the sampler).
+  bool own_latents() const { return stages_step_own_latents(branches, stride); }
 };
 
 /// What a worker needs to start an image.

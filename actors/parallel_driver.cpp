@@ -563,7 +563,7 @@ class parallel_driver {
   // round's extra worker (n: the round's first step) and output stage (its second).
   void start_window_run(std::int64_t i, bool branches) {
     const int stride = branches ? 1 : options_.stride;
-    const bool own_latents = branches || stride == 2;
+    const bool own_latents = stages_step_own_latents(branches, stride);
     window_last_ = branches ? cfg_through_ : static_cast<std::int32_t>(i + (window_through_ - i) / stride * stride);
     spdlog::debug("step {}: a {} run through step {}", i, branches ? "split-branch" : "window", window_last_);
     const int shift = options_.time_shift && !branches ? 1 : 0;  // as pipeline_step; CFG steps take their own
@@ -619,7 +619,6 @@ class parallel_driver {
       run->producers = std::move(producers[w]);
       run->output = !own_latents && w == session_.output_worker;
       run->branches = branches;
-      run->own_latents = own_latents;
       run->prediction = prediction_of(w);
       if (run->output || own_latents) {
         run->sample = latents_;

@@ -373,12 +373,7 @@ void settle_window(worker_pointer self, std::int32_t step, caf::expected<step_re
   auto& window = *self->state.window;
   const bool ends = !reply && !window.answers.ended;
   window.answers.settle(step, std::move(reply));
-  if (!ends) return;
-  for (const auto& consumer : window.hand_on) {
-    auto lost = std::make_shared<step_request>();
-    lost->step = step + window.stride;
-    self->send(consumer.first, peer_stage_atom::value, step_request_ptr(std::move(lost)));
-  }
+  if (ends) hand_on_loss(self, window.hand_on, step + window.stride);
 }
 
 // The input at `step` of a run whose stages step their own latents: the predictions of the run's step before
@@ -481,7 +476,7 @@ caf::result<step_reply_ptr> run_window(worker_pointer self, const window_run_ptr
   window.hand_overs = static_cast<std::size_t>(run->hand_overs);
   window.output = run->output;
   window.branches = run->branches;
-  window.own_latents = run->own_latents;
+  window.own_latents = run->own_latents();
   window.prediction = run->prediction;
   window.scope = run->branches ? runtime::split_scope::branch : runtime::split_scope::window;
   window.batched = run->batched;
@@ -521,7 +516,7 @@ void add_hand_over(hand_over& into, const step_request& exchange) {
 // Another stage's hand-over of a step of the window run (its outputs; from the output stage also the input).
 void peer_stage(worker_pointer self, const step_request_ptr& exchange) {
   auto& window = self->state.window;
-  const bool lost = !exchange->peers && !exchange->latents.defined();  // a remote stage's stand-in: a producer lost
+  const bool lost = is_lost(*exchange);
   if (!window || window->step >= window->last) {  // before this stage's run_window: kept for it (a new image drops it)
     if (!lost) add_hand_over(self->state.early[exchange->step], *exchange);
     return;
